@@ -1,0 +1,3 @@
+from ajuste.cli.main import run
+
+run()

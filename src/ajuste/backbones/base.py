@@ -1,0 +1,186 @@
+"""The Backbone interface every strategy works against.
+
+A Backbone is an ``nn.Module`` that maps inputs to logits and also exposes its parts:
+``layer_groups()`` ordered input→output with the new classification head last, ``features`` (pooled,
+pre-logit) and ``classify`` (head only) so frozen features can be cached, ``reset_head``,
+``reinitialize`` for training from scratch, and ``data_config()`` for preprocessing.
+Strategies never name modules: they pick group indices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+@dataclass
+class LayerGroup:
+    name: str
+    params: list[tuple[str, nn.Parameter]] = field(default_factory=list)
+
+    def numel(self) -> int:
+        return sum(p.numel() for _, p in self.params)
+
+
+class Backbone(nn.Module):
+    """Base class. Subclasses set ``modality`` and implement the abstract parts."""
+
+    modality: str = "image"
+    is_convnet: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._frozen_norms: list[nn.Module] = []
+        self.head_dropout = nn.Dropout(0.0)
+
+    # --- abstract -------------------------------------------------------------------------------
+    def features(self, inputs: Any) -> torch.Tensor:
+        """Pooled pre-logit features, shape (B, num_features)."""
+        raise NotImplementedError
+
+    @property
+    def classifier(self) -> nn.Linear:
+        raise NotImplementedError
+
+    def _body_groups(self) -> list[LayerGroup]:
+        """Backbone parameter groups ordered input→output, head excluded."""
+        raise NotImplementedError
+
+    def reset_head(self, num_classes: int) -> None:
+        raise NotImplementedError
+
+    def data_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What it takes to rebuild this backbone from a run directory (JSON-serialisable)."""
+        raise NotImplementedError
+
+    # --- shared ---------------------------------------------------------------------------------
+    @property
+    def num_features(self) -> int:
+        return self.classifier.in_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.out_features
+
+    def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.head_dropout(feats))
+
+    def forward(self, inputs: Any) -> torch.Tensor:
+        return self.classify(self.features(inputs))
+
+    def set_dropout(self, p: float) -> None:
+        self.head_dropout.p = float(p)
+
+    def layer_groups(self) -> list[LayerGroup]:
+        groups = [g for g in self._body_groups() if g.params]
+        groups.append(LayerGroup("head", list(self.classifier.named_parameters(prefix="classifier"))))
+        return groups
+
+    def set_trainable(self, group_indices: list[int] | None, *, freeze_bn_stats: bool = False) -> None:
+        """Train exactly these layer groups (None = all); everything else is frozen.
+
+        Norm layers whose parameters are all frozen are remembered and kept in eval mode by
+        ``train()``: their running statistics must not drift (pytorch #66073). With
+        ``freeze_bn_stats`` every BatchNorm stays in eval mode (its affine part may still train):
+        pretrained statistics survive unfreezing, so a head trained on them stays valid.
+        """
+        groups = self.layer_groups()
+        chosen = set(range(len(groups))) if group_indices is None else {i % len(groups) for i in group_indices}
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for i in chosen:
+            for _, p in groups[i].params:
+                p.requires_grad_(True)
+        self._frozen_norms = [
+            m for m in self.modules()
+            if isinstance(m, _BN_TYPES)
+            and (freeze_bn_stats or not any(p.requires_grad for p in m.parameters(recurse=False)))
+        ]
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        if mode:
+            for m in self._frozen_norms:
+                m.eval()
+        return self
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def total_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def reinitialize(self, *, seed: int | None = None) -> None:
+        """Re-initialise every weight for training from scratch: He (Kaiming) for convolutions,
+        Xavier for linear/attention projections, unit/zero for norms, N(0, 0.02) for embeddings."""
+        gen_state = torch.random.get_rng_state()
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            for m in self.modules():
+                reinit_module(m)
+        finally:
+            if seed is not None:
+                torch.random.set_rng_state(gen_state)
+
+
+def reinit_module(m: nn.Module) -> None:
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02)
+        if m.padding_idx is not None:
+            with torch.no_grad():
+                m.weight[m.padding_idx].zero_()
+    elif isinstance(m, _BN_TYPES):
+        m.reset_running_stats()
+        if m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)) or type(m).__name__.endswith("LayerNorm"):
+        w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+        if isinstance(w, torch.Tensor):
+            nn.init.ones_(w)
+        if isinstance(b, torch.Tensor):
+            nn.init.zeros_(b)
+    else:
+        # Parameters owned directly by unusual modules (e.g. a ViT's cls token / pos embedding).
+        for name, p in m.named_parameters(recurse=False):
+            if p.ndim >= 2:
+                nn.init.trunc_normal_(p, std=0.02)
+            elif "scale" in name or "gamma" in name:
+                nn.init.ones_(p)
+            else:
+                nn.init.zeros_(p)
+
+
+def split_by_prefixes(named: list[tuple[str, nn.Parameter]], boundaries: list[str]) -> list[list[tuple[str, Any]]]:
+    """Helper kept for HF fallbacks: bucket parameters by the first matching prefix."""
+    buckets: list[list[tuple[str, Any]]] = [[] for _ in boundaries]
+    for name, p in named:
+        for i, prefix in enumerate(boundaries):
+            if name.startswith(prefix):
+                buckets[i].append((name, p))
+                break
+    return buckets
+
+
+def chunk(items: list, n: int) -> list[list]:
+    size = max(1, math.ceil(len(items) / n))
+    return [items[i:i + size] for i in range(0, len(items), size)]

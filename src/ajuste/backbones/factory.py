@@ -1,0 +1,126 @@
+"""Resolve a model name to a Backbone: offline zoo, timm names, Hugging Face ids or folders."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from ajuste.backbones.base import Backbone
+from ajuste.errors import AjusteError
+
+HF_PREFIXES = ("hf:", "hf/")
+TIMM_PREFIXES = ("timm:", "timm/")
+
+
+def _strip(name: str, prefixes: tuple[str, ...]) -> str | None:
+    for p in prefixes:
+        if name.startswith(p):
+            return name[len(p):]
+    return None
+
+
+def create_backbone(name: str, *, num_classes: int, pretrained: bool = True, dropout: float = 0.0,
+                    pooling: str = "auto") -> Backbone:
+    """Build a backbone with a fresh ``num_classes`` head.
+
+    Names: a zoo entry (``ajuste models``), ``timm/<arch>`` or a bare timm architecture, a local
+    Hugging Face folder, or ``hf:<hub id>`` / ``<org>/<model>``. Hub downloads need internet.
+    """
+    from ajuste.backbones.zoo import ZOO
+
+    bb: Backbone
+    if name in ZOO:
+        bb = _from_zoo(name, num_classes=num_classes, pretrained=pretrained, pooling=pooling)
+    elif (arch := _strip(name, TIMM_PREFIXES)) is not None or _is_timm_arch(name):
+        arch = arch or name
+        bb = _hub_call(name, lambda: _build_timm(arch, name=name, num_classes=num_classes, pretrained=pretrained))
+    elif Path(name).expanduser().is_dir():
+        path = str(Path(name).expanduser())
+        if not (Path(path) / "config.json").is_file():
+            raise AjusteError(f"model folder {name} has no config.json: expected a Hugging Face model folder")
+        bb = _build_hf(path, name=name, num_classes=num_classes, pretrained=pretrained, pooling=pooling)
+    elif (hub_id := _strip(name, HF_PREFIXES)) is not None or name.count("/") == 1:
+        hub_id = hub_id or name
+        bb = _hub_call(name, lambda: _build_hf(hub_id, name=name, num_classes=num_classes,
+                                               pretrained=pretrained, pooling=pooling))
+    else:
+        raise AjusteError(f"unknown model {name!r}: {_model_hint(name)}")
+    bb.set_dropout(dropout)
+    return bb
+
+
+def _build_timm(arch: str, **kw: Any) -> Backbone:
+    from ajuste.backbones.timm_backbone import build_timm
+
+    return build_timm(arch, **kw)
+
+
+def _build_hf(source: str, **kw: Any) -> Backbone:
+    from ajuste.backbones.hf_backbone import build_hf
+
+    return build_hf(source, **kw)
+
+
+def _from_zoo(name: str, *, num_classes: int, pretrained: bool, pooling: str) -> Backbone:
+    from ajuste.backbones import zoo
+
+    entry = zoo.ZOO[name]
+    if entry.kind == "timm":
+        state = zoo.efficientnet_lite0_state_dict() if pretrained else None
+        return _build_timm(entry.arch, name=name, num_classes=num_classes, pretrained=False, state_dict=state)
+    path = str(zoo.minilm_l6_path())
+    return _build_hf(path, name=name, num_classes=num_classes, pretrained=pretrained, pooling=pooling)
+
+
+def _is_timm_arch(name: str) -> bool:
+    if "/" in name or Path(name).exists():
+        return False
+    import timm
+
+    return name in timm.list_models()
+
+
+def _hub_call(name: str, fn: Any) -> Backbone:
+    try:
+        return fn()
+    except AjusteError:
+        raise
+    except (OSError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AjusteError(
+            f"could not load model {name!r} ({first[:160]}); hub models need internet — offline, use "
+            f"{', '.join(_zoo_names())} or a local folder"
+        ) from None
+
+
+def _zoo_names() -> list[str]:
+    from ajuste.backbones.zoo import ZOO
+
+    return list(ZOO)
+
+
+def _model_hint(name: str) -> str:
+    close = difflib.get_close_matches(name, _zoo_names(), n=3, cutoff=0.4)
+    try:
+        import timm
+
+        close += [f"timm/{m}" for m in difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)]
+    except ImportError:  # pragma: no cover
+        pass
+    if close:
+        return f"did you mean {', '.join(close)}? (`ajuste models` lists the offline ones)"
+    return f"offline models are {', '.join(_zoo_names())}; also timm/<arch>, hf:<org>/<model> or a local folder"
+
+
+def rebuild_backbone(desc: dict[str, Any], run_dir: Path) -> Backbone:
+    """Architecture (no weights, no network) from a run directory's ``backbone.json``."""
+    if desc["kind"] == "timm":
+        bb = _build_timm(desc["arch"], name=desc["name"], num_classes=desc["num_classes"], pretrained=False)
+    elif desc["kind"] == "hf":
+        bb = _build_hf(desc["source"], name=desc["name"], num_classes=desc["num_classes"], pretrained=False,
+                       pooling=desc["pooling"], config_dir=run_dir / "hf")
+    else:
+        raise AjusteError(f"{run_dir}/backbone.json: unknown backbone kind {desc['kind']!r}")
+    bb.set_dropout(desc.get("dropout", 0.0))
+    return bb

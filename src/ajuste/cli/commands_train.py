@@ -1,0 +1,204 @@
+"""`ajuste models | strategies | train | evaluate | predict`."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+DATA_HELP = "Data: digits (built-in), an image folder, a .npz, or a CSV/TSV/JSONL of texts"
+
+
+def _console(quiet: bool = False):
+    from rich.console import Console
+
+    return Console(quiet=quiet, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("models")(models)
+    app.command("strategies")(strategies)
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+    app.command("predict")(predict)
+
+
+def models() -> None:
+    """List the backbones available offline (any timm or Hugging Face id also works with internet)."""
+    from rich.table import Table
+
+    from ajuste.backbones.zoo import ZOO
+
+    table = Table(title="backbones")
+    for col in ("name", "modality", "params", "offline", "description"):
+        table.add_column(col)
+    for e in ZOO.values():
+        table.add_row(e.name, e.modality, f"{e.params_m:.2f}M", "yes" if e.available() else "no", e.description)
+    con = _console()
+    con.print(table)
+    con.print("Also: timm/<arch> (e.g. timm/resnet50) and hf:<org>/<model> or a local Hugging Face folder "
+              "— these download weights and need internet.")
+
+
+def strategies() -> None:
+    """List the fine-tuning strategies."""
+    from rich.table import Table
+
+    from ajuste.strategies.base import list_strategies
+
+    table = Table(title="strategies")
+    table.add_column("name")
+    table.add_column("what trains")
+    for s in list_strategies():
+        table.add_row(s.name, s.summary)
+    _console().print(table)
+
+
+def _default_out(cfg) -> Path:
+    name = Path(str(cfg.data.source).rstrip("/")).name or "data"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}-{cfg.model.name}-{cfg.strategy.name}-s{cfg.train.seed}")
+    if cfg.data.fraction != 1.0:
+        stem += f"-f{cfg.data.fraction:g}"
+    base = Path("runs") / stem
+    # Re-running the same command resumes an unfinished run; a finished one gets a fresh sibling.
+    candidate, k = base, 2
+    while (candidate / "summary.json").is_file():
+        candidate, k = Path(f"{base}-{k}"), k + 1
+    return candidate
+
+
+def build_config(data: Optional[str], config: Optional[Path], sets: list[str], **flags):
+    from ajuste.config import load_config
+
+    cfg = load_config(config, None)
+    mapping = {"model": "model.name", "strategy": "strategy.name", "fraction": "data.fraction",
+               "seed": "train.seed", "epochs": "train.epochs", "unfreeze": "strategy.unfreeze",
+               "text_col": "data.text_col", "label_col": "data.label_col", "lr": "optim.lr"}
+    direct = {mapping[k]: v for k, v in flags.items() if v is not None and k in mapping}
+    if data is not None:
+        direct["data.source"] = data
+    if direct:
+        cfg = cfg.override(direct)
+    if sets:
+        cfg = cfg.override(list(sets))
+    return cfg
+
+
+def train(
+    data: Optional[str] = typer.Argument(None, help=DATA_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone (see `ajuste models`)"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Strategy (see `ajuste strategies`)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<data>-<model>-...)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
+    sets: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set optim.lr=3e-4 (repeatable)"),
+    fraction: Optional[float] = typer.Option(None, "--fraction", help="Share of the training split to use"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Max epochs of the main phase"),
+    unfreeze: Optional[int] = typer.Option(None, "--unfreeze", help="partial: top layer groups to train"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate"),
+    text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a table"),
+    label_col: Optional[str] = typer.Option(None, "--label-col", help="Label column of a table"),
+    print_config: bool = typer.Option(False, "--print-config", help="Show the resolved config and exit"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
+) -> None:
+    """Train one model: fine-tune a pretrained backbone or train it from scratch."""
+    import yaml
+
+    cfg = build_config(data, config, sets, model=model, strategy=strategy, fraction=fraction, seed=seed,
+                       epochs=epochs, unfreeze=unfreeze, lr=lr, text_col=text_col, label_col=label_col)
+    if print_config:
+        from ajuste.strategies.base import resolve_config
+        from ajuste.train.run import prepare_data
+
+        data_obj, _ = prepare_data(cfg)
+        typer.echo(yaml.safe_dump(resolve_config(cfg, data_obj.modality).to_dict(), sort_keys=False), nl=False)
+        return
+    from ajuste.train.run import train_run
+
+    con = _console(quiet)
+    run_dir = out or _default_out(cfg)
+    con.print(f"training {cfg.model.name} with {cfg.strategy.name} on {cfg.data.source} → {run_dir}")
+    res = train_run(cfg=cfg, out=run_dir, progress=not quiet, console=con, overwrite=overwrite)
+    s = res.summary
+    if s["status"] != "complete":
+        con.print(f"[yellow]interrupted after {s['epochs']} epochs[/]; re-run the same command to resume")
+        raise typer.Exit(130)
+    con.print(f"test accuracy {s['test_accuracy']:.4f}  macro-F1 {s['test_macro_f1']:.4f}  "
+              f"({s['n_test']} test examples)  best epoch {s['best_epoch']}/{s['epochs']}  "
+              f"train {s['train_seconds']:.0f}s  trainable {s['trainable_params']:,}/{s['total_params']:,} params")
+    con.print(f"run saved in {run_dir}")
+
+
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A finished run directory"),
+    data: Optional[str] = typer.Argument(None, help="Labelled data (default: the run's own test split)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON"),
+    text_col: Optional[str] = typer.Option(None, "--text-col"),
+    label_col: Optional[str] = typer.Option(None, "--label-col"),
+) -> None:
+    """Accuracy, macro-F1, per-class table and confusion matrix of a trained run."""
+    from ajuste.train.run_eval import evaluate_run
+
+    m = evaluate_run(run_dir, data, text_col=text_col, label_col=label_col)
+    if as_json:
+        typer.echo(json.dumps(m, indent=2))
+        return
+    from rich.table import Table
+
+    con = _console()
+    con.print(f"evaluated on {m['evaluated_on']} ({m['n']} examples)")
+    con.print(f"accuracy {m['accuracy']:.4f}")
+    con.print(f"macro-F1 {m['macro_f1']:.4f}")
+    t = Table(title="per class")
+    for col in ("class", "precision", "recall", "f1", "support"):
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for r in m["per_class"]:
+        t.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+    con.print(t)
+    classes = [r["class"] for r in m["per_class"]]
+    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
+    cm.add_column("")
+    for c in classes:
+        cm.add_column(c[:12], justify="right")
+    for c, row in zip(classes, m["confusion"]):
+        cm.add_row(c[:20], *[str(v) for v in row])
+    con.print(cm)
+
+
+def predict(
+    run_dir: Path = typer.Argument(..., help="A finished run directory"),
+    inputs: list[str] = typer.Argument(..., help="Image files/folders; or CSV/TSV/JSONL/TXT files or literal texts"),
+    text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a CSV input"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | jsonl"),
+) -> None:
+    """Predict labels with a trained run."""
+    from ajuste.errors import AjusteError
+    from ajuste.train.run_eval import predict_inputs
+
+    if fmt not in ("table", "csv", "jsonl"):
+        raise AjusteError(f"--format {fmt!r} is not one of table, csv, jsonl")
+    rows = predict_inputs(run_dir, list(inputs), text_col=text_col)
+    if fmt == "jsonl":
+        for r in rows:
+            typer.echo(json.dumps(r))
+    elif fmt == "csv":
+        import csv
+        import sys
+
+        w = csv.DictWriter(sys.stdout, fieldnames=["input", "label", "probability"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "probability": f"{r['probability']:.4f}"})
+    else:
+        from rich.table import Table
+
+        t = Table()
+        for col in ("input", "label", "probability"):
+            t.add_column(col, justify="right" if col == "probability" else "left")
+        for r in rows:
+            t.add_row(r["input"], r["label"], f"{r['probability']:.3f}")
+        _console().print(t)

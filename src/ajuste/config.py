@@ -1,0 +1,302 @@
+"""Run configuration: dataclasses with help metadata, YAML files and dotted overrides.
+
+A field left at ``None`` means "auto": the strategy and the backbone's modality fill it in
+(see ``ajuste.strategies.base.resolve_config``); ``ajuste train --print-config`` shows the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ajuste.errors import ConfigError
+
+AUGMENT_LEVELS = ("auto", "none", "light", "strong")
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+def _check_range(name: str, value: float | None, lo: float, hi: float, *, lo_open=False) -> None:
+    if value is None:
+        return
+    bad = value <= lo if lo_open else value < lo
+    if bad or value > hi:
+        left = "(" if lo_open else "["
+        raise ConfigError(f"{name}={value!r} is out of range: expected a value in {left}{lo}, {hi}]")
+
+
+@dataclass
+class DataConfig:
+    source: str = _help("Data: built-in name (digits), image folder, .npz, or CSV/TSV/JSONL file", default="digits")
+    text_col: str | None = _help("Text column of a table (auto-detected when obvious)", default=None)
+    label_col: str | None = _help("Label column of a table (auto-detected when obvious)", default=None)
+    fraction: float = _help("Share of the training split to use (stratified, ≥1 per class); >1 = a count", default=1.0)
+    val_size: float = _help("Validation share carved from the data when the source has no val split", default=0.15)
+    test_size: float = _help("Test share carved from the data when the source has no test split", default=0.15)
+    split_seed: int = _help("Seed of the train/val/test split (fixed across training seeds)", default=0)
+    image_size: int | None = _help("Input resolution; auto = backbone default, smaller for tiny images", default=None)
+    augment: str = _help("Training augmentation: auto | none | light | strong", default="auto")
+    hflip: bool | None = _help("Random horizontal flips (auto: on for photo folders, off for digits/arrays)", default=None)
+    max_length: int = _help("Maximum tokens per text example (longer ones are truncated)", default=128)
+    batch_size: int = _help("Training batch size", default=32)
+
+    def __post_init__(self) -> None:
+        _check_range("data.fraction", self.fraction, 0.0, float("inf"), lo_open=True)
+        _check_range("data.val_size", self.val_size, 0.0, 0.9, lo_open=True)
+        _check_range("data.test_size", self.test_size, 0.0, 0.9, lo_open=True)
+        if self.augment not in AUGMENT_LEVELS:
+            raise ConfigError(f"data.augment={self.augment!r} is not one of {', '.join(AUGMENT_LEVELS)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size={self.batch_size} must be ≥ 1")
+        if self.max_length < 4:
+            raise ConfigError(f"data.max_length={self.max_length} must be ≥ 4")
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"data.image_size={self.image_size} must be ≥ 16")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _help("Backbone: zoo name (see `ajuste models`), timm name, or Hugging Face id/folder",
+                      default="efficientnet_lite0")
+    pretrained: bool = _help("Start from pretrained weights (scratch strategy re-initialises regardless)", default=True)
+    dropout: float | None = _help("Dropout before the classifier (auto: 0.1, scratch 0.3)", default=None)
+    pooling: str = _help("Text pooling: auto | mean | cls (auto: mean for sentence-transformers models)",
+                         default="auto")
+    bn: str = _help("BatchNorm statistics while fine-tuning: auto | frozen | train (auto: frozen for pretrained "
+                    "weights, as in the Keras fine-tuning guide; train for scratch)", default="auto")
+
+    def __post_init__(self) -> None:
+        _check_range("model.dropout", self.dropout, 0.0, 0.95)
+        if self.bn not in ("auto", "frozen", "train"):
+            raise ConfigError(f"model.bn={self.bn!r} is not one of auto, frozen, train")
+        if self.pooling not in ("auto", "mean", "cls"):
+            raise ConfigError(f"model.pooling={self.pooling!r} is not one of auto, mean, cls")
+
+
+@dataclass
+class StrategyConfig:
+    name: str = _help("Fine-tuning strategy (see `ajuste strategies`)", default="two-stage")
+    unfreeze: int = _help("partial: number of top layer groups to train (besides the head)", default=2)
+    head_epochs: int = _help("two-stage/gradual: max epochs of the head-only phase", default=15)
+    stage2_lr_factor: float = _help("two-stage: LR of the end-to-end phase = optim.lr × this", default=0.1)
+    gradual_every: int = _help("gradual: epochs between unfreezing one more group", default=1)
+
+    def __post_init__(self) -> None:
+        if self.unfreeze < 0:
+            raise ConfigError(f"strategy.unfreeze={self.unfreeze} must be ≥ 0")
+        if self.head_epochs < 1:
+            raise ConfigError(f"strategy.head_epochs={self.head_epochs} must be ≥ 1")
+        if self.gradual_every < 1:
+            raise ConfigError(f"strategy.gradual_every={self.gradual_every} must be ≥ 1")
+        _check_range("strategy.stage2_lr_factor", self.stage2_lr_factor, 0.0, 10.0, lo_open=True)
+
+
+@dataclass
+class OptimConfig:
+    name: str = _help("Optimizer: adamw | sgd", default="adamw")
+    lr: float | None = _help("Base learning rate of the backbone (auto per strategy and modality)", default=None)
+    head_lr_mult: float | None = _help("LR multiplier of the new head relative to optim.lr", default=None)
+    layer_decay: float | None = _help("Discriminative LR: each layer group below the top gets LR × this^depth "
+                                      "(auto: 1, discriminative/gradual 0.7)", default=None)
+    weight_decay: float | None = _help("Decoupled weight decay (never applied to biases and norms)", default=None)
+    momentum: float = _help("SGD momentum", default=0.9)
+    warmup: float = _help("Warmup as a share of each phase's steps", default=0.1)
+    schedule: str = _help("LR schedule after warmup: cosine | constant", default="cosine")
+    label_smoothing: float | None = _help("Label smoothing of the cross-entropy (auto: 0, scratch 0.1)", default=None)
+    grad_clip: float = _help("Clip the gradient norm to this (0 = off)", default=1.0)
+
+    def __post_init__(self) -> None:
+        if self.name not in ("adamw", "sgd"):
+            raise ConfigError(f"optim.name={self.name!r} is not one of adamw, sgd")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"optim.schedule={self.schedule!r} is not one of cosine, constant")
+        _check_range("optim.lr", self.lr, 0.0, 10.0, lo_open=True)
+        _check_range("optim.head_lr_mult", self.head_lr_mult, 0.0, 1000.0, lo_open=True)
+        _check_range("optim.layer_decay", self.layer_decay, 0.0, 1.0, lo_open=True)
+        _check_range("optim.weight_decay", self.weight_decay, 0.0, 10.0)
+        _check_range("optim.momentum", self.momentum, 0.0, 1.0)
+        _check_range("optim.warmup", self.warmup, 0.0, 0.9)
+        _check_range("optim.label_smoothing", self.label_smoothing, 0.0, 0.5)
+        _check_range("optim.grad_clip", self.grad_clip, 0.0, 1e6)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int | None = _help("Max epochs of the main phase (auto per strategy and modality)", default=None)
+    patience: int = _help("Early stopping: epochs without val-loss improvement before stopping", default=3)
+    seed: int = _help("Training seed (initialisation, shuffling, augmentation)", default=0)
+    threads: int | None = _help("Torch intra-op threads (auto: all cores)", default=None)
+    bf16: str = _help("bf16 autocast: auto (transformers and frozen passes) | on | off", default="auto")
+    channels_last: str = _help("channels_last memory format for convnets: auto | on | off", default="auto")
+    cache_features: bool = _help("Cache frozen-backbone features for head-only phases (no augmentation then)",
+                                 default=True)
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"train.epochs={self.epochs} must be ≥ 1")
+        if self.patience < 1:
+            raise ConfigError(f"train.patience={self.patience} must be ≥ 1")
+        for name in ("bf16", "channels_last"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                raise ConfigError(f"train.{name}={getattr(self, name)!r} is not one of auto, on, off")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None, *, where: str = "config") -> "RunConfig":
+        return _build(cls, raw or {}, prefix="", where=where)
+
+    def override(self, assignments: list[str] | dict[str, Any]) -> "RunConfig":
+        """Return a copy with dotted assignments applied (``["optim.lr=3e-4"]`` or ``{"optim.lr": 3e-4}``)."""
+        raw = self.to_dict()
+        items = assignments.items() if isinstance(assignments, dict) else (_split_assignment(a) for a in assignments)
+        for key, value in items:
+            _set_dotted(raw, key, value)
+        return RunConfig.from_dict(raw, where="--set")
+
+
+def _split_assignment(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=3e-4")
+    key, value = text.split("=", 1)
+    # YAML scalars give the user numbers, booleans and null without quoting rules of our own.
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        if part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"unknown config section {'.'.join(parts[:i + 1])!r}{_suggest(part, node)}")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError(f"unknown config field {key!r}{_suggest(parts[-1], node)}")
+    node[parts[-1]] = value
+
+
+def _suggest(name: str, options: dict[str, Any] | list[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(close)}?)" if close else f" (valid: {', '.join(options)})"
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null", "auto") and len(args) == 1 \
+                and args[0] is not str:
+            return None
+        return _coerce(value, args[0], name)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{name}={value!r}: expected true or false")
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{name}={value!r}: expected an integer")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r}: expected a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r}: expected a number") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{name}={value!r}: expected a string")
+        return str(value)
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], *, prefix: str, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: section {prefix.rstrip('.') or 'root'} must be a mapping, got {raw!r}")
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{where}: unknown config field {prefix + key!r}{_suggest(key, names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, raw[f.name] or {}, prefix=f"{prefix}{f.name}.", where=where)
+        else:
+            kwargs[f.name] = _coerce(raw[f.name], tp, prefix + f.name)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults ← YAML file ← dotted overrides."""
+    cfg = RunConfig()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        cfg = RunConfig.from_dict(raw, where=str(p))
+    if overrides:
+        cfg = cfg.override(overrides)
+    return cfg
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    from ajuste.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted name, help, default) for every leaf field: used by the CLI and docs."""
+    out = []
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.extend(describe_fields(tp, f"{prefix}{f.name}."))
+        else:
+            out.append((prefix + f.name, f.metadata.get("help", ""), f.default))
+    return out

@@ -1,0 +1,100 @@
+"""Strategy interface: what trains, at which learning rate, in which phases.
+
+A strategy turns a resolved config and a backbone into a list of ``Phase``s. The training loop runs
+the phases in order; each has its own optimizer, schedule and early stopping, and the best weights
+so far are restored between phases (two-stage never starts end-to-end training from a worse head
+than the best one it found).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ajuste.config import RunConfig
+from ajuste.registry import Registry
+
+
+@dataclass
+class Phase:
+    name: str
+    train_groups: list[int] | None  # indices into backbone.layer_groups(); None = all; the head is -1
+    epochs: int
+    lr: float  # LR of the top trainable body group (lower groups may decay by optim.layer_decay)
+    head_lr: float
+    patience: int | None  # None: run all epochs (intermediate phases of gradual unfreezing)
+
+    @property
+    def head_only(self) -> bool:
+        return self.train_groups == [-1]
+
+
+class Strategy:
+    """Subclasses set ``name``/``summary`` and implement ``phases``; hooks are optional."""
+
+    name: str = ""
+    summary: str = ""
+    reinitialize: bool = False  # train from scratch
+
+    def defaults(self, modality: str) -> dict[str, Any]:
+        """Auto values for config fields left at None (dotted keys)."""
+        return {}
+
+    def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:
+        raise NotImplementedError
+
+    def prepare(self, backbone: Any, cfg: RunConfig) -> None:
+        """Called once before the first phase (e.g. inject adapters, re-initialise)."""
+
+
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    STRATEGIES.register(cls.name, cls())
+    return cls
+
+
+def get_strategy(name: str) -> Strategy:
+    _load_builtin()
+    return STRATEGIES.get(name)
+
+
+def list_strategies() -> list[Strategy]:
+    _load_builtin()
+    return [STRATEGIES.get(n) for n in STRATEGIES.list()]
+
+
+def _load_builtin() -> None:
+    # Importing the modules registers them (one file per strategy).
+    from ajuste.strategies import finetune, scratch  # noqa: F401
+
+
+# Shared auto-defaults per modality; strategies override some of them.
+_MODALITY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "image": {"optim.lr": 1e-4, "optim.head_lr_mult": 10.0, "optim.weight_decay": 0.01, "train.epochs": 12,
+              "optim.label_smoothing": 0.0, "model.dropout": 0.1, "optim.layer_decay": 1.0, "data.augment": "light", "model.bn": "frozen"},
+    "text": {"optim.lr": 5e-5, "optim.head_lr_mult": 10.0, "optim.weight_decay": 0.01, "train.epochs": 5,
+             "optim.label_smoothing": 0.0, "model.dropout": 0.1, "optim.layer_decay": 1.0, "data.augment": "none", "model.bn": "frozen"},
+}
+
+
+def resolve_config(cfg: RunConfig, modality: str) -> RunConfig:
+    """Fill the ``None`` (auto) fields from the strategy's and modality's defaults."""
+    strategy = get_strategy(cfg.strategy.name)
+    values = dict(_MODALITY_DEFAULTS[modality])
+    values.update(strategy.defaults(modality))
+    raw = cfg.to_dict()
+    raw["strategy"]["name"] = strategy.name
+    for key, value in values.items():
+        section, leaf = key.split(".")
+        if raw[section].get(leaf) in (None, "auto"):
+            raw[section][leaf] = value
+    return RunConfig.from_dict(raw, where="resolved config")
+
+
+def replace(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
+    """Copy with some fields of some sections changed: ``replace(cfg, optim={"lr": 1e-3})``."""
+    changes = {k: dataclasses.replace(getattr(cfg, k), **v) for k, v in sections.items()}
+    return dataclasses.replace(cfg, **changes)

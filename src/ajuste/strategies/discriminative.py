@@ -1,0 +1,22 @@
+"""Discriminative learning rates: full fine-tuning where lower layer groups learn more slowly
+(LR × layer_decay^depth), so general early features move least (ULMFiT, BEiT layer decay)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ajuste.config import RunConfig
+from ajuste.strategies.base import Phase, Strategy, register
+
+
+@register
+class Discriminative(Strategy):
+    name = "discriminative"
+    summary = "all layers, LR decaying by optim.layer_decay per group from the top"
+
+    def defaults(self, modality: str) -> dict[str, Any]:
+        return {"optim.layer_decay": 0.7, "optim.lr": 3e-4 if modality == "image" else 1e-4}
+
+    def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:
+        o = cfg.optim
+        return [Phase("all", None, cfg.train.epochs, o.lr, o.lr * o.head_lr_mult, cfg.train.patience)]

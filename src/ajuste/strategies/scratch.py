@@ -1,0 +1,30 @@
+"""From scratch: the same architecture with every weight re-initialised (He for convolutions, Xavier
+for linear/attention), trained end to end with stronger regularisation since nothing is pretrained."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ajuste.config import RunConfig
+from ajuste.strategies.base import Phase, Strategy, register
+
+
+@register
+class Scratch(Strategy):
+    name = "scratch"
+    summary = "same architecture re-initialised (He/Xavier), strong regularisation"
+    reinitialize = True
+
+    def defaults(self, modality: str) -> dict[str, Any]:
+        common = {"optim.head_lr_mult": 1.0, "optim.weight_decay": 0.05, "optim.label_smoothing": 0.1,
+                  "model.dropout": 0.3, "data.augment": "strong", "model.bn": "train"}
+        if modality == "image":
+            return {**common, "optim.lr": 2e-3, "train.epochs": 40}
+        return {**common, "optim.lr": 3e-4, "train.epochs": 15}
+
+    def prepare(self, backbone: Any, cfg: RunConfig) -> None:
+        backbone.reinitialize(seed=cfg.train.seed)
+
+    def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:
+        o = cfg.optim
+        return [Phase("all", None, cfg.train.epochs, o.lr, o.lr * o.head_lr_mult, cfg.train.patience + 3)]

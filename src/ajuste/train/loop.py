@@ -1,0 +1,429 @@
+"""The training loop: phases from a strategy, early stopping, checkpoints, resume, progress.
+
+Every finished epoch appends one line to ``metrics.jsonl`` and writes a checkpoint (model, best model,
+optimizer, loop state). Re-running on the same run directory continues after the last finished epoch,
+in the right phase, with the optimizer state restored. RNG streams are derived from (seed, epoch), so a
+resumed run draws the same shuffles and augmentations as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from ajuste.backbones.base import Backbone
+from ajuste.config import RunConfig
+from ajuste.data.pipeline import Pipeline, to_device_batch
+from ajuste.errors import TrainingDiverged
+from ajuste.io import append_jsonl, atomic_save_safetensors, atomic_torch_save, atomic_write_json, read_jsonl
+from ajuste.strategies.base import Phase, Strategy
+from ajuste.train.param_groups import build_param_groups, make_optimizer
+from ajuste.train.schedules import lr_multiplier
+
+
+class CancelFit(Exception):
+    """Raised by a callback (early stopping, pruning) to end training cleanly after an epoch."""
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    phase: str
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+    cached: bool
+
+
+@dataclass
+class FitResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    best_val_loss: float = math.inf
+    best_val_accuracy: float = 0.0
+    best_epoch: int = -1
+    seconds: float = 0.0
+    interrupted: bool = False
+    stopped_by: str = ""
+
+
+@dataclass
+class _State:
+    phase_index: int = 0
+    phase_epoch: int = 0  # next epoch to run within the phase
+    global_epoch: int = 0
+    best_val_loss: float = math.inf
+    best_val_accuracy: float = 0.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    seconds: float = 0.0
+
+
+class _Interrupt:
+    """First Ctrl-C: finish the current epoch, checkpoint, stop. Second Ctrl-C: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_Interrupt":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def autocast(enabled: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def use_bf16(cfg: RunConfig, backbone: Backbone, *, training: bool) -> bool:
+    """bf16 autocast: for transformers always (auto), for convnets only on forward-only passes —
+    measured on this CPU, bf16 slowed convnet training (DESIGN.md)."""
+    mode = cfg.train.bf16
+    if mode == "off":
+        return False
+    if mode == "on":
+        return True
+    return backbone.modality == "text" or not training
+
+
+def use_channels_last(cfg: RunConfig, backbone: Backbone) -> bool:
+    mode = cfg.train.channels_last
+    return mode == "on" or (mode == "auto" and backbone.is_convnet)
+
+
+@torch.no_grad()
+def compute_features(backbone: Backbone, loader: DataLoader, *, bf16: bool, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features of a frozen backbone over a loader: (N, F) float32 and (N,) labels."""
+    was_training = backbone.training
+    backbone.eval()
+    feats, labels = [], []
+    try:
+        for inputs, y in loader:
+            with autocast(bf16):
+                f = backbone.features(to_device_batch(inputs, channels_last=channels_last))
+            feats.append(f.float())
+            labels.append(y)
+    finally:
+        backbone.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def predict_logits(backbone: Backbone, loader: DataLoader, *, bf16: bool, channels_last: bool = False,
+                   from_features: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    was_training = backbone.training
+    backbone.eval()
+    out, labels = [], []
+    try:
+        for inputs, y in loader:
+            with autocast(bf16):
+                logits = backbone.classify(inputs) if from_features else \
+                    backbone(to_device_batch(inputs, channels_last=channels_last))
+            out.append(logits.float())
+            labels.append(y)
+    finally:
+        backbone.train(was_training)
+    return torch.cat(out), torch.cat(labels)
+
+
+def _state_dict(backbone: Backbone) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+
+
+class Checkpointer:
+    """Run-directory files of the loop. Without a run directory, nothing is written."""
+
+    def __init__(self, run_dir: Path | None) -> None:
+        self.dir = Path(run_dir) / "checkpoint" if run_dir else None
+        self.metrics = Path(run_dir) / "metrics.jsonl" if run_dir else None
+
+    def exists(self) -> bool:
+        return bool(self.dir and (self.dir / "state.json").is_file())
+
+    def save(self, backbone: Backbone, optimizer: Any, state: _State) -> None:
+        if not self.dir:
+            return
+        atomic_save_safetensors(self.dir / "last.safetensors", backbone.state_dict())
+        atomic_torch_save(self.dir / "optimizer.pt", optimizer.state_dict())
+        # state.json last: it is what marks the other two files as belonging to a finished epoch.
+        atomic_write_json(self.dir / "state.json", asdict(state))
+
+    def save_best(self, best: dict[str, torch.Tensor]) -> None:
+        if self.dir:
+            atomic_save_safetensors(self.dir / "best.safetensors", best)
+
+    def load(self) -> tuple[_State, dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict | None]:
+        import json
+
+        from safetensors.torch import load_file
+
+        assert self.dir is not None
+        state = _State(**json.loads((self.dir / "state.json").read_text()))
+        last = load_file(self.dir / "last.safetensors")
+        best = load_file(self.dir / "best.safetensors") if (self.dir / "best.safetensors").is_file() else None
+        opt = None
+        if (self.dir / "optimizer.pt").is_file():
+            opt = torch.load(self.dir / "optimizer.pt", map_location="cpu", weights_only=True)
+        return state, last, best, opt
+
+    def history(self, upto: int) -> list[EpochRecord]:
+        if not self.metrics:
+            return []
+        rows = [r for r in read_jsonl(self.metrics) if r.get("epoch", 10**9) < upto]
+        return [EpochRecord(**{k: r[k] for k in EpochRecord.__dataclass_fields__}) for r in rows]
+
+    def truncate_metrics(self, upto: int) -> None:
+        """Drop metric lines of epochs after the checkpoint (a kill between the two writes)."""
+        if not self.metrics or not self.metrics.exists():
+            return
+        from ajuste.io import atomic_write_text
+        import json
+
+        rows = [r for r in read_jsonl(self.metrics) if r.get("epoch", 10**9) < upto]
+        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunConfig, run_dir: Path | None = None,
+        progress: bool = True, console: Any = None,
+        on_epoch_end: Callable[[EpochRecord, FitResult], None] | None = None) -> FitResult:
+    """Train ``backbone`` with ``strategy``'s phases; returns the history with the best weights loaded.
+
+    ``on_epoch_end`` may raise ``CancelFit`` (e.g. an Optuna pruner) to stop after that epoch.
+    """
+    torch.set_num_threads(cfg.train.threads or max(1, torch.get_num_threads()))
+    phases = strategy.phases(cfg, len(backbone.layer_groups()))
+    ckpt = Checkpointer(run_dir)
+    channels_last = use_channels_last(cfg, backbone)
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
+
+    state = _State()
+    best_weights = _state_dict(backbone)
+    resume_opt = None
+    if ckpt.exists():
+        state, last, best, resume_opt = ckpt.load()
+        if state.phase_epoch == 0:
+            resume_opt = None  # saved at a phase boundary: the next phase builds a fresh optimizer
+        backbone.load_state_dict(last)
+        best_weights = best if best is not None else _state_dict(backbone)
+        ckpt.truncate_metrics(state.global_epoch)
+    result = FitResult(history=ckpt.history(state.global_epoch), best_val_loss=state.best_val_loss,
+                       best_val_accuracy=state.best_val_accuracy, best_epoch=state.best_epoch)
+    planned = sum(p.epochs for p in phases)
+
+    with _Interrupt() as interrupt, _progress(progress, console) as bar:
+        total_task = bar.add_task("total", total=planned, completed=state.global_epoch) if bar else None
+        for pi in range(state.phase_index, len(phases)):
+            phase = phases[pi]
+            if pi != state.phase_index:
+                state.phase_index, state.phase_epoch, state.bad_epochs = pi, 0, 0
+            backbone.set_trainable(phase.train_groups, freeze_bn_stats=cfg.model.bn == "frozen")
+            groups = build_param_groups(backbone.layer_groups(), trainable=phase.train_groups, lr=phase.lr,
+                                        head_lr=phase.head_lr, weight_decay=cfg.optim.weight_decay,
+                                        layer_decay=cfg.optim.layer_decay)
+            optimizer = make_optimizer(cfg.optim.name, groups, momentum=cfg.optim.momentum)
+            if resume_opt is not None:
+                optimizer.load_state_dict(resume_opt)
+                resume_opt = None
+            cached = phase.head_only and cfg.train.cache_features
+            train_loader, val_loader = _phase_loaders(backbone, pipeline, cfg, cached=cached,
+                                                      channels_last=channels_last)
+            steps_per_epoch = max(1, math.ceil(len(pipeline.splits["train"]) / pipeline.batch_size))
+            total_steps = steps_per_epoch * phase.epochs
+            for e in range(state.phase_epoch, phase.epochs):
+                t0 = time.perf_counter()
+                epoch_seed = cfg.train.seed * 100_003 + state.global_epoch
+                torch.manual_seed(epoch_seed)
+                loader = train_loader(epoch_seed)
+                task = bar.add_task(f"epoch {state.global_epoch + 1}/{planned} [{phase.name}]",
+                                    total=len(loader)) if bar else None
+                train_loss, lr_now = _train_epoch(
+                    backbone, loader, optimizer, cfg, from_features=cached, channels_last=channels_last,
+                    step0=e * steps_per_epoch, total_steps=total_steps, bar=bar, task=task,
+                    on_diverge=lambda lr: _diverged(backbone, best_weights, ckpt, lr, state))
+                val_loss, val_acc = _validate(backbone, val_loader, cfg, from_features=cached,
+                                              channels_last=channels_last)
+                if bar:
+                    bar.remove_task(task)
+                if not math.isfinite(val_loss):
+                    _diverged(backbone, best_weights, ckpt, lr_now, state)
+                seconds = time.perf_counter() - t0
+                rec = EpochRecord(state.global_epoch, phase.name, train_loss, val_loss, val_acc, lr_now, seconds,
+                                  cached)
+                result.history.append(rec)
+                improved = val_loss < state.best_val_loss - 1e-4
+                if improved:
+                    state.best_val_loss, state.best_val_accuracy = val_loss, val_acc
+                    state.best_epoch, state.bad_epochs = state.global_epoch, 0
+                    best_weights = _state_dict(backbone)
+                    ckpt.save_best(best_weights)
+                else:
+                    state.bad_epochs += 1
+                state.global_epoch += 1
+                state.phase_epoch = e + 1
+                state.seconds += seconds
+                if ckpt.metrics:
+                    append_jsonl(ckpt.metrics, asdict(rec))
+                ckpt.save(backbone, optimizer, state)
+                _report(console, rec, improved)
+                if bar:
+                    bar.update(total_task, advance=1)
+                stop = ""
+                if on_epoch_end is not None:
+                    try:
+                        on_epoch_end(rec, result)
+                    except CancelFit as exc:
+                        stop = str(exc) or "cancelled"
+                if interrupt.requested:
+                    result.interrupted, result.stopped_by = True, "interrupted (Ctrl-C)"
+                    break
+                if stop:
+                    result.stopped_by = stop
+                    break
+                if phase.patience is not None and state.bad_epochs >= phase.patience:
+                    if bar:
+                        bar.update(total_task, advance=phase.epochs - e - 1)
+                    break
+            if result.interrupted or result.stopped_by:
+                break
+            # Next phase starts from the best weights found so far, not the last ones.
+            backbone.load_state_dict(best_weights)
+            state.phase_epoch = phase.epochs
+            state.bad_epochs = 0
+            if pi + 1 < len(phases):
+                state.phase_index, state.phase_epoch = pi + 1, 0
+            ckpt.save(backbone, optimizer, state)
+
+    backbone.load_state_dict(best_weights)
+    backbone.set_trainable(None)
+    result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
+    result.best_epoch, result.seconds = state.best_epoch, state.seconds
+    return result
+
+
+def _phase_loaders(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, *, cached: bool,
+                   channels_last: bool) -> tuple[Callable[[int], DataLoader], DataLoader]:
+    if cached:
+        # The backbone is frozen for the whole phase: run it once over train and val, then train the
+        # head on the stored features. No augmentation then (it would invalidate the cache).
+        bf16 = use_bf16(cfg, backbone, training=False)
+        feats = {}
+        for split in ("train", "val"):
+            loader = pipeline.loader(split, batch_size=max(64, pipeline.batch_size))
+            feats[split] = compute_features(backbone, loader, bf16=bf16, channels_last=channels_last)
+        train_ds, val_ds = TensorDataset(*feats["train"]), TensorDataset(*feats["val"])
+
+        def make_train(seed: int) -> DataLoader:
+            return DataLoader(train_ds, batch_size=pipeline.batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(seed))
+
+        return make_train, DataLoader(val_ds, batch_size=256)
+
+    def make_train_live(seed: int) -> DataLoader:
+        return pipeline.loader("train", shuffle=True, augment=True, seed=seed)
+
+    return make_train_live, pipeline.loader("val", batch_size=max(64, pipeline.batch_size))
+
+
+def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: RunConfig, *, from_features: bool,
+                 channels_last: bool, step0: int, total_steps: int, bar: Any, task: Any,
+                 on_diverge: Callable[[float], None]) -> tuple[float, float]:
+    backbone.train()
+    bf16 = use_bf16(cfg, backbone, training=True) and not from_features
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    total, count, lr_now = 0.0, 0, 0.0
+    for i, (inputs, y) in enumerate(loader):
+        mult = lr_multiplier(cfg.optim.schedule, (step0 + i) / max(1, total_steps), warmup=cfg.optim.warmup)
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * mult
+        lr_now = max(g["lr"] for g in optimizer.param_groups)
+        with autocast(bf16):
+            logits = backbone.classify(inputs) if from_features else \
+                backbone(to_device_batch(inputs, channels_last=channels_last))
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
+        if not torch.isfinite(loss):
+            on_diverge(lr_now)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        optimizer.step()
+        total += loss.item() * len(y)
+        count += len(y)
+        if bar:
+            bar.update(task, advance=1, description=bar.tasks[_task_index(bar, task)].description.split(" loss")[0]
+                       + f" loss {total / count:.4f}")
+    return total / max(1, count), lr_now
+
+
+def _task_index(bar: Any, task: Any) -> int:
+    for i, t in enumerate(bar.tasks):
+        if t.id == task:
+            return i
+    return 0
+
+
+@torch.no_grad()
+def _validate(backbone: Backbone, loader: DataLoader, cfg: RunConfig, *, from_features: bool,
+              channels_last: bool) -> tuple[float, float]:
+    logits, y = predict_logits(backbone, loader, bf16=use_bf16(cfg, backbone, training=False) and not from_features,
+                               channels_last=channels_last, from_features=from_features)
+    loss = F.cross_entropy(logits, y).item()
+    acc = (logits.argmax(1) == y).float().mean().item()
+    return loss, acc
+
+
+def _diverged(backbone: Backbone, best: dict[str, torch.Tensor], ckpt: Checkpointer, lr: float, state: _State) -> None:
+    backbone.load_state_dict(best)
+    ckpt.save_best(best)
+    raise TrainingDiverged(
+        f"loss became NaN/inf at epoch {state.global_epoch + 1} (LR {lr:.2g}); kept the last good weights — "
+        f"try a lower LR, e.g. --set optim.lr={max(lr / 10, 1e-7):.0e}")
+
+
+def _report(console: Any, rec: EpochRecord, improved: bool) -> None:
+    if console is None:
+        return
+    mark = " *" if improved else ""
+    console.print(f"epoch {rec.epoch + 1:>3} [{rec.phase}] train_loss {rec.train_loss:.4f}  val_loss {rec.val_loss:.4f}"
+                  f"  val_acc {rec.val_accuracy:.4f}  lr {rec.lr:.2e}  {rec.seconds:.1f}s{mark}", markup=False,
+                  highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, console: Any):
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True) as bar:
+        yield bar
+
+
+def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    return float((pred == y).mean()) if len(y) else float("nan")

@@ -1,0 +1,277 @@
+"""One training run end to end, in a self-contained run directory.
+
+Layout of a run directory::
+
+    config.yaml          resolved config (every auto value filled in)
+    labels.json          class names, index order
+    preprocessing.json   image size / mean / std / crop, or text max_length
+    backbone.json        how to rebuild the architecture offline (+ hf/ with config and tokenizer)
+    splits.json          train/val/test indices into the data source
+    metrics.jsonl        one line per finished epoch
+    model.safetensors    best weights (by validation loss)
+    summary.json         test metrics, time, parameters, memory; written last: its presence = complete
+    checkpoint/          resume state while the run is unfinished (removed when complete)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ajuste.config import RunConfig, save_config
+from ajuste.errors import AjusteError
+from ajuste.io import atomic_save_safetensors, atomic_write_json
+
+STATUS_FILE = "status.json"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path | None
+    config: RunConfig
+    summary: dict[str, Any]
+    backbone: Any = None
+    pipeline: Any = None
+
+
+def prepare_data(cfg: RunConfig, *, data: Any = None, splits: dict[str, np.ndarray] | None = None):
+    """Load the source and fix the train/val/test split; the training fraction is taken from train."""
+    from ajuste.data.sources import load_data
+    from ajuste.data.splits import make_splits, take_fraction
+
+    if data is None:
+        data = load_data(cfg.data.source, text_col=cfg.data.text_col, label_col=cfg.data.label_col)
+    if splits is None:
+        splits = make_splits(data, seed=cfg.data.split_seed, val_size=cfg.data.val_size,
+                             test_size=cfg.data.test_size)
+    splits = dict(splits)
+    if cfg.data.fraction != 1.0:
+        splits["train"] = take_fraction(splits["train"], data.labels, cfg.data.fraction, seed=cfg.data.split_seed)
+    return data, splits
+
+
+class PeakMemory:
+    """Peak resident memory of this process during a block (sampled; ru_maxrss is process-lifetime)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def rss() -> int:
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak = self.rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def _check_run_dir(out: Path, cfg: RunConfig, overwrite: bool) -> bool:
+    """True when ``out`` holds an unfinished run of the same config (resume)."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise AjusteError(f"--out {out} exists and is not a directory")
+    if not any(out.iterdir()):
+        return False
+    if overwrite:
+        shutil.rmtree(out)
+        return False
+    if (out / "summary.json").is_file():
+        raise AjusteError(f"{out} already holds a finished run; use another --out or --overwrite")
+    old_cfg = out / "config.yaml"
+    if not old_cfg.is_file():
+        raise AjusteError(f"{out} is not empty and is not an ajuste run directory; use another --out")
+    from ajuste.config import load_config
+
+    old = load_config(old_cfg)
+    if old.to_dict() != cfg.to_dict():
+        diff = _diff(old.to_dict(), cfg.to_dict())
+        raise AjusteError(f"{out} holds an unfinished run with a different config ({diff}); "
+                          f"use the same settings to resume, or --overwrite")
+    return True
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> str:
+    out = []
+    for k in a:
+        if isinstance(a[k], dict):
+            d = _diff(a[k], b.get(k, {}), f"{prefix}{k}.")
+            if d:
+                out.append(d)
+        elif a[k] != b.get(k):
+            out.append(f"{prefix}{k}: {a[k]!r} → {b.get(k)!r}")
+    return ", ".join(out)
+
+
+def write_status(out: Path | None, status: str, **extra: Any) -> None:
+    if out is not None:
+        atomic_write_json(out / STATUS_FILE, {"status": status, "time": time.time(), **extra})
+
+
+def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, splits: dict | None = None,
+              progress: bool = True, console: Any = None, overwrite: bool = False,
+              on_epoch_end: Callable | None = None, evaluate_test: bool = True) -> RunResult:
+    """Train one model. ``data``/``splits`` may be passed in (a study shares them across runs)."""
+    from ajuste.backbones.factory import create_backbone
+    from ajuste.data.pipeline import Pipeline, make_preprocessing
+    from ajuste.strategies.base import get_strategy, resolve_config
+    from ajuste.train.loop import fit
+
+    t_start = time.perf_counter()
+    strategy = get_strategy(cfg.strategy.name)
+    data, splits = prepare_data(cfg, data=data, splits=splits)
+    cfg = resolve_config(cfg, data.modality)
+    if console is not None:
+        for w in data.warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    resuming = _check_run_dir(Path(out), cfg, overwrite) if out is not None else False
+
+    from ajuste.backbones.zoo import ZOO
+
+    entry = ZOO.get(cfg.model.name)
+    if entry is not None and entry.modality != data.modality:
+        raise AjusteError(f"model {cfg.model.name!r} is a {entry.modality} model but {cfg.data.source} holds "
+                          f"{data.modality}; pick a {data.modality} model (`ajuste models`)")
+    _seed_everything(cfg.train.seed)
+    backbone = create_backbone(cfg.model.name, num_classes=len(data.classes),
+                               pretrained=cfg.model.pretrained and not strategy.reinitialize,
+                               dropout=cfg.model.dropout or 0.0, pooling=cfg.model.pooling)
+    if backbone.modality != data.modality:
+        raise AjusteError(f"model {cfg.model.name!r} takes {backbone.modality} but {cfg.data.source} holds "
+                          f"{data.modality}")
+    pre = make_preprocessing(data, backbone, image_size=cfg.data.image_size, max_length=cfg.data.max_length)
+    pipeline = Pipeline(data, splits, pre, tokenizer=getattr(backbone, "tokenizer", None),
+                        augment=cfg.data.augment, hflip=cfg.data.hflip, batch_size=cfg.data.batch_size)
+    strategy.prepare(backbone, cfg)
+
+    run_dir = Path(out) if out is not None else None
+    if run_dir is not None and not resuming:
+        _write_run_files(run_dir, cfg, data, splits, pre, backbone)
+    write_status(run_dir, "running")
+
+    from ajuste.train.run_eval import evaluate_split, trainable_share
+
+    phases = strategy.phases(cfg, len(backbone.layer_groups()))
+    trainable = trainable_share(backbone, phases)
+    with PeakMemory() as mem:
+        try:
+            result = fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
+                         progress=progress, console=console, on_epoch_end=on_epoch_end)
+        except KeyboardInterrupt:
+            write_status(run_dir, "interrupted")
+            raise
+        except BaseException as exc:
+            write_status(run_dir, "failed", error=str(exc)[:500])
+            raise
+    if result.interrupted:
+        write_status(run_dir, "interrupted")
+        summary = {"status": "interrupted", "epochs": len(result.history)}
+        return RunResult(run_dir, cfg, summary, backbone, pipeline)
+
+    summary: dict[str, Any] = {
+        "status": "complete",
+        "model": cfg.model.name,
+        "strategy": strategy.name,
+        "modality": data.modality,
+        "source": str(cfg.data.source),
+        "fraction": cfg.data.fraction,
+        "seed": cfg.train.seed,
+        "n_train": int(len(splits["train"])),
+        "n_val": int(len(splits["val"])),
+        "n_test": int(len(splits["test"])),
+        "classes": list(data.classes),
+        "epochs": len(result.history),
+        "best_epoch": result.best_epoch + 1,
+        "stopped_by": result.stopped_by or "completed",
+        "val_loss": result.best_val_loss,
+        "val_accuracy": result.best_val_accuracy,
+        "train_seconds": round(result.seconds, 2),
+        "trainable_params": trainable,
+        "total_params": backbone.total_parameters(),
+        "peak_memory_mb": round(mem.peak / 2**20, 1),
+    }
+    if evaluate_test:
+        test = evaluate_split(backbone, pipeline, "test", data.classes, cfg)
+        summary["test"] = test
+        summary["test_accuracy"] = test["accuracy"]
+        summary["test_macro_f1"] = test["macro_f1"]
+    summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+    if run_dir is not None:
+        atomic_save_safetensors(run_dir / "model.safetensors", backbone.state_dict(),
+                                metadata={"format": "pt", "ajuste": "model"})
+        atomic_write_json(run_dir / "summary.json", summary)
+        write_status(run_dir, "complete")
+        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    return RunResult(run_dir, cfg, summary, backbone, pipeline)
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _write_run_files(run_dir: Path, cfg: RunConfig, data: Any, splits: dict, pre: Any, backbone: Any) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_writable(run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    atomic_write_json(run_dir / "labels.json", list(data.classes))
+    atomic_write_json(run_dir / "preprocessing.json", pre.to_dict())
+    atomic_write_json(run_dir / "backbone.json", backbone.describe())
+    atomic_write_json(run_dir / "splits.json", {k: np.asarray(v).tolist() for k, v in splits.items()})
+    if backbone.modality == "text":
+        backbone.save_pretrained_parts(run_dir / "hf")
+
+
+def _check_writable(run_dir: Path) -> None:
+    probe = run_dir / ".write-test"
+    try:
+        probe.write_bytes(b"x" * 1024)
+        probe.unlink()
+    except OSError as exc:
+        raise AjusteError(f"cannot write to {run_dir} ({exc.strerror}); pick a writable --out") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < 200 * 2**20:
+        raise AjusteError(f"only {free / 2**20:.0f} MB free under {run_dir}; a run needs a few hundred MB")
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    p = Path(run_dir) / "summary.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None

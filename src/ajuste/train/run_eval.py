@@ -1,0 +1,192 @@
+"""Evaluate and predict with a trained backbone or a run directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ajuste.errors import AjusteError
+
+
+def trainable_share(backbone: Any, phases: list[Any]) -> int:
+    """Parameters that any phase trains (the union of their layer groups)."""
+    groups = backbone.layer_groups()
+    chosen: set[int] = set()
+    for ph in phases:
+        chosen |= set(range(len(groups))) if ph.train_groups is None else {i % len(groups) for i in ph.train_groups}
+    return int(sum(groups[i].numel() for i in chosen))
+
+
+def evaluate_split(backbone: Any, pipeline: Any, split: str, classes: list[str], cfg: Any) -> dict[str, Any]:
+    from ajuste.metrics import classification_metrics
+    from ajuste.train.loop import predict_logits, use_bf16, use_channels_last
+
+    loader = pipeline.loader(split, batch_size=max(64, pipeline.batch_size))
+    logits, y = predict_logits(backbone, loader, bf16=use_bf16(cfg, backbone, training=False),
+                               channels_last=use_channels_last(cfg, backbone))
+    return classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes)
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    backbone: Any
+    classes: list[str]
+    preprocessing: Any
+    config: Any
+    summary: dict[str, Any] | None
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Rebuild a finished run's model offline; refuse a run directory whose files disagree."""
+    from safetensors.torch import load_file
+
+    from ajuste.backbones.factory import rebuild_backbone
+    from ajuste.config import load_config
+    from ajuste.data.pipeline import Preprocessing
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AjusteError(f"run directory {run_dir} does not exist")
+    needed = ["config.yaml", "labels.json", "preprocessing.json", "backbone.json", "model.safetensors"]
+    missing = [n for n in needed if not (run_dir / n).is_file()]
+    if missing:
+        status = _status(run_dir)
+        hint = f" (status: {status}; re-run the same `ajuste train` command to finish it)" if status else ""
+        raise AjusteError(f"{run_dir} is not a finished run: missing {', '.join(missing)}{hint}")
+    classes = json.loads((run_dir / "labels.json").read_text())
+    desc = json.loads((run_dir / "backbone.json").read_text())
+    if desc.get("num_classes") != len(classes):
+        raise AjusteError(f"{run_dir}: backbone.json says {desc.get('num_classes')} classes but labels.json "
+                          f"lists {len(classes)}; the run directory is inconsistent")
+    backbone = rebuild_backbone(desc, run_dir)
+    state = load_file(run_dir / "model.safetensors")
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise AjusteError(f"{run_dir}/model.safetensors does not match the architecture in backbone.json "
+                          f"({first[:200]})") from None
+    backbone.eval()
+    pre = Preprocessing.from_dict(json.loads((run_dir / "preprocessing.json").read_text()))
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    return LoadedRun(run_dir, backbone, classes, pre, load_config(run_dir / "config.yaml"), summary)
+
+
+def _status(run_dir: Path) -> str:
+    p = run_dir / "status.json"
+    try:
+        return json.loads(p.read_text()).get("status", "") if p.is_file() else ""
+    except json.JSONDecodeError:
+        return ""
+
+
+def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_col: str | None = None,
+                 label_col: str | None = None) -> dict[str, Any]:
+    """Metrics of a run on its own test split (default) or on another labelled source."""
+    from ajuste.data.pipeline import Pipeline
+    from ajuste.data.sources import load_data
+    from ajuste.metrics import classification_metrics
+    from ajuste.train.loop import predict_logits, use_bf16, use_channels_last
+    from ajuste.train.run import prepare_data
+
+    run = load_run(run_dir)
+    cfg = run.config
+    if data_source is None:
+        data, _ = prepare_data(cfg)
+        splits = json.loads((run.run_dir / "splits.json").read_text())
+        test_idx = np.asarray(splits["test"])
+        if len(test_idx) and test_idx.max() >= len(data):
+            raise AjusteError(f"{run.run_dir}: the data source {cfg.data.source} changed since training "
+                              f"(test indices out of range); pass DATA explicitly")
+        where = f"test split of {cfg.data.source}"
+    else:
+        data = load_data(data_source, text_col=text_col or cfg.data.text_col, label_col=label_col or cfg.data.label_col,
+                         classes=run.classes)
+        test_idx = np.asarray(data.splits["test"]) if "test" in data.splits else np.arange(len(data))
+        where = f"{'test split of ' if 'test' in data.splits else ''}{data_source}"
+    if data.modality != run.backbone.modality:
+        raise AjusteError(f"{run.run_dir} is a {run.backbone.modality} model but {data_source} holds {data.modality}")
+    pipe = Pipeline(data, {"test": test_idx}, run.preprocessing, tokenizer=getattr(run.backbone, "tokenizer", None),
+                    augment="none")
+    logits, y = predict_logits(run.backbone, pipe.loader("test", batch_size=64),
+                               bf16=use_bf16(cfg, run.backbone, training=False),
+                               channels_last=use_channels_last(cfg, run.backbone))
+    metrics = classification_metrics(y.numpy(), logits.argmax(1).numpy(), run.classes)
+    metrics["evaluated_on"] = where
+    return metrics
+
+
+def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | None = None) -> list[dict[str, Any]]:
+    """Label + probability for image files, a CSV/TSV/JSONL/TXT of texts, or literal text lines."""
+    from ajuste.data.pipeline import Pipeline
+    from ajuste.data.sources import LabelledData
+    from ajuste.train.loop import predict_logits, use_bf16, use_channels_last
+
+    run = load_run(run_dir)
+    if run.backbone.modality == "image":
+        names = _expand_image_inputs(inputs)
+        items: Any = names
+    else:
+        names, items = _expand_text_inputs(inputs, text_col or run.config.data.text_col)
+    data = LabelledData(modality=run.backbone.modality, inputs=items, labels=np.zeros(len(items), dtype=np.int64),
+                        classes=run.classes, splits={}, source="predict", warnings=[])
+    pipe = Pipeline(data, {"test": np.arange(len(items))}, run.preprocessing,
+                    tokenizer=getattr(run.backbone, "tokenizer", None), augment="none")
+    logits, _ = predict_logits(run.backbone, pipe.loader("test", batch_size=64),
+                               bf16=use_bf16(run.config, run.backbone, training=False),
+                               channels_last=use_channels_last(run.config, run.backbone))
+    probs = torch.softmax(logits, 1).numpy()
+    out = []
+    for name, p in zip(names, probs):
+        k = int(p.argmax())
+        out.append({"input": name, "label": run.classes[k], "probability": float(p[k])})
+    return out
+
+
+_IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _expand_image_inputs(inputs: list[str]) -> list[str]:
+    files: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files.extend(sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in _IMAGE_EXT
+                                and not f.name.startswith(".")))
+        elif p.is_file():
+            files.append(str(p))
+        else:
+            raise AjusteError(f"{item}: no such image file or folder")
+    if not files:
+        raise AjusteError(f"no images found in {', '.join(inputs)}")
+    return files
+
+
+def _expand_text_inputs(inputs: list[str], text_col: str | None) -> tuple[list[str], list[str]]:
+    from ajuste.data.sources import load_texts
+
+    names: list[str] = []
+    texts: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
+            rows = load_texts(p, text_col=text_col)
+            names.extend(f"{p.name}:{i + 1}" for i in range(len(rows)))
+            texts.extend(rows)
+        elif p.is_file() and p.suffix.lower() in (".txt", ""):
+            lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            names.extend(f"{p.name}:{i + 1}" for i in range(len(lines)))
+            texts.extend(lines)
+        else:
+            names.append(item if len(item) <= 60 else item[:57] + "...")
+            texts.append(item)
+    if not texts:
+        raise AjusteError("nothing to predict: no text found in the inputs")
+    return names, texts

