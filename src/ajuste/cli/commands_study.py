@@ -1,9 +1,131 @@
-"""`ajuste compare | advise | report` (the study)."""
+"""`ajuste compare | advise | report`: the study — fine-tune vs scratch, head to head."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from ajuste.cli.commands_train import DATA_HELP, _console
 
 
 def register(app: typer.Typer) -> None:
-    """Study commands are added as the study module lands."""
+    app.command("compare")(compare)
+    app.command("advise")(advise)
+    app.command("report")(report)
+
+
+def _default_study_dir(data: str, model: str) -> Path:
+    name = Path(str(data).rstrip("/")).name or "data"
+    return Path("studies") / re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}-{model}")
+
+
+def _default_model(data: str) -> str:
+    from ajuste.data.sources import load_data
+
+    return "minilm-l6" if load_data(data).modality == "text" else "efficientnet_lite0"
+
+
+def compare(
+    data: str = typer.Argument("digits", help=DATA_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone (default: efficientnet_lite0 for "
+                                                                    "images, minilm-l6 for text)"),
+    strategies: str = typer.Option("linear-probe,two-stage,full,scratch", "--strategies",
+                                   help="Comma-separated strategies (see `ajuste strategies`)"),
+    fractions: str = typer.Option("0.05,0.15,0.4,1", "--fractions", help="Shares of the training split"),
+    seeds: int = typer.Option(1, "--seeds", help="Seeds per (strategy, fraction)"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Time budget, e.g. 30m or 1h: cells that would "
+                                                               "not fit are skipped (cheapest run first)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Study directory (default: studies/<data>-<model>)"),
+    sets: list[str] = typer.Option([], "--set", help="Dotted override for every cell (repeatable)"),
+    text_col: Optional[str] = typer.Option(None, "--text-col"),
+    label_col: Optional[str] = typer.Option(None, "--label-col"),
+    no_similarity: bool = typer.Option(False, "--no-similarity", help="Skip the domain-similarity measurement"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Fine-tune vs train from scratch: strategies × data fractions × seeds, a recommendation and a report."""
+    from ajuste.report.html import build_report
+    from ajuste.study.runner import run_study
+    from ajuste.study.spec import StudySpec, parse_budget, parse_list
+
+    model = model or _default_model(data)
+    spec = StudySpec(source=data, model=model, strategies=parse_list(strategies),
+                     fractions=parse_list(fractions, float), seeds=seeds, budget_seconds=parse_budget(budget),
+                     sets=list(sets), text_col=text_col, label_col=label_col)
+    study_dir = out or _default_study_dir(data, model)
+    con = _console(quiet)
+    con.print(f"{len(spec.cells())} cells: {', '.join(spec.strategies)} × fractions "
+              f"{', '.join(f'{f:g}' for f in spec.fractions)} × {spec.seeds} seed(s) → {study_dir}")
+    res = run_study(spec=spec, study_dir=study_dir, console=con, progress=not quiet, similarity=not no_similarity)
+    advice = build_report(study_dir)
+    con.print("")
+    con.print(f"[bold green]{advice['text']}[/]", highlight=False)
+    for r in advice["reasons"]:
+        con.print(f"  • {r}", highlight=False)
+    con.print(f"report: {study_dir / 'report.html'}   best model: {study_dir / 'best_model'}   "
+              f"({res.seconds:.0f}s)")
+
+
+def advise(
+    data: str = typer.Argument("digits", help=DATA_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    text_col: Optional[str] = typer.Option(None, "--text-col"),
+    label_col: Optional[str] = typer.Option(None, "--label-col"),
+) -> None:
+    """Quick advice: data profile, measured domain similarity and a linear probe, with a suggested `compare`."""
+    import time
+
+    from ajuste.config import RunConfig
+    from ajuste.strategies.base import resolve_config
+    from ajuste.study.advice import data_size_reason
+    from ajuste.study.similarity import measure_similarity
+    from ajuste.train.run import prepare_data
+
+    t0 = time.perf_counter()
+    model = model or _default_model(data)
+    raw = {"data.source": data, "model.name": model}
+    if text_col:
+        raw["data.text_col"] = text_col
+    if label_col:
+        raw["data.label_col"] = label_col
+    cfg = RunConfig().override(raw)
+    d, splits = prepare_data(cfg)
+    cfg = resolve_config(cfg, d.modality)
+    con = _console()
+    counts = d.class_counts() if hasattr(d, "class_counts") else {}
+    n_train = len(splits["train"])
+    con.print(f"data: {d.source}; {d.modality}, {len(d)} examples, {len(d.classes)} classes; "
+              f"train/val/test {n_train}/{len(splits['val'])}/{len(splits['test'])}", highlight=False)
+    if counts:
+        lo, hi = min(counts.values()), max(counts.values())
+        con.print(f"class balance: smallest {lo}, largest {hi} (ratio {hi / max(lo, 1):.1f})", highlight=False)
+    sim = measure_similarity(model=model, data=d, splits=splits, cfg=cfg)
+    p, r = sim["pretrained"], sim["random"]
+    reasons = [data_size_reason(n_train),
+               f"domain similarity {sim['similarity']}: linear probe {p['probe_accuracy']:.3f} on pretrained "
+               f"features vs {r['probe_accuracy']:.3f} on random ones (LogME {p['logme']:.2f} vs {r['logme']:.2f})"]
+    if sim["similarity"] == "high" and n_train < 5000:
+        verdict = "fine-tune: start with two-stage (head, then all layers at a low LR); a linear probe is a strong baseline"
+    elif sim["similarity"] == "low" and n_train >= 100_000:
+        verdict = "scratch is viable; compare it with full fine-tuning"
+    elif sim["similarity"] == "low":
+        verdict = "fine-tune all layers (full or two-stage): the pretrained features need adapting to this domain"
+    else:
+        verdict = "fine-tune (two-stage or full); check scratch on the full data with `ajuste compare`"
+    con.print(f"[bold green]advice:[/] {verdict}", highlight=False)
+    for x in reasons:
+        con.print(f"  • {x}", highlight=False)
+    con.print(f"next: ajuste compare {data} --model {model} --strategies linear-probe,two-stage,full,scratch "
+              f"--fractions 0.05,0.15,0.4,1 --seeds 3   ({time.perf_counter() - t0:.0f}s)", highlight=False)
+
+
+def report(study_dir: Path = typer.Argument(..., help="A study directory made by `ajuste compare`")) -> None:
+    """Regenerate a study's HTML report, plots and recommendation."""
+    from ajuste.report.html import build_report
+
+    advice = build_report(study_dir)
+    con = _console()
+    con.print(advice["text"], highlight=False)
+    con.print(f"report: {Path(study_dir) / 'report.html'}")

@@ -1,0 +1,192 @@
+"""The study report: one self-contained HTML file (plots embedded), plus PNGs and a Markdown table."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from ajuste.errors import AjusteError
+from ajuste.io import atomic_write_text, read_jsonl
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#1d2330;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #dde;padding-bottom:.2em}
+.rec{background:#eef6ee;border-left:5px solid #2e7d32;padding:.8em 1.2em;font-size:1.1em}
+.rec ul{margin:.4em 0 0 1em;font-size:.93em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em} td,th{border:1px solid #ccd;padding:.25em .6em;text-align:right}
+th{background:#f2f4f8} td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0} .muted{color:#667;font-size:.9em}
+.win{font-weight:bold;background:#f4fbf4}
+"""
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _fmt(mean: float, std: float, seeds: int, digits: int = 3) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if seeds > 1 else f"{mean:.{digits}f}"
+
+
+def _table(headers: list[str], rows: list[list[str]], win_rows: set[int] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for i, r in enumerate(rows):
+        cls = ' class="win"' if win_rows and i in win_rows else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def load_study(study_dir: Path) -> tuple[Any, list[dict], dict | None, list[dict]]:
+    from ajuste.study.spec import StudySpec
+
+    study_dir = Path(study_dir)
+    if not (study_dir / "study.json").is_file():
+        raise AjusteError(f"{study_dir} is not a study directory (no study.json); run `ajuste compare` first")
+    spec = StudySpec.from_dict(json.loads((study_dir / "study.json").read_text()))
+    records = read_jsonl(study_dir / "results.jsonl")
+    sim_path = study_dir / "similarity.json"
+    sim = json.loads(sim_path.read_text()) if sim_path.is_file() else None
+    skip_path = study_dir / "skipped.json"
+    skipped = json.loads(skip_path.read_text()) if skip_path.is_file() else []
+    return spec, records, sim, skipped
+
+
+def build_report(study_dir: Path, *, export: bool = True) -> dict[str, Any]:
+    """Advice, plots (PNG + embedded), tables; the best run copied to best_model/. Returns the advice."""
+    from ajuste.report import plots
+    from ajuste.study.advice import aggregate, pre_post, recommend
+    from ajuste.study.runner import export_best
+
+    study_dir = Path(study_dir)
+    spec, records, sim, skipped = load_study(study_dir)
+    if not records:
+        raise AjusteError(f"{study_dir} has no finished cells yet; run `ajuste compare` to fill it")
+    agg = aggregate(records)
+    advice = recommend(records, sim)
+    best_rec = None
+    if advice["winner"]:
+        cands = [r for r in records if r["strategy"] == advice["winner"] and r["fraction"] == advice["fraction"]]
+        best_rec = max(cands, key=lambda r: r["val_accuracy"])
+        advice["best_cell"] = best_rec["cell"]
+        if export:
+            export_best(study_dir, best_rec["cell"])
+    classes = _classes(study_dir, best_rec)
+
+    figs = {
+        "data_efficiency": plots.data_efficiency(agg, crossover=advice.get("crossover")),
+        "learning_curves": plots.learning_curves(records),
+        "accuracy_vs_time": plots.accuracy_vs_time(agg),
+    }
+    if best_rec is not None:
+        figs["confusion_best"] = plots.confusion(best_rec["confusion"], classes,
+                                                 title=f"Confusion matrix of the best model ({best_rec['cell']})")
+    pngs = {name: _png(fig) for name, fig in figs.items()}
+    for name, data in pngs.items():
+        (study_dir / f"{name}.png").write_bytes(data)
+
+    atomic_write_text(study_dir / "report.html", _render(spec, agg, records, advice, sim, skipped, pngs))
+    atomic_write_text(study_dir / "results.md", results_markdown(agg, advice))
+    from ajuste.io import atomic_write_json
+
+    atomic_write_json(study_dir / "advice.json", advice)
+    return advice
+
+
+def _classes(study_dir: Path, best_rec: dict | None) -> list[str]:
+    if best_rec is None:
+        return []
+    p = study_dir / best_rec["run_dir"] / "labels.json"
+    if p.is_file():
+        return json.loads(p.read_text())
+    return [str(i) for i in range(len(best_rec["confusion"]))]
+
+
+def results_markdown(agg: list[dict[str, Any]], advice: dict[str, Any]) -> str:
+    lines = ["| fraction | n train | strategy | test acc | macro-F1 | train s | trainable params | peak MB | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in agg:
+        lines.append(f"| {r['fraction']:g} | {r['n_train']} | {r['strategy']} | "
+                     f"{_fmt(r['test_accuracy'], r['test_accuracy_std'], r['seeds'])} | "
+                     f"{_fmt(r['test_macro_f1'], r['test_macro_f1_std'], r['seeds'])} | {r['train_seconds']:.0f} | "
+                     f"{r['trainable_params']:,} | {r['peak_memory_mb']:.0f} | {r['seeds']} |")
+    lines += ["", f"**Recommendation**: {advice['text']}", ""] + [f"- {x}" for x in advice["reasons"]]
+    return "\n".join(lines) + "\n"
+
+
+def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: dict | None, skipped: list[dict],
+            pngs: dict[str, bytes]) -> str:
+    from ajuste.study.advice import pre_post
+
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>ajuste study: "
+             f"{html.escape(Path(str(spec.source)).name)}</title><style>{CSS}</style></head><body>"]
+    parts.append(f"<h1>Fine-tune or train from scratch? — {html.escape(Path(str(spec.source)).name)}</h1>")
+    parts.append(f"<p class='muted'>model {html.escape(spec.model)} · strategies {html.escape(', '.join(spec.strategies))}"
+                 f" · fractions {', '.join(f'{f:g}' for f in spec.fractions)} · seeds {spec.seeds} · "
+                 f"{len(records)} finished runs</p>")
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in advice["reasons"])
+    best = (f"<p>Best model: <code>best_model/</code> (from <code>runs/{html.escape(advice.get('best_cell', ''))}</code>)"
+            f" — <code>ajuste predict {{study}}/best_model INPUT...</code></p>" if advice.get("best_cell") else "")
+    parts.append(f"<h2>Recommendation</h2><div class='rec'><b>{html.escape(advice['text'])}</b>"
+                 f"<ul>{reasons}</ul></div>{best}")
+    parts.append("<h2>Data efficiency</h2>" + _img(pngs["data_efficiency"], "data-efficiency curve"))
+    if advice.get("crossover"):
+        parts.append(f"<p>{html.escape(advice['crossover']['text'])}</p>")
+
+    parts.append("<h2>Results per fraction</h2><p class='muted'>mean ± std over seeds; the winner is chosen on "
+                 "validation accuracy, test accuracy is reported.</p>")
+    for f in sorted({r["fraction"] for r in agg}):
+        rows = [r for r in agg if r["fraction"] == f]
+        best_i = max(range(len(rows)), key=lambda i: rows[i]["val_accuracy"])
+        table = [[r["strategy"], _fmt(r["test_accuracy"], r["test_accuracy_std"], r["seeds"]),
+                  _fmt(r["test_macro_f1"], r["test_macro_f1_std"], r["seeds"]),
+                  _fmt(r["val_accuracy"], r["val_accuracy_std"], r["seeds"]), f"{r['train_seconds']:.1f}",
+                  f"{r['trainable_params']:,}", f"{r['peak_memory_mb']:.0f}", r["seeds"]] for r in rows]
+        parts.append(f"<h3>fraction {f:g} ({rows[0]['n_train']} training examples)</h3>")
+        parts.append(_table(["strategy", "test accuracy", "macro-F1", "val accuracy", "train s",
+                             "trainable params", "peak MB", "seeds"], table, {best_i}))
+    pp = pre_post(agg)
+    if pp:
+        parts.append("<h2>Before vs after fine-tuning</h2><p class='muted'>pre: linear probe on the frozen "
+                     "pretrained backbone; post: the best fine-tuned arm (chosen on validation).</p>")
+        parts.append(_table(["fraction", "n train", "pre (linear probe)", "post", "post strategy", "gain"],
+                            [[f"{r['fraction']:g}", r["n_train"], f"{r['pre']:.3f}", f"{r['post']:.3f}",
+                              r["post_strategy"], f"{100 * r['gain']:+.1f} pts"] for r in pp]))
+    if sim:
+        p, r = sim["pretrained"], sim["random"]
+        parts.append("<h2>Domain similarity</h2>")
+        parts.append(_table(["features", "linear-probe val accuracy", "LogME"],
+                            [["pretrained", f"{p['probe_accuracy']:.3f}", f"{p['logme']:.3f}"],
+                             ["random init", f"{r['probe_accuracy']:.3f}", f"{r['logme']:.3f}"]]))
+        parts.append(f"<p>Similarity: <b>{html.escape(sim['similarity'])}</b> (pretrained features remove "
+                     f"{100 * sim['gain']:.0f}% of the random-feature probe's error; measured on "
+                     f"{sim['n_train']} train / {sim['n_val']} val examples in {sim['seconds']}s).</p>")
+    parts.append("<h2>Learning curves</h2>" + _img(pngs["learning_curves"], "learning curves"))
+    parts.append("<h2>Accuracy vs training time</h2>" + _img(pngs["accuracy_vs_time"], "accuracy vs time"))
+    if "confusion_best" in pngs:
+        parts.append("<h2>Best model</h2>" + _img(pngs["confusion_best"], "confusion matrix"))
+    if skipped:
+        parts.append("<h2>Skipped by the time budget</h2>")
+        parts.append(_table(["cell", "estimated s", "budget left s"],
+                            [[s["cell"], s["estimate_seconds"], s["left_seconds"]] for s in skipped]))
+    parts.append("<h2>All runs</h2>")
+    parts.append(_table(["cell", "n train", "test acc", "val acc", "epochs", "best epoch", "train s", "run"],
+                        [[r["cell"], r["n_train"], f"{r['test_accuracy']:.4f}", f"{r['val_accuracy']:.4f}", r["epochs"],
+                          r["best_epoch"], f"{r['train_seconds']:.1f}", r["run_dir"]] for r in records]))
+    parts.append("<p class='muted'>Generated by ajuste. Regenerate with <code>ajuste report STUDY_DIR</code>.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,177 @@
+"""From cell results to a recommendation with reasons.
+
+Selection uses validation accuracy only; test accuracy is reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+FINETUNE_EXCLUDE = {"scratch"}
+
+
+def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds per (strategy, fraction)."""
+    groups: dict[tuple[str, float], list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["strategy"], r["fraction"])].append(r)
+    rows = []
+    for (strategy, fraction), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        row: dict[str, Any] = {"strategy": strategy, "fraction": fraction, "seeds": len(rs),
+                               "n_train": int(np.mean([r["n_train"] for r in rs]))}
+        for key in ("test_accuracy", "test_macro_f1", "val_accuracy", "train_seconds", "peak_memory_mb"):
+            vals = np.array([r[key] for r in rs], dtype=float)
+            row[key] = float(vals.mean())
+            row[key + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        row["trainable_params"] = int(rs[0]["trainable_params"])
+        row["total_params"] = int(rs[0]["total_params"])
+        rows.append(row)
+    return rows
+
+
+def _power_fit(ns: np.ndarray, accs: np.ndarray) -> tuple[float, float] | None:
+    """Fit error(n) = k · n^(-a) in log-log space; None when it cannot be fitted (too few points)."""
+    err = np.clip(1.0 - accs, 1e-3, 1.0)
+    if len(ns) < 2 or len(set(ns.tolist())) < 2:
+        return None
+    slope, intercept = np.polyfit(np.log(ns), np.log(err), 1)
+    return float(math.exp(intercept)), float(-slope)
+
+
+def crossover(agg: list[dict[str, Any]], finetuned: str) -> dict[str, Any]:
+    """Where (if anywhere) scratch catches up with the fine-tuned arm, measured or extrapolated."""
+    by = {(r["strategy"], r["fraction"]): r for r in agg}
+    fractions = sorted({r["fraction"] for r in agg if r["strategy"] == "scratch"} &
+                       {r["fraction"] for r in agg if r["strategy"] == finetuned})
+    if not fractions:
+        return {"status": "unknown", "text": "scratch was not run at the same fractions; no crossover measured"}
+    for f in fractions:
+        s, t = by[("scratch", f)], by[(finetuned, f)]
+        tol = max(0.005, s["test_accuracy_std"] + t["test_accuracy_std"])
+        if s["test_accuracy"] >= t["test_accuracy"] - tol:
+            return {"status": "measured", "fraction": f, "n_train": s["n_train"],
+                    "text": f"scratch catches up with {finetuned} at {s['n_train']} training examples "
+                            f"(fraction {f:g}: {s['test_accuracy']:.3f} vs {t['test_accuracy']:.3f})"}
+    ns = np.array([by[("scratch", f)]["n_train"] for f in fractions], dtype=float)
+    fs = _power_fit(ns, np.array([by[("scratch", f)]["test_accuracy"] for f in fractions]))
+    ft = _power_fit(ns, np.array([by[(finetuned, f)]["test_accuracy"] for f in fractions]))
+    text = "not within the data you have"
+    out: dict[str, Any] = {"status": "not-reached", "text": text}
+    if fs and ft and fs[1] > ft[1] + 1e-6:
+        n_star = (fs[0] / ft[0]) ** (1.0 / (fs[1] - ft[1]))
+        if math.isfinite(n_star) and n_star > ns.max():
+            out["extrapolated_n"] = float(n_star)
+            out["text"] = (f"{text}; extrapolating the learning curves, scratch would catch up at about "
+                           f"{_human(n_star)} training examples ({n_star / ns.max():.0f}× what you have)")
+    elif fs and ft:
+        out["text"] = f"{text}; on the measured curves scratch is not closing the gap"
+    return out
+
+
+def more_data(agg: list[dict[str, Any]], strategy: str) -> str:
+    rows = sorted((r for r in agg if r["strategy"] == strategy), key=lambda r: r["n_train"])
+    fit = _power_fit(np.array([r["n_train"] for r in rows], float), np.array([r["test_accuracy"] for r in rows]))
+    if not fit or len(rows) < 3:
+        return "too few fractions to extrapolate what more data would buy"
+    n = rows[-1]["n_train"]
+    k, a = fit
+    now, later = 1 - k * n ** -a, 1 - k * (2 * n) ** -a
+    return (f"doubling the data ({n} → {2 * n} examples) would take {strategy} from about {100 * now:.1f}% to "
+            f"{100 * min(later, 1.0):.1f}% (power-law fit of the learning curve)")
+
+
+def _human(n: float) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e4 else f"{n:.0f}"
+
+
+def data_size_reason(n: int) -> str:
+    if n < 1000:
+        return f"{n} training examples is small data: fine-tuning a pretrained model is the safe choice"
+    if n < 100_000:
+        return f"{n} training examples is medium-sized: fine-tuning usually wins; scratch may need much more data"
+    return f"{n} training examples: enough that training from scratch is viable, if compute allows"
+
+
+def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The winning arm at the largest fraction run (selected on validation accuracy), with reasons."""
+    agg = aggregate(records)
+    if not agg:
+        return {"winner": None, "text": "no finished cells", "reasons": []}
+    top_fraction = max(r["fraction"] for r in agg)
+    arms = sorted((r for r in agg if r["fraction"] == top_fraction), key=lambda r: -r["val_accuracy"])
+    win = arms[0]
+    runner = arms[1] if len(arms) > 1 else None
+    reasons: list[str] = []
+    margin = (win["test_accuracy"] - runner["test_accuracy"]) if runner else 0.0
+    val_margin = (win["val_accuracy"] - runner["val_accuracy"]) if runner else 0.0
+    confidence = _confidence(records, win["strategy"], runner["strategy"] if runner else None, top_fraction)
+    text = (f"Use {win['strategy']}: test accuracy {win['test_accuracy']:.3f}"
+            + (f" ± {win['test_accuracy_std']:.3f}" if win["seeds"] > 1 else "")
+            + f" with {win['n_train']} training examples")
+    if runner:
+        text += (f", {100 * margin:+.1f} points over {runner['strategy']} ({runner['test_accuracy']:.3f}); "
+                 f"confidence {confidence['level']} ({confidence['text']})")
+    reasons.append(data_size_reason(win["n_train"]))
+    if similarity:
+        p, r = similarity["pretrained"], similarity["random"]
+        reasons.append(f"domain similarity is {similarity['similarity']}: a linear probe on pretrained features "
+                       f"scores {p['probe_accuracy']:.3f} vs {r['probe_accuracy']:.3f} on random features "
+                       f"(LogME {p['logme']:.2f} vs {r['logme']:.2f})")
+    ft_arms = [r for r in arms if r["strategy"] not in FINETUNE_EXCLUDE]
+    best_ft = ft_arms[0]["strategy"] if ft_arms else None
+    cross = crossover(agg, best_ft) if best_ft and any(r["strategy"] == "scratch" for r in agg) else None
+    if cross:
+        reasons.append(f"fine-tuned vs scratch: {cross['text']}")
+    reasons.append(_compute_reason(arms, win))
+    more = more_data(agg, win["strategy"])
+    reasons.append(more)
+    return {"winner": win["strategy"], "fraction": top_fraction, "margin": margin, "val_margin": val_margin,
+            "runner_up": runner["strategy"] if runner else None, "confidence": confidence, "text": text,
+            "reasons": reasons, "crossover": cross, "best_finetuned": best_ft}
+
+
+def _compute_reason(arms: list[dict[str, Any]], win: dict[str, Any]) -> str:
+    cheap = min(arms, key=lambda r: r["train_seconds"])
+    parts = [f"{win['strategy']} trained in {win['train_seconds']:.0f}s with {win['trainable_params']:,} "
+             f"trainable parameters, peak memory {win['peak_memory_mb']:.0f} MB"]
+    if cheap["strategy"] != win["strategy"] and win["test_accuracy"] > 0:
+        share = cheap["test_accuracy"] / win["test_accuracy"]
+        speed = win["train_seconds"] / max(cheap["train_seconds"], 1e-3)
+        parts.append(f"{cheap['strategy']} reaches {100 * share:.0f}% of its accuracy {speed:.0f}× faster")
+    return "; ".join(parts)
+
+
+def _confidence(records: list[dict[str, Any]], a: str, b: str | None, fraction: float) -> dict[str, Any]:
+    if b is None:
+        return {"level": "n/a", "text": "only one arm"}
+    ra = {r["seed"]: r["val_accuracy"] for r in records if r["strategy"] == a and r["fraction"] == fraction}
+    rb = {r["seed"]: r["val_accuracy"] for r in records if r["strategy"] == b and r["fraction"] == fraction}
+    seeds = sorted(set(ra) & set(rb))
+    if len(seeds) < 2:
+        return {"level": "low", "text": "one seed; run --seeds 3 for a confidence estimate"}
+    wins = sum(ra[s] > rb[s] for s in seeds)
+    diffs = np.array([ra[s] - rb[s] for s in seeds])
+    sd = diffs.std(ddof=1)
+    t = diffs.mean() / (sd / math.sqrt(len(diffs))) if sd > 0 else (math.inf if diffs.mean() > 0 else 0.0)
+    level = "high" if wins == len(seeds) and t > 3 else "medium" if wins > len(seeds) / 2 else "low"
+    return {"level": level, "text": f"wins on {wins} of {len(seeds)} seeds in validation accuracy"}
+
+
+def pre_post(agg: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per fraction: the pretrained model's linear probe (before any backbone update) vs the best
+    fine-tuned arm (after), by validation choice."""
+    out = []
+    for f in sorted({r["fraction"] for r in agg}):
+        rows = [r for r in agg if r["fraction"] == f]
+        lp = next((r for r in rows if r["strategy"] == "linear-probe"), None)
+        ft = [r for r in rows if r["strategy"] not in FINETUNE_EXCLUDE | {"linear-probe"}]
+        if lp is None or not ft:
+            continue
+        best = max(ft, key=lambda r: r["val_accuracy"])
+        out.append({"fraction": f, "n_train": lp["n_train"], "pre": lp["test_accuracy"], "post": best["test_accuracy"],
+                    "post_strategy": best["strategy"], "gain": best["test_accuracy"] - lp["test_accuracy"]})
+    return out

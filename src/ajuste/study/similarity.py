@@ -1,0 +1,117 @@
+"""Domain similarity, measured: how much do the pretrained features know about this task?
+
+Two measures on frozen features of the training split, each for pretrained and for randomly
+initialised weights of the same architecture:
+- LogME (You et al., ICML 2021): the log marginal evidence of a Bayesian linear model on the
+  features, per example, averaged over one-vs-rest targets. Higher = more transferable.
+- Linear-probe accuracy: a logistic regression on the features, scored on the validation split.
+The gap between pretrained and random says whether pretraining carries over to this domain.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+
+def logme(features: np.ndarray, labels: np.ndarray, *, max_iter: int = 50) -> float:
+    """LogME score of ``features`` (N, D) for integer ``labels`` (N,)."""
+    f = np.asarray(features, dtype=np.float64)
+    f = f - f.mean(0, keepdims=True)
+    n, d = f.shape
+    u, s, _ = np.linalg.svd(f, full_matrices=False)  # u: (N, r), s: (r,)
+    s2 = s ** 2
+    scores = []
+    for k in np.unique(labels):
+        y = (labels == k).astype(np.float64)
+        z = u.T @ y  # coordinates of y in the span of the features, (r,)
+        z2 = z ** 2
+        outside = max(float(y @ y - z2.sum()), 0.0)  # part of y no linear model on f can fit
+        alpha, beta = 1.0, 1.0
+        for _ in range(max_iter):
+            denom = alpha + beta * s2
+            gamma = float((beta * s2 / denom).sum())
+            mm = float((beta ** 2 * s2 * z2 / denom ** 2).sum())  # |m|^2, m the posterior mean
+            res = float((z2 * (alpha / denom) ** 2).sum()) + outside  # |F m - y|^2
+            new_alpha = gamma / max(mm, 1e-12)
+            new_beta = max(n - gamma, 1e-6) / max(res, 1e-12)
+            done = abs(new_alpha / new_beta - alpha / beta) <= 1e-3 * (alpha / beta)
+            alpha, beta = new_alpha, new_beta
+            if done:
+                break
+        denom = alpha + beta * s2
+        mm = float((beta ** 2 * s2 * z2 / denom ** 2).sum())
+        res = float((z2 * (alpha / denom) ** 2).sum()) + outside
+        log_det = float(np.log(denom).sum()) + (d - len(s2)) * math.log(alpha)
+        evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - n / 2 * math.log(2 * math.pi)
+                    - beta / 2 * res - alpha / 2 * mm - log_det / 2)
+        scores.append(evidence / n)
+    return float(np.mean(scores))
+
+
+def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray) -> float:
+    """Validation accuracy of a standardised logistic regression on frozen features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5))
+    clf.fit(train_x, train_y)
+    return float(clf.score(val_x, val_y))
+
+
+def similarity_label(gain: float) -> str:
+    """Share of the random-feature probe's error that pretrained features remove."""
+    if gain >= 0.5:
+        return "high"
+    if gain >= 0.2:
+        return "medium"
+    return "low"
+
+
+def measure_similarity(*, model: str, data: Any, splits: dict[str, np.ndarray], cfg: Any,
+                       max_examples: int = 1500, seed: int = 0) -> dict[str, Any]:
+    """Features of train/val for pretrained and random weights → LogME and probe accuracies."""
+    import torch
+
+    from ajuste.backbones.factory import create_backbone
+    from ajuste.data.pipeline import Pipeline, make_preprocessing
+    from ajuste.train.loop import compute_features, use_channels_last
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    sub = {}
+    for split in ("train", "val"):
+        idx = np.asarray(splits[split])
+        sub[split] = np.sort(rng.choice(idx, max_examples, replace=False)) if len(idx) > max_examples else idx
+    out: dict[str, Any] = {}
+    pipe = None
+    for kind in ("pretrained", "random"):
+        torch.manual_seed(seed)
+        bb = create_backbone(model, num_classes=len(data.classes), pretrained=cfg.model.pretrained,
+                             pooling=cfg.model.pooling)
+        if kind == "random":
+            bb.reinitialize(seed=seed)
+        if pipe is None:
+            pre = make_preprocessing(data, bb, image_size=cfg.data.image_size, max_length=cfg.data.max_length)
+            pipe = Pipeline(data, sub, pre, tokenizer=getattr(bb, "tokenizer", None), augment="none",
+                            batch_size=64)
+        cl = use_channels_last(cfg, bb)
+        if cl:
+            bb.to(memory_format=torch.channels_last)
+        feats = {s: compute_features(bb, pipe.loader(s), bf16=cfg.train.bf16 != "off", channels_last=cl)
+                 for s in ("train", "val")}
+        tx, ty = feats["train"][0].numpy(), feats["train"][1].numpy()
+        vx, vy = feats["val"][0].numpy(), feats["val"][1].numpy()
+        out[kind] = {"logme": logme(tx, ty), "probe_accuracy": probe_accuracy(tx, ty, vx, vy)}
+        del bb
+    pre_acc, rand_acc = out["pretrained"]["probe_accuracy"], out["random"]["probe_accuracy"]
+    gain = (pre_acc - rand_acc) / max(1e-6, 1.0 - rand_acc)
+    out["gain"] = float(gain)
+    out["similarity"] = similarity_label(gain)
+    out["n_train"], out["n_val"] = int(len(sub["train"])), int(len(sub["val"]))
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out

@@ -1,0 +1,107 @@
+"""What a study runs: strategies × training fractions × seeds, on one data set and one backbone."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ajuste.errors import ConfigError
+
+DEFAULT_STRATEGIES = ("linear-probe", "two-stage", "full", "scratch")
+DEFAULT_FRACTIONS = (0.05, 0.15, 0.4, 1.0)
+
+# Relative cost per training example-epoch, used to order cells cheapest first before any is measured.
+COST_RANK = {"linear-probe": 0.05, "bitfit": 0.6, "ia3": 0.7, "lora": 0.8, "prompt-tuning": 0.7,
+             "prefix-tuning": 0.7, "partial": 0.5, "two-stage": 1.0, "gradual": 1.1, "full": 1.2,
+             "discriminative": 1.2, "scratch": 2.5}
+
+
+@dataclass(frozen=True)
+class Cell:
+    strategy: str
+    fraction: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.strategy}-f{self.fraction:g}-s{self.seed}"
+
+
+@dataclass
+class StudySpec:
+    source: str
+    model: str
+    strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
+    fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
+    seeds: int = 1
+    budget_seconds: float | None = None
+    sets: list[str] = field(default_factory=list)  # dotted overrides applied to every cell
+    text_col: str | None = None
+    label_col: str | None = None
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        from ajuste.strategies.base import get_strategy
+
+        if not self.strategies:
+            raise ConfigError("--strategies is empty: name at least one, e.g. linear-probe,full,scratch")
+        self.strategies = [get_strategy(s).name for s in self.strategies]
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ConfigError(f"--strategies lists a strategy twice: {','.join(self.strategies)}")
+        if not self.fractions:
+            raise ConfigError("--fractions is empty: give values in (0, 1], e.g. 0.1,0.5,1")
+        for f in self.fractions:
+            if not (0.0 < f <= 1.0):
+                raise ConfigError(f"--fractions: {f:g} is outside (0, 1]; fractions are shares of the training split")
+        self.fractions = sorted(set(float(f) for f in self.fractions))
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds {self.seeds}: need at least 1")
+        if self.budget_seconds is not None and self.budget_seconds <= 0:
+            raise ConfigError("--budget must be positive, e.g. 30m")
+
+    def cells(self) -> list[Cell]:
+        return [Cell(s, f, seed) for s in self.strategies for f in self.fractions for seed in range(self.seeds)]
+
+    def identity(self) -> dict[str, Any]:
+        """What must not change between runs of one study directory (results would not be comparable)."""
+        return {"source": self.source, "model": self.model, "sets": sorted(self.sets), "text_col": self.text_col,
+                "label_col": self.label_col, "split_seed": self.split_seed}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StudySpec":
+        return cls(**d)
+
+
+def parse_budget(text: str | None) -> float | None:
+    """'30m', '1h30m', '90s', '2h', or a bare number of minutes."""
+    if text is None or str(text).strip() in ("", "none", "0"):
+        return None
+    s = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s) * 60
+    total, pos = 0.0, 0
+    for m in re.finditer(r"(\d+(?:\.\d+)?)\s*([hms])", s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * {"h": 3600, "m": 60, "s": 1}[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or total <= 0:
+        raise ConfigError(f"--budget {text!r}: expected a duration like 30m, 1h30m, 90s")
+    return total
+
+
+def parse_list(text: str, kind: type = str) -> list:
+    items = [x.strip() for x in str(text).split(",") if x.strip()]
+    if kind is float:
+        out = []
+        for x in items:
+            try:
+                out.append(float(x))
+            except ValueError:
+                raise ConfigError(f"--fractions: {x!r} is not a number") from None
+        return out
+    return items
