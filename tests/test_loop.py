@@ -17,7 +17,7 @@ from ajuste.train.run import train_run
 def _cfg(**over) -> RunConfig:
     base = {"model.name": "timm/test_efficientnet", "model.pretrained": False, "strategy.name": "two-stage",
             "strategy.head_epochs": 2, "train.epochs": 3, "data.image_size": 32, "data.batch_size": 64,
-            "train.patience": 5}
+            "train.patience": 5, "train.min_steps": 0}
     base.update(over)
     return RunConfig().override(base)
 

@@ -133,6 +133,8 @@ class OptimConfig:
 class TrainConfig:
     epochs: int | None = _help("Max epochs of the main phase (auto per strategy and modality)", default=None)
     patience: int = _help("Early stopping: epochs without val-loss improvement before stopping", default=3)
+    min_steps: int = _help("Small data: stretch each phase's epochs (and patience) to at least this many "
+                           "optimizer steps", default=200)
     seed: int = _help("Training seed (initialisation, shuffling, augmentation)", default=0)
     threads: int | None = _help("Torch intra-op threads (auto: all cores)", default=None)
     bf16: str = _help("bf16 autocast: auto (transformers and frozen passes) | on | off", default="auto")
@@ -143,6 +145,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"train.epochs={self.epochs} must be ≥ 1")
+        if self.min_steps < 0:
+            raise ConfigError(f"train.min_steps={self.min_steps} must be ≥ 0")
         if self.patience < 1:
             raise ConfigError(f"train.patience={self.patience} must be ≥ 1")
         for name in ("bf16", "channels_last"):

@@ -32,9 +32,9 @@ def compare(
     data: str = typer.Argument("digits", help=DATA_HELP),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone (default: efficientnet_lite0 for "
                                                                     "images, minilm-l6 for text)"),
-    strategies: str = typer.Option("linear-probe,two-stage,full,scratch", "--strategies",
+    strategies: str = typer.Option("linear-probe,two-stage,scratch", "--strategies",
                                    help="Comma-separated strategies (see `ajuste strategies`)"),
-    fractions: str = typer.Option("0.05,0.15,0.4,1", "--fractions", help="Shares of the training split"),
+    fractions: str = typer.Option("0.1,0.3,1", "--fractions", help="Shares of the training split"),
     seeds: int = typer.Option(1, "--seeds", help="Seeds per (strategy, fraction)"),
     budget: Optional[str] = typer.Option(None, "--budget", help="Time budget, e.g. 30m or 1h: cells that would "
                                                                "not fit are skipped (cheapest run first)"),

@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> int:
 
     debug = os.environ.get("AJUSTE_DEBUG") == "1"
     try:
-        app(args=argv, standalone_mode=False)
-        return 0
+        rv = app(args=argv, standalone_mode=False)
+        # Typer turns KeyboardInterrupt (and typer.Exit) into a returned exit code.
+        code = rv if isinstance(rv, int) else 0
+        if code == 130:
+            _error("interrupted: finished epochs/cells are saved; re-run the same command to resume")
+        return code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code or 0)
     except click.exceptions.Abort:

@@ -159,7 +159,7 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
             cfg = cell_config(spec, cell)
             rcfg = resolve_config(cfg, data.modality)
             n_train = _fraction_size(cell.fraction, splits, data.labels, spec.split_seed)
-            epochs = _planned_epochs(rcfg)
+            epochs = _planned_epochs(rcfg, n_train)
             if budget is not None:
                 left = budget - spent_before - (time.perf_counter() - started)
                 est = cost.estimate(cell.strategy, n_train, epochs)
@@ -207,10 +207,14 @@ def _fraction_size(fraction: float, splits: dict, labels: np.ndarray, seed: int)
     return int(len(take_fraction(splits["train"], labels, fraction, seed=seed)))
 
 
-def _planned_epochs(cfg: RunConfig) -> int:
+def _planned_epochs(cfg: RunConfig, n_train: int) -> int:
+    """Planned full passes over the training data (upper bound: early stopping usually cuts it)."""
     from ajuste.strategies.base import get_strategy
+    from ajuste.train.loop import stretch_phases
 
+    spe = max(1, -(-n_train // cfg.data.batch_size))
     phases = get_strategy(cfg.strategy.name).phases(cfg, 3 + max(1, cfg.strategy.unfreeze))
+    phases = stretch_phases(phases, spe, cfg.train.min_steps)
     # Head-only phases run on cached features: nearly free next to a full pass.
     return max(1, sum(p.epochs for p in phases if not p.head_only))
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from ajuste.errors import ConfigError
 
-DEFAULT_STRATEGIES = ("linear-probe", "two-stage", "full", "scratch")
-DEFAULT_FRACTIONS = (0.05, 0.15, 0.4, 1.0)
+DEFAULT_STRATEGIES = ("linear-probe", "two-stage", "scratch")
+DEFAULT_FRACTIONS = (0.1, 0.3, 1.0)
 
 # Relative cost per training example-epoch, used to order cells cheapest first before any is measured.
 COST_RANK = {"linear-probe": 0.05, "bitfit": 0.6, "ia3": 0.7, "lora": 0.8, "prompt-tuning": 0.7,

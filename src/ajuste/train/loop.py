@@ -9,6 +9,7 @@ resumed run draws the same shuffles and augmentations as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import time
@@ -214,7 +215,12 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
     ``on_epoch_end`` may raise ``CancelFit`` (e.g. an Optuna pruner) to stop after that epoch.
     """
     torch.set_num_threads(cfg.train.threads or max(1, torch.get_num_threads()))
-    phases = strategy.phases(cfg, len(backbone.layer_groups()))
+    # Denormal floats (tiny activations/gradients, common right after re-initialisation) run
+    # through a slow path on x86; flushing them to zero changes nothing that matters for training.
+    torch.set_flush_denormal(True)
+    steps_per_epoch = max(1, math.ceil(len(pipeline.splits["train"]) / pipeline.batch_size))
+    phases = stretch_phases(strategy.phases(cfg, len(backbone.layer_groups())), steps_per_epoch,
+                            cfg.train.min_steps)
     ckpt = Checkpointer(run_dir)
     channels_last = use_channels_last(cfg, backbone)
     if channels_last:
@@ -251,7 +257,6 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
             cached = phase.head_only and cfg.train.cache_features
             train_loader, val_loader = _phase_loaders(backbone, pipeline, cfg, cached=cached,
                                                       channels_last=channels_last)
-            steps_per_epoch = max(1, math.ceil(len(pipeline.splits["train"]) / pipeline.batch_size))
             total_steps = steps_per_epoch * phase.epochs
             for e in range(state.phase_epoch, phase.epochs):
                 t0 = time.perf_counter()
@@ -322,6 +327,18 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
     result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
     result.best_epoch, result.seconds = state.best_epoch, state.seconds
     return result
+
+
+def stretch_phases(phases: list[Phase], steps_per_epoch: int, min_steps: int) -> list[Phase]:
+    """On small data an epoch is a handful of steps: give each phase at least ``min_steps`` optimizer
+    steps by scaling its epochs and patience alike (20 epochs of 2 steps would stop before BatchNorm
+    statistics or the head have settled)."""
+    out = []
+    for p in phases:
+        factor = max(1, math.ceil(min_steps / max(1, p.epochs * steps_per_epoch)))
+        out.append(dataclasses.replace(p, epochs=p.epochs * factor,
+                                       patience=None if p.patience is None else p.patience * factor))
+    return out
 
 
 def _phase_loaders(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, *, cached: bool,

@@ -1,0 +1,152 @@
+"""The study: cells on shared splits, resume without redoing finished cells, budget, advice, report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ajuste.errors import AjusteError, ConfigError
+from ajuste.io import read_jsonl
+from ajuste.study.advice import aggregate, crossover, recommend
+from ajuste.study.runner import run_study
+from ajuste.study.similarity import logme
+from ajuste.study.spec import StudySpec, parse_budget
+
+TINY = ["model.pretrained=false", "data.image_size=32", "train.epochs=1", "strategy.head_epochs=1",
+        "data.batch_size=64", "train.min_steps=0"]
+
+
+def _spec(**kw) -> StudySpec:
+    base = dict(source="digits", model="timm/test_efficientnet", strategies=["linear-probe", "scratch"],
+                fractions=[0.1, 0.3], seeds=1, sets=list(TINY))
+    base.update(kw)
+    return StudySpec(**base)
+
+
+class Boom(Exception):
+    pass
+
+
+def test_kill_mid_study_then_resume_skips_finished_cells(tmp_path):
+    spec = _spec()
+    seen: list[str] = []
+
+    def die_after_two(rec):
+        seen.append(rec["cell"])
+        if len(seen) == 2:
+            raise Boom
+
+    with pytest.raises(Boom):
+        run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False, on_cell_end=die_after_two)
+    first = read_jsonl(tmp_path / "results.jsonl")
+    assert [r["cell"] for r in first] == seen
+
+    ran: list[str] = []
+    res = run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False,
+                    on_cell_end=lambda r: ran.append(r["cell"]))
+    assert not set(ran) & set(seen), "finished cells must not be redone"
+    cells = [r["cell"] for r in res.records]
+    assert sorted(cells) == sorted(c.key for c in spec.cells())
+    assert len(cells) == len(set(cells))
+    # Every cell trained on the same fixed splits; the fraction's examples come from train only.
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    for r in res.records:
+        run_splits = json.loads((tmp_path / r["run_dir"] / "splits.json").read_text())
+        assert run_splits["test"] == splits["test"] and run_splits["val"] == splits["val"]
+        assert set(run_splits["train"]) <= set(splits["train"])
+
+
+def test_nested_fractions_and_cheapest_first_order(tmp_path):
+    from ajuste.study.runner import plan_cells
+
+    spec = _spec(strategies=["scratch", "linear-probe"], fractions=[1.0, 0.1], seeds=2)
+    order = [c.key for c in plan_cells(spec, set())]
+    assert order[:2] == ["linear-probe-f0.1-s0", "scratch-f0.1-s0"]
+    assert all(k.endswith("s1") for k in order[4:])  # extra seeds after every arm has one
+
+
+def test_refuses_to_mix_another_dataset_or_config(tmp_path):
+    run_study(spec=_spec(strategies=["linear-probe"], fractions=[0.1]), study_dir=tmp_path, progress=False,
+              similarity=False)
+    with pytest.raises(AjusteError, match="data.image_size=32"):
+        run_study(spec=_spec(strategies=["linear-probe"], fractions=[0.1], sets=TINY[1:] + ["data.image_size=48"]),
+                  study_dir=tmp_path, progress=False, similarity=False)
+
+
+@pytest.mark.parametrize("fractions", [[0.0], [1.5], [-0.1]])
+def test_fractions_outside_unit_interval_are_refused(fractions):
+    with pytest.raises(ConfigError, match="outside"):
+        _spec(fractions=fractions)
+
+
+def test_budget_too_small_for_one_cell_says_the_minimum(tmp_path):
+    # The first (cheapest) cell always runs; a budget of 0.01 s then skips the rest and says so.
+    res = run_study(spec=_spec(budget_seconds=0.01), study_dir=tmp_path, progress=False, similarity=False)
+    assert len(res.records) == 1 and res.skipped
+    assert json.loads((tmp_path / "skipped.json").read_text())
+
+
+def test_parse_budget():
+    assert parse_budget("30m") == 1800 and parse_budget("1h30m") == 5400 and parse_budget("90s") == 90
+    assert parse_budget("2") == 120 and parse_budget(None) is None
+    with pytest.raises(ConfigError):
+        parse_budget("soon")
+
+
+def _rec(strategy, fraction, n, acc, seed=0, val=None):
+    return {"strategy": strategy, "fraction": fraction, "seed": seed, "n_train": n, "test_accuracy": acc,
+            "test_macro_f1": acc, "val_accuracy": acc if val is None else val, "train_seconds": 1.0,
+            "peak_memory_mb": 100.0, "trainable_params": 10, "total_params": 100}
+
+
+def test_crossover_measured_and_not_reached():
+    recs = [_rec("full", 0.1, 100, 0.9), _rec("scratch", 0.1, 100, 0.5),
+            _rec("full", 1.0, 1000, 0.95), _rec("scratch", 1.0, 1000, 0.95)]
+    c = crossover(aggregate(recs), "full")
+    assert c["status"] == "measured" and c["n_train"] == 1000
+    recs = [_rec("full", 0.1, 100, 0.90), _rec("scratch", 0.1, 100, 0.50),
+            _rec("full", 1.0, 1000, 0.92), _rec("scratch", 1.0, 1000, 0.80)]
+    c = crossover(aggregate(recs), "full")
+    assert c["status"] == "not-reached" and "not within the data you have" in c["text"]
+    assert c.get("extrapolated_n", 0) > 1000  # scratch's error falls faster: it would catch up later
+
+
+def test_recommendation_selects_on_validation_not_test():
+    recs = [_rec("full", 1.0, 1000, acc=0.99, val=0.90), _rec("two-stage", 1.0, 1000, acc=0.95, val=0.93)]
+    adv = recommend(recs)
+    assert adv["winner"] == "two-stage"
+    assert any("1000 training examples" in r for r in adv["reasons"])
+
+
+def test_logme_prefers_informative_features():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    informative = np.eye(3)[y] * 3 + rng.normal(size=(400, 3)) * 0.5
+    informative = np.hstack([informative, rng.normal(size=(400, 13))])
+    noise = rng.normal(size=(400, 16))
+    assert logme(informative, y) > logme(noise, y) + 0.1
+
+
+def test_report_has_recommendation_first_and_all_plots(tmp_path):
+    from ajuste.report.html import build_report
+
+    spec = _spec(strategies=["linear-probe", "full", "scratch"], fractions=[0.2, 1.0])
+    run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False)
+    advice = build_report(tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert html.index("Recommendation") < html.index("Data efficiency") < html.index("Results per fraction")
+    assert html.count("data:image/png;base64,") == 4
+    for name in ("data_efficiency", "learning_curves", "accuracy_vs_time", "confusion_best"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 5000
+    assert (tmp_path / "best_model" / "model.safetensors").is_file()
+    assert advice["winner"] in spec.strategies
+    from ajuste.train.run_eval import predict_inputs  # the exported best model predicts
+
+    from PIL import Image
+
+    img = tmp_path / "x.png"
+    Image.fromarray((np.eye(8) * 255).astype(np.uint8)).save(img)
+    out = predict_inputs(tmp_path / "best_model", [str(img)])
+    assert out[0]["label"] in [str(i) for i in range(10)]
