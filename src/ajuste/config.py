@@ -133,8 +133,8 @@ class OptimConfig:
 class TrainConfig:
     epochs: int | None = _help("Max epochs of the main phase (auto per strategy and modality)", default=None)
     patience: int = _help("Early stopping: epochs without val-loss improvement before stopping", default=3)
-    min_steps: int = _help("Small data: stretch each phase's epochs (and patience) to at least this many "
-                           "optimizer steps", default=200)
+    min_steps: int = _help("Small data: each epoch repeats the training set so a phase gets about this many "
+                           "optimizer steps", default=150)
     seed: int = _help("Training seed (initialisation, shuffling, augmentation)", default=0)
     threads: int | None = _help("Torch intra-op threads (auto: all cores)", default=None)
     bf16: str = _help("bf16 autocast: auto (transformers and frozen passes) | on | off", default="auto")
@@ -155,12 +155,42 @@ class TrainConfig:
 
 
 @dataclass
+class PeftConfig:
+    r: int = _help("lora: rank of the low-rank update (≤ the smallest in/out size of a target layer)", default=8)
+    alpha: float = _help("lora: scaling; the update is scaled by alpha / r", default=16.0)
+    dropout: float = _help("lora: dropout on the adapter's input", default=0.1)
+    targets: str = _help("lora/ia3: modules that get adapters: auto (attention query/value for transformers, "
+                         "1x1 convs for convnets) or comma-separated names, suffixes or globs "
+                         "(e.g. query,value or conv_pw)", default="auto")
+    num_virtual_tokens: int = _help("prompt-/prefix-tuning: number of learned virtual tokens", default=20)
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"peft.r={self.r} must be ≥ 1 (the rank of the LoRA update)")
+        _check_range("peft.alpha", self.alpha, 0.0, 1e6, lo_open=True)
+        _check_range("peft.dropout", self.dropout, 0.0, 0.9)
+        if self.num_virtual_tokens < 1 or self.num_virtual_tokens > 512:
+            raise ConfigError(f"peft.num_virtual_tokens={self.num_virtual_tokens} must be in [1, 512]")
+        names = [t.strip() for t in str(self.targets).split(",")]
+        if not self.targets.strip() or any(not t for t in names):
+            raise ConfigError(f"peft.targets={self.targets!r}: expected auto or a comma-separated list of module "
+                              f"names, e.g. query,value")
+
+    def target_list(self) -> list[str] | None:
+        """The user's target patterns, or None for auto."""
+        if self.targets.strip().lower() == "auto":
+            return None
+        return [t.strip() for t in self.targets.split(",")]
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,6 +10,7 @@ Strategies never name modules: they pick group indices.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,11 +34,14 @@ class Backbone(nn.Module):
 
     modality: str = "image"
     is_convnet: bool = False
+    inner_attr: str = "model"  # attribute holding the pretrained network (PEFT wraps it in place)
 
     def __init__(self) -> None:
         super().__init__()
         self._frozen_norms: list[nn.Module] = []
         self.head_dropout = nn.Dropout(0.0)
+        # The resolved PEFT spec once adapters are injected (ajuste.backbones.adapters); in backbone.json.
+        self.peft: dict[str, Any] | None = None
 
     # --- abstract -------------------------------------------------------------------------------
     def features(self, inputs: Any) -> torch.Tensor:
@@ -85,27 +89,40 @@ class Backbone(nn.Module):
         groups.append(LayerGroup("head", list(self.classifier.named_parameters(prefix="classifier"))))
         return groups
 
-    def set_trainable(self, group_indices: list[int] | None, *, freeze_bn_stats: bool = False) -> None:
-        """Train exactly these layer groups (None = all); everything else is frozen.
+    def set_trainable(self, group_indices: list[int] | None, *, freeze_bn_stats: bool = False,
+                      select: str | None = None) -> None:
+        """Train exactly these layer groups (None = all); everything else is frozen. With ``select``
+        (a regex over parameter names: PEFT adapters, biases) the matching parameters and the head
+        train instead, whatever ``group_indices`` says.
 
         Norm layers whose parameters are all frozen are remembered and kept in eval mode by
         ``train()``: their running statistics must not drift (pytorch #66073). With
         ``freeze_bn_stats`` every BatchNorm stays in eval mode (its affine part may still train):
         pretrained statistics survive unfreezing, so a head trained on them stays valid.
         """
-        groups = self.layer_groups()
-        chosen = set(range(len(groups))) if group_indices is None else {i % len(groups) for i in group_indices}
         for p in self.parameters():
             p.requires_grad_(False)
-        for i in chosen:
-            for _, p in groups[i].params:
-                p.requires_grad_(True)
+        for p in self.trainable_selection(group_indices, select=select):
+            p.requires_grad_(True)
         self._frozen_norms = [
             m for m in self.modules()
             if isinstance(m, _BN_TYPES)
             and (freeze_bn_stats or not any(p.requires_grad for p in m.parameters(recurse=False)))
         ]
         self.train(self.training)
+
+    def trainable_selection(self, group_indices: list[int] | None, *, select: str | None = None) -> list[nn.Parameter]:
+        """The parameters ``set_trainable`` would train (see there)."""
+        groups = self.layer_groups()
+        if select is not None:
+            # Only parameters of layer groups qualify: parts the forward pass never uses (an HF pooler)
+            # would sit in the optimizer without a gradient.
+            pattern = re.compile(select)
+            names = {id(p): n for n, p in self.named_parameters()}
+            body = [p for g in groups[:-1] for _, p in g.params if pattern.search(names.get(id(p), ""))]
+            return body + [p for _, p in groups[-1].params]
+        chosen = set(range(len(groups))) if group_indices is None else {i % len(groups) for i in group_indices}
+        return [p for i in sorted(chosen) for _, p in groups[i].params]
 
     def train(self, mode: bool = True) -> "Backbone":
         super().train(mode)
@@ -119,6 +136,40 @@ class Backbone(nn.Module):
 
     def total_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # --- PEFT support (ajuste.backbones.adapters) -------------------------------------------------
+    @property
+    def net(self) -> nn.Module:
+        """The pretrained network without a PEFT wrapper (injected adapter layers stay in it)."""
+        inner = getattr(self, self.inner_attr)
+        return inner.get_base_model() if hasattr(inner, "peft_config") and hasattr(inner, "get_base_model") \
+            else inner
+
+    def _adapter_excluded(self) -> set[int]:
+        """Ids of modules inside ``net`` that must not get adapters (the head, unused parts)."""
+        return {id(self.classifier)}
+
+    def adapter_candidates(self) -> dict[str, nn.Module]:
+        """Modules of ``net`` that can take a LoRA/IA3 adapter, by name: linear layers and ungrouped
+        convolutions below the head."""
+        from ajuste.backbones.adapters import adapter_candidates
+
+        return adapter_candidates(self.net, self._adapter_excluded())
+
+    def lora_targets(self, r: int) -> list[str]:
+        """Auto LoRA targets from the structure (attention query/value; else 1x1 convs) with rank room for ``r``."""
+        from ajuste.backbones.adapters import auto_lora_targets
+
+        return auto_lora_targets(self.adapter_candidates(), r, net_modules=dict(self.net.named_modules()))
+
+    def ia3_targets(self) -> tuple[list[str], list[str]]:
+        """Auto IA3 targets and the feed-forward subset (whose input, not output, is rescaled)."""
+        from ajuste.backbones.adapters import auto_ia3_targets
+
+        return auto_ia3_targets(self.adapter_candidates(), net_modules=dict(self.net.named_modules()))
+
+    def _with_peft(self, desc: dict[str, Any]) -> dict[str, Any]:
+        return {**desc, "peft": self.peft} if self.peft else desc
 
     def reinitialize(self, *, seed: int | None = None) -> None:
         """Re-initialise every weight for training from scratch: He (Kaiming) for convolutions,

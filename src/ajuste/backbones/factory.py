@@ -34,12 +34,16 @@ def create_backbone(name: str, *, num_classes: int, pretrained: bool = True, dro
         bb = _from_zoo(name, num_classes=num_classes, pretrained=pretrained, pooling=pooling)
     elif (arch := _strip(name, TIMM_PREFIXES)) is not None or _is_timm_arch(name):
         arch = arch or name
+        _check_timm_arch(arch, name)
         bb = _hub_call(name, lambda: _build_timm(arch, name=name, num_classes=num_classes, pretrained=pretrained))
     elif Path(name).expanduser().is_dir():
         path = str(Path(name).expanduser())
         if not (Path(path) / "config.json").is_file():
             raise AjusteError(f"model folder {name} has no config.json: expected a Hugging Face model folder")
         bb = _build_hf(path, name=name, num_classes=num_classes, pretrained=pretrained, pooling=pooling)
+    elif name.startswith((".", "/", "~")):
+        raise AjusteError(f"model folder {name} does not exist; give a Hugging Face model folder, or one of "
+                          f"{', '.join(_zoo_names())} (`ajuste models`)")
     elif (hub_id := _strip(name, HF_PREFIXES)) is not None or name.count("/") == 1:
         hub_id = hub_id or name
         bb = _hub_call(name, lambda: _build_hf(hub_id, name=name, num_classes=num_classes,
@@ -79,6 +83,17 @@ def _is_timm_arch(name: str) -> bool:
     import timm
 
     return name in timm.list_models()
+
+
+def _check_timm_arch(arch: str, name: str) -> None:
+    """A misspelt timm name is a typo to point out, not a download failure ("hub models need internet")."""
+    import timm
+
+    if ":" in arch or timm.is_model(arch):  # "hf-hub:org/repo" ids are resolved by timm itself
+        return
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join('timm/' + c for c in close)}?" if close else "`timm.list_models()` lists them"
+    raise AjusteError(f"unknown timm model {name!r}: {hint}")
 
 
 def _hub_call(name: str, fn: Any) -> Backbone:
@@ -123,4 +138,8 @@ def rebuild_backbone(desc: dict[str, Any], run_dir: Path) -> Backbone:
     else:
         raise AjusteError(f"{run_dir}/backbone.json: unknown backbone kind {desc['kind']!r}")
     bb.set_dropout(desc.get("dropout", 0.0))
+    if desc.get("peft"):
+        from ajuste.backbones.adapters import apply_peft
+
+        apply_peft(bb, desc["peft"])
     return bb

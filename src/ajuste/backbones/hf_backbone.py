@@ -20,6 +20,7 @@ from ajuste.backbones.base import Backbone, LayerGroup
 
 class HFBackbone(Backbone):
     modality = "text"
+    inner_attr = "encoder"
 
     def __init__(self, encoder: nn.Module, tokenizer: Any, *, name: str, source: str, pooling: str,
                  num_classes: int) -> None:
@@ -33,9 +34,11 @@ class HFBackbone(Backbone):
         self._classifier = nn.Linear(hidden, num_classes)
         nn.init.normal_(self._classifier.weight, std=0.02)
         nn.init.zeros_(self._classifier.bias)
-        self._unused = {n for n, _ in encoder.named_parameters() if n.startswith("pooler.")}
-        for n, p in encoder.named_parameters():
-            if n in self._unused:
+        # By identity: a PEFT wrapper renames the encoder's parameters.
+        self._unused_modules = [m for n, m in encoder.named_children() if n == "pooler"]
+        self._unused = {id(p) for m in self._unused_modules for p in m.parameters()}
+        for p in encoder.parameters():
+            if id(p) in self._unused:
                 p.requires_grad_(False)
 
     @property
@@ -43,8 +46,15 @@ class HFBackbone(Backbone):
         return self._classifier
 
     def features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        n_tokens = inputs["input_ids"].shape[1]
+        if self.peft and self.peft["method"] in ("prompt-tuning", "prefix-tuning"):
+            # peft drops token type ids for prompt learning (with a warning per call); single-segment
+            # inputs have all-zero ids, the encoder's default.
+            inputs = {k: v for k, v in inputs.items() if k != "token_type_ids"}
         out = self.encoder(**inputs)
-        hidden = out.last_hidden_state  # (B, T, H)
+        # Prompt tuning prepends V learned tokens: (B, V + T, H). Pool over the T real tokens, which
+        # attend to the virtual ones; the attention mask and the CLS position refer to them.
+        hidden = out.last_hidden_state[:, -n_tokens:]  # (B, T, H)
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
@@ -62,7 +72,7 @@ class HFBackbone(Backbone):
 
     def _body_groups(self) -> list[LayerGroup]:
         prefix, n_layers = self._layer_list_prefix()
-        named = [(n, p) for n, p in self.encoder.named_parameters() if n not in self._unused]
+        named = [(n, p) for n, p in self.encoder.named_parameters() if id(p) not in self._unused]
         if not prefix:
             return [LayerGroup("encoder", named)]
         embed = LayerGroup("embeddings")
@@ -90,13 +100,16 @@ class HFBackbone(Backbone):
         return {"max_length": int(min(getattr(self.tokenizer, "model_max_length", 512) or 512, 512))}
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "hf", "name": self.name, "source": self.source, "pooling": self.pooling,
-                "num_classes": self.num_classes, "dropout": self.head_dropout.p}
+        return self._with_peft({"kind": "hf", "name": self.name, "source": self.source, "pooling": self.pooling,
+                                "num_classes": self.num_classes, "dropout": self.head_dropout.p})
+
+    def _adapter_excluded(self) -> set[int]:
+        return {id(m) for top in self._unused_modules for m in top.modules()}
 
     def save_pretrained_parts(self, folder: Path) -> None:
         """Config + tokenizer files so a run directory rebuilds the encoder offline."""
         folder.mkdir(parents=True, exist_ok=True)
-        self.encoder.config.save_pretrained(folder)
+        self.net.config.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
 
 

@@ -44,16 +44,19 @@ class TimmBackbone(Backbone):
 
     def _classifier_params(self) -> list[tuple[str, nn.Parameter]]:
         ids = {id(p) for p in self.classifier.parameters()}
-        return [(n, p) for n, p in self.model.named_parameters() if id(p) in ids]
+        return [(n, p) for n, p in self.net.named_parameters() if id(p) in ids]
 
     def _body_groups(self) -> list[LayerGroup]:
+        # self.net, not self.model: timm's group regexes expect the model's own parameter names, not a
+        # PEFT wrapper's (injected adapters keep the block prefix, so they land in their block's group).
+        net = self.net
         head_ids = {id(p) for p in self.classifier.parameters()}
-        named = [(n, p) for n, p in self.model.named_parameters() if id(p) not in head_ids]
-        if hasattr(self.model, "group_matcher"):
+        named = [(n, p) for n, p in net.named_parameters() if id(p) not in head_ids]
+        if hasattr(net, "group_matcher"):
             from timm.models import group_parameters
 
             try:
-                mapping = group_parameters(self.model, self.model.group_matcher(coarse=True))
+                mapping = group_parameters(net, net.group_matcher(coarse=True))
             except Exception:  # noqa: BLE001 - a model with a broken matcher falls back to children
                 mapping = None
             if mapping:
@@ -76,7 +79,7 @@ class TimmBackbone(Backbone):
     def data_config(self) -> dict[str, Any]:
         import timm.data
 
-        cfg = timm.data.resolve_data_config({}, model=self.model)
+        cfg = timm.data.resolve_data_config({}, model=self.net)
         return {
             "input_size": int(cfg["input_size"][-1]),
             "mean": [float(x) for x in cfg["mean"]],
@@ -86,8 +89,8 @@ class TimmBackbone(Backbone):
         }
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "timm", "name": self.name, "arch": self.arch, "num_classes": self.num_classes,
-                "dropout": self.head_dropout.p}
+        return self._with_peft({"kind": "timm", "name": self.name, "arch": self.arch,
+                                "num_classes": self.num_classes, "dropout": self.head_dropout.p})
 
 
 def _group_name(params: list[tuple[str, Any]]) -> str:

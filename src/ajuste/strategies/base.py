@@ -24,6 +24,10 @@ class Phase:
     lr: float  # LR of the top trainable body group (lower groups may decay by optim.layer_decay)
     head_lr: float
     patience: int | None  # None: run all epochs (intermediate phases of gradual unfreezing)
+    repeat: int = 1  # passes over the training data per epoch (small data: see stretch_phases)
+    # PEFT: a regex over parameter names; the matching parameters and the head train, train_groups is
+    # ignored (adapters and biases live inside every layer group).
+    select: str | None = None
 
     @property
     def head_only(self) -> bool:
@@ -47,6 +51,10 @@ class Strategy:
     def prepare(self, backbone: Any, cfg: RunConfig) -> None:
         """Called once before the first phase (e.g. inject adapters, re-initialise)."""
 
+    def report(self, backbone: Any, run_dir: Any) -> dict[str, Any]:
+        """Called after training: extra summary entries; may write extra files to ``run_dir`` (or None)."""
+        return {}
+
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
 
@@ -68,14 +76,14 @@ def list_strategies() -> list[Strategy]:
 
 def _load_builtin() -> None:
     # Importing the modules registers them (one file per strategy).
-    from ajuste.strategies import finetune, scratch  # noqa: F401
+    from ajuste.strategies import finetune, peft_methods, scratch  # noqa: F401
 
 
 # Shared auto-defaults per modality; strategies override some of them.
 _MODALITY_DEFAULTS: dict[str, dict[str, Any]] = {
     "image": {"optim.lr": 1e-4, "optim.head_lr_mult": 10.0, "optim.weight_decay": 0.01, "train.epochs": 12,
               "optim.label_smoothing": 0.0, "model.dropout": 0.1, "optim.layer_decay": 1.0, "data.augment": "light", "model.bn": "frozen"},
-    "text": {"optim.lr": 5e-5, "optim.head_lr_mult": 10.0, "optim.weight_decay": 0.01, "train.epochs": 5,
+    "text": {"optim.lr": 5e-5, "optim.head_lr_mult": 10.0, "optim.weight_decay": 0.01, "train.epochs": 3,
              "optim.label_smoothing": 0.0, "model.dropout": 0.1, "optim.layer_decay": 1.0, "data.augment": "none", "model.bn": "frozen"},
 }
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
 from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
@@ -246,10 +246,12 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
             phase = phases[pi]
             if pi != state.phase_index:
                 state.phase_index, state.phase_epoch, state.bad_epochs = pi, 0, 0
-            backbone.set_trainable(phase.train_groups, freeze_bn_stats=cfg.model.bn == "frozen")
+            backbone.set_trainable(phase.train_groups, freeze_bn_stats=cfg.model.bn == "frozen",
+                                   select=phase.select)
             groups = build_param_groups(backbone.layer_groups(), trainable=phase.train_groups, lr=phase.lr,
                                         head_lr=phase.head_lr, weight_decay=cfg.optim.weight_decay,
-                                        layer_decay=cfg.optim.layer_decay)
+                                        layer_decay=cfg.optim.layer_decay,
+                                        requires_grad_only=phase.select is not None)
             optimizer = make_optimizer(cfg.optim.name, groups, momentum=cfg.optim.momentum)
             if resume_opt is not None:
                 optimizer.load_state_dict(resume_opt)
@@ -257,24 +259,25 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
             cached = phase.head_only and cfg.train.cache_features
             train_loader, val_loader = _phase_loaders(backbone, pipeline, cfg, cached=cached,
                                                       channels_last=channels_last)
-            total_steps = steps_per_epoch * phase.epochs
+            epoch_steps = steps_per_epoch * phase.repeat
+            total_steps = epoch_steps * phase.epochs
             for e in range(state.phase_epoch, phase.epochs):
                 t0 = time.perf_counter()
                 epoch_seed = cfg.train.seed * 100_003 + state.global_epoch
                 torch.manual_seed(epoch_seed)
-                loader = train_loader(epoch_seed)
+                loader = train_loader(epoch_seed, phase.repeat)
                 task = bar.add_task(f"epoch {state.global_epoch + 1}/{planned} [{phase.name}]",
                                     total=len(loader)) if bar else None
                 train_loss, lr_now = _train_epoch(
                     backbone, loader, optimizer, cfg, from_features=cached, channels_last=channels_last,
-                    step0=e * steps_per_epoch, total_steps=total_steps, bar=bar, task=task,
-                    on_diverge=lambda lr: _diverged(backbone, best_weights, ckpt, lr, state))
+                    step0=e * epoch_steps, total_steps=total_steps, bar=bar, task=task,
+                    on_diverge=lambda lr: _diverged(backbone, best_weights, ckpt, lr, state, cfg.optim.lr))
                 val_loss, val_acc = _validate(backbone, val_loader, cfg, from_features=cached,
                                               channels_last=channels_last)
                 if bar:
                     bar.remove_task(task)
                 if not math.isfinite(val_loss):
-                    _diverged(backbone, best_weights, ckpt, lr_now, state)
+                    _diverged(backbone, best_weights, ckpt, lr_now, state, cfg.optim.lr)
                 seconds = time.perf_counter() - t0
                 rec = EpochRecord(state.global_epoch, phase.name, train_loss, val_loss, val_acc, lr_now, seconds,
                                   cached)
@@ -308,7 +311,10 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
                 if stop:
                     result.stopped_by = stop
                     break
-                if phase.patience is not None and state.bad_epochs >= phase.patience:
+                # No early stop in the first third of a phase: a re-initialised network's validation
+                # loss often rises before it falls.
+                warm = e + 1 >= math.ceil(0.3 * phase.epochs)
+                if phase.patience is not None and warm and state.bad_epochs >= phase.patience:
                     if bar:
                         bar.update(total_task, advance=phase.epochs - e - 1)
                     break
@@ -330,14 +336,15 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
 
 
 def stretch_phases(phases: list[Phase], steps_per_epoch: int, min_steps: int) -> list[Phase]:
-    """On small data an epoch is a handful of steps: give each phase at least ``min_steps`` optimizer
-    steps by scaling its epochs and patience alike (20 epochs of 2 steps would stop before BatchNorm
-    statistics or the head have settled)."""
+    """On small data an epoch is a handful of steps: 20 epochs of 2 steps stop before BatchNorm
+    statistics or the head have settled. Each epoch of such a phase passes over the training data
+    ``repeat`` times so the phase gets about ``min_steps`` optimizer steps, while validation (often
+    larger than the training set then) still runs once per epoch."""
     out = []
     for p in phases:
-        factor = max(1, math.ceil(min_steps / max(1, p.epochs * steps_per_epoch)))
-        out.append(dataclasses.replace(p, epochs=p.epochs * factor,
-                                       patience=None if p.patience is None else p.patience * factor))
+        planned = max(1, p.epochs * steps_per_epoch)
+        repeat = max(1, round(min_steps / planned))
+        out.append(dataclasses.replace(p, repeat=repeat))
     return out
 
 
@@ -353,14 +360,15 @@ def _phase_loaders(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, *, ca
             feats[split] = compute_features(backbone, loader, bf16=bf16, channels_last=channels_last)
         train_ds, val_ds = TensorDataset(*feats["train"]), TensorDataset(*feats["val"])
 
-        def make_train(seed: int) -> DataLoader:
-            return DataLoader(train_ds, batch_size=pipeline.batch_size, shuffle=True,
+        def make_train(seed: int, repeat: int = 1) -> DataLoader:
+            ds = train_ds if repeat == 1 else ConcatDataset([train_ds] * repeat)
+            return DataLoader(ds, batch_size=pipeline.batch_size, shuffle=True,
                               generator=torch.Generator().manual_seed(seed))
 
         return make_train, DataLoader(val_ds, batch_size=256)
 
-    def make_train_live(seed: int) -> DataLoader:
-        return pipeline.loader("train", shuffle=True, augment=True, seed=seed)
+    def make_train_live(seed: int, repeat: int = 1) -> DataLoader:
+        return pipeline.loader("train", shuffle=True, augment=True, seed=seed, repeat=repeat)
 
     return make_train_live, pipeline.loader("val", batch_size=max(64, pipeline.batch_size))
 
@@ -413,12 +421,15 @@ def _validate(backbone: Backbone, loader: DataLoader, cfg: RunConfig, *, from_fe
     return loss, acc
 
 
-def _diverged(backbone: Backbone, best: dict[str, torch.Tensor], ckpt: Checkpointer, lr: float, state: _State) -> None:
+def _diverged(backbone: Backbone, best: dict[str, torch.Tensor], ckpt: Checkpointer, lr: float, state: _State,
+              base_lr: float) -> None:
     backbone.load_state_dict(best)
     ckpt.save_best(best)
+    # Suggest from the configured base LR (what the user sets), not the momentary LR of the
+    # fastest group, which includes the head multiplier and the schedule.
     raise TrainingDiverged(
         f"loss became NaN/inf at epoch {state.global_epoch + 1} (LR {lr:.2g}); kept the last good weights — "
-        f"try a lower LR, e.g. --set optim.lr={max(lr / 10, 1e-7):.0e}")
+        f"try a lower LR, e.g. --set optim.lr={max(base_lr / 10, 1e-7):.0e}")
 
 
 def _report(console: Any, rec: EpochRecord, improved: bool) -> None:

@@ -138,8 +138,12 @@ def write_status(out: Path | None, status: str, **extra: Any) -> None:
 
 def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, splits: dict | None = None,
               progress: bool = True, console: Any = None, overwrite: bool = False,
-              on_epoch_end: Callable | None = None, evaluate_test: bool = True) -> RunResult:
-    """Train one model. ``data``/``splits`` may be passed in (a study shares them across runs)."""
+              on_epoch_end: Callable | None = None, evaluate_test: bool = True,
+              warn: Callable[[str], None] | None = None) -> RunResult:
+    """Train one model. ``data``/``splits`` may be passed in (a study shares them across runs).
+
+    ``warn`` receives data warnings (skipped files, dropped rows); without it they go to ``console``.
+    """
     from ajuste.backbones.factory import create_backbone
     from ajuste.data.pipeline import Pipeline, make_preprocessing
     from ajuste.strategies.base import get_strategy, resolve_config
@@ -149,24 +153,31 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
     strategy = get_strategy(cfg.strategy.name)
     data, splits = prepare_data(cfg, data=data, splits=splits)
     cfg = resolve_config(cfg, data.modality)
-    if console is not None:
-        for w in data.warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    for w in data.warnings:
+        if warn is not None:
+            warn(w)
+        elif console is not None:
+            from rich.markup import escape
+
+            console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     resuming = _check_run_dir(Path(out), cfg, overwrite) if out is not None else False
+    if resuming and console is not None:
+        console.print(f"resuming the unfinished run in {out} ({_epochs_done(Path(out))} epochs done)",
+                      markup=False, highlight=False)
 
     from ajuste.backbones.zoo import ZOO
 
     entry = ZOO.get(cfg.model.name)
     if entry is not None and entry.modality != data.modality:
         raise AjusteError(f"model {cfg.model.name!r} is a {entry.modality} model but {cfg.data.source} holds "
-                          f"{data.modality}; pick a {data.modality} model (`ajuste models`)")
+                          f"{data.modality} data; pick {_a(data.modality)} model (`ajuste models`)")
     _seed_everything(cfg.train.seed)
     backbone = create_backbone(cfg.model.name, num_classes=len(data.classes),
                                pretrained=cfg.model.pretrained and not strategy.reinitialize,
                                dropout=cfg.model.dropout or 0.0, pooling=cfg.model.pooling)
     if backbone.modality != data.modality:
         raise AjusteError(f"model {cfg.model.name!r} takes {backbone.modality} but {cfg.data.source} holds "
-                          f"{data.modality}")
+                          f"{data.modality} data; pick {_a(data.modality)} model (`ajuste models`)")
     pre = make_preprocessing(data, backbone, image_size=cfg.data.image_size, max_length=cfg.data.max_length)
     pipeline = Pipeline(data, splits, pre, tokenizer=getattr(backbone, "tokenizer", None),
                         augment=cfg.data.augment, hflip=cfg.data.hflip, batch_size=cfg.data.batch_size)
@@ -218,6 +229,7 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
         "total_params": backbone.total_parameters(),
         "peak_memory_mb": round(mem.peak / 2**20, 1),
     }
+    summary.update(strategy.report(backbone, run_dir))
     if evaluate_test:
         test = evaluate_split(backbone, pipeline, "test", data.classes, cfg)
         summary["test"] = test
@@ -231,6 +243,17 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
         write_status(run_dir, "complete")
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return RunResult(run_dir, cfg, summary, backbone, pipeline)
+
+
+def _epochs_done(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "checkpoint" / "state.json").read_text())["global_epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _a(modality: str) -> str:
+    return f"an {modality}" if modality[:1] in "aeiou" else f"a {modality}"
 
 
 def _seed_everything(seed: int) -> None:

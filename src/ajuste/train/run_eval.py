@@ -14,12 +14,12 @@ from ajuste.errors import AjusteError
 
 
 def trainable_share(backbone: Any, phases: list[Any]) -> int:
-    """Parameters that any phase trains (the union of their layer groups)."""
-    groups = backbone.layer_groups()
-    chosen: set[int] = set()
+    """Parameters that any phase trains (the union of their layer groups or PEFT selections)."""
+    chosen: dict[int, int] = {}
     for ph in phases:
-        chosen |= set(range(len(groups))) if ph.train_groups is None else {i % len(groups) for i in ph.train_groups}
-    return int(sum(groups[i].numel() for i in chosen))
+        for p in backbone.trainable_selection(ph.train_groups, select=getattr(ph, "select", None)):
+            chosen[id(p)] = p.numel()
+    return int(sum(chosen.values()))
 
 
 def evaluate_split(backbone: Any, pipeline: Any, split: str, classes: list[str], cfg: Any) -> dict[str, Any]:
@@ -58,6 +58,10 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     if missing:
         status = _status(run_dir)
         hint = f" (status: {status}; re-run the same `ajuste train` command to finish it)" if status else ""
+        if status == "failed":  # re-running the same command would fail the same way: say why it failed
+            hint = f" (training failed: {_status_error(run_dir)})"
+        elif (run_dir / "summary.json").is_file():  # finished, then damaged: re-running would refuse
+            hint = " (the run had finished; a file was moved or deleted — retrain with `ajuste train ... --overwrite`)"
         raise AjusteError(f"{run_dir} is not a finished run: missing {', '.join(missing)}{hint}")
     classes = json.loads((run_dir / "labels.json").read_text())
     desc = json.loads((run_dir / "backbone.json").read_text())
@@ -77,6 +81,13 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     return LoadedRun(run_dir, backbone, classes, pre, load_config(run_dir / "config.yaml"), summary)
+
+
+def _status_error(run_dir: Path) -> str:
+    try:
+        return str(json.loads((run_dir / "status.json").read_text()).get("error", "")) or "no reason recorded"
+    except (OSError, ValueError):
+        return "no reason recorded"
 
 
 def _status(run_dir: Path) -> str:
@@ -151,6 +162,7 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
 
 
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_TEXT_EXT = {".csv", ".tsv", ".jsonl", ".txt"}
 
 
 def _expand_image_inputs(inputs: list[str]) -> list[str]:
@@ -161,6 +173,8 @@ def _expand_image_inputs(inputs: list[str]) -> list[str]:
             files.extend(sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in _IMAGE_EXT
                                 and not f.name.startswith(".")))
         elif p.is_file():
+            if p.suffix.lower() in _TEXT_EXT:
+                raise AjusteError(f"{item} is a text table but the run is an image model; give image files or folders")
             files.append(str(p))
         else:
             raise AjusteError(f"{item}: no such image file or folder")
@@ -170,20 +184,24 @@ def _expand_image_inputs(inputs: list[str]) -> list[str]:
 
 
 def _expand_text_inputs(inputs: list[str], text_col: str | None) -> tuple[list[str], list[str]]:
-    from ajuste.data.sources import load_texts
+    from ajuste.data.sources import _decode, load_texts
 
     names: list[str] = []
     texts: list[str] = []
     for item in inputs:
         p = Path(item)
+        # a text model would happily "classify" the file name of an image: refuse instead
+        if p.is_dir() or (p.is_file() and p.suffix.lower() in _IMAGE_EXT):
+            raise AjusteError(f"{item} is an image {'folder' if p.is_dir() else 'file'} but the run is a text "
+                              f"model; give texts, or a .csv/.tsv/.jsonl/.txt file of texts")
         if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
-            rows = load_texts(p, text_col=text_col)
-            names.extend(f"{p.name}:{i + 1}" for i in range(len(rows)))
+            rows, lines = load_texts(p, text_col=text_col)
+            names.extend(f"{p.name}:{line}" for line in lines)
             texts.extend(rows)
         elif p.is_file() and p.suffix.lower() in (".txt", ""):
-            lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-            names.extend(f"{p.name}:{i + 1}" for i in range(len(lines)))
-            texts.extend(lines)
+            numbered = [(no, ln) for no, ln in enumerate(_decode(p).splitlines(), start=1) if ln.strip()]
+            names.extend(f"{p.name}:{no}" for no, _ in numbered)
+            texts.extend(ln for _, ln in numbered)
         else:
             names.append(item if len(item) <= 60 else item[:57] + "...")
             texts.append(item)

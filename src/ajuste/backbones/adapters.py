@@ -1,0 +1,287 @@
+"""Parameter-efficient fine-tuning of our backbones through the ``peft`` library (imported lazily).
+
+The backbone's pretrained network (the timm model, or the Hugging Face encoder) is wrapped in place by
+``peft.get_peft_model``. Our pooling and Linear head stay outside the wrapper, so the head always trains
+and is saved with the model (peft's own task wrappers lose a new head on reload: peft #577/#876/#1070).
+``backbone.peft`` holds the resolved spec (method, hyperparameters, the exact target modules); it goes to
+backbone.json, and ``apply_peft`` on a rebuilt architecture recreates the same wrapper, so a run's
+model.safetensors loads strictly.
+
+BitFit needs no wrapper: it only selects which existing parameters train (the biases).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import warnings
+from typing import Any
+
+from torch import nn
+
+from ajuste.errors import ConfigError
+
+METHODS = ("lora", "ia3", "prompt-tuning", "prefix-tuning", "bitfit")
+PROMPT_METHODS = ("prompt-tuning", "prefix-tuning")
+MERGEABLE = ("lora", "ia3")
+# Regex over backbone parameter names: what each method trains (besides the head). peft names its
+# adapter weights ``<module>.lora_A.<adapter>.weight``, ``<module>.ia3_l.<adapter>``, ``prompt_encoder.*``.
+SELECT = {
+    "lora": r"\.lora_(A|B|embedding_A|embedding_B)\.",
+    "ia3": r"\.ia3_l\.",
+    "prompt-tuning": r"(^|\.)prompt_encoder\.",
+    "prefix-tuning": r"(^|\.)prompt_encoder\.",
+    "bitfit": r"(^|\.)bias$",
+}
+
+_ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+# Attention projections by leaf name, most common naming first: (query, key, value) or one fused module.
+_QKV_NAMES = [("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"),
+              ("q", "k", "v"), ("query_key_value",), ("qkv",), ("Wqkv",), ("c_attn",), ("in_proj",)]
+
+
+# --- structure ----------------------------------------------------------------------------------
+
+
+def adapter_candidates(net: nn.Module, excluded: set[int]) -> dict[str, nn.Module]:
+    """Linear layers and ungrouped convolutions of ``net`` (names as peft sees them), minus ``excluded``.
+    Grouped/depthwise convolutions are left out: a low-rank update of a per-channel filter saves nothing."""
+    out: dict[str, nn.Module] = {}
+    for name, m in net.named_modules():
+        if id(m) in excluded or not name:
+            continue
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups != 1:
+            continue
+        if isinstance(m, _ADAPTABLE) or type(m).__name__ == "Conv1D":  # GPT-2's transposed linear
+            out[name] = m
+    return out
+
+
+def pattern_of(name: str) -> str:
+    """A module's name inside its repeated block: ``encoder.layer.3.attention.self.query`` →
+    ``attention.self.query``, ``blocks.2.1.conv_pw`` → ``conv_pw``; unrepeated modules keep their name."""
+    return re.sub(r"^.*\.\d+\.", "", name)
+
+
+def patterns(names: list[str]) -> list[str]:
+    return list(dict.fromkeys(pattern_of(n) for n in names))
+
+
+def layer_dims(m: nn.Module) -> tuple[int, int]:
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return m.in_channels, m.out_channels
+    w = getattr(m, "weight", None)  # transformers Conv1D: weight (in, out)
+    return (int(w.shape[0]), int(w.shape[1])) if w is not None and w.ndim == 2 else (0, 0)
+
+
+def _leaf(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def _attention(cands: dict[str, nn.Module], roles: str) -> list[str]:
+    """Attention projections for ``roles`` ("qv" or "kv") by the first naming scheme the model uses;
+    a fused projection serves every role."""
+    linear = [n for n, m in cands.items() if not isinstance(m, (nn.Conv1d, nn.Conv2d))]
+    leaves = {_leaf(n) for n in linear}
+    index = {"q": 0, "k": 1, "v": 2}
+    for scheme in _QKV_NAMES:
+        if all(s in leaves for s in scheme):
+            wanted = set(scheme) if len(scheme) == 1 else {scheme[index[r]] for r in roles}
+            return [n for n in linear if _leaf(n) in wanted]
+    return []
+
+
+def _is_gate(name: str, net_modules: dict[str, nn.Module]) -> bool:
+    """Inside a squeeze-and-excitation gate: a tiny channel-attention MLP, not a feature transform."""
+    parent = name.rsplit(".", 1)[0] if "." in name else ""
+    cls = type(net_modules.get(parent)).__name__ if parent in net_modules else ""
+    return _leaf(parent) == "se" or "Squeeze" in cls or cls.startswith(("SE", "EffectiveSE"))
+
+
+def _pointwise(cands: dict[str, nn.Module]) -> list[str]:
+    """1x1 convolutions (expand / project / head convs of MobileNet-style and ResNet blocks)."""
+    return [n for n, m in cands.items() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+
+
+def _ffn_down(cands: dict[str, nn.Module]) -> list[str]:
+    """Feed-forward down projections: the linear layers with the widest input that narrow it."""
+    linear = {n: layer_dims(m) for n, m in cands.items() if not isinstance(m, (nn.Conv1d, nn.Conv2d))}
+    if not linear:
+        return []
+    widest = max(i for i, _ in linear.values())
+    return [n for n, (i, o) in linear.items() if i == widest and o < i]
+
+
+def _fits(cands: dict[str, nn.Module], names: list[str], r: int) -> list[str]:
+    return [n for n in names if min(layer_dims(cands[n])) >= r]
+
+
+def auto_lora_targets(cands: dict[str, nn.Module], r: int, *,
+                      net_modules: dict[str, nn.Module] | None = None) -> list[str]:
+    """Attention query/value projections (transformers); else the 1x1 convolutions outside SE gates
+    (convnets); else every candidate. Layers narrower than ``r`` are skipped."""
+    chosen = _attention(cands, "qv")
+    if not chosen:
+        mods = net_modules or {}
+        chosen = [n for n in _pointwise(cands) if not _is_gate(n, mods)] or list(cands)
+    fitting = _fits(cands, chosen, r)
+    if chosen and not fitting:
+        room = max(min(layer_dims(cands[n])) for n in chosen)
+        raise ConfigError(f"peft.r={r} is larger than every auto-selected layer ({', '.join(patterns(chosen)[:4])}"
+                          f"; the largest allows r ≤ {room}): use peft.r ≤ {room}")
+    return fitting
+
+
+def auto_ia3_targets(cands: dict[str, nn.Module], *, net_modules: dict[str, nn.Module] | None = None
+                     ) -> tuple[list[str], list[str]]:
+    """IA3 (Liu et al. 2022): rescale keys, values and the feed-forward down projection's input; for
+    convnets, the 1x1 convolutions, with the channel-reducing (project) ones rescaled on their input."""
+    attn = _attention(cands, "kv")
+    if attn:
+        ff = _ffn_down(cands)
+        return attn + [n for n in ff if n not in attn], ff
+    mods = net_modules or {}
+    convs = [n for n in _pointwise(cands) if not _is_gate(n, mods)] or list(cands)
+    ff = [n for n in convs if layer_dims(cands[n])[0] > layer_dims(cands[n])[1]]
+    return convs, ff
+
+
+def match_targets(user: list[str], cands: dict[str, nn.Module], *, model: str) -> list[str]:
+    """Module names matching the user's patterns: an exact name, a dotted suffix (``query``,
+    ``attention.self.query``), a glob (``*.conv_p*``) or a regex. A pattern matching nothing is an error."""
+    chosen: list[str] = []
+    for pat in user:
+        try:
+            rx = re.compile(pat)
+        except re.error:
+            rx = None
+        hits = [n for n in cands if n == pat or n.endswith("." + pat) or fnmatch.fnmatchcase(n, pat)
+                or (rx is not None and rx.fullmatch(n))]
+        if not hits:
+            known = patterns(list(cands))
+            shown = ", ".join(known[:10]) + (f" (+{len(known) - 10} more)" if len(known) > 10 else "")
+            raise ConfigError(f"peft.targets: {pat!r} matches no linear/conv module of {model}; "
+                              f"modules that can take an adapter: {shown}")
+        chosen += [n for n in hits if n not in chosen]
+    return chosen
+
+
+# --- spec, injection, merge ---------------------------------------------------------------------
+
+
+def resolve_spec(backbone: Any, method: str, pcfg: Any) -> dict[str, Any]:
+    """The concrete adapter spec for this backbone: ``cfg.peft`` with targets resolved to module names."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown PEFT method {method!r}: one of {', '.join(METHODS)}")
+    check_modality(method, backbone.modality)
+    if method == "bitfit":
+        return {"method": method}
+    if method in PROMPT_METHODS:
+        return {"method": method, "num_virtual_tokens": int(pcfg.num_virtual_tokens)}
+    cands = backbone.adapter_candidates()
+    user = pcfg.target_list()
+    name = getattr(backbone, "name", type(backbone).__name__)
+    if method == "lora":
+        if user is None:
+            targets = backbone.lora_targets(pcfg.r)
+        else:
+            targets = match_targets(user, cands, model=name)
+            too_small = [n for n in targets if min(layer_dims(cands[n])) < pcfg.r]
+            if too_small:
+                i, o = layer_dims(cands[too_small[0]])
+                raise ConfigError(f"peft.r={pcfg.r} is larger than layer {too_small[0]} ({i} in, {o} out): "
+                                  f"use peft.r ≤ {min(i, o)} or other peft.targets")
+        if not targets:
+            raise ConfigError(f"peft.targets: no module of {name} can take a LoRA adapter")
+        return {"method": method, "r": int(pcfg.r), "alpha": float(pcfg.alpha), "dropout": float(pcfg.dropout),
+                "targets": patterns(targets), "target_modules": targets}
+    if user is None:
+        targets, ff = backbone.ia3_targets()
+    else:
+        targets = match_targets(user, cands, model=name)
+        # A user list keeps IA3's convention: narrowing layers (feed-forward down projections) scale their input.
+        ff = [n for n in targets if layer_dims(cands[n])[0] > layer_dims(cands[n])[1]]
+    if not targets:
+        raise ConfigError(f"peft.targets: no module of {name} can take an IA3 adapter")
+    return {"method": method, "targets": patterns(targets), "target_modules": targets, "feedforward_modules": ff}
+
+
+def check_modality(method: str, modality: str) -> None:
+    if method in PROMPT_METHODS and modality != "text":
+        raise ConfigError(f"{method} is not supported for {modality} models: it prepends learned tokens to a "
+                          f"text encoder's input; use lora, ia3 or bitfit")
+
+
+def apply_peft(backbone: Any, spec: dict[str, Any]) -> None:
+    """Inject the adapters of ``spec`` (from ``resolve_spec`` or a backbone.json) into ``backbone``."""
+    method = spec["method"]
+    if backbone.peft is not None:
+        raise ConfigError(f"this backbone already has {backbone.peft['method']} adapters")
+    if method == "bitfit":
+        backbone.peft = dict(spec)
+        return
+    import peft
+
+    # Text encoders get peft's feature-extraction wrapper: it is the one that prepends prompts/prefixes
+    # (for LoRA/IA3 it just forwards). Image models get the plain wrapper.
+    task = peft.TaskType.FEATURE_EXTRACTION if backbone.modality == "text" else None
+    if method == "lora":
+        config = peft.LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
+                                 target_modules=list(spec["target_modules"]), bias="none", task_type=task)
+    elif method == "ia3":
+        config = peft.IA3Config(target_modules=list(spec["target_modules"]),
+                                feedforward_modules=list(spec["feedforward_modules"]), task_type=task)
+    elif method == "prompt-tuning":
+        # Start from the embeddings of random vocabulary tokens: N(0, 1) prompts are far off the scale
+        # of a pretrained embedding table and train slowly.
+        config = peft.PromptTuningConfig(task_type=task, num_virtual_tokens=spec["num_virtual_tokens"],
+                                         prompt_tuning_init=peft.PromptTuningInit.SAMPLE_VOCAB)
+    elif method == "prefix-tuning":
+        config = peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=spec["num_virtual_tokens"])
+    else:
+        raise ConfigError(f"unknown PEFT method {method!r} in the backbone description")
+    inner = getattr(backbone, backbone.inner_attr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapped = peft.get_peft_model(inner, config)
+    setattr(backbone, backbone.inner_attr, wrapped)
+    backbone.peft = dict(spec)
+
+
+def merge_adapters(backbone: Any) -> None:
+    """Fold LoRA/IA3 adapters into the weights they modify and drop the wrapper: a plain backbone."""
+    spec = backbone.peft
+    if spec is None:
+        return
+    method = spec["method"]
+    if method == "bitfit":  # nothing was injected: the trained biases are ordinary weights
+        backbone.peft = None
+        return
+    if method not in MERGEABLE:
+        raise ConfigError(f"{method} adapters cannot be merged into the weights (learned tokens are extra "
+                          f"inputs); only lora and ia3 merge; export without --merge keeps the adapter")
+    inner = getattr(backbone, backbone.inner_attr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        setattr(backbone, backbone.inner_attr, inner.merge_and_unload())
+    backbone.peft = None
+
+
+def adapter_stats(backbone: Any, select: str) -> dict[str, Any]:
+    """Adapter (trained, excluding the head) and head parameter counts, and the adapter's share of
+    the backbone without its head."""
+    selected = backbone.trainable_selection(None, select=select)
+    head_ids = {id(p) for _, p in backbone.layer_groups()[-1].params}
+    adapter = sum(p.numel() for p in selected if id(p) not in head_ids)
+    head = sum(p.numel() for p in selected if id(p) in head_ids)
+    body_total = backbone.total_parameters() - head
+    return {"adapter_params": int(adapter), "head_params": int(head),
+            "adapter_share": adapter / body_total if body_total else 0.0}
+
+
+def adapter_state_dict(backbone: Any, select: str) -> dict[str, Any]:
+    """The trained tensors only (adapter + head), by backbone parameter name."""
+    ids = {id(p) for p in backbone.trainable_selection(None, select=select)}
+    return {n: p.detach() for n, p in backbone.named_parameters() if id(p) in ids}

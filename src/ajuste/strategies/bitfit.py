@@ -1,0 +1,31 @@
+"""BitFit (Ben Zaken et al. 2021): only the bias terms (for convnets: the BatchNorm shifts) and the new
+head train. No adapter modules: works for any backbone and needs no peft at inference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ajuste.config import RunConfig
+from ajuste.errors import ConfigError
+from ajuste.strategies.base import register
+from ajuste.strategies.peft_common import PeftStrategy
+
+
+@register
+class BitFit(PeftStrategy):
+    name = "bitfit"
+    method = "bitfit"
+    summary = "only bias terms (BatchNorm shifts for convnets) + the head train"
+    image_defaults = {"optim.lr": 1e-3, "optim.head_lr_mult": 1.0}
+    text_defaults = {"optim.lr": 1e-3, "optim.head_lr_mult": 1.0}
+
+    def prepare(self, backbone: Any, cfg: RunConfig) -> None:
+        from ajuste.backbones.adapters import SELECT, adapter_stats
+
+        if adapter_stats(backbone, SELECT["bitfit"])["adapter_params"] == 0:
+            raise ConfigError(f"bitfit: {getattr(backbone, 'name', 'this model')} has no bias parameters below "
+                              f"the head; use lora or linear-probe")
+        super().prepare(backbone, cfg)
+
+    def search_space(self, modality: str) -> dict[str, Any]:
+        return {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
