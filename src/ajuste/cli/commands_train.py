@@ -18,6 +18,21 @@ def _console(quiet: bool = False):
     return Console(quiet=quiet, highlight=False)
 
 
+def _warn(message: str) -> None:
+    """A data warning (skipped files, dropped rows) on stderr: shown even with --quiet, kept out of piped output."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False).print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def _esc(value) -> str:
+    """User data (paths, class names, texts) printed through rich: "[...]" must not be read as markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 def register(app: typer.Typer) -> None:
     app.command("models")(models)
     app.command("strategies")(strategies)
@@ -70,10 +85,11 @@ def _default_out(cfg) -> Path:
     return candidate
 
 
-def build_config(data: Optional[str], config: Optional[Path], sets: list[str], **flags):
+def build_config(data: Optional[str], config: Optional[Path], sets: list[str], base=None, **flags):
+    """Defaults (or ``base``) ← --config YAML ← flags ← --set."""
     from ajuste.config import load_config
 
-    cfg = load_config(config, None)
+    cfg = load_config(config, None) if base is None else base
     mapping = {"model": "model.name", "strategy": "strategy.name", "fraction": "data.fraction",
                "seed": "train.seed", "epochs": "train.epochs", "unfreeze": "strategy.unfreeze",
                "text_col": "data.text_col", "label_col": "data.label_col", "lr": "optim.lr"}
@@ -104,11 +120,15 @@ def train(
     print_config: bool = typer.Option(False, "--print-config", help="Show the resolved config and exit"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
+    from_study: Optional[str] = typer.Option(None, "--from-study",
+                                             help="Start from the best trial of `ajuste tune`: its output dir, or "
+                                                  "STORAGE_URL#STUDY_NAME (flags and --set still apply on top)"),
 ) -> None:
     """Train one model: fine-tune a pretrained backbone or train it from scratch."""
     import yaml
 
-    cfg = build_config(data, config, sets, model=model, strategy=strategy, fraction=fraction, seed=seed,
+    base = _from_study_config(from_study, config, quiet) if from_study else None
+    cfg = build_config(data, config, sets, base=base, model=model, strategy=strategy, fraction=fraction, seed=seed,
                        epochs=epochs, unfreeze=unfreeze, lr=lr, text_col=text_col, label_col=label_col)
     if print_config:
         from ajuste.strategies.base import resolve_config
@@ -119,18 +139,33 @@ def train(
         return
     from ajuste.train.run import train_run
 
-    con = _console(quiet)
+    con = _console()
     run_dir = out or _default_out(cfg)
-    con.print(f"training {cfg.model.name} with {cfg.strategy.name} on {cfg.data.source} → {run_dir}")
-    res = train_run(cfg=cfg, out=run_dir, progress=not quiet, console=con, overwrite=overwrite)
+    con.print(f"training {_esc(cfg.model.name)} with {_esc(cfg.strategy.name)} on {_esc(cfg.data.source)} "
+              f"→ {_esc(run_dir)}")
+    res = train_run(cfg=cfg, out=run_dir, progress=not quiet, console=None if quiet else con, overwrite=overwrite,
+                    warn=_warn)
     s = res.summary
     if s["status"] != "complete":
-        con.print(f"[yellow]interrupted after {s['epochs']} epochs[/]; re-run the same command to resume")
+        con.print(f"stopped after {s['epochs']} epochs")
         raise typer.Exit(130)
     con.print(f"test accuracy {s['test_accuracy']:.4f}  macro-F1 {s['test_macro_f1']:.4f}  "
               f"({s['n_test']} test examples)  best epoch {s['best_epoch']}/{s['epochs']}  "
               f"train {s['train_seconds']:.0f}s  trainable {s['trainable_params']:,}/{s['total_params']:,} params")
-    con.print(f"run saved in {run_dir}")
+    con.print(f"run saved in {_esc(run_dir)}")
+
+
+def _from_study_config(ref: str, config: Optional[Path], quiet: bool = False):
+    """`train --from-study`: the tuned study's fixed settings with its best trial's params."""
+    from ajuste.errors import AjusteError
+    from ajuste.search.runner import retrain_config
+
+    if config is not None:
+        raise AjusteError("--from-study and --config both give the base config; use one (and --set on top)")
+    cfg, info = retrain_config(ref)
+    _console(quiet).print(f"from study {info['study']}: best trial #{info['number']} "
+                     f"({info['metric']} {info['value']:.4f} on validation)", highlight=False)
+    return cfg
 
 
 def evaluate(
@@ -150,22 +185,22 @@ def evaluate(
     from rich.table import Table
 
     con = _console()
-    con.print(f"evaluated on {m['evaluated_on']} ({m['n']} examples)")
+    con.print(f"evaluated on {_esc(m['evaluated_on'])} ({m['n']} examples)")
     con.print(f"accuracy {m['accuracy']:.4f}")
     con.print(f"macro-F1 {m['macro_f1']:.4f}")
     t = Table(title="per class")
     for col in ("class", "precision", "recall", "f1", "support"):
         t.add_column(col, justify="left" if col == "class" else "right")
     for r in m["per_class"]:
-        t.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+        t.add_row(_esc(r["class"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
     con.print(t)
     classes = [r["class"] for r in m["per_class"]]
     cm = Table(title="confusion matrix (rows: true, columns: predicted)")
     cm.add_column("")
     for c in classes:
-        cm.add_column(c[:12], justify="right")
+        cm.add_column(_esc(c[:12]), justify="right")
     for c, row in zip(classes, m["confusion"]):
-        cm.add_row(c[:20], *[str(v) for v in row])
+        cm.add_row(_esc(c[:20]), *[str(v) for v in row])
     con.print(cm)
 
 
@@ -200,5 +235,5 @@ def predict(
         for col in ("input", "label", "probability"):
             t.add_column(col, justify="right" if col == "probability" else "left")
         for r in rows:
-            t.add_row(r["input"], r["label"], f"{r['probability']:.3f}")
+            t.add_row(_esc(r["input"]), _esc(r["label"]), f"{r['probability']:.3f}")
         _console().print(t)

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from ajuste.cli import commands_study, commands_train
+from ajuste.cli import commands_export, commands_study, commands_train, commands_tune
 
 app = typer.Typer(
     name="ajuste",
@@ -19,6 +19,8 @@ app = typer.Typer(
 )
 commands_train.register(app)
 commands_study.register(app)
+commands_tune.register(app)
+commands_export.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _error(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    first = " ".join(str(message).split())
+    # escape: paths and messages may hold "[...]" that rich would swallow as a style or reject as a bad tag
+    first = escape(" ".join(str(message).split()))
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {first}", soft_wrap=True)
 
 

@@ -1,0 +1,70 @@
+"""`ajuste tune`: hyperparameter search with Optuna (see docs/tune.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ajuste.cli.commands_train import DATA_HELP, _console, build_config
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tune")(tune)
+
+
+def tune(
+    data: Optional[str] = typer.Argument(None, help=DATA_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone (see `ajuste models`)"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Strategy (see `ajuste strategies`)"),
+    trials: Optional[int] = typer.Option(None, "--trials", "-n",
+                                         help="Trials in the study in total, across re-runs and workers "
+                                              "(default 20; grid: the grid size)"),
+    sampler: str = typer.Option("tpe", "--sampler", help="grid | random | tpe | gp | cmaes | nsga2"),
+    pruner: str = typer.Option("hyperband", "--pruner", help="hyperband | sha | median | none"),
+    space: Optional[Path] = typer.Option(None, "--space", help="YAML search space (on top of the strategy's "
+                                                               "default space; see docs/tune.md)"),
+    storage: Optional[str] = typer.Option(None, "--storage",
+                                          help="sqlite:///path.db or postgresql://user@host/db "
+                                               "(default: sqlite in --out); share one for parallel workers"),
+    study_name: Optional[str] = typer.Option(None, "--study-name", help="Study name (default: data-model-strategy)"),
+    timeout: Optional[str] = typer.Option(None, "--timeout", help="Start no trial after this long: 90s, 30m, 1h"),
+    metric: str = typer.Option("val_accuracy", "--metric",
+                               help="val_accuracy (maximised) or val_loss (minimised), at each trial's best epoch"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output dir (default: runs/tune-<study name>)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (the fixed settings)"),
+    sets: list[str] = typer.Option([], "--set", help="Fixed dotted override, e.g. --set train.epochs=5"),
+    fraction: Optional[float] = typer.Option(None, "--fraction", help="Share of the training split to use"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Max epochs of each trial's main phase"),
+    seed: int = typer.Option(0, "--sampler-seed", help="Seed of the sampler (training seed: --set train.seed=)"),
+    text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a table"),
+    label_col: Optional[str] = typer.Option(None, "--label-col", help="Label column of a table"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-trial output"),
+) -> None:
+    """Search hyperparameters of one strategy with Optuna; re-run the same command to continue."""
+    from ajuste.search.runner import default_study_name, tune as run_tune
+    from ajuste.search.samplers import check_names
+
+    check_names(sampler, pruner)  # before loading anything
+    cfg = build_config(data, config, sets, model=model, strategy=strategy, fraction=fraction, epochs=epochs,
+                       text_col=text_col, label_col=label_col)
+    name = study_name or default_study_name(cfg)
+    out_dir = out or Path("runs") / f"tune-{name}"
+    con = _console(quiet)
+    res = run_tune(cfg=cfg, out=out_dir, trials=trials if trials is not None else (None if sampler == "grid" else 20),
+                   sampler=sampler, pruner=pruner, space=space, storage=storage, study_name=name, timeout=timeout,
+                   metric=metric, seed=seed, console=con)
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(res.counts.items()))
+    con.print(f"study {res.study_name}: {counts} ({res.stopped_by}; {res.ran_here} run here)",
+              highlight=False, soft_wrap=True)
+    if res.best is None:
+        con.print("[yellow]no trial completed yet[/]")
+    else:
+        params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in res.best["params"].items())
+        con.print(f"best trial #{res.best['number']}: {res.metric} {res.best['value']:.4f}  {params}",
+                  highlight=False, soft_wrap=True)
+        con.print(f"retrain it: ajuste train --from-study {res.out}", highlight=False, soft_wrap=True)
+    con.print(f"outputs in {res.out} (best.json, trials.csv, report.html); "
+              f"live view: {res.dashboard}", highlight=False, soft_wrap=True)

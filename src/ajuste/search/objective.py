@@ -1,0 +1,197 @@
+"""One Optuna trial = one ``train_run`` on the shared data, scored on the validation split.
+
+The score of a trial (the **objective**) is taken at the trial's *best epoch*, not its last one
+(transformers #25247): the epoch with the lowest validation loss, which is the epoch whose weights
+``fit`` keeps. With ``metric="val_accuracy"`` (maximised) the objective is the validation accuracy
+of that epoch; with ``metric="val_loss"`` (minimised) it is that lowest loss. After every epoch the
+trial reports this objective-so-far (step = epoch index), so pruners compare trials on the same
+quantity the study optimises, and a trial's last report equals its final value.
+
+The max-over-epochs accuracy is deliberately not used: it picks the epoch by the same noisy number it
+reports (optimistic), and it is not the model a retrain keeps. The test split is never evaluated in
+a trial.
+
+Each trial's model, optimizer and data pipeline are dropped when the trial ends and the allocator is
+asked to give memory back, so the resident memory of a long study stays flat (optuna #1178/#4934).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import math
+import os
+import socket
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ajuste.config import RunConfig
+from ajuste.errors import AjusteError, TrainingDiverged
+
+METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+# fit() counts an epoch as an improvement when val loss drops by more than this (keep in step with loop.py).
+IMPROVEMENT = 1e-4
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise AjusteError(f"unknown --metric {metric!r}: valid metrics are {', '.join(METRICS)}")
+    return metric
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return float("nan")
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+class TrialFailed(Exception):
+    """A trial that raised: recorded as FAIL in the study (counted against the budget)."""
+
+
+class EpochReporter:
+    """``on_epoch_end`` callback: report the objective-so-far; ask the pruner; stop via CancelFit."""
+
+    def __init__(self, trial: Any, metric: str) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.best_loss = math.inf
+        self.best_acc = float("nan")
+        self.epochs = 0
+        self.pruned_at: int | None = None
+
+    @property
+    def value(self) -> float:
+        return self.best_acc if self.metric == "val_accuracy" else self.best_loss
+
+    def __call__(self, rec: Any, result: Any) -> None:
+        from ajuste.train.loop import CancelFit
+
+        self.epochs = rec.epoch + 1
+        if rec.val_loss < self.best_loss - IMPROVEMENT:
+            self.best_loss, self.best_acc = rec.val_loss, rec.val_accuracy
+        if math.isfinite(self.value):
+            self.trial.report(self.value, step=rec.epoch)
+        if self.trial.should_prune():
+            self.pruned_at = rec.epoch
+            raise CancelFit(f"pruned by optuna after epoch {rec.epoch + 1}")
+
+
+@dataclass
+class TrialRecord:
+    """What the runner prints after a trial."""
+
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    epochs: int
+    seconds: float
+    note: str = ""
+
+
+class Objective:
+    """Callable for ``study.optimize``; ``on_start`` runs once the trial exists (the runner releases its
+    budget lock there), ``on_end`` receives a TrialRecord."""
+
+    def __init__(self, *, base_cfg: RunConfig, space: Any, data: Any, splits: dict, metric: str,
+                 on_start: Callable[[Any], None] | None = None,
+                 on_end: Callable[[TrialRecord], None] | None = None) -> None:
+        self.base_cfg = base_cfg
+        self.space = space
+        self.data = data
+        self.splits = splits
+        self.metric = check_metric(metric)
+        self.on_start = on_start
+        self.on_end = on_end
+        # Weak reference to the last trial's backbone: tests check that it is gone after the trial.
+        self.last_model_ref: weakref.ref | None = None
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        if self.on_start is not None:
+            self.on_start(trial)
+        t0 = time.perf_counter()
+        trial.set_user_attr("worker", worker_id())
+        reporter = EpochReporter(trial, self.metric)
+        record = TrialRecord(trial.number, "FAIL", None, {}, 0, 0.0)
+        try:
+            record.params = params = self.space.suggest(trial)
+            value = self._run(trial, params, reporter)
+            record.state, record.value = "COMPLETE", value
+            return value
+        except optuna.TrialPruned as exc:
+            record.state, record.value, record.note = "PRUNED", _finite(reporter.value), str(exc)
+            raise
+        except KeyboardInterrupt:
+            # Not counted against the budget: a re-run of the same command runs this slot again.
+            trial.set_user_attr("interrupted", True)
+            record.note = "interrupted"
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded on the trial, the study goes on
+            if os.environ.get("AJUSTE_DEBUG") == "1":
+                raise
+            msg = " ".join(str(exc).split())[:500] or type(exc).__name__
+            trial.set_user_attr("error", f"{type(exc).__name__}: {msg}")
+            trial.set_user_attr("counted", True)
+            record.note = f"{type(exc).__name__}: {msg}"
+            raise TrialFailed(msg) from exc
+        finally:
+            record.epochs = reporter.epochs
+            record.seconds = time.perf_counter() - t0
+            release_memory()
+            trial.set_user_attr("rss_mb", round(rss_mb(), 1))
+            if self.on_end is not None:
+                self.on_end(record)
+
+    def _run(self, trial: Any, params: dict[str, Any], reporter: EpochReporter) -> float:
+        import optuna
+
+        from ajuste.train.run import train_run
+
+        cfg = self.base_cfg.override(params)
+        try:
+            result = train_run(cfg=cfg, out=None, data=self.data, splits=self.splits, progress=False,
+                               console=None, on_epoch_end=reporter, evaluate_test=False)
+        except TrainingDiverged as exc:
+            # A diverging LR is an answer, not a crash: the trial ends as pruned with its last report.
+            trial.set_user_attr("diverged", " ".join(str(exc).split()))
+            raise optuna.TrialPruned(f"diverged after {reporter.epochs} epochs") from None
+        summary = result.summary
+        self.last_model_ref = weakref.ref(result.backbone) if result.backbone is not None else None
+        # Drop the model, optimizer state and pipeline now, not when the next trial replaces them.
+        del result
+        if summary.get("status") == "interrupted":
+            raise KeyboardInterrupt
+        for key in ("epochs", "best_epoch", "val_loss", "val_accuracy", "train_seconds", "stopped_by",
+                    "peak_memory_mb", "trainable_params"):
+            if key in summary:
+                trial.set_user_attr(key, summary[key])
+        if reporter.pruned_at is not None:
+            raise optuna.TrialPruned(f"pruned after epoch {reporter.pruned_at + 1}")
+        value = summary["val_accuracy"] if self.metric == "val_accuracy" else summary["val_loss"]
+        if not math.isfinite(value):
+            raise AjusteError(f"trial {trial.number} ended with a non-finite {self.metric}")
+        return float(value)
+
+
+def _finite(v: float) -> float | None:
+    return v if v is not None and math.isfinite(v) else None

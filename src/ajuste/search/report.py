@@ -1,0 +1,106 @@
+"""A small self-contained HTML report of a study: best trial, plots (PNG, base64-embedded), trials table.
+
+The PNGs are also saved next to it (``plots/<name>.png``) for slides and notes.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+from ajuste.io import atomic_write_text
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1000px;
+     color:#222;padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
+.muted{color:#666} code{background:#f4f4f4;padding:1px 4px;border-radius:3px}
+table{border-collapse:collapse;font-size:12.5px;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
+th{background:#f6f6f6} td.l,th.l{text-align:left} tr.best td{background:#eaf6ea;font-weight:600}
+.state-pruned{color:#a66b00} .state-fail{color:#b00020} figure{margin:1em 0} figcaption{font-weight:600}
+img{max-width:100%;border:1px solid #eee}
+"""
+
+
+def _fmt(v: Any) -> str:
+    if v is None or v == "":
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(study: Any, path: Path, *, metric: str, storage: str) -> Path:
+    from ajuste.search.plots import PLOTS, study_figures
+    from ajuste.search.runner import _objective_text, _state_counts, trial_rows
+    from ajuste.search.storage import best_trial_or_none, dashboard_command
+
+    path = Path(path)
+    plots_dir = path.parent / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    figures = study_figures(study)
+    best = best_trial_or_none(study)
+    counts = _state_counts(study)
+    e = html.escape
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ajuste tune · {e(study.study_name)}</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>Study {e(study.study_name)}</h1>",
+             f"<p class='muted'>storage <code>{e(storage)}</code> · objective: {e(metric)} "
+             f"({e(study.direction.name.lower())}), {e(_objective_text(metric))} · trials: "
+             + ", ".join(f"{n} {e(k)}" for k, n in sorted(counts.items())) + "</p>"]
+    parts.append("<h2>Best trial</h2>")
+    if best is None:
+        parts.append("<p>No complete trial yet.</p>")
+    else:
+        rows = "".join(f"<tr><td class='l'><code>{e(k)}</code></td><td>{e(_fmt(v))}</td></tr>"
+                       for k, v in best.params.items())
+        sets = " ".join(f"--set {k}={_fmt(v) if not isinstance(v, float) else repr(v)}" for k, v in best.params.items())
+        parts.append(f"<p>Trial #{best.number}: <b>{e(metric)} {best.value:.4f}</b> after "
+                     f"{e(_fmt(best.user_attrs.get('epochs')))} epochs (best epoch "
+                     f"{e(_fmt(best.user_attrs.get('best_epoch')))}).</p>"
+                     f"<table><tr><th class='l'>param</th><th>value</th></tr>{rows}</table>"
+                     f"<p>Retrain it (and evaluate on the test split): <code>ajuste train --from-study "
+                     f"{e(str(path.parent))}</code> — or by hand: <code>{e(sets)}</code></p>")
+    parts.append("<h2>Plots</h2>")
+    for stem, title in PLOTS:
+        fig = figures.get(stem)
+        if isinstance(fig, str) or fig is None:
+            parts.append(f"<p class='muted'>{e(title)}: {e(fig or 'not drawn')}</p>")
+            continue
+        data = _png(fig)
+        (plots_dir / f"{stem}.png").write_bytes(data)
+        parts.append(f"<figure><figcaption>{e(title)}</figcaption>"
+                     f"<img alt='{e(title)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
+                     f"</figure>")
+    cols, rows_ = trial_rows(study)
+    shown = [c for c in cols if c not in ("datetime_start", "datetime_complete")]
+    sign = -1 if study.direction.name == "MAXIMIZE" else 1
+    rows_.sort(key=lambda r: (r["value"] is None, sign * r["value"] if r["value"] is not None else 0, r["number"]))
+    parts.append(f"<h2>Trials ({len(rows_)})</h2><table><tr>"
+                 + "".join(f"<th class='{'l' if c in ('state', 'worker', 'note') else ''}'>{e(c)}</th>" for c in shown)
+                 + "</tr>")
+    for r in rows_:
+        cls = "best" if best is not None and r["number"] == best.number else ""
+        cells = "".join(
+            f"<td class='{'l' if c in ('state', 'worker', 'note') else ''}"
+            f"{' state-' + e(str(r['state'])) if c == 'state' else ''}'>{e(_fmt(r.get(c)))}</td>" for c in shown)
+        parts.append(f"<tr class='{cls}'>{cells}</tr>")
+    parts.append("</table>")
+    parts.append(f"<p class='muted'>Live view of the study: <code>pip install optuna-dashboard; "
+                 f"{e(dashboard_command(storage))}</code></p></body></html>")
+    atomic_write_text(path, "".join(parts))
+    return path

@@ -1,0 +1,471 @@
+"""Search spaces: which config fields a study varies, and over which values.
+
+A parameter is named by its dotted config key (``optim.lr``), so a trial's params are exactly the
+``--set`` overrides that reproduce it. A space comes from three layers, later ones winning:
+
+1. the default space of the strategy (``default_space``): LR log-uniform around the strategy's own
+   default, weight decay, dropout, batch size, warmup, label smoothing, plus what the strategy has
+   (unfreeze depth for partial, layer decay for discriminative/gradual, stage-2 LR factor for two-stage);
+2. the strategy object's own ``search_space()`` when it has one (PEFT strategies: LoRA r/alpha, ...);
+3. a YAML file (``--space``)::
+
+       extends: default          # or "none": start from an empty space
+       params:
+         optim.lr: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}
+         data.batch_size: {type: categorical, choices: [16, 32, 64]}
+         strategy.unfreeze: {type: int, low: 1, high: 4}
+         optim.warmup: {type: float, low: 0.0, high: 0.2, grid: [0.0, 0.1]}   # grid: for --sampler grid
+         model.dropout: null      # drop from the default space (the config value stays)
+
+   A flat mapping (no ``params:`` key) is read as ``params``; a list is shorthand for categorical choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ajuste.errors import ConfigError
+
+KINDS = ("float", "int", "categorical")
+# Searching these would change the validation split or the data, so trial scores would not be comparable.
+FORBIDDEN = {
+    "data.source": "the data is fixed for a study",
+    "data.text_col": "the data is fixed for a study",
+    "data.label_col": "the data is fixed for a study",
+    "data.val_size": "it changes the validation split that scores the trials",
+    "data.test_size": "it changes the validation split that scores the trials",
+    "data.split_seed": "it changes the validation split that scores the trials",
+    "data.fraction": "more data always wins; tune at a fixed --fraction",
+    "strategy.name": "tune one strategy per study (`ajuste compare` compares strategies)",
+}
+# A discrete range (int, or float with a step) this small is enumerated by --sampler grid without a `grid:`.
+MAX_AUTO_GRID = 64
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config field. ``grid`` optionally lists the values --sampler grid tries for a range."""
+
+    name: str
+    kind: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple | None = None
+    grid: tuple | None = None
+
+    def __post_init__(self) -> None:
+        n = self.name
+        if self.kind not in KINDS:
+            raise ConfigError(f"{n}: type {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.kind == "categorical":
+            if not self.choices:
+                raise ConfigError(f"{n}: a categorical parameter needs a non-empty `choices` list")
+            for c in self.choices:
+                if c is not None and not isinstance(c, (bool, int, float, str)):
+                    raise ConfigError(f"{n}: choice {c!r} is not a number, string, boolean or null")
+            if len(set(map(repr, self.choices))) != len(self.choices):
+                raise ConfigError(f"{n}: choices {list(self.choices)} has duplicates")
+            return
+        if self.low is None or self.high is None:
+            raise ConfigError(f"{n}: a {self.kind} range needs `low` and `high`")
+        for label, v in (("low", self.low), ("high", self.high)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{n}: {label}={v!r} is not a finite number")
+            if self.kind == "int" and float(v) != int(v):
+                raise ConfigError(f"{n}: {label}={v!r} is not an integer (type: int)")
+        if self.low >= self.high:
+            raise ConfigError(f"{n}: low ({self.low:g}) must be < high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ConfigError(f"{n}: a log range needs low > 0 (got {self.low:g})")
+        if self.step is not None:
+            if self.log:
+                raise ConfigError(f"{n}: `step` and `log: true` cannot be combined")
+            if not isinstance(self.step, (int, float)) or self.step <= 0:
+                raise ConfigError(f"{n}: step={self.step!r} must be > 0")
+        if self.grid is not None:
+            if not self.grid:
+                raise ConfigError(f"{n}: `grid` is empty")
+            for g in self.grid:
+                if isinstance(g, bool) or not isinstance(g, (int, float)) or not self.low <= g <= self.high:
+                    raise ConfigError(f"{n}: grid value {g!r} is outside [{self.low:g}, {self.high:g}]")
+
+    # -- optuna -----------------------------------------------------------------------------------
+
+    def distribution(self):
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "categorical":
+            return CategoricalDistribution(list(self.choices))
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(float(self.low), float(self.high), log=self.log,
+                                 step=None if self.step is None else float(self.step))
+
+    def suggest(self, trial: Any) -> Any:
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log,
+                                   step=None if self.step is None else float(self.step))
+
+    def grid_values(self) -> list | None:
+        """Values --sampler grid tries, or None when the range is continuous and has no `grid:`."""
+        if self.kind == "categorical":
+            return list(self.choices)
+        if self.grid is not None:
+            return [int(g) if self.kind == "int" else float(g) for g in self.grid]
+        if self.kind == "int" and not self.log:
+            step = int(self.step or 1)
+            values = list(range(int(self.low), int(self.high) + 1, step))
+            return values if len(values) <= MAX_AUTO_GRID else None
+        if self.kind == "float" and self.step is not None:
+            count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+            if count <= MAX_AUTO_GRID:
+                return [round(self.low + i * self.step, 12) for i in range(count)]
+        return None
+
+    # -- display / persistence --------------------------------------------------------------------
+
+    def describe(self) -> str:
+        if self.kind == "categorical":
+            return "{" + ", ".join(_fmt(c) for c in self.choices) + "}"
+        text = f"{self.kind}[{_fmt(self.low)}, {_fmt(self.high)}]"
+        if self.log:
+            text = "log-" + text
+        if self.step is not None:
+            text += f" step {_fmt(self.step)}"
+        if self.grid is not None:
+            text += " grid {" + ", ".join(_fmt(g) for g in self.grid) + "}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.kind}
+        if self.kind == "categorical":
+            d["choices"] = list(self.choices)
+            return d
+        d.update(low=self.low, high=self.high)
+        if self.log:
+            d["log"] = True
+        if self.step is not None:
+            d["step"] = self.step
+        if self.grid is not None:
+            d["grid"] = list(self.grid)
+        return d
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+_PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "grid"}
+
+
+def parse_param(name: str, raw: Any, *, where: str = "space") -> Param:
+    """One YAML entry → Param. Accepts a mapping, a list (categorical), a Param or an optuna distribution."""
+    if isinstance(raw, Param):
+        return dataclasses.replace(raw, name=name)
+    if isinstance(raw, (list, tuple)):
+        return _param(where, name, kind="categorical", choices=tuple(raw))
+    if _is_distribution(raw):
+        return _from_distribution(name, raw, where)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {name}: expected a mapping like {{type: float, low: 1e-5, high: 1e-2, "
+                          f"log: true}} or a list of choices, got {raw!r}")
+    unknown = set(raw) - _PARAM_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: {name}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                          f"(valid: {', '.join(sorted(_PARAM_KEYS))})")
+    kind = raw.get("type")
+    if kind is None:
+        kind = "categorical" if "choices" in raw else ("int" if _all_int(raw.get("low"), raw.get("high")) else "float")
+    kind = {"uniform": "float", "loguniform": "float", "integer": "int", "choice": "categorical"}.get(kind, kind)
+    log = raw.get("log", raw.get("type") == "loguniform")
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: {name}: log={log!r} must be true or false")
+    if kind == "categorical":
+        choices = raw.get("choices")
+        if not isinstance(choices, (list, tuple)):
+            raise ConfigError(f"{where}: {name}: a categorical parameter needs `choices: [...]`")
+        extra = {"low", "high", "step", "grid"} & set(raw)
+        if extra:
+            raise ConfigError(f"{where}: {name}: {', '.join(sorted(extra))} make no sense for a categorical "
+                              f"parameter; list the values in `choices`")
+        return _param(where, name, kind=kind, choices=tuple(choices))
+    if "choices" in raw:
+        raise ConfigError(f"{where}: {name}: `choices` is for type: categorical; for a {kind} range "
+                          f"use `grid: [...]` to give --sampler grid its values")
+    grid = raw.get("grid")
+    if grid is not None and not isinstance(grid, (list, tuple)):
+        raise ConfigError(f"{where}: {name}: grid={grid!r} must be a list")
+    return _param(where, name, kind=kind, low=_num(raw.get("low")), high=_num(raw.get("high")), log=log,
+                  step=_num(raw.get("step")), grid=None if grid is None else tuple(_num(g) for g in grid))
+
+
+def _param(where: str, name: str, **kw: Any) -> Param:
+    try:
+        return Param(name, **kw)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _num(v: Any) -> Any:
+    # YAML 1.1 reads "1e-5" (no dot) as a string: accept it as the number the user meant.
+    if isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            return v
+        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+    return v
+
+
+def _all_int(*vals: Any) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in vals if v is not None)
+
+
+def _is_distribution(obj: Any) -> bool:
+    return type(obj).__module__.startswith("optuna.distributions")
+
+
+def _from_distribution(name: str, d: Any, where: str) -> Param:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(d, CategoricalDistribution):
+        return _param(where, name, kind="categorical", choices=tuple(d.choices))
+    if isinstance(d, IntDistribution):
+        return _param(where, name, kind="int", low=d.low, high=d.high, log=d.log, step=None if d.step == 1 else d.step)
+    if isinstance(d, FloatDistribution):
+        return _param(where, name, kind="float", low=d.low, high=d.high, log=d.log, step=d.step)
+    raise ConfigError(f"{where}: {name}: unsupported distribution {type(d).__name__}")
+
+
+class SearchSpace:
+    """An ordered set of Params keyed by dotted config name."""
+
+    def __init__(self, params: list[Param] | dict[str, Param] | None = None) -> None:
+        items = params.values() if isinstance(params, dict) else (params or [])
+        self.params: dict[str, Param] = {}
+        for p in items:
+            self.params[p.name] = p
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def __iter__(self):
+        return iter(self.params.values())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.params
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SearchSpace) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return "SearchSpace(" + ", ".join(f"{p.name}={p.describe()}" for p in self) + ")"
+
+    # -- building ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any] | None, *, where: str = "space") -> "SearchSpace":
+        return cls([parse_param(str(k), v, where=where) for k, v in (raw or {}).items() if v is not None])
+
+    def updated(self, raw: dict[str, Any] | None, *, where: str = "space") -> "SearchSpace":
+        """A copy with entries of ``raw`` added or replaced; an entry set to None is removed."""
+        params = dict(self.params)
+        for k, v in (raw or {}).items():
+            k = str(k)
+            if v is None:
+                params.pop(k, None)
+            else:
+                params[k] = parse_param(k, v, where=where)
+        return SearchSpace(params)
+
+    # -- use --------------------------------------------------------------------------------------
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Sample every param on an optuna trial: the dotted overrides of one trial."""
+        return {p.name: p.suggest(trial) for p in self}
+
+    def distributions(self) -> dict[str, Any]:
+        return {p.name: p.distribution() for p in self}
+
+    def grid(self) -> dict[str, list]:
+        """The grid for --sampler grid; a continuous range without `grid:` is an error (all named at once)."""
+        missing = [p for p in self if p.grid_values() is None]
+        if missing:
+            names = ", ".join(f"{p.name} ({p.describe()})" for p in missing)
+            example = missing[0]
+            raise ConfigError(f"--sampler grid needs a finite grid, but {names} "
+                              f"{'is a continuous range' if len(missing) == 1 else 'are continuous ranges'}; "
+                              f"give each a `grid: [...]` (or make it `type: categorical` with `choices`) in "
+                              f"--space, e.g. {example.name}: {{type: {example.kind}, low: {_fmt(example.low)}, "
+                              f"high: {_fmt(example.high)}, grid: [...]}}")
+        return {p.name: p.grid_values() for p in self}
+
+    def grid_size(self) -> int:
+        n = 1
+        for values in self.grid().values():
+            n *= len(values)
+        return n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {p.name: p.to_dict() for p in self}
+
+    def diff(self, other: "SearchSpace") -> str:
+        """One line: what changed from ``self`` (stored) to ``other`` (requested)."""
+        out = []
+        for name, p in self.params.items():
+            q = other.params.get(name)
+            if q is None:
+                out.append(f"-{name}")
+            elif p.to_dict() != q.to_dict():
+                out.append(f"{name}: {p.describe()} → {q.describe()}")
+        out += [f"+{name} {q.describe()}" for name, q in other.params.items() if name not in self.params]
+        return "; ".join(out)
+
+    def check(self, base_cfg: Any, *, n_body_groups: int | None = None) -> None:
+        """Every name is a config field, none is forbidden, and the ends of each range are valid values."""
+        from ajuste.config import _suggest, describe_fields
+
+        if not self.params:
+            raise ConfigError("the search space is empty: give at least one parameter in --space "
+                              "(e.g. optim.lr: {type: float, low: 1.0e-5, high: 1.0e-2, log: true})")
+        fields = [name for name, _, _ in describe_fields(type(base_cfg))]
+        for p in self:
+            if p.name in FORBIDDEN:
+                raise ConfigError(f"space: {p.name} cannot be searched: {FORBIDDEN[p.name]}")
+            if p.name not in fields:
+                raise ConfigError(f"space: {p.name!r} is not a config field{_suggest(p.name, fields)}")
+            ends = list(p.choices) if p.kind == "categorical" else [p.low, p.high]
+            for v in ends:
+                try:
+                    base_cfg.override({p.name: v})
+                except ConfigError as exc:
+                    raise ConfigError(f"space: {p.name} = {_fmt(v)} is not a valid value "
+                                      f"({str(exc).removeprefix('--set: ')})") from None
+        u = self.params.get("strategy.unfreeze")
+        if u is not None and n_body_groups is not None:
+            top = max(u.choices) if u.kind == "categorical" else u.high
+            if top > n_body_groups:
+                raise ConfigError(f"space: strategy.unfreeze goes up to {top} but {base_cfg.model.name} has "
+                                  f"{n_body_groups} layer groups below the head; use high: {n_body_groups}")
+
+
+def load_space(path: str | Path, base: SearchSpace) -> SearchSpace:
+    """Apply a YAML space file on top of ``base`` (the default space), honouring ``extends``."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--space {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping of parameter → range, got {type(raw).__name__}")
+    structured = "params" in raw or "extends" in raw
+    extends = raw.get("extends", "default") if structured else "default"
+    if extends not in ("default", "none"):
+        raise ConfigError(f"{p}: extends={extends!r} is not one of default, none")
+    params = raw.get("params", {}) if structured else raw
+    if structured:
+        extra = set(raw) - {"params", "extends"}
+        if extra:
+            raise ConfigError(f"{p}: unknown top-level key(s) {', '.join(sorted(map(str, extra)))} "
+                              f"(valid: extends, params)")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{p}: params must be a mapping of parameter → range")
+    start = base if extends == "default" else SearchSpace()
+    return start.updated(params, where=str(p))
+
+
+# -- default spaces ----------------------------------------------------------------------------------
+
+# LR span around the strategy's own default LR (× low, × high): a head alone tolerates larger LRs.
+_LR_SPAN = {"linear-probe": (0.1, 100.0)}
+
+
+def default_space(strategy: Any, *, modality: str, default_lr: float, n_body_groups: int | None = None) -> SearchSpace:
+    """The search space a strategy gets without --space (see the module docstring).
+
+    ``strategy`` is a registered Strategy object (or its name); ``default_lr`` the LR its resolved
+    config would use. A strategy with a ``search_space()`` method (PEFT) adds or overrides entries.
+    """
+    name = strategy if isinstance(strategy, str) else getattr(strategy, "name", "")
+    lo, hi = _LR_SPAN.get(name, (0.1, 10.0))
+    scratch = name == "scratch"
+    raw: dict[str, Any] = {
+        "optim.lr": {"type": "float", "low": _round(default_lr * lo), "high": _round(min(default_lr * hi, 1.0)),
+                     "log": True},
+        "optim.weight_decay": {"type": "float", "low": 1e-4 if scratch else 1e-5, "high": 0.3 if scratch else 0.1,
+                               "log": True},
+        "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        "data.batch_size": {"type": "categorical", "choices": [16, 32, 64] if modality == "image" else [8, 16, 32]},
+        "optim.warmup": {"type": "float", "low": 0.0, "high": 0.2},
+        "optim.label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
+    }
+    if name == "partial":
+        top = min(4, n_body_groups) if n_body_groups else 3
+        if top > 1:
+            raw["strategy.unfreeze"] = {"type": "int", "low": 1, "high": top}
+    if name in ("discriminative", "gradual"):
+        raw["optim.layer_decay"] = {"type": "float", "low": 0.5, "high": 1.0}
+    if name == "two-stage":
+        raw["strategy.stage2_lr_factor"] = {"type": "float", "low": 0.01, "high": 1.0, "log": True}
+    space = SearchSpace.from_mapping(raw, where=f"default space of {name}")
+    extra = _strategy_space(strategy, modality)
+    if extra:
+        space = space.updated(extra, where=f"{name}.search_space()")
+    return space
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def _strategy_space(strategy: Any, modality: str) -> dict[str, Any] | None:
+    """A strategy's own ``search_space()`` (optional hook), called with the modality when it takes one.
+
+    It may return ``{dotted name: spec}`` with specs as in YAML, ``Param``s or optuna distributions,
+    or a ``SearchSpace``.
+    """
+    hook = getattr(strategy, "search_space", None)
+    if not callable(hook):
+        return None
+    try:
+        sig = inspect.signature(hook)
+        takes = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                                                   p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):
+        takes = []
+    if not takes:
+        result = hook()
+    elif takes[0].kind == takes[0].KEYWORD_ONLY:
+        result = hook(**{takes[0].name: modality})
+    else:
+        result = hook(modality)
+    if isinstance(result, SearchSpace):
+        return {p.name: p for p in result}
+    if result is None:
+        return None
+    if not isinstance(result, dict):
+        raise ConfigError(f"strategy {getattr(strategy, 'name', strategy)!r}: search_space() returned "
+                          f"{type(result).__name__}, expected a mapping of dotted name → range")
+    return result
