@@ -20,7 +20,8 @@ def _cfg(strategy: str, modality: str) -> RunConfig:
 
 
 def test_registry_lists_all_strategies():
-    assert sorted(s.name for s in list_strategies()) == sorted(STRATEGIES)
+    peft = ["lora", "ia3", "bitfit", "prompt-tuning", "prefix-tuning"]  # tests/test_peft.py
+    assert sorted(s.name for s in list_strategies()) == sorted(STRATEGIES + peft)
 
 
 @pytest.mark.parametrize("model_fixture", MODELS)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from ajuste.data.sources import LabelledData
 from ajuste.errors import DataError
@@ -206,14 +206,58 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[dict[str
     return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
 
 
-class PadCollate:
-    """Pads a batch to its longest example (dynamic padding)."""
+class LengthBucketSampler:
+    """Batches of similar length, so dynamic padding pads little.
 
-    def __init__(self, pad_id: int) -> None:
+    Shuffled: indices are shuffled, cut into pools of 50 batches, each pool sorted by length and cut
+    into batches, and the batch order shuffled — random batches, each of near-uniform length.
+    Not shuffled (evaluation): sorted by length; order of outputs is restored by the caller's indices.
+    """
+
+    POOL_BATCHES = 50
+
+    def __init__(self, lengths: list[int], batch_size: int, *, shuffle: bool, generator: torch.Generator) -> None:
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = generator
+
+    def _batches(self) -> list[list[int]]:
+        n, bs = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            # Evaluation keeps the dataset order (callers zip outputs with inputs).
+            return [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
+        order = torch.randperm(n, generator=self.generator).numpy()
+        pool = bs * self.POOL_BATCHES
+        batches = []
+        for start in range(0, n, pool):
+            chunk = order[start:start + pool]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches.extend(chunk[i:i + bs].tolist() for i in range(0, len(chunk), bs))
+        perm = torch.randperm(len(batches), generator=self.generator).tolist()
+        return [batches[i] for i in perm]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+class PadCollate:
+    """Pads a batch to its longest example, rounded up to a multiple of 8 (dynamic padding).
+
+    Rounding keeps the number of distinct shapes small: oneDNN builds kernels per shape, and a new
+    shape every batch costs more than the few padded tokens.
+    """
+
+    def __init__(self, pad_id: int, multiple: int = 8) -> None:
         self.pad_id = pad_id
+        self.multiple = multiple
 
     def __call__(self, batch: list[tuple[dict[str, list[int]], int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         longest = max(len(x["input_ids"]) for x, _ in batch)
+        longest = -(-longest // self.multiple) * self.multiple
         out: dict[str, torch.Tensor] = {}
         for key in batch[0][0]:
             fill = self.pad_id if key == "input_ids" else 0
@@ -258,12 +302,18 @@ class Pipeline:
         return TextDataset(self._encodings[split], self.data.labels[idx])
 
     def loader(self, split: str, *, shuffle: bool = False, augment: bool = False, seed: int = 0,
-               batch_size: int | None = None) -> DataLoader:
+               batch_size: int | None = None, repeat: int = 1) -> DataLoader:
         ds = self.dataset(split, augment=augment)
+        if repeat > 1:
+            ds = ConcatDataset([ds] * repeat)
         gen = torch.Generator().manual_seed(seed)
-        collate = PadCollate(self.tokenizer.pad_token_id or 0) if self.pre.modality == "text" else None
-        return DataLoader(ds, batch_size=batch_size or self.batch_size, shuffle=shuffle, generator=gen,
-                          collate_fn=collate, num_workers=0, drop_last=False)
+        bs = batch_size or self.batch_size
+        if self.pre.modality == "text":
+            collate = PadCollate(self.tokenizer.pad_token_id or 0)
+            lengths = [len(x["input_ids"]) for x, _ in (ds[i] for i in range(len(ds)))]
+            sampler = LengthBucketSampler(lengths, bs, shuffle=shuffle, generator=gen)
+            return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=0)
+        return DataLoader(ds, batch_size=bs, shuffle=shuffle, generator=gen, num_workers=0, drop_last=False)
 
     def labels(self, split: str) -> np.ndarray:
         return self.data.labels[self.splits[split]]

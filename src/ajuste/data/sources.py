@@ -29,7 +29,7 @@ import numpy as np
 
 from ajuste.errors import DataError
 
-__all__ = ["LabelledData", "load_data", "BUILTIN_SOURCES", "IMAGE_EXTENSIONS", "TEXT_EXTENSIONS"]
+__all__ = ["LabelledData", "load_data", "load_texts", "BUILTIN_SOURCES", "IMAGE_EXTENSIONS", "TEXT_EXTENSIONS"]
 
 BUILTIN_SOURCES = ("digits",)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -956,3 +956,45 @@ def _load_text_dir(folder: Path, *, text_col: str | None, label_col: str | None)
         warnings=warnings,
         class_hint=f"add rows for it to {files['train'][0].name} or remove its rows",
     )
+
+
+# ------------------------------------------------------------------------------------- unlabelled texts
+
+
+def load_texts(path: str | Path, *, text_col: str | None = None) -> tuple[list[str], list[int]]:
+    """Texts to predict on from a .csv / .tsv / .jsonl table: (texts, 1-based line of each in the file).
+
+    No label column is needed (one is ignored if present). The text column is ``text_col``, else the only
+    column, else an obviously named one (text, sentence...), else the longest one. Empty rows are skipped.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    table = _read_table(path, _file_kind(path))
+    if not table.rows:
+        raise DataError(f"{path} has a header but no rows; add one row per text")
+    cols = table.columns
+    if text_col:
+        col = _resolve_column(table, text_col, "--text-col")
+    elif len(cols) == 1:
+        col = cols[0]
+    else:
+        named = [c for c in cols if c.lower() in _TEXT_NAMES]
+        if len(named) > 1:
+            raise DataError(
+                f"several columns of {path} could be the text column ({', '.join(named)}); choose with --text-col"
+            )
+        if named:
+            col = named[0]
+        else:
+            lengths = {c: sum(len(_as_text(r[i]) or "") for r in table.rows) for i, c in enumerate(cols)}
+            col = max(cols, key=lengths.get)
+    i = cols.index(col)
+    texts: list[str] = []
+    lines: list[int] = []
+    for row, line in zip(table.rows, table.lines):
+        t = _as_text(row[i])
+        if t is not None:
+            texts.append(t)
+            lines.append(line)
+    return texts, lines

@@ -89,9 +89,10 @@ def build_report(study_dir: Path, *, export: bool = True) -> dict[str, Any]:
 
     figs = {
         "data_efficiency": plots.data_efficiency(agg, crossover=advice.get("crossover")),
-        "learning_curves": plots.learning_curves(records),
         "accuracy_vs_time": plots.accuracy_vs_time(agg),
     }
+    for f in sorted({r["fraction"] for r in records}, reverse=True):
+        figs[f"learning_curves_f{f:g}"] = plots.learning_curves(records, fraction=f)
     if best_rec is not None:
         figs["confusion_best"] = plots.confusion(best_rec["confusion"], classes,
                                                  title=f"Confusion matrix of the best model ({best_rec['cell']})")
@@ -175,7 +176,9 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
         parts.append(f"<p>Similarity: <b>{html.escape(sim['similarity'])}</b> (pretrained features remove "
                      f"{100 * sim['gain']:.0f}% of the random-feature probe's error; measured on "
                      f"{sim['n_train']} train / {sim['n_val']} val examples in {sim['seconds']}s).</p>")
-    parts.append("<h2>Learning curves</h2>" + _img(pngs["learning_curves"], "learning curves"))
+    parts.append("<h2>Learning curves</h2><p class='muted'>train and validation loss per epoch (seed 0); a widening "
+                 "gap is over-fitting.</p>")
+    parts.extend(_img(data, name.replace("_", " ")) for name, data in pngs.items() if name.startswith("learning_curves"))
     parts.append("<h2>Accuracy vs training time</h2>" + _img(pngs["accuracy_vs_time"], "accuracy vs time"))
     if "confusion_best" in pngs:
         parts.append("<h2>Best model</h2>" + _img(pngs["confusion_best"], "confusion matrix"))

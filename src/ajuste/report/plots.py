@@ -92,6 +92,7 @@ def learning_curves(records: list[dict[str, Any]], *, fraction: float | None = N
                 ax.axvline(ep[i] - 0.5, color="grey", linestyle=":", linewidth=1)
         ax.set_title(f"{r['strategy']} ({r['n_train']} ex.)", fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(rows):]:

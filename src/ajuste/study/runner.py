@@ -216,7 +216,7 @@ def _planned_epochs(cfg: RunConfig, n_train: int) -> int:
     phases = get_strategy(cfg.strategy.name).phases(cfg, 3 + max(1, cfg.strategy.unfreeze))
     phases = stretch_phases(phases, spe, cfg.train.min_steps)
     # Head-only phases run on cached features: nearly free next to a full pass.
-    return max(1, sum(p.epochs for p in phases if not p.head_only))
+    return max(1, sum(p.epochs * p.repeat for p in phases if not p.head_only))
 
 
 def _record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: int) -> dict[str, Any]:

@@ -1,0 +1,237 @@
+"""Issue 2: bad input gives ONE clear line on stderr ("error: ..."), a non-zero exit, no traceback, and
+nothing half-written that looks complete (no summary.json in --out). Recoverable problems (a few corrupt
+images, empty text rows) are warnings, not failures.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ajuste.cli.main import main
+from test_cli import FAST, TINY_IMAGE, one_error_line, run_cli, write_image_folder, write_text_csv
+
+
+def assert_refused(rc: int, err: str, out_dir: Path | None = None) -> str:
+    assert rc != 0
+    line = one_error_line(err)
+    if out_dir is not None:
+        assert not (out_dir / "summary.json").exists()
+    return line
+
+
+def train(data, out: Path, *extra: str) -> list[str]:
+    return ["train", str(data), *TINY_IMAGE, *FAST, "-q", "--out", str(out), *extra]
+
+
+# -------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def partly_corrupt(tmp_path_factory):
+    """An image folder with one undecodable and one truncated file, trained once: (folder, run, stdout, stderr)."""
+    root = write_image_folder(tmp_path_factory.mktemp("corrupt") / "pets", {"cat": 10, "dog": 10})
+    (root / "cat" / "notes.png").write_text("not an image at all")
+    full = (root / "dog" / "0.png").read_bytes()
+    (root / "dog" / "half.png").write_bytes(full[: len(full) // 3])
+    out = tmp_path_factory.mktemp("corrupt-run") / "run"
+    rc, stdout, stderr = run_cli(train(root, out))
+    assert rc == 0, stdout + stderr
+    return root, out, stdout, stderr
+
+
+@pytest.fixture(scope="module")
+def text_with_blanks(tiny_bert_dir, tmp_path_factory):
+    """A CSV with two empty-text rows, trained once: (csv, run, stdout, stderr)."""
+    path = write_text_csv(tmp_path_factory.mktemp("blanks") / "reviews.csv",
+                          extra_rows=[["", "pos"], ["   ", "neg"]])
+    out = tmp_path_factory.mktemp("blanks-run") / "run"
+    rc, stdout, stderr = run_cli(["train", path, "--model", tiny_bert_dir, "--strategy", "full", *FAST, "-q",
+                                  "--out", out])
+    assert rc == 0, stdout + stderr
+    return path, out, stdout, stderr
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def test_missing_path(tmp_path, capsys):
+    out = tmp_path / "run"
+    line = assert_refused(main(train(tmp_path / "nope", out)), capsys.readouterr().err, out)
+    assert "does not exist" in line and "nope" in line
+    assert not out.exists()
+
+
+def test_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "run"
+    line = assert_refused(main(train(tmp_path / "empty", out)), capsys.readouterr().err, out)
+    assert "no images found" in line
+    assert not out.exists()
+
+
+def test_one_class_only(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "one", {"cat": 6})
+    out = tmp_path / "run"
+    line = assert_refused(main(train(root, out)), capsys.readouterr().err, out)
+    assert "only one class" in line and "'cat'" in line and "at least 2 classes" in line
+
+
+def test_class_with_a_single_image(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "few", {"cat": 6, "dog": 1})
+    out = tmp_path / "run"
+    line = assert_refused(main(train(root, out)), capsys.readouterr().err, out)
+    assert "class 'dog' has only 1 example" in line and "at least 2" in line
+
+
+def test_corrupt_images_are_skipped_with_a_warning(partly_corrupt):
+    _, run, _, stderr = partly_corrupt
+    assert "Traceback" not in stderr
+    warnings = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("warning:")
+    assert "skipped 2 unreadable images" in warnings[0]
+    assert "cat/notes.png" in warnings[0] and "dog/half.png" in warnings[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["n_train"] + summary["n_val"] + summary["n_test"] == 20
+
+
+def test_all_images_corrupt(tmp_path, capsys):
+    for cls in ("a", "b"):
+        (tmp_path / "bad" / cls).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "bad" / cls / f"{i}.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    out = tmp_path / "run"
+    line = assert_refused(main(train(tmp_path / "bad", out)), capsys.readouterr().err, out)
+    assert "none of the 6 images" in line and "could be read" in line
+    assert not out.exists()
+
+
+def test_csv_without_the_named_column(tmp_path, tiny_bert_dir, capsys):
+    path = write_text_csv(tmp_path / "t.csv")
+    out = tmp_path / "run"
+    rc = main(["train", str(path), "--model", str(tiny_bert_dir), *FAST, "--text-col", "nope", "--out", str(out)])
+    line = assert_refused(rc, capsys.readouterr().err, out)
+    assert "column 'nope' not found" in line and "text, label" in line and "--text-col" in line
+
+
+def test_empty_text_rows_are_dropped_with_a_warning(text_with_blanks):
+    _, run, _, stderr = text_with_blanks
+    warnings = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("warning:") and "Traceback" not in stderr
+    assert "dropped 2 rows with empty text" in warnings[0] and "lines 38, 39" in warnings[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["n_train"] + summary["n_val"] + summary["n_test"] == 36
+
+
+def test_labels_in_test_not_seen_in_train(text_with_blanks, tmp_path, capsys):
+    _, run, _, _ = text_with_blanks
+    other = tmp_path / "other.csv"
+    other.write_text("text,label\nloved it,pos\nmeh,neutral\nhated it,neg\n", encoding="utf-8")
+    line = assert_refused(main(["evaluate", str(run), str(other)]), capsys.readouterr().err)
+    assert "not seen in train: neutral" in line and "neg, pos" in line
+
+
+def test_text_model_on_images_and_image_model_on_text(tmp_path, tiny_bert_dir, capsys):
+    images = write_image_folder(tmp_path / "imgs", {"cat": 4, "dog": 4})
+    texts = write_text_csv(tmp_path / "t.csv")
+    cases = [
+        (["train", images, "--model", tiny_bert_dir], "takes text", "holds image"),
+        (["train", images, "--model", "minilm-l6"], "is a text model", "holds image"),
+        (["train", texts, *TINY_IMAGE], "takes image", "holds text"),
+    ]
+    for k, (args, says, holds) in enumerate(cases):
+        out = tmp_path / f"run{k}"
+        line = assert_refused(main([str(a) for a in args] + [*FAST, "--out", str(out)]), capsys.readouterr().err,
+                              out)
+        assert says in line and holds in line, line
+        assert not out.exists()
+
+
+# -------------------------------------------------------------------------------------- names and LRs
+
+
+def test_unknown_model_lists_close_matches(tmp_path, capsys):
+    images = write_image_folder(tmp_path / "imgs", {"cat": 4, "dog": 4})
+    for name, suggestion in (("efficientnet_lit0", "efficientnet_lite0"),
+                             ("timm/efficientnet_lit0", "timm/efficientnet_lite0")):
+        out = tmp_path / "run"
+        rc = main(["train", str(images), "--model", name, *FAST, "--out", str(out)])
+        line = assert_refused(rc, capsys.readouterr().err, out)
+        assert "unknown" in line and name in line and suggestion in line and "internet" not in line
+        assert not out.exists()
+    rc = main(["train", str(images), "--model", "./no-such-folder", *FAST, "--out", str(out)])
+    assert "does not exist" in assert_refused(rc, capsys.readouterr().err, out)
+
+
+def test_unknown_strategy_suggests_the_right_one(tmp_path, capsys):
+    images = write_image_folder(tmp_path / "imgs", {"cat": 4, "dog": 4})
+    out = tmp_path / "run"
+    rc = main(train(images, out, "--strategy", "two_stag"))
+    line = assert_refused(rc, capsys.readouterr().err, out)
+    assert "unknown strategy 'two_stag'" in line and "two-stage" in line
+    assert not out.exists()
+
+
+NAN_LR = ["--strategy", "full", "--epochs", "4", "--set", "optim.name=sgd", "--set", "optim.lr=10",
+          "--set", "optim.grad_clip=0", "--set", "optim.warmup=0"]
+
+
+def test_nan_loss_stops_names_an_lr_and_keeps_the_last_good_weights(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    images = write_image_folder(tmp_path / "imgs", {"cat": 10, "dog": 10})
+    out = tmp_path / "run"
+    line = assert_refused(main(train(images, out, *NAN_LR)), capsys.readouterr().err, out)
+    assert "NaN" in line and re.search(r"--set optim\.lr=\S+", line), line
+    assert not (out / "model.safetensors").exists()
+    best = load_file(out / "checkpoint" / "best.safetensors")
+    assert all(bool(np.isfinite(t.float().numpy()).all()) for t in best.values())
+    assert json.loads((out / "status.json").read_text())["status"] == "failed"
+
+    # predict/evaluate on that run dir: say why it failed, not "re-run the same command" (it would fail again)
+    line = assert_refused(main(["predict", str(out), str(images)]), capsys.readouterr().err)
+    assert "training failed" in line and "NaN" in line
+
+
+def test_nan_suggestion_is_below_the_configured_lr(tmp_path, capsys):
+    images = write_image_folder(tmp_path / "imgs", {"cat": 10, "dog": 10})
+    rc = main(train(images, tmp_path / "run", *NAN_LR, "--set", "optim.head_lr_mult=1000"))
+    line = assert_refused(rc, capsys.readouterr().err)
+    suggested = float(re.search(r"--set optim\.lr=(\S+)", line).group(1))
+    assert suggested < 10
+
+
+# ------------------------------------------------------------------------------------------- run dirs
+
+
+def test_predict_on_a_run_without_weights(partly_corrupt, tmp_path, capsys):
+    root, run, _, _ = partly_corrupt
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (broken / "model.safetensors").unlink()
+    line = assert_refused(main(["predict", str(broken), str(root / "cat" / "1.png")]), capsys.readouterr().err)
+    assert "missing model.safetensors" in line and "--overwrite" in line
+
+
+def test_predict_refuses_inputs_of_the_other_modality(partly_corrupt, text_with_blanks, capsys):
+    root, image_run, _, _ = partly_corrupt
+    csv_path, text_run, _, _ = text_with_blanks
+    line = assert_refused(main(["predict", str(text_run), str(root / "cat" / "1.png")]), capsys.readouterr().err)
+    assert "image file" in line and "text model" in line
+    line = assert_refused(main(["predict", str(image_run), str(csv_path)]), capsys.readouterr().err)
+    assert "image model" in line
+    line = assert_refused(main(["predict", str(image_run), "no-such.png"]), capsys.readouterr().err)
+    assert "no-such.png" in line
+
+
+def test_error_text_with_brackets_is_printed_verbatim(capsys):
+    """rich markup in a message ("[/usr]", "[abc]") must neither crash the formatter nor vanish."""
+    from ajuste.cli.main import _error
+
+    _error("cannot read x [abc] y [/usr] z")
+    assert one_error_line(capsys.readouterr().err) == "error: cannot read x [abc] y [/usr] z"
