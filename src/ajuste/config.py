@@ -134,7 +134,7 @@ class TrainConfig:
     epochs: int | None = _help("Max epochs of the main phase (auto per strategy and modality)", default=None)
     patience: int = _help("Early stopping: epochs without val-loss improvement before stopping", default=3)
     min_steps: int = _help("Small data: each epoch repeats the training set so a phase gets about this many "
-                           "optimizer steps", default=150)
+                           "optimizer steps (and early stopping waits for them)", default=100)
     seed: int = _help("Training seed (initialisation, shuffling, augmentation)", default=0)
     threads: int | None = _help("Torch intra-op threads (auto: all cores)", default=None)
     bf16: str = _help("bf16 autocast: auto (transformers and frozen passes) | on | off", default="auto")

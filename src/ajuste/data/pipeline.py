@@ -48,11 +48,11 @@ class Preprocessing:
 
 def auto_image_size(data: LabelledData, default: int) -> int:
     """Backbone default for photos; for small arrays (8×8 digits, 28×28 MedMNIST) a smaller input:
-    4× upsampling rounded to a multiple of 32, at least 64. Saves 10×+ compute where the extra
+    4× upsampling rounded to a multiple of 16, at least 48. Saves 10×+ compute where the extra
     pixels would carry no information."""
     if isinstance(data.inputs, np.ndarray):
         native = max(data.inputs.shape[1], data.inputs.shape[2])
-        return int(min(default, max(64, 32 * math.ceil(4 * native / 32))))
+        return int(min(default, max(48, 16 * math.ceil(4 * native / 16))))
     return default
 
 

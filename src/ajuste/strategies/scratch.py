@@ -19,7 +19,7 @@ class Scratch(Strategy):
         common = {"optim.head_lr_mult": 1.0, "optim.weight_decay": 0.05, "optim.label_smoothing": 0.1,
                   "model.dropout": 0.3, "data.augment": "strong", "model.bn": "train"}
         if modality == "image":
-            return {**common, "optim.lr": 2e-3, "train.epochs": 30}
+            return {**common, "optim.lr": 2e-3, "train.epochs": 20}
         return {**common, "optim.lr": 3e-4, "train.epochs": 15}
 
     def prepare(self, backbone: Any, cfg: RunConfig) -> None:

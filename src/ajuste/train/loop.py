@@ -311,9 +311,10 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
                 if stop:
                     result.stopped_by = stop
                     break
-                # No early stop in the first third of a phase: a re-initialised network's validation
-                # loss often rises before it falls.
-                warm = e + 1 >= math.ceil(0.3 * phase.epochs)
+                # No early stop in the first third of a phase, nor before min_steps optimizer steps:
+                # a re-initialised network's validation loss often rises before it falls.
+                warm_steps = min(total_steps, max(0.3 * total_steps, cfg.train.min_steps))
+                warm = (e + 1) * epoch_steps >= warm_steps
                 if phase.patience is not None and warm and state.bad_epochs >= phase.patience:
                     if bar:
                         bar.update(total_task, advance=phase.epochs - e - 1)
