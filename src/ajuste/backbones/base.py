@@ -9,7 +9,6 @@ Strategies never name modules: they pick group indices.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,19 +218,3 @@ def reinit_module(m: nn.Module) -> None:
                 nn.init.ones_(p)
             else:
                 nn.init.zeros_(p)
-
-
-def split_by_prefixes(named: list[tuple[str, nn.Parameter]], boundaries: list[str]) -> list[list[tuple[str, Any]]]:
-    """Helper kept for HF fallbacks: bucket parameters by the first matching prefix."""
-    buckets: list[list[tuple[str, Any]]] = [[] for _ in boundaries]
-    for name, p in named:
-        for i, prefix in enumerate(boundaries):
-            if name.startswith(prefix):
-                buckets[i].append((name, p))
-                break
-    return buckets
-
-
-def chunk(items: list, n: int) -> list[list]:
-    size = max(1, math.ceil(len(items) / n))
-    return [items[i:i + size] for i in range(0, len(items), size)]
