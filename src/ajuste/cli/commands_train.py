@@ -137,21 +137,28 @@ def train(
         data_obj, _ = prepare_data(cfg)
         typer.echo(yaml.safe_dump(resolve_config(cfg, data_obj.modality).to_dict(), sort_keys=False), nl=False)
         return
+    from ajuste.train.distributed import cleanup, setup_from_env
     from ajuste.train.run import train_run
 
-    con = _console()
+    w = setup_from_env()  # under torchrun: one worker of a data-parallel run; only rank 0 prints
+    con = _console(quiet=not w.main)
     run_dir = out or _default_out(cfg)
     con.print(f"training {_esc(cfg.model.name)} with {_esc(cfg.strategy.name)} on {_esc(cfg.data.source)} "
               f"→ {_esc(run_dir)}")
     res = train_run(cfg=cfg, out=run_dir, progress=not quiet, console=None if quiet else con, overwrite=overwrite,
                     warn=_warn)
     s = res.summary
+    cleanup()
     if s["status"] != "complete":
         con.print(f"stopped after {s['epochs']} epochs")
         raise typer.Exit(130)
+    if not w.main:
+        return
     con.print(f"test accuracy {s['test_accuracy']:.4f}  macro-F1 {s['test_macro_f1']:.4f}  "
               f"({s['n_test']} test examples)  best epoch {s['best_epoch']}/{s['epochs']}  "
               f"train {s['train_seconds']:.0f}s  trainable {s['trainable_params']:,}/{s['total_params']:,} params")
+    if w.active:
+        con.print(f"data-parallel: {w.size} workers ({s['distributed']['backend']})")
     con.print(f"run saved in {_esc(run_dir)}")
 
 

@@ -302,7 +302,8 @@ class Pipeline:
         return TextDataset(self._encodings[split], self.data.labels[idx])
 
     def loader(self, split: str, *, shuffle: bool = False, augment: bool = False, seed: int = 0,
-               batch_size: int | None = None, repeat: int = 1) -> DataLoader:
+               batch_size: int | None = None, repeat: int = 1, world: Any = None) -> DataLoader:
+        """``world`` (data-parallel training): this worker's share of each global batch."""
         ds = self.dataset(split, augment=augment)
         if repeat > 1:
             ds = ConcatDataset([ds] * repeat)
@@ -312,11 +313,35 @@ class Pipeline:
             collate = PadCollate(self.tokenizer.pad_token_id or 0)
             lengths = [len(x["input_ids"]) for x, _ in (ds[i] for i in range(len(ds)))]
             sampler = LengthBucketSampler(lengths, bs, shuffle=shuffle, generator=gen)
-            return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=0)
+            return DataLoader(ds, batch_sampler=shard_batches(sampler, world, shuffle), collate_fn=collate,
+                              num_workers=0)
+        if world is not None and world.active:
+            return batches_loader(ds, bs, shuffle=shuffle, generator=gen, world=world)
         return DataLoader(ds, batch_size=bs, shuffle=shuffle, generator=gen, num_workers=0, drop_last=False)
 
     def labels(self, split: str) -> np.ndarray:
         return self.data.labels[self.splits[split]]
+
+
+def shard_batches(batches: Any, world: Any, training: bool) -> Any:
+    """A batch sampler cut to this worker's share (unchanged outside data-parallel training)."""
+    if world is None or not world.active:
+        return batches
+    from ajuste.train.distributed import ShardedBatches
+
+    return ShardedBatches(batches, world, drop_short=training)
+
+
+def batches_loader(ds: Any, batch_size: int, *, shuffle: bool, generator: torch.Generator, world: Any,
+                   collate_fn: Any = None) -> DataLoader:
+    """The batches ``DataLoader(ds, batch_size, shuffle, generator)`` would make, this worker's share of each."""
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+    order = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
+    sampler = shard_batches(BatchSampler(order, batch_size, drop_last=False), world, shuffle)
+    # The DataLoader draws its base seed from ``generator`` before the sampler does, as the plain
+    # DataLoader(shuffle=True, generator=...) of a single process does: same batches, same order.
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_fn, num_workers=0, generator=generator)
 
 
 def to_device_batch(inputs: Any, *, channels_last: bool = False) -> Any:

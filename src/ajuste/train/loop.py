@@ -24,10 +24,11 @@ from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
 from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
-from ajuste.data.pipeline import Pipeline, to_device_batch
+from ajuste.data.pipeline import Pipeline, batches_loader, to_device_batch
 from ajuste.errors import TrainingDiverged
 from ajuste.io import append_jsonl, atomic_save_safetensors, atomic_torch_save, atomic_write_json, read_jsonl
 from ajuste.strategies.base import Phase, Strategy
+from ajuste.train.distributed import World, any_worker, sync_gradients, sync_module, world
 from ajuste.train.param_groups import build_param_groups, make_optimizer
 from ajuste.train.schedules import lr_multiplier
 
@@ -147,6 +148,8 @@ def predict_logits(backbone: Backbone, loader: DataLoader, *, bf16: bool, channe
             labels.append(y)
     finally:
         backbone.train(was_training)
+    if not out:  # a data-parallel worker whose share of a tiny split is empty
+        return torch.zeros(0, 1), torch.zeros(0, dtype=torch.long)
     return torch.cat(out), torch.cat(labels)
 
 
@@ -155,17 +158,19 @@ def _state_dict(backbone: Backbone) -> dict[str, torch.Tensor]:
 
 
 class Checkpointer:
-    """Run-directory files of the loop. Without a run directory, nothing is written."""
+    """Run-directory files of the loop. Without a run directory, nothing is written; with ``write=False``
+    (data-parallel workers other than rank 0) a checkpoint is read to resume but never written."""
 
-    def __init__(self, run_dir: Path | None) -> None:
+    def __init__(self, run_dir: Path | None, *, write: bool = True) -> None:
         self.dir = Path(run_dir) / "checkpoint" if run_dir else None
         self.metrics = Path(run_dir) / "metrics.jsonl" if run_dir else None
+        self.write = write
 
     def exists(self) -> bool:
         return bool(self.dir and (self.dir / "state.json").is_file())
 
     def save(self, backbone: Backbone, optimizer: Any, state: _State) -> None:
-        if not self.dir:
+        if not self.dir or not self.write:
             return
         atomic_save_safetensors(self.dir / "last.safetensors", backbone.state_dict())
         atomic_torch_save(self.dir / "optimizer.pt", optimizer.state_dict())
@@ -173,7 +178,7 @@ class Checkpointer:
         atomic_write_json(self.dir / "state.json", asdict(state))
 
     def save_best(self, best: dict[str, torch.Tensor]) -> None:
-        if self.dir:
+        if self.dir and self.write:
             atomic_save_safetensors(self.dir / "best.safetensors", best)
 
     def load(self) -> tuple[_State, dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict | None]:
@@ -198,7 +203,7 @@ class Checkpointer:
 
     def truncate_metrics(self, upto: int) -> None:
         """Drop metric lines of epochs after the checkpoint (a kill between the two writes)."""
-        if not self.metrics or not self.metrics.exists():
+        if not self.write or not self.metrics or not self.metrics.exists():
             return
         from ajuste.io import atomic_write_text
         import json
@@ -214,14 +219,20 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
 
     ``on_epoch_end`` may raise ``CancelFit`` (e.g. an Optuna pruner) to stop after that epoch.
     """
-    torch.set_num_threads(cfg.train.threads or max(1, torch.get_num_threads()))
+    w = world()
+    if w.active:
+        from ajuste.train.distributed import threads_per_worker
+
+        torch.set_num_threads(cfg.train.threads or threads_per_worker(w))
+    else:
+        torch.set_num_threads(cfg.train.threads or max(1, torch.get_num_threads()))
     # Denormal floats (tiny activations/gradients, common right after re-initialisation) run
     # through a slow path on x86; flushing them to zero changes nothing that matters for training.
     torch.set_flush_denormal(True)
     steps_per_epoch = max(1, math.ceil(len(pipeline.splits["train"]) / pipeline.batch_size))
     phases = stretch_phases(strategy.phases(cfg, len(backbone.layer_groups())), steps_per_epoch,
                             cfg.train.min_steps)
-    ckpt = Checkpointer(run_dir)
+    ckpt = Checkpointer(run_dir, write=w.main)
     channels_last = use_channels_last(cfg, backbone)
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
@@ -258,7 +269,7 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
                 resume_opt = None
             cached = phase.head_only and cfg.train.cache_features
             train_loader, val_loader = _phase_loaders(backbone, pipeline, cfg, cached=cached,
-                                                      channels_last=channels_last)
+                                                      channels_last=channels_last, w=w)
             epoch_steps = steps_per_epoch * phase.repeat
             total_steps = epoch_steps * phase.epochs
             for e in range(state.phase_epoch, phase.epochs):
@@ -271,9 +282,11 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
                 train_loss, lr_now = _train_epoch(
                     backbone, loader, optimizer, cfg, from_features=cached, channels_last=channels_last,
                     step0=e * epoch_steps, total_steps=total_steps, bar=bar, task=task,
-                    on_diverge=lambda lr: _diverged(backbone, best_weights, ckpt, lr, state, cfg.optim.lr))
+                    on_diverge=lambda lr: _diverged(backbone, best_weights, ckpt, lr, state, cfg.optim.lr), w=w)
+                if w.active:
+                    sync_module(backbone)  # BatchNorm statistics of each worker's share, averaged
                 val_loss, val_acc = _validate(backbone, val_loader, cfg, from_features=cached,
-                                              channels_last=channels_last)
+                                              channels_last=channels_last, w=w)
                 if bar:
                     bar.remove_task(task)
                 if not math.isfinite(val_loss):
@@ -293,7 +306,7 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
                 state.global_epoch += 1
                 state.phase_epoch = e + 1
                 state.seconds += seconds
-                if ckpt.metrics:
+                if ckpt.metrics and ckpt.write:
                     append_jsonl(ckpt.metrics, asdict(rec))
                 ckpt.save(backbone, optimizer, state)
                 _report(console, rec, improved)
@@ -305,7 +318,7 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
                         on_epoch_end(rec, result)
                     except CancelFit as exc:
                         stop = str(exc) or "cancelled"
-                if interrupt.requested:
+                if any_worker(interrupt.requested):
                     result.interrupted, result.stopped_by = True, "interrupted (Ctrl-C)"
                     break
                 if stop:
@@ -350,7 +363,7 @@ def stretch_phases(phases: list[Phase], steps_per_epoch: int, min_steps: int) ->
 
 
 def _phase_loaders(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, *, cached: bool,
-                   channels_last: bool) -> tuple[Callable[[int], DataLoader], DataLoader]:
+                   channels_last: bool, w: World = World()) -> tuple[Callable[[int], DataLoader], DataLoader]:
     if cached:
         # The backbone is frozen for the whole phase: run it once over train and val, then train the
         # head on the stored features. No augmentation then (it would invalidate the cache).
@@ -363,20 +376,24 @@ def _phase_loaders(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, *, ca
 
         def make_train(seed: int, repeat: int = 1) -> DataLoader:
             ds = train_ds if repeat == 1 else ConcatDataset([train_ds] * repeat)
-            return DataLoader(ds, batch_size=pipeline.batch_size, shuffle=True,
-                              generator=torch.Generator().manual_seed(seed))
+            gen = torch.Generator().manual_seed(seed)
+            if w.active:
+                return batches_loader(ds, pipeline.batch_size, shuffle=True, generator=gen, world=w)
+            return DataLoader(ds, batch_size=pipeline.batch_size, shuffle=True, generator=gen)
 
-        return make_train, DataLoader(val_ds, batch_size=256)
+        val = batches_loader(val_ds, 256, shuffle=False, generator=torch.Generator(), world=w) if w.active \
+            else DataLoader(val_ds, batch_size=256)
+        return make_train, val
 
     def make_train_live(seed: int, repeat: int = 1) -> DataLoader:
-        return pipeline.loader("train", shuffle=True, augment=True, seed=seed, repeat=repeat)
+        return pipeline.loader("train", shuffle=True, augment=True, seed=seed, repeat=repeat, world=w)
 
-    return make_train_live, pipeline.loader("val", batch_size=max(64, pipeline.batch_size))
+    return make_train_live, pipeline.loader("val", batch_size=max(64, pipeline.batch_size), world=w)
 
 
 def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: RunConfig, *, from_features: bool,
                  channels_last: bool, step0: int, total_steps: int, bar: Any, task: Any,
-                 on_diverge: Callable[[float], None]) -> tuple[float, float]:
+                 on_diverge: Callable[[float], None], w: World = World()) -> tuple[float, float]:
     backbone.train()
     bf16 = use_bf16(cfg, backbone, training=True) and not from_features
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -389,16 +406,27 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
         with autocast(bf16):
             logits = backbone.classify(inputs) if from_features else \
                 backbone(to_device_batch(inputs, channels_last=channels_last))
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
-        if not torch.isfinite(loss):
-            on_diverge(lr_now)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if w.active:
+            # Summed over this worker's share; sync_gradients divides by the global batch size, so
+            # every worker steps with the gradient one process would compute on the whole batch.
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing, reduction="sum")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            n, loss_sum = sync_gradients(params, len(y), loss.item())
+            if not math.isfinite(loss_sum):
+                on_diverge(lr_now)
+        else:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
+            if not torch.isfinite(loss):
+                on_diverge(lr_now)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            n, loss_sum = len(y), loss.item() * len(y)
         if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         optimizer.step()
-        total += loss.item() * len(y)
-        count += len(y)
+        total += loss_sum
+        count += n
         if bar:
             bar.update(task, advance=1, description=bar.tasks[_task_index(bar, task)].description.split(" loss")[0]
                        + f" loss {total / count:.4f}")
@@ -414,9 +442,16 @@ def _task_index(bar: Any, task: Any) -> int:
 
 @torch.no_grad()
 def _validate(backbone: Backbone, loader: DataLoader, cfg: RunConfig, *, from_features: bool,
-              channels_last: bool) -> tuple[float, float]:
+              channels_last: bool, w: World = World()) -> tuple[float, float]:
     logits, y = predict_logits(backbone, loader, bf16=use_bf16(cfg, backbone, training=False) and not from_features,
                                channels_last=channels_last, from_features=from_features)
+    if w.active:  # each worker saw its share of the validation split
+        from ajuste.train.distributed import all_reduce_sum
+
+        local = [F.cross_entropy(logits, y, reduction="sum").item(), (logits.argmax(1) == y).sum().item(),
+                 len(y)] if len(y) else [0.0, 0.0, 0.0]
+        loss_sum, correct, n = all_reduce_sum(local)
+        return loss_sum / max(1, n), correct / max(1, n)
     loss = F.cross_entropy(logits, y).item()
     acc = (logits.argmax(1) == y).float().mean().item()
     return loss, acc

@@ -147,9 +147,13 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
     from ajuste.backbones.factory import create_backbone
     from ajuste.data.pipeline import Pipeline, make_preprocessing
     from ajuste.strategies.base import get_strategy, resolve_config
+    from ajuste.train import distributed
     from ajuste.train.loop import fit
 
     t_start = time.perf_counter()
+    w = distributed.setup_from_env()  # under torchrun: join the workers (a no-op for one process)
+    if not w.main:  # workers other than rank 0 train silently and write nothing
+        progress, console, warn = False, None, (lambda _msg: None)
     strategy = get_strategy(cfg.strategy.name)
     data, splits = prepare_data(cfg, data=data, splits=splits)
     cfg = resolve_config(cfg, data.modality)
@@ -160,7 +164,7 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
             from rich.markup import escape
 
             console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
-    resuming = _check_run_dir(Path(out), cfg, overwrite) if out is not None else False
+    resuming = _check_run_dir(Path(out), cfg, overwrite) if out is not None and w.main else False
     if resuming and console is not None:
         console.print(f"resuming the unfinished run in {out} ({_epochs_done(Path(out))} epochs done)",
                       markup=False, highlight=False)
@@ -184,9 +188,14 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
     strategy.prepare(backbone, cfg)
 
     run_dir = Path(out) if out is not None else None
-    if run_dir is not None and not resuming:
-        _write_run_files(run_dir, cfg, data, splits, pre, backbone)
-    write_status(run_dir, "running")
+    if w.main:
+        if run_dir is not None and not resuming:
+            _write_run_files(run_dir, cfg, data, splits, pre, backbone)
+        write_status(run_dir, "running")
+    # Other workers read the run directory (a checkpoint to resume) only after rank 0 has prepared it.
+    distributed.barrier()
+    if not w.main:
+        return _worker_run(cfg, run_dir, backbone, pipeline, strategy, fit, on_epoch_end)
 
     from ajuste.train.run_eval import evaluate_split, trainable_share
 
@@ -229,6 +238,8 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
         "total_params": backbone.total_parameters(),
         "peak_memory_mb": round(mem.peak / 2**20, 1),
     }
+    if w.active:
+        summary["distributed"] = distributed.describe(w)
     summary.update(strategy.report(backbone, run_dir))
     if evaluate_test:
         test = evaluate_split(backbone, pipeline, "test", data.classes, cfg)
@@ -242,6 +253,20 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
         atomic_write_json(run_dir / "summary.json", summary)
         write_status(run_dir, "complete")
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    return RunResult(run_dir, cfg, summary, backbone, pipeline)
+
+
+def _worker_run(cfg: RunConfig, run_dir: Path | None, backbone: Any, pipeline: Any, strategy: Any, fit: Callable,
+                on_epoch_end: Callable | None) -> RunResult:
+    """A data-parallel worker other than rank 0: the same fit (every collective matched), no files."""
+    from ajuste.train import distributed
+
+    result = fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
+                 progress=False, console=None, on_epoch_end=on_epoch_end)
+    w = distributed.world()
+    summary = {"status": "interrupted" if result.interrupted else "complete", "worker": w.rank,
+               "epochs": len(result.history), "val_loss": result.best_val_loss,
+               "val_accuracy": result.best_val_accuracy}
     return RunResult(run_dir, cfg, summary, backbone, pipeline)
 
 
