@@ -107,3 +107,27 @@ def test_linear_probe_caches_features_and_never_touches_the_backbone(tmp_path, d
     assert body and all(torch.equal(initial[k], trained[k]) for k in body)  # weights and BN statistics
     assert any(not torch.equal(initial[k], trained[k]) for k in head)
     assert res.summary["trainable_params"] == sum(trained[k].numel() for k in head)
+
+
+def test_monitor_val_accuracy_keeps_the_most_accurate_epoch_and_breaks_ties_by_loss():
+    from ajuste.train.loop import _improved, _State
+
+    s = _State(best_val_loss=0.5, best_val_accuracy=0.80, best_epoch=2)
+    assert _improved("val_accuracy", 0.9, 0.81, s)  # higher accuracy wins despite a higher loss
+    assert not _improved("val_loss", 0.9, 0.81, s)
+    assert _improved("val_accuracy", 0.4, 0.80, s) and not _improved("val_accuracy", 0.6, 0.80, s)
+    assert _improved("val_loss", 0.4, 0.10, s)
+    assert _improved("val_accuracy", 9.0, 0.0, _State())  # the first epoch is always the best so far
+
+
+def test_scratch_monitors_accuracy_fine_tuning_monitors_loss():
+    from ajuste.config import RunConfig
+    from ajuste.strategies.base import resolve_config
+
+    base = RunConfig.from_dict({})
+    for strategy, modality, expected in (("scratch", "image", "val_accuracy"), ("scratch", "text", "val_accuracy"),
+                                         ("two-stage", "image", "val_loss"), ("lora", "text", "val_loss")):
+        cfg = base.override({"strategy.name": strategy})
+        assert resolve_config(cfg, modality).train.monitor == expected
+    assert resolve_config(base.override({"strategy.name": "scratch", "train.monitor": "val_loss"}),
+                          "image").train.monitor == "val_loss"  # an explicit choice is kept

@@ -132,7 +132,10 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int | None = _help("Max epochs of the main phase (auto per strategy and modality)", default=None)
-    patience: int = _help("Early stopping: epochs without val-loss improvement before stopping", default=3)
+    patience: int = _help("Early stopping: epochs without improvement of train.monitor before stopping", default=3)
+    monitor: str = _help("What picks the best epoch (kept weights) and drives early stopping: auto | val_loss | "
+                         "val_accuracy (auto: val_loss; val_accuracy for scratch, whose val loss is erratic "
+                         "while its accuracy still climbs)", default="auto")
     min_steps: int = _help("Small data: each epoch repeats the training set so a phase gets about this many "
                            "optimizer steps (and early stopping waits for them)", default=100)
     seed: int = _help("Training seed (initialisation, shuffling, augmentation)", default=0)
@@ -149,6 +152,8 @@ class TrainConfig:
             raise ConfigError(f"train.min_steps={self.min_steps} must be ≥ 0")
         if self.patience < 1:
             raise ConfigError(f"train.patience={self.patience} must be ≥ 1")
+        if self.monitor not in ("auto", "val_loss", "val_accuracy"):
+            raise ConfigError(f"train.monitor={self.monitor!r} is not one of auto, val_loss, val_accuracy")
         for name in ("bf16", "channels_last"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise ConfigError(f"train.{name}={getattr(self, name)!r} is not one of auto, on, off")

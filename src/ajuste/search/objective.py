@@ -85,7 +85,10 @@ class EpochReporter:
         from ajuste.train.loop import CancelFit
 
         self.epochs = rec.epoch + 1
-        if rec.val_loss < self.best_loss - IMPROVEMENT:
+        if result is not None and 0 <= result.best_epoch <= rec.epoch:
+            # fit's own best epoch (by train.monitor): the weights a retrain keeps
+            self.best_loss, self.best_acc = result.best_val_loss, result.best_val_accuracy
+        elif rec.val_loss < self.best_loss - IMPROVEMENT:
             self.best_loss, self.best_acc = rec.val_loss, rec.val_accuracy
         if math.isfinite(self.value):
             self.trial.report(self.value, step=rec.epoch)

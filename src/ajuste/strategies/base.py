@@ -82,9 +82,11 @@ def _load_builtin() -> None:
 # Shared auto-defaults per modality; strategies override some of them.
 _MODALITY_DEFAULTS: dict[str, dict[str, Any]] = {
     "image": {"optim.lr": 1e-4, "optim.head_lr_mult": 10.0, "optim.weight_decay": 0.01, "train.epochs": 12,
-              "optim.label_smoothing": 0.0, "model.dropout": 0.1, "optim.layer_decay": 1.0, "data.augment": "light", "model.bn": "frozen"},
+              "optim.label_smoothing": 0.0, "model.dropout": 0.1, "optim.layer_decay": 1.0, "data.augment": "light", "model.bn": "frozen",
+              "train.monitor": "val_loss"},
     "text": {"optim.lr": 5e-5, "optim.head_lr_mult": 10.0, "optim.weight_decay": 0.01, "train.epochs": 3,
-             "optim.label_smoothing": 0.0, "model.dropout": 0.1, "optim.layer_decay": 1.0, "data.augment": "none", "model.bn": "frozen"},
+             "optim.label_smoothing": 0.0, "model.dropout": 0.1, "optim.layer_decay": 1.0, "data.augment": "none", "model.bn": "frozen",
+             "train.monitor": "val_loss"},
 }
 
 

@@ -295,7 +295,7 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
                 rec = EpochRecord(state.global_epoch, phase.name, train_loss, val_loss, val_acc, lr_now, seconds,
                                   cached)
                 result.history.append(rec)
-                improved = val_loss < state.best_val_loss - 1e-4
+                improved = _improved(cfg.train.monitor, val_loss, val_acc, state)
                 if improved:
                     state.best_val_loss, state.best_val_accuracy = val_loss, val_acc
                     state.best_epoch, state.bad_epochs = state.global_epoch, 0
@@ -303,6 +303,9 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
                     ckpt.save_best(best_weights)
                 else:
                     state.bad_epochs += 1
+                # the best epoch so far, for on_epoch_end callbacks (a search reports it to its pruner)
+                result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
+                result.best_epoch = state.best_epoch
                 state.global_epoch += 1
                 state.phase_epoch = e + 1
                 state.seconds += seconds
@@ -347,6 +350,18 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
     result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
     result.best_epoch, result.seconds = state.best_epoch, state.seconds
     return result
+
+
+def _improved(monitor: str, val_loss: float, val_acc: float, state: _State) -> bool:
+    """Whether this epoch is the new best: lower val loss, or (monitor val_accuracy) higher accuracy,
+    ties broken by the loss. The first epoch always is."""
+    if state.best_epoch < 0:
+        return True
+    if monitor == "val_accuracy":
+        if val_acc > state.best_val_accuracy + 1e-9:
+            return True
+        return abs(val_acc - state.best_val_accuracy) <= 1e-9 and val_loss < state.best_val_loss - 1e-4
+    return val_loss < state.best_val_loss - 1e-4
 
 
 def stretch_phases(phases: list[Phase], steps_per_epoch: int, min_steps: int) -> list[Phase]:
