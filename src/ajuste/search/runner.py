@@ -364,10 +364,12 @@ def _loop(optuna: Any, study: Any, objective: Any, lock: Any, *, budget: int | N
         lock.acquire()
         try:
             _fail_stale(optuna, study)
+            _fail_dead_local_workers(study)
             trials = study.get_trials(deepcopy=False)
             counted = [t for t in trials if _counts_against_budget(t)]
             exhausted = grid and study.sampler.is_exhausted(study)
-            if (budget is not None and len(counted) >= budget) or exhausted:
+            waiting = any(t.state.name == "WAITING" for t in counted)
+            if ((budget is not None and len(counted) >= budget) or exhausted) and not waiting:
                 running = [t.number for t in counted if t.state.name == "RUNNING"]
                 lock.release()
                 if not running:
@@ -388,6 +390,43 @@ def _loop(optuna: Any, study: Any, objective: Any, lock: Any, *, budget: int | N
         if stats["failures"] >= MAX_CONSECUTIVE_FAILURES:
             raise AjusteError(f"{stats['failures']} trials in a row failed; last: {stats['last_error']} "
                               f"(AJUSTE_DEBUG=1 shows the traceback)")
+
+
+def _fail_dead_local_workers(study: Any) -> None:
+    """A RUNNING trial whose worker was a process of this machine that no longer exists (killed, crashed)
+    is failed and re-queued with the same parameters at once — a re-run after a kill need not wait for
+    the heartbeat to go stale (that path remains for workers on other machines)."""
+    import socket
+
+    from optuna.trial import TrialState, create_trial
+
+    host = socket.gethostname()
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
+        w_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if w_host != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(Exception):  # another worker may have failed it a moment ago
+            study._storage.set_trial_user_attr(t._trial_id, "worker_died", True)
+            if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+            if t.number not in retried:
+                study.add_trial(create_trial(state=TrialState.WAITING, params=t.params,
+                                             distributions=t.distributions,
+                                             system_attrs={**t.system_attrs, "failed_trial": t.number}))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _requeue_interrupted(study: Any) -> None:
