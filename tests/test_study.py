@@ -151,3 +151,18 @@ def test_report_has_recommendation_first_and_all_plots(tmp_path):
     Image.fromarray((np.eye(8) * 255).astype(np.uint8)).save(img)
     out = predict_inputs(tmp_path / "best_model", [str(img)])
     assert out[0]["label"] in [str(i) for i in range(10)]
+
+
+def test_one_standard_error_rule_prefers_the_cheaper_of_tied_arms():
+    def rec(strategy, val, seconds, n_val):
+        return {**_rec(strategy, 1.0, 1000, acc=val, val=val), "train_seconds": seconds, "n_val": n_val}
+
+    # 0.4 points apart on 270 validation examples (se ≈ 0.007): a tie, the 2× cheaper arm is advised
+    adv = recommend([rec("scratch", 0.989, 111.0, 270), rec("two-stage", 0.985, 53.0, 270)])
+    assert adv["winner"] == "two-stage" and "within one standard error" in adv["text"]
+    # the same gap on 100,000 validation examples is real: the better arm wins
+    adv = recommend([rec("scratch", 0.989, 111.0, 100_000), rec("two-stage", 0.985, 53.0, 100_000)])
+    assert adv["winner"] == "scratch" and "standard error" not in adv["text"]
+    # a clear lead is never traded for speed
+    adv = recommend([rec("full", 0.95, 100.0, 270), rec("linear-probe", 0.80, 1.0, 270)])
+    assert adv["winner"] == "full"

@@ -27,6 +27,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             vals = np.array([r[key] for r in rs], dtype=float)
             row[key] = float(vals.mean())
             row[key + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        row["n_val"] = rs[0].get("n_val")
         row["trainable_params"] = int(rs[0]["trainable_params"])
         row["total_params"] = int(rs[0]["total_params"])
         rows.append(row)
@@ -103,8 +104,8 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
         return {"winner": None, "text": "no finished cells", "reasons": []}
     top_fraction = max(r["fraction"] for r in agg)
     arms = sorted((r for r in agg if r["fraction"] == top_fraction), key=lambda r: -r["val_accuracy"])
-    win = arms[0]
-    runner = arms[1] if len(arms) > 1 else None
+    win, tie = one_standard_error_choice(arms)
+    runner = next((r for r in arms if r is not win), None)
     reasons: list[str] = []
     margin = (win["test_accuracy"] - runner["test_accuracy"]) if runner else 0.0
     val_margin = (win["val_accuracy"] - runner["val_accuracy"]) if runner else 0.0
@@ -112,7 +113,9 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
     text = (f"Use {win['strategy']}: test accuracy {win['test_accuracy']:.3f}"
             + (f" ± {win['test_accuracy_std']:.3f}" if win["seeds"] > 1 else "")
             + f" with {win['n_train']} training examples")
-    if runner:
+    if tie:
+        text += tie
+    elif runner:
         text += (f", {100 * margin:+.1f} points over {runner['strategy']} ({runner['test_accuracy']:.3f}); "
                  f"confidence {confidence['level']} ({confidence['text']})")
     reasons.append(data_size_reason(win["n_train"]))
@@ -132,6 +135,33 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
     return {"winner": win["strategy"], "fraction": top_fraction, "margin": margin, "val_margin": val_margin,
             "runner_up": runner["strategy"] if runner else None, "confidence": confidence, "text": text,
             "reasons": reasons, "crossover": cross, "best_finetuned": best_ft}
+
+
+def one_standard_error_choice(arms: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """The one-standard-error rule (Breiman et al.; Hastie et al., ESL 7.10): among the arms whose
+    validation accuracy is within one standard error of the best, take the cheapest to train. A
+    0.4-point lead measured on a few hundred validation examples and one seed is noise, and the
+    cheaper arm is then the better advice. The standard error is the binomial one of the best arm's
+    accuracy on the validation split (or the spread over seeds, when larger). ``arms`` is sorted by
+    validation accuracy; returns (chosen arm, sentence for the recommendation or "")."""
+    best = arms[0]
+    n_val = best.get("n_val")
+    if not n_val or len(arms) < 2:
+        return best, ""
+    p = best["val_accuracy"]
+    se = max(math.sqrt(max(p * (1 - p), 1e-12) / n_val), 1.0 / n_val,
+             best.get("val_accuracy_std", 0.0) / math.sqrt(max(1, best.get("seeds", 1))))
+    tied = [r for r in arms if p - r["val_accuracy"] <= se]
+    if len(tied) < 2:
+        return best, ""
+    cheapest = min(tied, key=lambda r: r["train_seconds"])
+    if cheapest is best:
+        return best, ""
+    others = ", ".join(f"{r['strategy']} (test {r['test_accuracy']:.3f})" for r in tied if r is not cheapest)
+    slower = best["train_seconds"] / max(cheapest["train_seconds"], 1e-3)
+    return cheapest, (f"; tied on validation with {others} (within one standard error, ±{se:.3f} on "
+                      f"{n_val} validation examples) and the cheapest of them ({best['strategy']}, the "
+                      f"nominal best, took {slower:.1f}× longer to train)")
 
 
 def _compute_reason(arms: list[dict[str, Any]], win: dict[str, Any]) -> str:

@@ -223,7 +223,7 @@ def _record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: int) -
     hist = read_jsonl(run_dir / "metrics.jsonl")
     return {
         "cell": cell.key, "strategy": cell.strategy, "fraction": cell.fraction, "seed": cell.seed,
-        "n_train": s["n_train"], "test_accuracy": s["test_accuracy"], "test_macro_f1": s["test_macro_f1"],
+        "n_train": s["n_train"], "n_val": s.get("n_val"), "test_accuracy": s["test_accuracy"], "test_macro_f1": s["test_macro_f1"],
         "val_accuracy": s["val_accuracy"], "val_loss": s["val_loss"], "train_seconds": s["train_seconds"],
         "wall_seconds": s["wall_seconds"], "trainable_params": s["trainable_params"],
         "total_params": s["total_params"], "peak_memory_mb": s["peak_memory_mb"], "epochs": s["epochs"],
