@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ color:#1d2330;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #dde;padding-bottom:.2em}
 .rec{background:#eef6ee;border-left:5px solid #2e7d32;padding:.8em 1.2em;font-size:1.1em}
 .rec ul{margin:.4em 0 0 1em;font-size:.93em}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em} td,th{border:1px solid #ccd;padding:.25em .6em;text-align:right}
-th{background:#f2f4f8} td:first-child,th:first-child{text-align:left}
+th{background:#f2f4f8} td:first-child,th:first-child,td.l,th.l{text-align:left}
+td{font-variant-numeric:tabular-nums}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0} .muted{color:#667;font-size:.9em}
 .win{font-weight:bold;background:#f4fbf4}
 """
@@ -42,13 +45,20 @@ def _fmt(mean: float, std: float, seeds: int, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if seeds > 1 else f"{mean:.{digits}f}"
 
 
+_NUMBER = re.compile(r"^[-+]?[\d,.]+( ± [\d.]+)?( pts)?$")
+
+
 def _table(headers: list[str], rows: list[list[str]], win_rows: set[int] | None = None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    """Numbers right-aligned, words left-aligned; a table wider than the page scrolls inside its own box."""
+    # A header sits over its column: left over words, right over numbers (as the first row shows them).
+    left = [not _NUMBER.match(str(c)) for c in rows[0]] if rows else [False] * len(headers)
+    head = "".join(f"<th{' class=l' if i and left[i] else ''}>{html.escape(h)}</th>" for i, h in enumerate(headers))
     body = []
     for i, r in enumerate(rows):
         cls = ' class="win"' if win_rows and i in win_rows else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+        cells = "".join(f"<td{'' if _NUMBER.match(str(c)) else ' class=l'}>{html.escape(str(c))}</td>" for c in r)
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<div class='scroll'><table><tr>{head}</tr>{''.join(body)}</table></div>"
 
 
 def load_study(study_dir: Path) -> tuple[Any, list[dict], dict | None, list[dict]]:
@@ -133,7 +143,8 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
             pngs: dict[str, bytes]) -> str:
     from ajuste.study.advice import pre_post
 
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>ajuste study: "
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>ajuste study: "
              f"{html.escape(Path(str(spec.source)).name)}</title><style>{CSS}</style></head><body>"]
     parts.append(f"<h1>Fine-tune or train from scratch? — {html.escape(Path(str(spec.source)).name)}</h1>")
     parts.append(f"<p class='muted'>model {html.escape(spec.model)} · strategies {html.escape(', '.join(spec.strategies))}"
@@ -141,12 +152,13 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
                  f"{len(records)} finished runs</p>")
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in advice["reasons"])
     best = (f"<p>Best model: <code>best_model/</code> (from <code>runs/{html.escape(advice.get('best_cell', ''))}</code>)"
-            f" — <code>ajuste predict {{study}}/best_model INPUT...</code></p>" if advice.get("best_cell") else "")
+            f" — <code>ajuste predict STUDY_DIR/best_model INPUT...</code></p>" if advice.get("best_cell") else "")
     parts.append(f"<h2>Recommendation</h2><div class='rec'><b>{html.escape(advice['text'])}</b>"
                  f"<ul>{reasons}</ul></div>{best}")
     parts.append("<h2>Data efficiency</h2>" + _img(pngs["data_efficiency"], "data-efficiency curve"))
     if advice.get("crossover"):
-        parts.append(f"<p>{html.escape(advice['crossover']['text'])}</p>")
+        parts.append(f"<p><b>Does training from scratch catch up?</b> "
+                     f"{html.escape(advice['crossover']['text'])}</p>")
 
     parts.append("<h2>Results per fraction</h2><p class='muted'>mean ± std over seeds; the winner is chosen on "
                  "validation accuracy, test accuracy is reported.</p>")
@@ -189,7 +201,9 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
     parts.append("<h2>All runs</h2>")
     parts.append(_table(["cell", "n train", "test acc", "val acc", "epochs", "best epoch", "train s", "run"],
                         [[r["cell"], r["n_train"], f"{r['test_accuracy']:.4f}", f"{r['val_accuracy']:.4f}", r["epochs"],
-                          r["best_epoch"], f"{r['train_seconds']:.1f}", r["run_dir"]] for r in records]))
+                          r["best_epoch"], f"{r['train_seconds']:.1f}", r["run_dir"]]
+                         # In the order of the per-fraction tables, not the order the cells finished in.
+                         for r in sorted(records, key=lambda r: (r["fraction"], r["strategy"], r["seed"]))]))
     parts.append("<p class='muted'>Generated by ajuste. Regenerate with <code>ajuste report STUDY_DIR</code>.</p>")
     parts.append("</body></html>")
     return "\n".join(parts)

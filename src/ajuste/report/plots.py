@@ -17,6 +17,21 @@ def _plt():
     return plt
 
 
+def _plain_log_axis(axis: Any, ticks: list[float] | None = None) -> None:
+    """Log-scale tick labels as plain numbers (0.3, 10, 976), not 3×10⁻¹: a reader compares them with a table."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+    if ticks:
+        axis.set_major_locator(FixedLocator(sorted(set(ticks))))
+
+
+def _legend_outside(ax: Any) -> None:
+    # Right of the axes, so it never hides a point (inside, "lower right" covered the largest fraction's points).
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
+
+
 def _colors(strategies: list[str]) -> dict[str, Any]:
     plt = _plt()
     cmap = plt.get_cmap("tab10")
@@ -29,7 +44,7 @@ def _colors(strategies: list[str]) -> dict[str, Any]:
 def data_efficiency(agg: list[dict[str, Any]], *, crossover: dict[str, Any] | None = None):
     """Test accuracy vs number of training examples (log x), one line per strategy, ±1 std over seeds."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     strategies = sorted({r["strategy"] for r in agg})
     colors = _colors(strategies)
     for s in strategies:
@@ -43,30 +58,37 @@ def data_efficiency(agg: list[dict[str, Any]], *, crossover: dict[str, Any] | No
     if crossover and crossover.get("status") == "measured":
         ax.axvline(crossover["n_train"], color="grey", linestyle=":", label="scratch catches up")
     ax.set_xscale("log")
+    # Ticks at the measured sizes only: those are the rows of the results tables.
+    _plain_log_axis(ax.xaxis, [r["n_train"] for r in agg])
+    ax.tick_params(axis="x", labelrotation=0)
     ax.set_xlabel("training examples (log scale)")
     ax.set_ylabel("test accuracy")
     ax.set_title("Data efficiency: fine-tuned vs from scratch")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(True, which="major", alpha=0.3)
+    _legend_outside(ax)
     fig.tight_layout()
     return fig
 
 
 def accuracy_vs_time(agg: list[dict[str, Any]]):
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     strategies = sorted({r["strategy"] for r in agg})
     colors = _colors(strategies)
+    # Marker area grows with the fraction relative to the largest one, so 0.05 vs 0.25 is visible.
+    top = max(r["fraction"] for r in agg)
     for s in strategies:
         rows = [r for r in agg if r["strategy"] == s]
         ax.scatter([max(r["train_seconds"], 0.1) for r in rows], [r["test_accuracy"] for r in rows],
-                   s=[20 + 60 * r["fraction"] for r in rows], color=colors[s], label=s, alpha=0.8)
+                   s=[15 + 110 * r["fraction"] / top for r in rows], color=colors[s], label=s, alpha=0.8,
+                   edgecolors="white", linewidths=0.5)
     ax.set_xscale("log")
+    _plain_log_axis(ax.xaxis)
     ax.set_xlabel("training time, seconds (log scale; marker size = data fraction)")
     ax.set_ylabel("test accuracy")
     ax.set_title("Accuracy vs training time")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.grid(True, which="major", alpha=0.3)
+    _legend_outside(ax)
     fig.tight_layout()
     return fig
 
@@ -78,14 +100,16 @@ def learning_curves(records: list[dict[str, Any]], *, fraction: float | None = N
         fraction = max(r["fraction"] for r in records)
     rows = sorted((r for r in records if r["fraction"] == fraction and r["seed"] == 0), key=lambda r: r["strategy"])
     n = max(1, len(rows))
-    cols = min(3, n)
+    cols = 2 if n == 4 else min(3, n)  # 2×2 rather than 3 + 1: wider panels at the report's width
     nrows = (n + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
     for ax, r in zip(axes.flat, rows):
         h = r["history"]
         ep = [x["epoch"] + 1 for x in h]
-        ax.plot(ep, [x["train_loss"] for x in h], label="train loss")
-        ax.plot(ep, [x["val_loss"] for x in h], label="val loss")
+        # Markers: a run of one or two epochs is a point, and a line alone would draw nothing.
+        mark = "o" if len(h) <= 12 else None
+        ax.plot(ep, [x["train_loss"] for x in h], label="train loss", marker=mark, markersize=4)
+        ax.plot(ep, [x["val_loss"] for x in h], label="val loss", marker=mark, markersize=4)
         # Phase boundaries (e.g. two-stage: head → all).
         for i in range(1, len(h)):
             if h[i]["phase"] != h[i - 1]["phase"]:
@@ -93,6 +117,9 @@ def learning_curves(records: list[dict[str, Any]], *, fraction: float | None = N
         ax.set_title(f"{r['strategy']} ({r['n_train']} ex.)", fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
+        if len(h) == 1:  # else matplotlib pads a single x into ticks 0.96 … 1.04
+            ax.set_xticks(ep)
+        ax.ticklabel_format(axis="y", useOffset=False)  # no "+2.302" offset above flat losses
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(rows):]:
@@ -104,21 +131,27 @@ def learning_curves(records: list[dict[str, Any]], *, fraction: float | None = N
 
 def confusion(matrix: list[list[int]], classes: list[str], *, title: str = "Confusion matrix"):
     plt = _plt()
+    import textwrap
+
     m = np.asarray(matrix)
-    size = min(10, 2.5 + 0.45 * len(classes))
+    # At least 5 in wide: with 2 classes a smaller figure cut the title off at both ends.
+    size = min(10.0, max(5.0, 2.5 + 0.45 * len(classes)))
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     im = ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(classes)), labels=[c[:14] for c in classes], rotation=45, ha="right", fontsize=8)
+    labels = [c[:14] for c in classes]
+    slanted = max((len(c) for c in labels), default=0) > 3  # short labels ("0".."9") read better upright
+    ax.set_xticks(range(len(classes)), labels=labels, rotation=45 if slanted else 0, ha="right" if slanted else
+                  "center", fontsize=8)
     ax.set_yticks(range(len(classes)), labels=[c[:14] for c in classes], fontsize=8)
     if len(classes) <= 20:
         thresh = m.max() / 2 if m.size else 0
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
-                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=11 if len(classes) <= 4 else 7,
                         color="white" if m[i, j] > thresh else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, width=int(9 * size))), fontsize=11)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
