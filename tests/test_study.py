@@ -166,3 +166,10 @@ def test_one_standard_error_rule_prefers_the_cheaper_of_tied_arms():
     # a clear lead is never traded for speed
     adv = recommend([rec("full", 0.95, 100.0, 270), rec("linear-probe", 0.80, 1.0, 270)])
     assert adv["winner"] == "full"
+
+
+def test_scratch_winning_on_small_data_does_not_contradict_itself():
+    recs = [_rec("scratch", 1.0, 900, acc=0.99, val=0.99), _rec("full", 1.0, 900, acc=0.90, val=0.90)]
+    adv = recommend(recs)
+    assert adv["winner"] == "scratch"
+    assert "scratch matched the fine-tuned arms" in adv["reasons"][0]

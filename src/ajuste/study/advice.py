@@ -118,7 +118,11 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
     elif runner:
         text += (f", {100 * margin:+.1f} points over {runner['strategy']} ({runner['test_accuracy']:.3f}); "
                  f"confidence {confidence['level']} ({confidence['text']})")
-    reasons.append(data_size_reason(win["n_train"]))
+    size = data_size_reason(win["n_train"])
+    if win["strategy"] == "scratch" and win["n_train"] < 100_000:
+        # the rule of thumb and the measurement disagree: say so rather than contradict the advice
+        size += "; here, though, scratch matched the fine-tuned arms on your data (measured below)"
+    reasons.append(size)
     if similarity:
         p, r = similarity["pretrained"], similarity["random"]
         reasons.append(f"domain similarity is {similarity['similarity']}: a linear probe on pretrained features "
