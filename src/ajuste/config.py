@@ -161,8 +161,9 @@ class TrainConfig:
 
 @dataclass
 class PeftConfig:
-    r: int = _help("lora: rank of the low-rank update (≤ the smallest in/out size of a target layer)", default=8)
-    alpha: float = _help("lora: scaling; the update is scaled by alpha / r", default=16.0)
+    r: int | None = _help("lora: rank of the low-rank update (≤ the smallest in/out size of a target layer); "
+                          "auto: 16 for text, 8 for images", default=None)
+    alpha: float | None = _help("lora: scaling; the update is scaled by alpha / r (auto: 2 × r)", default=None)
     dropout: float = _help("lora: dropout on the adapter's input", default=0.1)
     targets: str = _help("lora/ia3: modules that get adapters: auto (attention query/value for transformers, "
                          "1x1 convs for convnets) or comma-separated names, suffixes or globs "
@@ -170,7 +171,7 @@ class PeftConfig:
     num_virtual_tokens: int = _help("prompt-/prefix-tuning: number of learned virtual tokens", default=20)
 
     def __post_init__(self) -> None:
-        if self.r < 1:
+        if self.r is not None and self.r < 1:
             raise ConfigError(f"peft.r={self.r} must be ≥ 1 (the rank of the LoRA update)")
         _check_range("peft.alpha", self.alpha, 0.0, 1e6, lo_open=True)
         _check_range("peft.dropout", self.dropout, 0.0, 0.9)

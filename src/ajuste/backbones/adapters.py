@@ -184,18 +184,20 @@ def resolve_spec(backbone: Any, method: str, pcfg: Any) -> dict[str, Any]:
     user = pcfg.target_list()
     name = getattr(backbone, "name", type(backbone).__name__)
     if method == "lora":
+        # auto rank (unresolved config, e.g. a library call): the modality's default; alpha auto = 2r
+        r = pcfg.r or (16 if backbone.modality == "text" else 8)
         if user is None:
-            targets = backbone.lora_targets(pcfg.r)
+            targets = backbone.lora_targets(r)
         else:
             targets = match_targets(user, cands, model=name)
-            too_small = [n for n in targets if min(layer_dims(cands[n])) < pcfg.r]
+            too_small = [n for n in targets if min(layer_dims(cands[n])) < r]
             if too_small:
                 i, o = layer_dims(cands[too_small[0]])
-                raise ConfigError(f"peft.r={pcfg.r} is larger than layer {too_small[0]} ({i} in, {o} out): "
+                raise ConfigError(f"peft.r={r} is larger than layer {too_small[0]} ({i} in, {o} out): "
                                   f"use peft.r ≤ {min(i, o)} or other peft.targets")
         if not targets:
             raise ConfigError(f"peft.targets: no module of {name} can take a LoRA adapter")
-        return {"method": method, "r": int(pcfg.r), "alpha": float(pcfg.alpha), "dropout": float(pcfg.dropout),
+        return {"method": method, "r": int(r), "alpha": float(pcfg.alpha or 2.0 * r), "dropout": float(pcfg.dropout),
                 "targets": patterns(targets), "target_modules": targets}
     if user is None:
         targets, ff = backbone.ia3_targets()

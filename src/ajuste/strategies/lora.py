@@ -14,8 +14,10 @@ class Lora(PeftStrategy):
     name = "lora"
     method = "lora"
     summary = "low-rank adapters (peft.r, peft.alpha) on attention q/v or 1x1 convs + the head; mergeable"
-    image_defaults = {"optim.lr": 1e-3, "optim.head_lr_mult": 1.0}
-    text_defaults = {"optim.lr": 1e-3, "optim.head_lr_mult": 1.0}
+    # Rank: on sst2 (MiniLM, query/value, validation accuracy) r=16 scored 0.877 vs 0.868 at r=8 —
+    # 0.65% of the encoder's parameters; on 1x1 convs r=8 (many EfficientNet layers have ≤ 40 channels).
+    image_defaults = {"optim.lr": 1e-3, "optim.head_lr_mult": 1.0, "peft.r": 8}
+    text_defaults = {"optim.lr": 1e-3, "optim.head_lr_mult": 1.0, "peft.r": 16}
 
     def search_space(self, modality: str) -> dict[str, Any]:
         return {
