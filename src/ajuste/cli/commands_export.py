@@ -1,4 +1,4 @@
-"""`ajuste export`: a run directory for inference, with PEFT adapters merged into the weights."""
+"""`ajuste export`: a run directory, a Hugging Face/timm folder, ONNX or TorchScript, checked against the run."""
 
 from __future__ import annotations
 
@@ -13,17 +13,21 @@ def register(app: typer.Typer) -> None:
 
 def export(
     run_dir: Path = typer.Argument(..., help="A finished run directory"),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory to write (a run directory `evaluate`/`predict` load)"),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write (created; must be new or empty)"),
+    fmt: str = typer.Option("ajuste", "--format", "-f",
+                            help="ajuste (a run directory `evaluate`/`predict` load) | hf (text: transformers "
+                                 "folder; images: timm folder) | onnx | torchscript"),
     merge: bool = typer.Option(False, "--merge", help="Fold LoRA/IA3 adapters into plain weights (no peft needed "
-                                                      "to load)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export directory"),
+                                                      "to load); always done for hf, onnx and torchscript"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in --out"),
 ) -> None:
-    """Export a trained run; --merge turns a LoRA/IA3 run into a plain model with the same predictions."""
+    """Export a trained run; the written files are reloaded and must reproduce the run's logits."""
     from rich.console import Console
+    from rich.markup import escape
 
     from ajuste.export import export_run
 
-    res = export_run(run_dir=run_dir, out=out, merge=merge, overwrite=overwrite)
+    res = export_run(run_dir=run_dir, out=out, format=fmt, merge=merge, overwrite=overwrite)
     con = Console(highlight=False)
     if res.merged:
         what = f"{res.method} adapters merged into the weights"
@@ -31,6 +35,12 @@ def export(
         what = f"{res.method} adapters kept" + ("" if merge else " (--merge folds lora/ia3 into the weights)")
     else:
         what = "plain weights"
-    con.print(f"exported {run_dir} → {res.out}: {what}; {res.model_bytes / 2**20:.1f} MB; "
-              f"max |Δ logit| vs the run {res.max_abs_diff:.2g}; "
-              f"{'needs peft to load' if res.peft_needed else 'loads without peft'}")
+    text = res.modality == "text"
+    how = {"ajuste": "needs peft to load" if res.peft_needed else "loads without peft",
+           "hf": (f"AutoModelForSequenceClassification.from_pretrained('{res.out}', trust_remote_code=True)" if text
+                  else f"timm.create_model('local-dir:{res.out}', pretrained=True)"),
+           "onnx": f"{res.exporter} exporter; dynamic batch{' and sequence axes' if text else ' axis'}",
+           "torchscript": f"torch.jit.load('{res.out / 'model.pt'}')"}[res.format]
+    con.print(escape(f"exported {run_dir} → {res.out} ({res.format}: {', '.join(res.files)}): {what}; "
+                     f"{res.model_bytes / 2**20:.1f} MB; max |Δ logit| vs the run {res.max_abs_diff:.2g}; {how}"),
+              soft_wrap=True)

@@ -213,25 +213,44 @@ def evaluate(
 
 def predict(
     run_dir: Path = typer.Argument(..., help="A finished run directory"),
-    inputs: list[str] = typer.Argument(..., help="Image files/folders; or CSV/TSV/JSONL/TXT files or literal texts"),
+    inputs: list[str] = typer.Argument(..., help="Images: files, folders, globs (quoted), or - (paths on stdin). "
+                                                 "Texts: CSV/TSV/JSONL/TXT files, globs, literal texts, or - "
+                                                 "(one text per stdin line)"),
     text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a CSV input"),
-    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | jsonl"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | jsonl (on stdout)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write predictions to FILE.csv or "
+                                                                       "FILE.jsonl instead of stdout"),
 ) -> None:
     """Predict labels with a trained run."""
+    import csv
+    import io
+    import sys
+
     from ajuste.errors import AjusteError
     from ajuste.train.run_eval import predict_inputs
 
     if fmt not in ("table", "csv", "jsonl"):
         raise AjusteError(f"--format {fmt!r} is not one of table, csv, jsonl")
+    if output is not None:
+        kind = output.suffix.lower().lstrip(".")
+        if kind not in ("csv", "jsonl"):
+            raise AjusteError(f"--output {output}: name a .csv or .jsonl file (the suffix picks the format)")
+        if output.is_dir():
+            raise AjusteError(f"--output {output} is a directory; name a .csv or .jsonl file")
+        if any(i != "-" and Path(i).exists() and Path(i).resolve() == output.resolve() for i in inputs):
+            raise AjusteError(f"--output {output} is also an input; write the predictions to another file")
+        fmt = kind
     rows = predict_inputs(run_dir, list(inputs), text_col=text_col)
+    buf = io.StringIO(newline="") if output is not None else None
     if fmt == "jsonl":
-        for r in rows:
-            typer.echo(json.dumps(r))
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        if buf is None:
+            typer.echo(text, nl=False)
+        else:
+            buf.write(text)
     elif fmt == "csv":
-        import csv
-        import sys
-
-        w = csv.DictWriter(sys.stdout, fieldnames=["input", "label", "probability"])
+        w = csv.DictWriter(buf if buf is not None else sys.stdout, fieldnames=["input", "label", "probability"],
+                           lineterminator="\n")
         w.writeheader()
         for r in rows:
             w.writerow({**r, "probability": f"{r['probability']:.4f}"})
@@ -244,3 +263,8 @@ def predict(
         for r in rows:
             t.add_row(_esc(r["input"]), _esc(r["label"]), f"{r['probability']:.3f}")
         _console().print(t)
+    if buf is not None:
+        from ajuste.io import atomic_write_text
+
+        atomic_write_text(output, buf.getvalue())
+        _console().print(f"wrote {len(rows)} predictions to {_esc(output)}")

@@ -134,18 +134,28 @@ def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_co
     return metrics
 
 
-def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | None = None) -> list[dict[str, Any]]:
-    """Label + probability for image files, a CSV/TSV/JSONL/TXT of texts, or literal text lines."""
+def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | None = None,
+                   stdin: Any = None) -> list[dict[str, Any]]:
+    """Label + probability for each input.
+
+    Image runs: image files, folders (searched recursively), glob patterns (``"shots/**/*.jpg"``), or
+    ``-`` for file paths read from stdin, one per line. Text runs: CSV/TSV/JSONL/TXT files of texts,
+    globs matching such files, literal texts, or ``-`` for texts read from stdin, one per line.
+    ``stdin`` defaults to ``sys.stdin``.
+    """
     from ajuste.data.pipeline import Pipeline
     from ajuste.data.sources import LabelledData
     from ajuste.train.loop import predict_logits, use_bf16, use_channels_last
 
+    if not inputs:
+        raise AjusteError("nothing to predict: give files, folders, globs, texts, or - to read stdin")
     run = load_run(run_dir)
+    stdin_lines = _read_stdin(stdin) if "-" in inputs else []
     if run.backbone.modality == "image":
-        names = _expand_image_inputs(inputs)
+        names = _expand_image_inputs(inputs, stdin_lines)
         items: Any = names
     else:
-        names, items = _expand_text_inputs(inputs, text_col or run.config.data.text_col)
+        names, items = _expand_text_inputs(inputs, text_col or run.config.data.text_col, stdin_lines)
     data = LabelledData(modality=run.backbone.modality, inputs=items, labels=np.zeros(len(items), dtype=np.int64),
                         classes=run.classes, splits={}, source="predict", warnings=[])
     pipe = Pipeline(data, {"test": np.arange(len(items))}, run.preprocessing,
@@ -165,13 +175,59 @@ _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _TEXT_EXT = {".csv", ".tsv", ".jsonl", ".txt"}
 
 
-def _expand_image_inputs(inputs: list[str]) -> list[str]:
+def _read_stdin(stdin: Any) -> list[str]:
+    import sys
+
+    stream = sys.stdin if stdin is None else stdin
+    if getattr(stream, "isatty", lambda: False)():
+        raise AjusteError("- reads inputs from stdin, but stdin is a terminal; pipe them in "
+                          "(e.g. `ls shots/*.jpg | ajuste predict RUN -`)")
+    return stream.read().splitlines()
+
+
+def _is_glob(item: str) -> bool:
+    import glob
+
+    return glob.has_magic(item) and not Path(item).exists()
+
+
+def _glob(item: str) -> list[Path]:
+    import glob
+
+    return [Path(m) for m in sorted(glob.glob(str(Path(item).expanduser()), recursive=True))
+            if not Path(m).name.startswith(".")]
+
+
+def _images_in(folder: Path) -> list[str]:
+    return sorted(str(f) for f in folder.rglob("*") if f.suffix.lower() in _IMAGE_EXT
+                  and not f.name.startswith(".") and f.is_file())
+
+
+def _expand_image_inputs(inputs: list[str], stdin_lines: list[str] = ()) -> list[str]:
     files: list[str] = []
     for item in inputs:
+        if item == "-":
+            paths = [ln.strip() for ln in stdin_lines if ln.strip()]
+            if not paths:
+                raise AjusteError("- (stdin) gave no image paths; pipe one path per line")
+            for ln in paths:
+                if not Path(ln).is_file():
+                    raise AjusteError(f"stdin names {ln}, which is not an image file; pipe one image path per line")
+            files.extend(paths)
+            continue
         p = Path(item)
-        if p.is_dir():
-            files.extend(sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in _IMAGE_EXT
-                                and not f.name.startswith(".")))
+        if _is_glob(item):
+            matched = _glob(item)
+            found = [str(m) for m in matched if m.is_file() and m.suffix.lower() in _IMAGE_EXT]
+            for m in matched:
+                if m.is_dir():
+                    found.extend(_images_in(m))
+            if not found:
+                raise AjusteError(f"{item}: no image files match this pattern (extensions "
+                                  f"{', '.join(sorted(_IMAGE_EXT))})")
+            files.extend(found)
+        elif p.is_dir():
+            files.extend(_images_in(p))
         elif p.is_file():
             if p.suffix.lower() in _TEXT_EXT:
                 raise AjusteError(f"{item} is a text table but the run is an image model; give image files or folders")
@@ -183,25 +239,46 @@ def _expand_image_inputs(inputs: list[str]) -> list[str]:
     return files
 
 
-def _expand_text_inputs(inputs: list[str], text_col: str | None) -> tuple[list[str], list[str]]:
+def _expand_text_inputs(inputs: list[str], text_col: str | None,
+                        stdin_lines: list[str] = ()) -> tuple[list[str], list[str]]:
     from ajuste.data.sources import _decode, load_texts
 
     names: list[str] = []
     texts: list[str] = []
+
+    def add_file(p: Path, label: str) -> None:
+        if p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
+            rows, lines = load_texts(p, text_col=text_col)
+            names.extend(f"{label}:{line}" for line in lines)
+            texts.extend(rows)
+        else:
+            numbered = [(no, ln) for no, ln in enumerate(_decode(p).splitlines(), start=1) if ln.strip()]
+            names.extend(f"{label}:{no}" for no, _ in numbered)
+            texts.extend(ln for _, ln in numbered)
+
     for item in inputs:
+        if item == "-":
+            numbered = [(no, ln) for no, ln in enumerate(stdin_lines, start=1) if ln.strip()]
+            names.extend(f"stdin:{no}" for no, _ in numbered)
+            texts.extend(ln for _, ln in numbered)
+            continue
         p = Path(item)
         # a text model would happily "classify" the file name of an image: refuse instead
         if p.is_dir() or (p.is_file() and p.suffix.lower() in _IMAGE_EXT):
             raise AjusteError(f"{item} is an image {'folder' if p.is_dir() else 'file'} but the run is a text "
                               f"model; give texts, or a .csv/.tsv/.jsonl/.txt file of texts")
-        if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
-            rows, lines = load_texts(p, text_col=text_col)
-            names.extend(f"{p.name}:{line}" for line in lines)
-            texts.extend(rows)
-        elif p.is_file() and p.suffix.lower() in (".txt", ""):
-            numbered = [(no, ln) for no, ln in enumerate(_decode(p).splitlines(), start=1) if ln.strip()]
-            names.extend(f"{p.name}:{no}" for no, _ in numbered)
-            texts.extend(ln for _, ln in numbered)
+        if _is_glob(item):
+            # A pattern that matches text files is a glob; anything else ("why?") is a text to classify.
+            matched = [m for m in _glob(item) if m.is_file()]
+            if matched and all(m.suffix.lower() in _TEXT_EXT for m in matched):
+                for m in matched:
+                    add_file(m, str(m))
+                continue
+            if matched and any(m.suffix.lower() in _IMAGE_EXT for m in matched):
+                raise AjusteError(f"{item} matches image files but the run is a text model; give texts, or "
+                                  f".csv/.tsv/.jsonl/.txt files of texts")
+        if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".txt", ""):
+            add_file(p, p.name)
         else:
             names.append(item if len(item) <= 60 else item[:57] + "...")
             texts.append(item)
