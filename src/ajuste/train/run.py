@@ -157,13 +157,13 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
     strategy = get_strategy(cfg.strategy.name)
     data, splits = prepare_data(cfg, data=data, splits=splits)
     cfg = resolve_config(cfg, data.modality)
-    for w in data.warnings:
+    for note in data.warnings:  # not `w`: that name holds the data-parallel world used below
         if warn is not None:
-            warn(w)
+            warn(note)
         elif console is not None:
             from rich.markup import escape
 
-            console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+            console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
     resuming = _check_run_dir(Path(out), cfg, overwrite) if out is not None and w.main else False
     if resuming and console is not None:
         console.print(f"resuming the unfinished run in {out} ({_epochs_done(Path(out))} epochs done)",
@@ -272,7 +272,8 @@ def _worker_run(cfg: RunConfig, run_dir: Path | None, backbone: Any, pipeline: A
 
 def _epochs_done(run_dir: Path) -> int:
     try:
-        return int(json.loads((run_dir / "checkpoint" / "state.json").read_text())["global_epoch"])
+        saved = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+        return int(saved.get("state", saved)["global_epoch"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
 
@@ -292,7 +293,6 @@ def _seed_everything(seed: int) -> None:
 
 
 def _write_run_files(run_dir: Path, cfg: RunConfig, data: Any, splits: dict, pre: Any, backbone: Any) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
     _check_writable(run_dir)
     save_config(cfg, run_dir / "config.yaml")
     atomic_write_json(run_dir / "labels.json", list(data.classes))
@@ -304,12 +304,18 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, data: Any, splits: dict, pre
 
 
 def _check_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` and prove a file can be written and synced there, before any epoch is spent."""
     probe = run_dir / ".write-test"
     try:
-        probe.write_bytes(b"x" * 1024)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as fh:  # fsync: some full or quota-limited file systems only fail here
+            fh.write(b"x" * 1024)
+            fh.flush()
+            os.fsync(fh.fileno())
         probe.unlink()
     except OSError as exc:
-        raise AjusteError(f"cannot write to {run_dir} ({exc.strerror}); pick a writable --out") from None
+        reason = exc.strerror or type(exc).__name__
+        raise AjusteError(f"cannot write to {run_dir} ({reason}); pick a writable --out") from None
     free = shutil.disk_usage(run_dir).free
     if free < 200 * 2**20:
         raise AjusteError(f"only {free / 2**20:.0f} MB free under {run_dir}; a run needs a few hundred MB")
