@@ -78,22 +78,58 @@ def _interp(name: str):
 
 
 def load_image_file(path: str, pre: Preprocessing) -> torch.Tensor:
-    """Decode one image file to uint8 (3, H, W) with the shorter side at ``pre.base_size``."""
+    """Decode one image file to uint8 (3, H, W) with the shorter side at ``pre.base_size``.
+
+    Upright (EXIF orientation applied), first frame of an animation, any PIL mode (16-bit, CMYK, palette) to RGB.
+    """
+    import warnings
+
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            im = im.convert("RGB")
-            w, h = im.size
-            scale = pre.base_size / min(w, h)
-            size = (max(pre.base_size, round(w * scale)), max(pre.base_size, round(h * scale)))
-            resample = getattr(Image.Resampling, _INTERP.get(pre.interpolation, "BILINEAR"))
-            im = im.resize(size, resample=resample, reducing_gap=3.0)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc}); remove or replace the file") from None
+        # PIL only warns between MAX_IMAGE_PIXELS and twice that (then decodes hundreds of MB): refuse instead
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im = to_rgb(ImageOps.exif_transpose(im))
+        w, h = im.size
+        scale = pre.base_size / min(w, h)
+        size = (max(pre.base_size, round(w * scale)), max(pre.base_size, round(h * scale)))
+        resample = getattr(Image.Resampling, _INTERP.get(pre.interpolation, "BILINEAR"))
+        im = im.resize(size, resample=resample, reducing_gap=3.0)
+        arr = np.asarray(im, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{path}: too many pixels (over PIL's decompression-bomb limit of "
+                        f"{Image.MAX_IMAGE_PIXELS / 1e6:.0f} M); downscale the image") from None
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, struct.error... by codec
+        msg = " ".join(str(exc).split())[:120]
+        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {msg}); remove or replace the file") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def to_rgb(im):
+    """Any PIL image → 8-bit RGB, keeping the tones PIL's own ``convert("RGB")`` loses.
+
+    - 16/32-bit integer greys (modes I;16*, I): ``convert`` clips every value above 255 to white; scale instead
+      (16-bit 0..65535 → 0..255; other ranges stretched min..max).
+    - float (F): 0..1 → 0..255, else stretched.
+    - palette with per-entry transparency: via RGBA (``convert("RGB")`` warns on that path).
+    """
+    from PIL import Image
+
+    if im.mode.startswith("I") or im.mode == "F":
+        a = np.asarray(im).astype(np.float64)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if im.mode == "F" and lo >= 0 and hi <= 1:
+            a = a * 255.0
+        elif im.mode.startswith("I;16") or (lo >= 0 and 255 < hi <= 65535):
+            a = a / 257.0
+        elif lo < 0 or hi > 255:
+            a = (a - lo) * (255.0 / max(hi - lo, 1e-12))
+        return Image.fromarray(np.rint(a).clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im.convert("RGB")
 
 
 def resize_array_images(images: np.ndarray, pre: Preprocessing) -> torch.Tensor:
@@ -111,16 +147,53 @@ def resize_array_images(images: np.ndarray, pre: Preprocessing) -> torch.Tensor:
     return out
 
 
-class ImageStore:
-    """Decoded, resized uint8 images keyed by index into ``data``; decoded at most once."""
+def available_memory() -> int | None:
+    """Bytes the kernel can give without swapping (MemAvailable in /proc/meminfo); None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
-    def __init__(self, data: LabelledData, pre: Preprocessing) -> None:
+
+# Share of available memory the decoded-image cache may take; the rest is for the model, activations and the OS.
+CACHE_MEMORY_SHARE = 0.5
+
+
+def _notice(message: str) -> None:
+    import sys
+
+    print(f"note: {message}", file=sys.stderr)
+
+
+class ImageStore:
+    """Decoded, resized uint8 images keyed by index into ``data``; decoded at most once while they fit.
+
+    Before caching, the decoded size of all files is estimated (3 × base² bytes each, ×4/3 for non-square
+    photos); when it exceeds ``CACHE_MEMORY_SHARE`` of available memory, only that much is cached and the
+    rest is decoded again in every batch, with a one-line notice (a slower run instead of a thrashing machine).
+    """
+
+    def __init__(self, data: LabelledData, pre: Preprocessing, *, notice: Any = _notice) -> None:
         self.data = data
         self.pre = pre
         self._cache: dict[int, torch.Tensor] = {}
         self._array: torch.Tensor | None = None
+        self.cache_limit: int | None = None  # bytes; None = cache everything
+        self._cached_bytes = 0
         if isinstance(data.inputs, np.ndarray):
             self._array = resize_array_images(data.inputs, pre)
+            return
+        need = int(len(data.inputs) * 3 * pre.base_size * pre.base_size * 4 / 3)
+        avail = available_memory()
+        if avail is not None and need > CACHE_MEMORY_SHARE * avail:
+            self.cache_limit = int(CACHE_MEMORY_SHARE * avail)
+            notice(f"decoded images would take ~{need / 2**30:.1f} GiB, over half the {avail / 2**30:.1f} GiB of "
+                   f"available memory: caching {self.cache_limit / 2**30:.1f} GiB, decoding the rest in every "
+                   "batch (slower; a smaller data.image_size caches more)")
 
     def __getitem__(self, i: int) -> torch.Tensor:
         if self._array is not None:
@@ -128,7 +201,10 @@ class ImageStore:
         img = self._cache.get(i)
         if img is None:
             img = load_image_file(self.data.inputs[i], self.pre)
-            self._cache[i] = img
+            size = img.numel() * img.element_size()
+            if self.cache_limit is None or self._cached_bytes + size <= self.cache_limit:
+                self._cache[i] = img
+                self._cached_bytes += size
         return img
 
 

@@ -15,10 +15,13 @@ Every user-facing failure is a `DataError` whose message is one line: what is wr
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
 import os
+import re
+import warnings as pywarnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -321,9 +324,22 @@ def _load_digits() -> _Raw:
 # --------------------------------------------------------------------------------------------- image folder
 
 
-def _visible_dirs(path: Path) -> list[Path]:
+def _visible_dirs(path: Path, loops: set[str] | None = None) -> list[Path]:
+    """Sub-folders that can be classes or splits; symbolic links back to ``path`` or above are left out (their
+    names go to ``loops``): such a "class" would hold every image again."""
     # __MACOSX/ is the resource-fork folder macOS zips carry along: never a class
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX")
+    found = []
+    for p in path.iterdir():
+        if not p.is_dir() or p.name.startswith(".") or p.name == "__MACOSX":
+            continue
+        if p.is_symlink():
+            target, here = os.path.realpath(p), os.path.realpath(path)
+            if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+                if loops is not None:
+                    loops.add(f"{p.name} -> {os.readlink(p)}")
+                continue
+        found.append(p)
+    return sorted(found)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -338,22 +354,55 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _check_image(path: Path) -> str | None:
-    """None if PIL can fully decode the file, else the reason it cannot."""
-    from PIL import Image
+    """None if PIL can fully decode the file, else a short reason it cannot (shown in the 'skipped' warning).
+
+    Call it with PIL's DecompressionBombWarning turned into an error (see `_load_image_folder`): PIL only warns
+    between MAX_IMAGE_PIXELS and twice that, and then decodes hundreds of megabytes.
+    """
+    from PIL import Image, UnidentifiedImageError
 
     try:
+        if os.path.getsize(path) == 0:  # follows symlinks: a loop or a dangling link raises OSError here
+            return "empty file"
         with Image.open(path) as im:
             im.load()  # decodes every pixel: catches truncated/corrupt files that open() alone accepts
-    except Image.DecompressionBombError:
-        return "too many pixels (decompression bomb?)"
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... depending on the codec
-        return f"{type(exc).__name__}: {exc}"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return _bomb_reason(exc)
+    except UnidentifiedImageError:
+        return "not an image PIL can read"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            return "broken symbolic link"
+        if "truncated" in str(exc):
+            return "truncated file"
+        return _short_reason(exc, path)
+    except Exception as exc:  # PIL raises SyntaxError, ValueError, struct.error... depending on the codec
+        return _short_reason(exc, path)
     return None
+
+
+def _bomb_reason(exc: Exception) -> str:
+    """'900 M pixels, above the 89 M-pixel decompression-bomb limit' from PIL's DecompressionBomb* message."""
+    from PIL import Image
+
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(m.group(1)) / 1e6:.0f} M pixels" if m else "too many pixels"
+    limit = Image.MAX_IMAGE_PIXELS or 0
+    return f"{size}, above the {limit / 1e6:.0f} M-pixel decompression-bomb limit; downscale it"
+
+
+def _short_reason(exc: Exception, path: Path) -> str:
+    # PIL messages often repeat the full path, which the warning already names
+    msg = " ".join(str(exc).replace(str(path), "").replace("''", "").split())
+    return f"{type(exc).__name__}: {msg}"[:100]
 
 
 def _load_image_folder(root: Path) -> _Raw:
     shown = _display(root)
-    subdirs = _visible_dirs(root)
+    loops: set[str] = set()
+    subdirs = _visible_dirs(root, loops)
     split_dirs: dict[str, Path] = {}
     for d in subdirs:
         key = _SPLIT_NAMES.get(d.name.lower())
@@ -376,7 +425,7 @@ def _load_image_folder(root: Path) -> _Raw:
         layout = [("", root)]
 
     train_dir = layout[0][1]
-    class_dirs = _visible_dirs(train_dir)
+    class_dirs = _visible_dirs(train_dir, loops)
     class_names = [d.name for d in class_dirs]
     where_train = _display(train_dir)
     if not class_dirs:
@@ -397,7 +446,7 @@ def _load_image_folder(root: Path) -> _Raw:
     labels: list[str] = []
     split_of: list[str] = []
     for split, sdir in layout:
-        sub = _visible_dirs(sdir)
+        sub = _visible_dirs(sdir, loops)
         if split and split != "train":
             extra = [d.name for d in sub if d.name not in class_names]
             if extra:
@@ -416,8 +465,16 @@ def _load_image_folder(root: Path) -> _Raw:
             f"{'/'.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))} files)"
         )
 
-    # Decoding thousands of photos takes seconds: 2 threads (PIL releases the GIL while decoding).
-    with ThreadPoolExecutor(max_workers=_IMAGE_CHECK_WORKERS) as pool:
+    if loops:
+        warnings.append(
+            f"ignored symbolic links in {shown} that loop back to a parent folder: {_listing(sorted(loops))}"
+        )
+    from PIL import Image
+
+    # Decoding thousands of photos takes seconds: 2 threads (PIL releases the GIL while decoding). The warnings
+    # filter is process-wide, so it is set once here around the pool, not per thread.
+    with pywarnings.catch_warnings(), ThreadPoolExecutor(max_workers=_IMAGE_CHECK_WORKERS) as pool:
+        pywarnings.simplefilter("error", Image.DecompressionBombWarning)
         problems = list(pool.map(_check_image, paths))
     bad = [i for i, p in enumerate(problems) if p is not None]
     if len(bad) == len(paths):
@@ -427,7 +484,7 @@ def _load_image_folder(root: Path) -> _Raw:
             "check that the files are real, complete images"
         )
     if bad:
-        names = [paths[i].relative_to(root).as_posix() for i in bad]
+        names = [f"{paths[i].relative_to(root).as_posix()} ({problems[i]})" for i in bad]
         warnings.append(f"skipped {len(bad)} unreadable images in {shown}: {_listing(names)}")
         keep = [i for i, p in enumerate(problems) if p is None]
         paths = [paths[i] for i in keep]
@@ -602,8 +659,19 @@ class _Table:
     lines: list[int]  # 1-based line in the file where each row starts
 
 
+# Binary formats people save under a table's name, by their first bytes: (magic, what it is, how to fix).
+_BINARY_MAGIC = (
+    (b"PK\x03\x04", "a zip archive (an Excel .xlsx?)", "export it as CSV (e.g. Save As > CSV UTF-8)"),
+    (b"\xd0\xcf\x11\xe0", "an old Excel .xls/OLE file", "export it as CSV (e.g. Save As > CSV UTF-8)"),
+    (b"\x1f\x8b", "gzip-compressed", "decompress it first (gunzip)"),
+)
+
+
 def _decode(path: Path) -> str:
     raw = path.read_bytes()
+    for magic, what, fix in _BINARY_MAGIC:
+        if raw.startswith(magic):
+            raise DataError(f"{path} is {what}, not a text table; {fix}")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 with BOM: Excel's "Unicode text" export
         try:
             return raw.decode("utf-16")
@@ -643,6 +711,16 @@ def _read_table(path: Path, fmt: str) -> _Table:
 
 
 def _read_delimited(path: Path, text: str, fmt: str, delimiter: str, quoting: int, *, strict: bool) -> _Table | None:
+    # the csv module refuses fields over 128 KiB by default; a whole document in one cell is legitimate text
+    # (the limit is process-wide: restored on the way out)
+    old_limit = csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+    try:
+        return _read_records(path, text, fmt, delimiter, quoting, strict=strict)
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def _read_records(path: Path, text: str, fmt: str, delimiter: str, quoting: int, *, strict: bool) -> _Table | None:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     rows: list[list[Any]] = []
     lines: list[int] = []
@@ -661,6 +739,11 @@ def _read_delimited(path: Path, text: str, fmt: str, delimiter: str, quoting: in
                 if len(record) != len(header):
                     if not strict:
                         return None
+                    if reader.line_num > start and any("\n" in c for c in record):
+                        raise DataError(
+                            f"a quote opened on line {start} of {path} runs on to line {reader.line_num}, "
+                            "swallowing the lines between; close the quote (write a literal quote as \"\")"
+                        )
                     raise DataError(
                         f"line {start} of {path} has {len(record)} fields but the header has {len(header)}; "
                         + ("quote fields that contain commas" if delimiter == "," else "fix that line")
@@ -698,6 +781,10 @@ def _read_jsonl(path: Path, text: str) -> _Table:
         except json.JSONDecodeError as exc:
             raise DataError(
                 f"line {no} of {path} is not valid JSON ({exc.msg}); write one JSON object per line"
+            ) from None
+        except RecursionError:
+            raise DataError(
+                f"line {no} of {path} nests JSON arrays/objects too deeply to read; write one flat object per line"
             ) from None
         if not isinstance(obj, dict):
             raise DataError(
