@@ -52,6 +52,43 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, digits_small)
     assert not (tmp_path / "b" / "checkpoint").exists()
 
 
+@pytest.mark.parametrize("die_at", [3, 4])  # 3: state.json of the phase boundary; 4: of the first end-to-end epoch
+def test_a_kill_after_the_weights_but_before_state_json_resumes_consistently(tmp_path, digits_small, monkeypatch,
+                                                                             die_at):
+    """The window the SIGKILL test in CI once hit: new weights on disk, loop state not yet. The resumed run
+    must still equal an uninterrupted one (it used to continue from epoch N's weights with epoch N-1's state)."""
+    import ajuste.train.loop as loop
+
+    full = train_run(cfg=_cfg(), out=tmp_path / "a", data=digits_small, progress=False)
+    real = loop.atomic_write_json
+    writes = {"n": 0}
+
+    def dies_on_a_state_write(path, obj):
+        if path.name == "state.json":
+            writes["n"] += 1
+            if writes["n"] == die_at:
+                raise Boom
+        real(path, obj)
+
+    monkeypatch.setattr(loop, "atomic_write_json", dies_on_a_state_write)
+    with pytest.raises(Boom):
+        train_run(cfg=_cfg(), out=tmp_path / "b", data=digits_small, progress=False)
+    monkeypatch.setattr(loop, "atomic_write_json", real)
+    ckpt = tmp_path / "b" / "checkpoint"
+    # the orphaned files of the interrupted save are there, and not the ones state.json names
+    named = set(json.loads((ckpt / "state.json").read_text())["files"].values())
+    assert {f.name for f in ckpt.glob("*.safetensors")} - named
+    resumed = train_run(cfg=_cfg(), out=tmp_path / "b", data=digits_small, progress=False)
+
+    a = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+    b = read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    assert [r["epoch"] for r in b] == list(range(len(a)))
+    for ra, rb in zip(a, b):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5, abs=1e-6)
+        assert rb["val_loss"] == pytest.approx(ra["val_loss"], rel=1e-5, abs=1e-6)
+    assert resumed.summary["test_accuracy"] == pytest.approx(full.summary["test_accuracy"])
+
+
 def test_same_seed_same_metrics_different_seed_differs(tmp_path, digits_small):
     r1 = train_run(cfg=_cfg(), out=tmp_path / "1", data=digits_small, progress=False)
     r2 = train_run(cfg=_cfg(), out=tmp_path / "2", data=digits_small, progress=False)

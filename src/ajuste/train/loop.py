@@ -159,12 +159,22 @@ def _state_dict(backbone: Backbone) -> dict[str, torch.Tensor]:
 
 class Checkpointer:
     """Run-directory files of the loop. Without a run directory, nothing is written; with ``write=False``
-    (data-parallel workers other than rank 0) a checkpoint is read to resume but never written."""
+    (data-parallel workers other than rank 0) a checkpoint is read to resume but never written.
+
+    Each save writes new files named by a sequence number (``last-7.safetensors``, ``optimizer-7.pt``, and
+    ``best-7.safetensors`` when the best changed), then ``state.json`` naming them, then removes the files
+    of earlier saves. Files are never overwritten in place: a kill at any moment leaves ``state.json``
+    pointing at a complete set of files from one and the same moment (overwriting ``last.safetensors``
+    before ``state.json`` once resumed the weights of epoch N with the loop state of epoch N-1).
+    """
 
     def __init__(self, run_dir: Path | None, *, write: bool = True) -> None:
         self.dir = Path(run_dir) / "checkpoint" if run_dir else None
         self.metrics = Path(run_dir) / "metrics.jsonl" if run_dir else None
         self.write = write
+        self._seq = 0
+        self._files: dict[str, str] = {}
+        self._best: dict[str, torch.Tensor] | None = None  # to be written with the next save
 
     def exists(self) -> bool:
         return bool(self.dir and (self.dir / "state.json").is_file())
@@ -172,14 +182,33 @@ class Checkpointer:
     def save(self, backbone: Backbone, optimizer: Any, state: _State) -> None:
         if not self.dir or not self.write:
             return
-        atomic_save_safetensors(self.dir / "last.safetensors", backbone.state_dict())
-        atomic_torch_save(self.dir / "optimizer.pt", optimizer.state_dict())
-        # state.json last: it is what marks the other two files as belonging to a finished epoch.
-        atomic_write_json(self.dir / "state.json", asdict(state))
+        self._seq += 1
+        files = dict(self._files, last=f"last-{self._seq}.safetensors", optimizer=f"optimizer-{self._seq}.pt")
+        atomic_save_safetensors(self.dir / files["last"], backbone.state_dict())
+        atomic_torch_save(self.dir / files["optimizer"], optimizer.state_dict())
+        if self._best is not None:
+            files["best"] = f"best-{self._seq}.safetensors"
+            atomic_save_safetensors(self.dir / files["best"], self._best)
+            self._best = None
+        # state.json last: until it is replaced, the previous one still names a complete set of files
+        atomic_write_json(self.dir / "state.json", {"state": asdict(state), "seq": self._seq, "files": files})
+        self._files = files
+        self._remove_unreferenced()
 
     def save_best(self, best: dict[str, torch.Tensor]) -> None:
+        """Remember the new best weights; they are written by the next ``save``, with the state they belong to."""
+        self._best = best
+
+    def save_last_good(self, weights: dict[str, torch.Tensor]) -> None:
+        """After a divergence: the weights to keep, as ``best.safetensors`` (no resume follows a failed run)."""
         if self.dir and self.write:
-            atomic_save_safetensors(self.dir / "best.safetensors", best)
+            atomic_save_safetensors(self.dir / "best.safetensors", weights)
+
+    def _remove_unreferenced(self) -> None:
+        keep = set(self._files.values()) | {"state.json"}
+        for f in self.dir.iterdir():
+            if f.name not in keep and f.suffix in (".safetensors", ".pt"):
+                f.unlink(missing_ok=True)
 
     def load(self) -> tuple[_State, dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict | None]:
         import json
@@ -187,12 +216,16 @@ class Checkpointer:
         from safetensors.torch import load_file
 
         assert self.dir is not None
-        state = _State(**json.loads((self.dir / "state.json").read_text()))
-        last = load_file(self.dir / "last.safetensors")
-        best = load_file(self.dir / "best.safetensors") if (self.dir / "best.safetensors").is_file() else None
-        opt = None
-        if (self.dir / "optimizer.pt").is_file():
-            opt = torch.load(self.dir / "optimizer.pt", map_location="cpu", weights_only=True)
+        saved = json.loads((self.dir / "state.json").read_text())
+        if "state" not in saved:  # written by ajuste 0.1 before files were numbered
+            saved = {"state": saved, "seq": 0, "files": {"last": "last.safetensors", "optimizer": "optimizer.pt"}}
+            if (self.dir / "best.safetensors").is_file():
+                saved["files"]["best"] = "best.safetensors"
+        state = _State(**saved["state"])
+        self._seq, self._files = int(saved["seq"]), dict(saved["files"])
+        last = load_file(self.dir / self._files["last"])
+        best = load_file(self.dir / self._files["best"]) if "best" in self._files else None
+        opt = torch.load(self.dir / self._files["optimizer"], map_location="cpu", weights_only=True)
         return state, last, best, opt
 
     def history(self, upto: int) -> list[EpochRecord]:
@@ -475,7 +508,7 @@ def _validate(backbone: Backbone, loader: DataLoader, cfg: RunConfig, *, from_fe
 def _diverged(backbone: Backbone, best: dict[str, torch.Tensor], ckpt: Checkpointer, lr: float, state: _State,
               base_lr: float) -> None:
     backbone.load_state_dict(best)
-    ckpt.save_best(best)
+    ckpt.save_last_good(best)
     # Suggest from the configured base LR (what the user sets), not the momentary LR of the
     # fastest group, which includes the head multiplier and the schedule.
     raise TrainingDiverged(
