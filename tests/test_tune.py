@@ -284,6 +284,66 @@ def test_bad_storage_urls(tmp_path):
         check_reachable("sqlite:///:memory:")
 
 
+def _open_at_the_barrier(url, barrier, results):
+    from ajuste.search.storage import open_storage
+
+    barrier.wait()
+    try:
+        open_storage(url, heartbeat=False).get_all_studies()
+        results.put("ok")
+    except AjusteError as exc:
+        results.put(str(exc))
+
+
+def test_workers_starting_together_on_a_new_sqlite_file_all_open_it(tmp_path):
+    """Four processes released at once create the schema of one new file: none may fail with the schema
+    race that CI once hit (UNIQUE constraint failed: alembic_version.version_num)."""
+    import multiprocessing as mp
+
+    import optuna  # noqa: F401 - imported before fork so the children start at the same instant
+
+    ctx = mp.get_context("fork")
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path}/race{round_}.db"
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_at_the_barrier, args=(url, barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert sorted(results.get(timeout=5) for _ in procs) == ["ok"] * 4
+
+
+def test_a_lost_schema_race_is_retried_other_errors_are_not(monkeypatch):
+    import optuna
+    import sqlalchemy.exc
+
+    from ajuste.search.storage import open_storage
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def flaky(url, **kw):
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {},
+                                                Exception("UNIQUE constraint failed: alembic_version.version_num"))
+        return real(url, **kw)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", flaky)
+    open_storage("sqlite://", heartbeat=False)
+    assert len(calls) == 2
+
+    def broken(url, **kw):
+        calls.append(url)
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("file is not a database"))
+
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(AjusteError, match="cannot open storage .*not a database"):
+        open_storage("sqlite://", heartbeat=False)
+    assert len(calls) == 1
+
+
 # -- the objective ------------------------------------------------------------------------------------------
 
 
@@ -451,6 +511,21 @@ def test_interrupted_trial_is_requeued_and_rerun(tmp_path, tiny_cfg, digits, mon
     failed = next(t for t in trials if t.state.name == "FAIL")
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == failed.number)
     assert retry.state.name == "COMPLETE" and retry.params == failed.params
+    assert res.ran_here == 2
+
+
+def test_a_trial_orphaned_before_its_worker_was_recorded_is_failed_not_waited_for(tmp_path, tiny_cfg, digits):
+    """A worker SIGKILLed between study.ask() and recording itself leaves a RUNNING trial with no worker and
+    no heartbeat: Optuna's stale check never fails it, and the re-run used to wait for it forever."""
+    cfg = tiny_cfg.override({"train.epochs": 1})
+    first = _tune(tmp_path, cfg, digits, trials=1)
+    study = _study(first)
+    orphan = study.ask()  # what the killed worker left: RUNNING, nothing else
+    res = _tune(tmp_path, cfg, digits, trials=3, timeout=300)
+    assert res.stopped_by == "budget reached"
+    trials = {t.number: t for t in _study(res).trials}
+    assert trials[orphan.number].state.name == "FAIL" and trials[orphan.number].user_attrs["worker_died"]
+    assert [t.state.name for t in trials.values()].count("COMPLETE") == 3
     assert res.ran_here == 2
 
 

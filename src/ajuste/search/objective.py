@@ -130,10 +130,12 @@ class Objective:
     def __call__(self, trial: Any) -> float:
         import optuna
 
+        # Who runs the trial is recorded while the runner still holds the study lock (released by on_start):
+        # a RUNNING trial without it is then one whose worker died between study.ask() and here.
+        trial.set_user_attr("worker", worker_id())
         if self.on_start is not None:
             self.on_start(trial)
         t0 = time.perf_counter()
-        trial.set_user_attr("worker", worker_id())
         reporter = EpochReporter(trial, self.metric)
         record = TrialRecord(trial.number, "FAIL", None, {}, 0, 0.0)
         try:

@@ -364,7 +364,7 @@ def _loop(optuna: Any, study: Any, objective: Any, lock: Any, *, budget: int | N
         lock.acquire()
         try:
             _fail_stale(optuna, study)
-            _fail_dead_local_workers(study)
+            _fail_dead_local_workers(study, locked=lock.kind in ("sqlite", "postgresql"))
             trials = study.get_trials(deepcopy=False)
             counted = [t for t in trials if _counts_against_budget(t)]
             exhausted = grid and study.sampler.is_exhausted(study)
@@ -392,10 +392,15 @@ def _loop(optuna: Any, study: Any, objective: Any, lock: Any, *, budget: int | N
                               f"(AJUSTE_DEBUG=1 shows the traceback)")
 
 
-def _fail_dead_local_workers(study: Any) -> None:
+def _fail_dead_local_workers(study: Any, *, locked: bool) -> None:
     """A RUNNING trial whose worker was a process of this machine that no longer exists (killed, crashed)
     is failed and re-queued with the same parameters at once — a re-run after a kill need not wait for
-    the heartbeat to go stale (that path remains for workers on other machines)."""
+    the heartbeat to go stale (that path remains for workers on other machines).
+
+    ``locked``: the caller holds the study lock. Workers record themselves on a new trial before they
+    release that lock, so a RUNNING trial with no worker recorded was left by a worker that died holding
+    it — between ``study.ask()`` and its first heartbeat, where Optuna's stale-trial check never looks
+    (such a trial stayed RUNNING forever and the re-run waited for it)."""
     import socket
 
     from optuna.trial import TrialState, create_trial
@@ -406,9 +411,13 @@ def _fail_dead_local_workers(study: Any) -> None:
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
-        w_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if w_host != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
-            continue
+        if "worker" not in t.user_attrs:
+            if not locked:
+                continue
+        else:
+            w_host, _, pid = str(t.user_attrs["worker"]).rpartition(":")
+            if w_host != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+                continue
         with contextlib.suppress(Exception):  # another worker may have failed it a moment ago
             study._storage.set_trial_user_attr(t._trial_id, "worker_died", True)
             if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):

@@ -16,6 +16,7 @@ import hashlib
 import inspect
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ CONNECT_TIMEOUT = 5  # seconds, for PostgreSQL connections
 SQLITE_BUSY_TIMEOUT = 60  # seconds a SQLite writer waits for the file lock (optuna #820)
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 60
+SCHEMA_RACE_RETRIES = 3  # workers starting together on a new database race to create its schema
 
 
 def scheme(url: str) -> str:
@@ -131,13 +133,25 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
             name = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params \
                 else "failed_trial_callback"
             kw = {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": GRACE_SECONDS, name: retry(max_retry=2)}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kw)
-    except Exception as exc:  # sqlalchemy/optuna raise many types for a bad database
-        reason = " ".join(str(exc).split())[:300]
-        raise AjusteError(f"cannot open storage {redact(url)}: {reason}") from None
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kw)
+        except Exception as exc:  # sqlalchemy/optuna raise many types for a bad database
+            # Workers started together on a new database both create the schema: the loser's INSERT of the
+            # schema version fails (UNIQUE / duplicate key / already exists). By then the schema is there.
+            if attempt < SCHEMA_RACE_RETRIES and _lost_schema_race(exc):
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            reason = " ".join(str(exc).split())[:300]
+            raise AjusteError(f"cannot open storage {redact(url)}: {reason}") from None
+    raise AssertionError("unreachable")
+
+
+def _lost_schema_race(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in ("unique constraint", "duplicate key", "already exists"))
 
 
 def lock_key(study_name: str) -> int:
