@@ -168,3 +168,17 @@ def test_scratch_monitors_accuracy_fine_tuning_monitors_loss():
         assert resolve_config(cfg, modality).train.monitor == expected
     assert resolve_config(base.override({"strategy.name": "scratch", "train.monitor": "val_loss"}),
                           "image").train.monitor == "val_loss"  # an explicit choice is kept
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_auto_only_where_the_cpu_has_native_bf16(native, monkeypatch, tiny_timm, tiny_text):
+    """Emulated bf16 (AVX2-only CPUs) ran 17-18x slower than fp32: auto must not pick it there."""
+    import ajuste.train.loop as loop
+
+    monkeypatch.setattr(loop, "native_bf16", lambda: native)
+    cfg = RunConfig()
+    assert loop.use_bf16(cfg, tiny_text, training=True) is native
+    assert loop.use_bf16(cfg, tiny_timm, training=False) is native  # frozen / forward-only convnet pass
+    assert loop.use_bf16(cfg, tiny_timm, training=True) is False  # convnet training: slower even with AMX
+    assert loop.use_bf16(cfg.override({"train.bf16": "on"}), tiny_timm, training=True) is True
+    assert loop.use_bf16(cfg.override({"train.bf16": "off"}), tiny_text, training=True) is False

@@ -140,7 +140,8 @@ class TrainConfig:
                            "optimizer steps (and early stopping waits for them)", default=100)
     seed: int = _help("Training seed (initialisation, shuffling, augmentation)", default=0)
     threads: int | None = _help("Torch intra-op threads (auto: all cores)", default=None)
-    bf16: str = _help("bf16 autocast: auto (transformers and frozen passes) | on | off", default="auto")
+    bf16: str = _help("bf16 autocast: auto (where the CPU has native bf16 — AMX or AVX512-BF16 —: transformers and "
+                      "frozen passes) | on | off", default="auto")
     channels_last: str = _help("channels_last memory format for convnets: auto | on | off", default="auto")
     cache_features: bool = _help("Cache frozen-backbone features for head-only phases (no augmentation then)",
                                  default=True)
