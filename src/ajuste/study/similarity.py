@@ -79,7 +79,7 @@ def measure_similarity(*, model: str, data: Any, splits: dict[str, np.ndarray], 
 
     from ajuste.backbones.factory import create_backbone
     from ajuste.data.pipeline import Pipeline, make_preprocessing
-    from ajuste.train.loop import compute_features, use_channels_last
+    from ajuste.train.loop import compute_features, use_bf16, use_channels_last
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -102,8 +102,8 @@ def measure_similarity(*, model: str, data: Any, splits: dict[str, np.ndarray], 
         cl = use_channels_last(cfg, bb)
         if cl:
             bb.to(memory_format=torch.channels_last)
-        feats = {s: compute_features(bb, pipe.loader(s), bf16=cfg.train.bf16 != "off", channels_last=cl)
-                 for s in ("train", "val")}
+        bf16 = use_bf16(cfg, bb, training=False)  # forward-only; emulated bf16 is many times slower
+        feats = {s: compute_features(bb, pipe.loader(s), bf16=bf16, channels_last=cl) for s in ("train", "val")}
         tx, ty = feats["train"][0].numpy(), feats["train"][1].numpy()
         vx, vy = feats["val"][0].numpy(), feats["val"][1].numpy()
         out[kind] = {"logme": logme(tx, ty), "probe_accuracy": probe_accuracy(tx, ty, vx, vy)}
