@@ -788,7 +788,7 @@ def _read_jsonl(path: Path, text: str) -> _Table:
             ) from None
         if not isinstance(obj, dict):
             raise DataError(
-                f"line {no} of {path} is a JSON {type(obj).__name__}, not an object; write one {{...}} per line"
+                f"line {no} of {path} is a JSON {_json_type(obj)}, not an object; write one {{...}} per line"
             )
         for k in obj:
             columns.setdefault(str(k), None)
@@ -796,8 +796,17 @@ def _read_jsonl(path: Path, text: str) -> _Table:
         lines.append(no)
     if not records:
         raise DataError(f"{path} has no JSON lines; write one object per line, e.g. {{\"text\": ..., \"label\": ...}}")
+    if not columns:
+        raise DataError(f"every line of {path} is an empty JSON object {{}}; write one object per line with a text "
+                        "and a label, e.g. {\"text\": ..., \"label\": ...}")
     cols = list(columns)
     return _Table(path, "jsonl", cols, [[r.get(c) for c in cols] for r in records], lines)
+
+
+def _json_type(v: Any) -> str:
+    """JSON's name for the type of a parsed value ("array", not Python's "list")."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(v), "number")
 
 
 def _as_text(v: Any) -> str | None:
@@ -812,7 +821,7 @@ def _as_label(v: Any, where: str) -> str | None:
         return None
     if isinstance(v, (list, dict)):
         raise DataError(
-            f"a label {where} is a JSON {type(v).__name__}; multi-label data is not supported (one label per row)"
+            f"a label {where} is a JSON {_json_type(v)}; multi-label data is not supported (one label per row)"
         )
     if isinstance(v, bool):
         s = str(v).lower()
@@ -890,6 +899,8 @@ def _detect_columns(table: _Table, text_col: str | None, label_col: str | None) 
         rest = [c for c in cols if c != text]
         few = []
         for c in rest:
+            if any(isinstance(v, (list, dict)) for v in values[c]):
+                continue  # JSON arrays/objects: not a label column
             uniq = {_as_label(v, "") for v in values[c]} - {None}
             if 2 <= len(uniq) <= max(2, min(1000, n // 2)):
                 few.append(c)
@@ -907,7 +918,8 @@ def _detect_columns(table: _Table, text_col: str | None, label_col: str | None) 
 
 def _check_header_is_not_data(table: _Table, text: str, label: str, values: dict[str, list]) -> None:
     """A header-less file silently loses its first row and gets nonsense column names: catch the obvious case."""
-    label_values = {_as_label(v, "") for v in values[label][:1000]}
+    # arrays/objects are skipped here; reading the rows then names the line that holds one
+    label_values = {_as_label(v, "") for v in values[label][:1000] if not isinstance(v, (list, dict))}
     if label in label_values or len(text.split()) >= 6:
         first = table.path.read_text(encoding="utf-8-sig", errors="replace").split("\n", 1)[0][:60]
         sep = "<TAB>" if table.fmt == "tsv" else ","
