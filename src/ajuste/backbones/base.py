@@ -19,6 +19,48 @@ from torch import nn
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
+class _StopForward(Exception):
+    """Raised by a pre-hook to end a forward pass at a split point; carries the activations there."""
+
+    def __init__(self, acts: Any) -> None:
+        super().__init__()
+        self.acts = acts
+
+
+@dataclass
+class Split:
+    """A cut of the forward pass at the input of layer group ``group`` (frozen-prefix caching).
+
+    ``forward_prefix`` computes the activations there, ``forward_suffix`` the pooled features from them;
+    ``suffix`` are the modules the suffix runs (everything else is prefix: its weights key a cache).
+    ``ragged``: per-token activations of variable length (text), stored per example without padding.
+    """
+
+    group: int
+    name: str
+    suffix: list[nn.Module]
+    prefix: Any  # callable(inputs) -> activations
+    rest: Any  # callable(activations) -> pooled features
+    ragged: bool = False
+
+
+def call_until(net: nn.Module, stop_at: nn.Module, run: Any) -> Any:
+    """Run ``run()`` (a forward pass through ``net``) and return the first positional input (or the
+    ``hidden_states`` keyword) of ``stop_at``, ending the pass there: the prefix costs nothing past the cut."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        raise _StopForward(args[0] if args else kwargs["hidden_states"])
+
+    handle = stop_at.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        run()
+    except _StopForward as stop:
+        return stop.acts
+    finally:
+        handle.remove()
+    raise RuntimeError(f"{type(stop_at).__name__} was not called by the forward pass")
+
+
 @dataclass
 class LayerGroup:
     name: str
@@ -122,6 +164,50 @@ class Backbone(nn.Module):
             return body + [p for _, p in groups[-1].params]
         chosen = set(range(len(groups))) if group_indices is None else {i % len(groups) for i in group_indices}
         return [p for i in sorted(chosen) for _, p in groups[i].params]
+
+    # --- split forward (frozen-prefix cache, ajuste.train.cache) --------------------------------
+    def split(self, group: int) -> Split | None:
+        """The cut at the input of layer group ``group`` (negative counts from the head), or None where
+        this backbone cannot cut there. At the head the activations are the pooled features."""
+        groups = self.layer_groups()
+        g = group % len(groups)
+        if g == len(groups) - 1:
+            return Split(g, "features", [self.classifier, self.head_dropout], self.features, lambda acts: acts)
+        if g == 0:
+            return None  # nothing is frozen below the first group
+        key = (g, id(self.net))
+        cache = self.__dict__.setdefault("_splits", {})
+        if key not in cache:
+            try:
+                cache[key] = self._split_body(g, groups)
+            except Exception:  # noqa: BLE001 - an architecture the tracer does not understand: no cut
+                cache[key] = None
+        return cache[key]
+
+    def _split_body(self, g: int, groups: list[LayerGroup]) -> Split | None:
+        """Subclasses: the cut at the input of body group ``g`` (1 ≤ g < head), or None."""
+        return None
+
+    def forward_prefix(self, inputs: Any, group: int) -> Any:
+        """Activations at the input of layer group ``group`` (see ``split``)."""
+        sp = self.split(group)
+        if sp is None:
+            raise ValueError(f"{type(self).__name__} cannot split its forward pass at layer group {group}")
+        return sp.prefix(inputs)
+
+    def forward_suffix(self, acts: Any, group: int) -> torch.Tensor:
+        """Pooled features from the activations ``forward_prefix(inputs, group)`` returned:
+        ``forward_suffix(forward_prefix(x, g), g) == features(x)``."""
+        sp = self.split(group)
+        if sp is None:
+            raise ValueError(f"{type(self).__name__} cannot split its forward pass at layer group {group}")
+        return sp.rest(acts)
+
+    def prefix_state(self, split: Split) -> list[tuple[str, torch.Tensor]]:
+        """Parameters and buffers the prefix of ``split`` may use (all but the suffix modules'): what a
+        cached activation depends on besides the input."""
+        suffix_ids = {id(t) for m in split.suffix for t in (*m.parameters(), *m.buffers())}
+        return [(n, t) for n, t in self.state_dict(keep_vars=True).items() if id(t) not in suffix_ids]
 
     def train(self, mode: bool = True) -> "Backbone":
         super().train(mode)

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ajuste.backbones.base import Backbone, LayerGroup
+import contextlib
+
+from ajuste.backbones.base import Backbone, LayerGroup, Split, call_until
 
 
 class HFBackbone(Backbone):
@@ -55,10 +57,7 @@ class HFBackbone(Backbone):
         # Prompt tuning prepends V learned tokens: (B, V + T, H). Pool over the T real tokens, which
         # attend to the virtual ones; the attention mask and the CLS position refer to them.
         hidden = out.last_hidden_state[:, -n_tokens:]  # (B, T, H)
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self._pool(hidden, inputs["attention_mask"])
 
     def _layer_list_prefix(self) -> tuple[str, int]:
         """The encoder's stack of transformer layers: the ModuleList holding the most parameters."""
@@ -90,6 +89,68 @@ class HFBackbone(Backbone):
                 layers[-1].params.append((n, p))
         return [embed, *layers]
 
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def _split_body(self, g: int, groups: list[LayerGroup]) -> Split | None:
+        """Cut at the input of transformer layer ``g - 1`` (group 0 is the embeddings).
+
+        Prefix: the encoder's own forward, stopped at that layer: (B, T, H) hidden states. Suffix: the
+        encoder's forward again (so it builds its attention mask its own way) with the embeddings
+        returning the cached hidden states and the layers below the cut passing them through; the
+        embedding lookup still runs (negligible) and the layers below the cut do not. Accepted only if
+        a probe batch gives the same features both ways (an encoder whose forward does more between
+        the embeddings and the layers, or whose layers return tuples, is left uncut)."""
+        if self.peft or self.encoder is not self.net:
+            return None
+        prefix_name, n_layers = self._layer_list_prefix()
+        if not prefix_name or not 1 <= g <= n_layers:
+            return None
+        layers = self.encoder.get_submodule(prefix_name)
+        embeddings = getattr(self.encoder, "embeddings", None)
+        if not isinstance(embeddings, nn.Module):
+            return None
+        start, below = layers[g - 1], list(layers[:g - 1])
+        encoder = self.encoder
+
+        def prefix(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            return call_until(encoder, start, lambda: encoder(**inputs))  # (B, T, H)
+
+        def rest(acts: dict[str, torch.Tensor]) -> torch.Tensor:
+            hidden, mask = acts["hidden"], acts["attention_mask"]
+            with _replaced_forward(embeddings, lambda *a, **k: hidden), \
+                    contextlib.ExitStack() as stack:
+                for layer in below:
+                    stack.enter_context(_replaced_forward(layer, _passthrough))
+                out = encoder(input_ids=torch.zeros_like(mask), attention_mask=mask)
+            return self._pool(out.last_hidden_state, mask)
+
+        sp = Split(g, f"{prefix_name}.{g - 1}", [*layers[g - 1:], *self._after_layers(prefix_name)], prefix, rest,
+                   ragged=True)
+        return sp if self._split_matches(sp) else None
+
+    def _after_layers(self, prefix_name: str) -> list[nn.Module]:
+        """Modules of the encoder outside the embeddings and the layer stack (a final norm): suffix side."""
+        top = prefix_name.split(".")[0]
+        return [m for n, m in self.encoder.named_children() if n not in (top, "embeddings") and
+                m not in self._unused_modules]
+
+    @torch.no_grad()
+    def _split_matches(self, sp: Split) -> bool:
+        enc = self.tokenizer(["a probe sentence of a few words", "short"], padding=True, return_tensors="pt")
+        inputs = dict(enc)
+        was_training = self.training
+        self.eval()
+        try:
+            want = self.features(inputs)
+            got = sp.rest({"hidden": sp.prefix(inputs), "attention_mask": inputs["attention_mask"]})
+        finally:
+            self.train(was_training)
+        return got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
     def reset_head(self, num_classes: int) -> None:
         hidden = self._classifier.in_features
         self._classifier = nn.Linear(hidden, num_classes)
@@ -111,6 +172,21 @@ class HFBackbone(Backbone):
         folder.mkdir(parents=True, exist_ok=True)
         self.net.config.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
+
+
+def _passthrough(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return hidden_states
+
+
+@contextlib.contextmanager
+def _replaced_forward(module: nn.Module, fn: Any):
+    """``module`` computes ``fn`` instead of its forward for the duration (an instance attribute shadows
+    the class's method; hooks still run)."""
+    module.forward = fn
+    try:
+        yield
+    finally:
+        del module.forward
 
 
 def default_pooling(path_or_id: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ajuste.backbones.base import Backbone, LayerGroup
+from ajuste.backbones.base import Backbone, LayerGroup, Split, call_until
 
 
 class TimmBackbone(Backbone):
@@ -73,6 +73,43 @@ class TimmBackbone(Backbone):
             by_child.setdefault(n.split(".")[0], []).append((n, p))
         return [LayerGroup(k, v) for k, v in by_child.items()]
 
+    def _split_body(self, g: int, groups: list[LayerGroup]) -> Split | None:
+        """Cut at the first module of group ``g`` in the exact tail of ``forward_features``.
+
+        One traced forward pass records the calls of the net's children (a Sequential/ModuleList child
+        counts by its own children: stages, blocks). The *tail* is the longest run of calls at the end in
+        which each module's only input is the previous module's output object and the last output is
+        what ``forward_features`` returns: from any module of the tail, running the tail reproduces
+        ``forward_features`` exactly (a ViT's position-embedding glue sits before its tail). The prefix
+        is the real forward pass stopped at the cut, so it needs no such structure."""
+        net = self.net
+        tail = _exact_tail(net, self.data_config()["input_size"])
+        if not tail:
+            return None
+        first = {id(p) for _, p in groups[g].params}
+        pos = next((i for i, (_, m) in enumerate(tail) if any(id(p) in first for p in m.parameters())), None)
+        if pos is None:
+            return None
+        suffix = [m for _, m in tail[pos:]]
+        called = {id(m) for _, m in tail}
+        # Modules forward_features never calls (global pool, a MobileNetV3's conv_head): forward_head's.
+        head_side = [m for m in net.children() if id(m) not in called and not _contains_called(m, called)]
+        suffix_ids = {id(p) for m in suffix + head_side for p in m.parameters()}
+        upper = {id(p) for grp in groups[g:] for _, p in grp.params}
+        if not upper <= suffix_ids | {id(p) for p in self.classifier.parameters()}:
+            return None  # a parameter of a trainable group would run inside the cached prefix
+        start = tail[pos][1]
+
+        def prefix(x: torch.Tensor) -> torch.Tensor:
+            return call_until(net, start, lambda: net.forward_features(x))
+
+        def rest(h: torch.Tensor) -> torch.Tensor:
+            for m in suffix:
+                h = m(h)
+            return net.forward_head(h, pre_logits=True)
+
+        return Split(g, tail[pos][0], suffix + head_side, prefix, rest)
+
     def reset_head(self, num_classes: int) -> None:
         self.model.reset_classifier(num_classes)
 
@@ -91,6 +128,58 @@ class TimmBackbone(Backbone):
     def describe(self) -> dict[str, Any]:
         return self._with_peft({"kind": "timm", "name": self.name, "arch": self.arch,
                                 "num_classes": self.num_classes, "dropout": self.head_dropout.p})
+
+
+def _chain_candidates(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    out = []
+    for name, child in net.named_children():
+        if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) > 0:
+            out.extend((f"{name}.{n}", m) for n, m in child.named_children())
+        else:
+            out.append((name, child))
+    return out
+
+
+def _contains_called(module: nn.Module, called: set[int]) -> bool:
+    return any(id(m) in called for m in module.modules())
+
+
+@torch.no_grad()
+def _exact_tail(net: nn.Module, input_size: int) -> list[tuple[str, nn.Module]]:
+    """The calls at the end of ``forward_features`` that form an exact chain (see ``_split_body``)."""
+    calls: list[tuple[str, nn.Module, tuple, dict, Any]] = []
+    handles = []
+    for name, m in _chain_candidates(net):
+        handles.append(m.register_forward_hook(
+            lambda mod, args, kwargs, out, name=name: calls.append((name, mod, args, kwargs, out)), with_kwargs=True))
+    was_training = net.training
+    net.eval()
+    try:
+        # A small probe where the model allows it (convnets); fixed-size models (ViT) need their own size.
+        size = min(64, input_size)
+        try:
+            out = net.forward_features(torch.zeros(1, 3, size, size))
+        except Exception:  # noqa: BLE001
+            calls.clear()
+            out = net.forward_features(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for h in handles:
+            h.remove()
+        net.train(was_training)
+    if not calls or calls[-1][4] is not out:
+        return []
+    if len({id(c[1]) for c in calls}) != len(calls):
+        return []  # a module called twice: no single cut point
+    start = len(calls) - 1
+    while start > 0:
+        _, _, args, kwargs, _ = calls[start]
+        if kwargs or len(args) != 1 or args[0] is not calls[start - 1][4]:
+            break
+        start -= 1
+    _, _, args, kwargs, _ = calls[start]
+    if kwargs or len(args) != 1:
+        start += 1
+    return [(name, mod) for name, mod, *_ in calls[start:]]
 
 
 def _group_name(params: list[tuple[str, Any]]) -> str:
