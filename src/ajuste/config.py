@@ -139,12 +139,29 @@ class TrainConfig:
     min_steps: int = _help("Small data: each epoch repeats the training set so a phase gets about this many "
                            "optimizer steps (and early stopping waits for them)", default=100)
     seed: int = _help("Training seed (initialisation, shuffling, augmentation)", default=0)
-    threads: int | None = _help("Torch intra-op threads (auto: all cores)", default=None)
+    threads: int | None = _help("Torch intra-op threads (auto: all cores; under torchrun the cores shared out "
+                                "among the workers)", default=None)
     bf16: str = _help("bf16 autocast: auto (where the CPU has native bf16 — AMX or AVX512-BF16 —: transformers and "
                       "frozen passes) | on | off", default="auto")
     channels_last: str = _help("channels_last memory format for convnets: auto | on | off", default="auto")
-    cache_features: bool = _help("Cache frozen-backbone features for head-only phases (no augmentation then)",
-                                 default=True)
+    cache_features: bool = _help("Cache frozen-backbone features for head-only phases (no augmentation then); "
+                                 "false: run the frozen backbone every epoch there", default=True)
+    cache: str = _help("Frozen-prefix activation cache: auto (when the layer groups below the first trainable one "
+                       "stay frozen for a phase, run them once and train the rest from their stored output; "
+                       "shared by epochs, phases, tune trials and study cells; the training split only without "
+                       "augmentation) | off", default="auto")
+    cache_dir: str | None = _help("Directory for activation-cache files, shared by processes and re-runs (auto: "
+                                  "<out>/cache for studies, memory only for a single run; a temporary directory "
+                                  "for what does not fit in memory)", default=None)
+    cache_max_gb: float = _help("Largest activation-cache entry (one split at one layer); a larger one is not "
+                                "cached: the frozen layers then run every epoch", default=8.0)
+    cache_dtype: str = _help("Storage type of cached activations: bf16 (half of fp32's memory; storage only, "
+                             "compute stays fp32 without native bf16) | fp16 | fp32", default="bf16")
+    text_batches: str = _help("Text batches: auto (length-bucketed, each padded to its longest example) | random "
+                              "(random batches padded to their longest) | max_length (padded to data.max_length)",
+                              default="auto")
+    image_memory: str = _help("Decoded, resized images: auto (kept in memory while they fit in half of the "
+                              "available memory) | off (decoded again in every batch)", default="auto")
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 1:
@@ -158,6 +175,14 @@ class TrainConfig:
         for name in ("bf16", "channels_last"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise ConfigError(f"train.{name}={getattr(self, name)!r} is not one of auto, on, off")
+        for name, options in (("cache", ("auto", "off")), ("image_memory", ("auto", "off")),
+                              ("cache_dtype", ("bf16", "fp16", "fp32")),
+                              ("text_batches", ("auto", "random", "max_length"))):
+            if getattr(self, name) not in options:
+                raise ConfigError(f"train.{name}={getattr(self, name)!r} is not one of {', '.join(options)}")
+        if not self.cache_max_gb > 0:
+            raise ConfigError(f"train.cache_max_gb={self.cache_max_gb!r} must be > 0 (train.cache=off turns the "
+                              f"cache off)")
 
 
 @dataclass

@@ -195,6 +195,12 @@ class ImageStore:
                    f"available memory: caching {self.cache_limit / 2**30:.1f} GiB, decoding the rest in every "
                    "batch (slower; a smaller data.image_size caches more)")
 
+    def keep_nothing(self) -> None:
+        """Decode every image on every access (train.image_memory=off); arrays stay (they are the source)."""
+        self.cache_limit = 0
+        self._cache.clear()
+        self._cached_bytes = 0
+
     def __getitem__(self, i: int) -> torch.Tensor:
         if self._array is not None:
             return self._array[i]
@@ -327,13 +333,16 @@ class PadCollate:
     shape every batch costs more than the few padded tokens.
     """
 
-    def __init__(self, pad_id: int, multiple: int = 8) -> None:
+    def __init__(self, pad_id: int, multiple: int = 8, *, fixed: int | None = None) -> None:
         self.pad_id = pad_id
         self.multiple = multiple
+        self.fixed = fixed  # pad every batch to this length instead (train.text_batches=max_length)
 
     def __call__(self, batch: list[tuple[dict[str, list[int]], int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         longest = max(len(x["input_ids"]) for x, _ in batch)
         longest = -(-longest // self.multiple) * self.multiple
+        if self.fixed is not None:
+            longest = max(self.fixed, max(len(x["input_ids"]) for x, _ in batch))
         out: dict[str, torch.Tensor] = {}
         for key in batch[0][0]:
             fill = self.pad_id if key == "input_ids" else 0
@@ -343,6 +352,8 @@ class PadCollate:
 
 
 # --- the pipeline -------------------------------------------------------------------------------------
+
+TEXT_BATCHES = ("auto", "random", "max_length")
 
 
 class Pipeline:
@@ -355,6 +366,8 @@ class Pipeline:
         self.pre = pre
         self.batch_size = batch_size
         self.tokenizer = tokenizer
+        # Fast-path switches (set from train.* by the training loop, see ``configure``).
+        self.text_batches = "auto"
         if pre.modality == "image":
             self.store = ImageStore(data, pre)
             flip = (not isinstance(data.inputs, np.ndarray)) if hflip is None else hflip
@@ -363,6 +376,18 @@ class Pipeline:
             if tokenizer is None:
                 raise ValueError("a text pipeline needs the backbone's tokenizer")
             self._encodings: dict[str, list] = {}
+
+    def configure(self, *, text_batches: str | None = None, image_memory: str | None = None) -> None:
+        """Fast-path switches: ``text_batches`` auto (length-bucketed batches, each padded to its longest) |
+        random (random batches padded to their longest) | max_length (random batches padded to
+        data.max_length, the reference recipe); ``image_memory`` auto (keep decoded images while they
+        fit) | off (decode every image in every batch)."""
+        if text_batches is not None:
+            if text_batches not in TEXT_BATCHES:
+                raise ValueError(f"text_batches={text_batches!r} is not one of {', '.join(TEXT_BATCHES)}")
+            self.text_batches = text_batches
+        if image_memory == "off" and self.pre.modality == "image":
+            self.store.keep_nothing()
 
     @property
     def augmenting(self) -> bool:
@@ -386,9 +411,16 @@ class Pipeline:
         gen = torch.Generator().manual_seed(seed)
         bs = batch_size or self.batch_size
         if self.pre.modality == "text":
-            collate = PadCollate(self.tokenizer.pad_token_id or 0)
-            lengths = [len(x["input_ids"]) for x, _ in (ds[i] for i in range(len(ds)))]
-            sampler = LengthBucketSampler(lengths, bs, shuffle=shuffle, generator=gen)
+            fixed = self.pre.max_length if self.text_batches == "max_length" else None
+            collate = PadCollate(self.tokenizer.pad_token_id or 0, fixed=fixed)
+            if self.text_batches == "auto":
+                lengths = [len(x["input_ids"]) for x, _ in (ds[i] for i in range(len(ds)))]
+                sampler: Any = LengthBucketSampler(lengths, bs, shuffle=shuffle, generator=gen)
+            else:
+                from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+                order = RandomSampler(ds, generator=gen) if shuffle else SequentialSampler(ds)
+                sampler = BatchSampler(order, bs, drop_last=False)
             return DataLoader(ds, batch_sampler=shard_batches(sampler, world, shuffle), collate_fn=collate,
                               num_workers=0)
         if world is not None and world.active:
@@ -397,6 +429,50 @@ class Pipeline:
 
     def labels(self, split: str) -> np.ndarray:
         return self.data.labels[self.splits[split]]
+
+    # --- identity of what the model sees (keys of the frozen-prefix cache, ajuste.train.cache) --------
+    def fingerprint(self, split: str) -> str:
+        """Digest of the inputs of ``split`` in order: for text the token ids themselves (covering the
+        tokenizer and max_length); for images the source (file paths with size and mtime, or array
+        bytes) and the split's indices."""
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        if self.pre.modality == "text":
+            self.dataset(split, augment=False)
+            for enc in self._encodings[split]:
+                for k in sorted(enc):
+                    h.update(k.encode())
+                    h.update(np.asarray(enc[k], dtype=np.int64).tobytes())
+            return h.hexdigest()
+        h.update(self._inputs_digest().encode())
+        h.update(np.asarray(self.splits[split], dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+    def _inputs_digest(self) -> str:
+        if getattr(self, "_inputs_hex", None) is None:
+            import hashlib
+            import os
+
+            h = hashlib.blake2b(digest_size=16)
+            inputs = self.data.inputs
+            if isinstance(inputs, np.ndarray):
+                h.update(f"{inputs.dtype}|{inputs.shape}".encode())
+                h.update(np.ascontiguousarray(inputs).tobytes())
+            else:
+                for path in inputs:
+                    try:
+                        st = os.stat(path)
+                        h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+                    except OSError:
+                        h.update(f"{path}|missing\n".encode())
+            self._inputs_hex = h.hexdigest()
+        return self._inputs_hex
+
+    def eval_transform_identity(self) -> dict[str, Any]:
+        """What turns a stored input into the model input on the deterministic (evaluation) path."""
+        view = "tokens" if self.pre.modality == "text" else ("square-resize" if self.pre.square else "centre-crop")
+        return {**self.pre.to_dict(), "view": view}
 
 
 def shard_batches(batches: Any, world: Any, training: bool) -> Any:

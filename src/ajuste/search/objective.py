@@ -116,7 +116,7 @@ class Objective:
 
     def __init__(self, *, base_cfg: RunConfig, space: Any, data: Any, splits: dict, metric: str,
                  on_start: Callable[[Any], None] | None = None,
-                 on_end: Callable[[TrialRecord], None] | None = None) -> None:
+                 on_end: Callable[[TrialRecord], None] | None = None, cache_dir: Any = None) -> None:
         self.base_cfg = base_cfg
         self.space = space
         self.data = data
@@ -124,6 +124,9 @@ class Objective:
         self.metric = check_metric(metric)
         self.on_start = on_start
         self.on_end = on_end
+        # Trials in this process share frozen-layer activations in memory (ajuste.train.cache); with a
+        # directory, workers in other processes and re-runs share them too.
+        self.cache_dir = cache_dir
         # Weak reference to the last trial's backbone: tests check that it is gone after the trial.
         self.last_model_ref: weakref.ref | None = None
 
@@ -170,12 +173,14 @@ class Objective:
     def _run(self, trial: Any, params: dict[str, Any], reporter: EpochReporter) -> float:
         import optuna
 
+        from ajuste.train.cache import shared_dir
         from ajuste.train.run import train_run
 
         cfg = self.base_cfg.override(params)
         try:
-            result = train_run(cfg=cfg, out=None, data=self.data, splits=self.splits, progress=False,
-                               console=None, on_epoch_end=reporter, evaluate_test=False)
+            with shared_dir(self.cache_dir):
+                result = train_run(cfg=cfg, out=None, data=self.data, splits=self.splits, progress=False,
+                                   console=None, on_epoch_end=reporter, evaluate_test=False)
         except TrainingDiverged as exc:
             # A diverging LR is an answer, not a crash: the trial ends as pruned with its last report.
             trial.set_user_attr("diverged", " ".join(str(exc).split()))

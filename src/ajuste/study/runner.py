@@ -7,6 +7,7 @@ Study directory::
     similarity.json   domain-similarity measurement (pretrained vs random features)
     results.jsonl     one line per finished cell (appended, fsynced); finished cells are skipped on resume
     runs/<cell>/      each cell's run directory (an unfinished one resumes from its checkpoint)
+    cache/            frozen-layer activations shared by the cells (ajuste.train.cache; safe to delete)
     report.html, *.png, results.md, best_model/ (a copy of the winning run, usable by `ajuste predict`)
 """
 
@@ -95,6 +96,7 @@ class CostModel:
 def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress: bool = True,
               similarity: bool = True, on_cell_end: Callable[[dict], None] | None = None) -> StudyResult:
     from ajuste.strategies.base import resolve_config
+    from ajuste.train.cache import shared_dir
     from ajuste.train.run import prepare_data, read_summary, train_run
 
     t0 = time.perf_counter()
@@ -174,7 +176,10 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
             run_dir = study_dir / "runs" / cell.key
             summary = read_summary(run_dir)  # finished but not yet recorded (killed in between)
             if summary is None or summary.get("status") != "complete":
-                summary = train_run(cfg=cfg, out=run_dir, data=data, splits=splits, progress=False).summary
+                # Cells share frozen-layer activations (seeds, and strategies cut at the same layer) in
+                # memory and, across processes and restarts, through study_dir/cache.
+                with shared_dir(study_dir / "cache"):
+                    summary = train_run(cfg=cfg, out=run_dir, data=data, splits=splits, progress=False).summary
                 if summary.get("status") != "complete":
                     raise KeyboardInterrupt
             rec = _record(cell, summary, run_dir, epochs)

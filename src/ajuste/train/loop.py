@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader
 
 from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
@@ -156,15 +156,19 @@ def compute_features(backbone: Backbone, loader: DataLoader, *, bf16: bool, chan
 
 @torch.no_grad()
 def predict_logits(backbone: Backbone, loader: DataLoader, *, bf16: bool, channels_last: bool = False,
-                   from_features: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   from_features: bool = False, forward: Callable[[Any], torch.Tensor] | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     was_training = backbone.training
     backbone.eval()
     out, labels = [], []
     try:
         for inputs, y in loader:
             with autocast(bf16):
-                logits = backbone.classify(inputs) if from_features else \
-                    backbone(to_device_batch(inputs, channels_last=channels_last))
+                if forward is not None:
+                    logits = forward(inputs)
+                else:
+                    logits = backbone.classify(inputs) if from_features else \
+                        backbone(to_device_batch(inputs, channels_last=channels_last))
             out.append(logits.float())
             labels.append(y)
     finally:
@@ -283,6 +287,7 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
     # Denormal floats (tiny activations/gradients, common right after re-initialisation) run
     # through a slow path on x86; flushing them to zero changes nothing that matters for training.
     torch.set_flush_denormal(True)
+    pipeline.configure(text_batches=cfg.train.text_batches, image_memory=cfg.train.image_memory)
     steps_per_epoch = max(1, math.ceil(len(pipeline.splits["train"]) / pipeline.batch_size))
     phases = stretch_phases(strategy.phases(cfg, len(backbone.layer_groups())), steps_per_epoch,
                             cfg.train.min_steps)
@@ -321,33 +326,34 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
             if resume_opt is not None:
                 optimizer.load_state_dict(resume_opt)
                 resume_opt = None
-            cached = phase.head_only and cfg.train.cache_features
-            train_loader, val_loader = _phase_loaders(backbone, pipeline, cfg, cached=cached,
-                                                      channels_last=channels_last, w=w)
+            train_feed, val_feed = _phase_feeds(backbone, pipeline, cfg, phase, channels_last=channels_last, w=w,
+                                                console=console)
             epoch_steps = steps_per_epoch * phase.repeat
             total_steps = epoch_steps * phase.epochs
             for e in range(state.phase_epoch, phase.epochs):
                 t0 = time.perf_counter()
                 epoch_seed = cfg.train.seed * 100_003 + state.global_epoch
                 torch.manual_seed(epoch_seed)
-                loader = train_loader(epoch_seed, phase.repeat)
+                loader = train_feed.make(epoch_seed, phase.repeat)
                 task = bar.add_task(f"epoch {state.global_epoch + 1}/{planned} [{phase.name}]",
                                     total=len(loader)) if bar else None
                 train_loss, lr_now = _train_epoch(
-                    backbone, loader, optimizer, cfg, from_features=cached, channels_last=channels_last,
+                    backbone, loader, optimizer, cfg, from_features=False, channels_last=channels_last,
                     step0=e * epoch_steps, total_steps=total_steps, bar=bar, task=task,
-                    on_diverge=lambda lr: _diverged(backbone, best_weights, ckpt, lr, state, cfg.optim.lr), w=w)
+                    on_diverge=lambda lr: _diverged(backbone, best_weights, ckpt, lr, state, cfg.optim.lr), w=w,
+                    forward=train_feed.forward, bf16=train_feed.bf16)
                 if w.active:
                     sync_module(backbone)  # BatchNorm statistics of each worker's share, averaged
-                val_loss, val_acc = _validate(backbone, val_loader, cfg, from_features=cached,
-                                              channels_last=channels_last, w=w)
+                val_loss, val_acc = _validate(backbone, val_feed.make(0, 1), cfg, from_features=False,
+                                              channels_last=channels_last, w=w, forward=val_feed.forward,
+                                              bf16=val_feed.bf16)
                 if bar:
                     bar.remove_task(task)
                 if not math.isfinite(val_loss):
                     _diverged(backbone, best_weights, ckpt, lr_now, state, cfg.optim.lr)
                 seconds = time.perf_counter() - t0
                 rec = EpochRecord(state.global_epoch, phase.name, train_loss, val_loss, val_acc, lr_now, seconds,
-                                  cached)
+                                  train_feed.cached)
                 result.history.append(rec)
                 improved = _improved(cfg.train.monitor, val_loss, val_acc, state)
                 if improved:
@@ -431,40 +437,169 @@ def stretch_phases(phases: list[Phase], steps_per_epoch: int, min_steps: int) ->
     return out
 
 
-def _phase_loaders(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, *, cached: bool,
-                   channels_last: bool, w: World = World()) -> tuple[Callable[[int], DataLoader], DataLoader]:
-    if cached:
-        # The backbone is frozen for the whole phase: run it once over train and val, then train the
-        # head on the stored features. No augmentation then (it would invalidate the cache).
-        bf16 = use_bf16(cfg, backbone, training=False)
-        feats = {}
-        for split in ("train", "val"):
-            loader = pipeline.loader(split, batch_size=max(64, pipeline.batch_size))
-            feats[split] = compute_features(backbone, loader, bf16=bf16, channels_last=channels_last)
-        train_ds, val_ds = TensorDataset(*feats["train"]), TensorDataset(*feats["val"])
+@dataclass
+class _Feed:
+    """The batches of one split in one phase, and how the model turns a batch into logits."""
 
-        def make_train(seed: int, repeat: int = 1) -> DataLoader:
-            ds = train_ds if repeat == 1 else ConcatDataset([train_ds] * repeat)
-            gen = torch.Generator().manual_seed(seed)
-            if w.active:
-                return batches_loader(ds, pipeline.batch_size, shuffle=True, generator=gen, world=w)
-            return DataLoader(ds, batch_size=pipeline.batch_size, shuffle=True, generator=gen)
+    make: Callable[[int, int], Any]  # (seed, repeat) -> loader
+    forward: Callable[[Any], torch.Tensor]
+    bf16: bool
+    cached: bool
 
-        val = batches_loader(val_ds, 256, shuffle=False, generator=torch.Generator(), world=w) if w.active \
-            else DataLoader(val_ds, batch_size=256)
-        return make_train, val
 
-    def make_train_live(seed: int, repeat: int = 1) -> DataLoader:
-        return pipeline.loader("train", shuffle=True, augment=True, seed=seed, repeat=repeat, world=w)
+def _phase_feeds(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, phase: Phase, *, channels_last: bool,
+                 w: World = World(), console: Any = None) -> tuple[_Feed, _Feed]:
+    """Train and validation feeds of a phase: live batches through the whole network, or activations of
+    the frozen prefix from the cache (ajuste.train.cache) through the trainable rest."""
+    def live(inputs: Any) -> torch.Tensor:
+        return backbone(to_device_batch(inputs, channels_last=channels_last))
 
-    return make_train_live, pipeline.loader("val", batch_size=max(64, pipeline.batch_size), world=w)
+    bs = pipeline.batch_size
+    train = _Feed(lambda seed, repeat=1: pipeline.loader("train", shuffle=True, augment=True, seed=seed,
+                                                          repeat=repeat, world=w),
+                  live, use_bf16(cfg, backbone, training=True), False)
+    val_loader = pipeline.loader("val", batch_size=max(64, bs), world=w)
+    val = _Feed(lambda seed, repeat=1: val_loader, live, use_bf16(cfg, backbone, training=False), False)
+    cut = _cut(backbone, cfg, phase)
+    if cut is None:
+        return train, val
+    from ajuste.train import cache
+
+    head = cut.name == "features"
+    # A cut below the head pays only if the split is used more than once (or is already cached);
+    # head-only phases always train on features (no augmentation then).
+    train_entry = val_entry = None
+    if head or not pipeline.augmenting:
+        train_entry = _activations(backbone, pipeline, cfg, cut, "train", channels_last=channels_last,
+                                   worth=head or phase.epochs * phase.repeat > 1, console=console)
+    else:
+        cache.notice_once(f"data.augment={cfg.data.augment}: augmented inputs change the frozen layers' output "
+                          f"every epoch, so training runs them live (validation still uses the activation cache; "
+                          f"data.augment=none caches training too)", console)
+    val_entry = _activations(backbone, pipeline, cfg, cut, "val", channels_last=channels_last,
+                             worth=head or phase.epochs > 1, console=console)
+
+    def from_cache(acts: Any) -> torch.Tensor:
+        if head:
+            return backbone.classify(acts)
+        if channels_last and isinstance(acts, torch.Tensor) and acts.ndim == 4:
+            acts = acts.contiguous(memory_format=torch.channels_last)
+        return backbone.classify(backbone.forward_suffix(acts, cut.group))
+
+    if train_entry is not None:
+        train_labels = torch.as_tensor(pipeline.labels("train"), dtype=torch.long)
+        train = _Feed(lambda seed, repeat=1: _cached_loader(train_entry, train_labels, bs, seed=seed, repeat=repeat,
+                                                            shuffle=True, w=w),
+                      from_cache, not head and use_bf16(cfg, backbone, training=True), True)
+    if val_entry is not None:
+        val_labels = torch.as_tensor(pipeline.labels("val"), dtype=torch.long)
+        loader = _cached_loader(val_entry, val_labels, 256 if head else max(64, bs), seed=0, repeat=1, shuffle=False,
+                                w=w)
+        val = _Feed(lambda seed, repeat=1: loader, from_cache, not head and use_bf16(cfg, backbone, training=False),
+                    True)
+    return train, val
+
+
+def _cut(backbone: Backbone, cfg: RunConfig, phase: Phase) -> Any:
+    """Where this phase's forward pass can start from cached activations, or None."""
+    if cfg.train.cache == "off":
+        return None
+    if phase.head_only:
+        return backbone.split(-1) if cfg.train.cache_features else None
+    if phase.select is not None or phase.train_groups is None:
+        return None  # PEFT adapters and end-to-end phases train inside every group
+    n = len(backbone.layer_groups())
+    first = min(i % n for i in phase.train_groups)
+    if first == 0:
+        return None
+    cut = backbone.split(first)
+    if cut is None or any(isinstance(t, torch.nn.Parameter) and t.requires_grad for _, t in backbone.prefix_state(cut)):
+        return None
+    return cut
+
+
+def _activations(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, cut: Any, split: str, *,
+                 channels_last: bool, worth: bool, console: Any) -> Any:
+    """The cache entry of ``split`` at ``cut``, computed now if ``worth`` it; None to run live."""
+    from ajuste.train import cache
+
+    n = len(pipeline.splits[split])
+    if n == 0:
+        return None
+    settings = cache.Settings.from_config(cfg.train)
+    bf16 = use_bf16(cfg, backbone, training=False)
+    parts = cache.cache_key(backbone=backbone, split=cut, pipeline=pipeline, split_name=split, bf16=bf16,
+                            channels_last=channels_last, dtype=settings.dtype)
+    if not worth:
+        return cache.lookup(cache.digest_json(parts), settings, console=console)
+    lengths = None
+    if cut.ragged:
+        lengths = np.asarray([len(x["input_ids"]) for x in pipeline.dataset(split, augment=False).encodings])
+
+    @torch.no_grad()
+    def compute():
+        loader = pipeline.loader(split, batch_size=max(64, pipeline.batch_size))
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            for inputs, _ in loader:
+                with autocast(bf16):
+                    acts = backbone.forward_prefix(to_device_batch(inputs, channels_last=channels_last), cut.group)
+                lens = inputs["attention_mask"].sum(1).numpy() if cut.ragged else None
+                yield acts.float(), lens
+        finally:
+            backbone.train(was_training)
+
+    return cache.activations(key_parts=parts, settings=settings, compute=compute, n=n, lengths=lengths,
+                             console=console)
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def _cached_loader(entry: Any, labels: torch.Tensor, batch_size: int, *, seed: int, repeat: int, shuffle: bool,
+                   w: World) -> DataLoader:
+    """Batches of cached rows: the same samplers as live batches of the same size (images: the shuffles of
+    a plain DataLoader; text: length-bucketed, padded per batch)."""
+    from ajuste.data.pipeline import LengthBucketSampler, shard_batches
+
+    def collate(idx: list[int]) -> tuple[Any, torch.Tensor]:
+        return entry.batch(idx), labels[torch.as_tensor(idx, dtype=torch.long)]
+
+    ds: Any = _Rows(entry.n) if repeat == 1 else ConcatDataset([_Rows(entry.n)] * repeat)
+    gen = torch.Generator().manual_seed(seed)
+    if entry.kind == "ragged":
+        lengths = np.tile(entry.lengths, repeat)
+        if shuffle:
+            sampler: Any = LengthBucketSampler(lengths.tolist(), batch_size, shuffle=True, generator=gen)
+        else:  # evaluation: sorted by length, the least padding (outputs are only summed)
+            order = np.argsort(lengths, kind="stable").tolist()
+            sampler = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return DataLoader(ds, batch_sampler=shard_batches(sampler, w, shuffle), collate_fn=collate, num_workers=0)
+    if w.active:
+        return batches_loader(ds, batch_size, shuffle=shuffle, generator=gen, world=w, collate_fn=collate)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=collate)
 
 
 def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: RunConfig, *, from_features: bool,
                  channels_last: bool, step0: int, total_steps: int, bar: Any, task: Any,
-                 on_diverge: Callable[[float], None], w: World = World()) -> tuple[float, float]:
+                 on_diverge: Callable[[float], None], w: World = World(),
+                 forward: Callable[[Any], torch.Tensor] | None = None, bf16: bool | None = None) -> tuple[float, float]:
     backbone.train()
-    bf16 = use_bf16(cfg, backbone, training=True) and not from_features
+    if forward is None:
+        def forward(inputs: Any) -> torch.Tensor:
+            return backbone.classify(inputs) if from_features else \
+                backbone(to_device_batch(inputs, channels_last=channels_last))
+    if bf16 is None:
+        bf16 = use_bf16(cfg, backbone, training=True) and not from_features
     params = [p for g in optimizer.param_groups for p in g["params"]]
     total, count, lr_now = 0.0, 0, 0.0
     for i, (inputs, y) in enumerate(loader):
@@ -473,8 +608,7 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
             g["lr"] = g["base_lr"] * mult
         lr_now = max(g["lr"] for g in optimizer.param_groups)
         with autocast(bf16):
-            logits = backbone.classify(inputs) if from_features else \
-                backbone(to_device_batch(inputs, channels_last=channels_last))
+            logits = forward(inputs)
         if w.active:
             # Summed over this worker's share; sync_gradients divides by the global batch size, so
             # every worker steps with the gradient one process would compute on the whole batch.
@@ -511,9 +645,12 @@ def _task_index(bar: Any, task: Any) -> int:
 
 @torch.no_grad()
 def _validate(backbone: Backbone, loader: DataLoader, cfg: RunConfig, *, from_features: bool,
-              channels_last: bool, w: World = World()) -> tuple[float, float]:
-    logits, y = predict_logits(backbone, loader, bf16=use_bf16(cfg, backbone, training=False) and not from_features,
-                               channels_last=channels_last, from_features=from_features)
+              channels_last: bool, w: World = World(), forward: Callable[[Any], torch.Tensor] | None = None,
+              bf16: bool | None = None) -> tuple[float, float]:
+    if bf16 is None:
+        bf16 = use_bf16(cfg, backbone, training=False) and not from_features
+    logits, y = predict_logits(backbone, loader, bf16=bf16, channels_last=channels_last,
+                               from_features=from_features, forward=forward)
     if w.active:  # each worker saw its share of the validation split
         from ajuste.train.distributed import all_reduce_sum
 
