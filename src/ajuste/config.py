@@ -157,6 +157,9 @@ class TrainConfig:
                                 "cached: the frozen layers then run every epoch", default=8.0)
     cache_dtype: str = _help("Storage type of cached activations: bf16 (half of fp32's memory; storage only, "
                              "compute stays fp32 without native bf16) | fp16 | fp32", default="bf16")
+    fold_bn: bool = _help("Frozen forward-only passes (filling the activation cache) run a copy of the model with "
+                          "each BatchNorm folded into the convolution before it (same outputs to ~1e-5, ~1.5x "
+                          "faster for EfficientNet-Lite0 on CPU); false: the model as it is", default=True)
     text_batches: str = _help("Text batches: auto (length-bucketed, each padded to its longest example) | random "
                               "(random batches padded to their longest) | max_length (padded to data.max_length)",
                               default="auto")

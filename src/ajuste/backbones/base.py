@@ -209,6 +209,31 @@ class Backbone(nn.Module):
         suffix_ids = {id(t) for m in split.suffix for t in (*m.parameters(), *m.buffers())}
         return [(n, t) for n, t in self.state_dict(keep_vars=True).items() if id(t) not in suffix_ids]
 
+    def inference_copy(self, probe: Any = None) -> "Backbone":
+        """A copy for frozen, forward-only passes (filling the activation cache): every BatchNorm that
+        directly follows a convolution is folded into it. On a 1-thread AVX2 EPYC the BatchNorms took 3.5 of
+        12.3 s of EfficientNet-Lite0's frozen forward (each is a full pass over its activations); folded,
+        they cost nothing. The copy is kept only if ``probe`` (an input batch) gives the same features as
+        the original; otherwise, and for networks without BatchNorm, this returns ``self``."""
+        if not any(isinstance(m, _BN_TYPES) for m in self.modules()) or probe is None:
+            return self
+        import copy
+
+        twin = copy.deepcopy(self).eval()
+        if not fold_batchnorms(twin.net, probe):
+            return self
+        with torch.no_grad():
+            was = self.training
+            self.eval()
+            try:
+                want = self.features(probe)
+            finally:
+                self.train(was)
+            got = twin.features(probe)
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
+            return self
+        return twin
+
     def train(self, mode: bool = True) -> "Backbone":
         super().train(mode)
         if mode:
@@ -268,6 +293,65 @@ class Backbone(nn.Module):
         finally:
             if seed is not None:
                 torch.random.set_rng_state(gen_state)
+
+
+class _ActOnly(nn.Module):
+    """What is left of a norm+activation module (timm's BatchNormAct2d) once its norm is folded away."""
+
+    def __init__(self, drop: nn.Module, act: nn.Module) -> None:
+        super().__init__()
+        self.drop, self.act = drop, act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(x))
+
+
+@torch.no_grad()
+def fold_batchnorms(net: nn.Module, probe: Any) -> int:
+    """Fold eval-mode BatchNorm2d into the Conv2d whose output it directly normalises; returns how many.
+
+    Pairs are found by tracing ``probe`` through ``net``: a BatchNorm whose input is the very tensor a
+    convolution returned. (A convolution whose output is also used elsewhere would be changed for that
+    use too; the caller compares outputs before trusting the result.) Only plain BatchNorm2d and timm's
+    BatchNormAct2d (norm, then dropout and activation) are replaced."""
+    convs: dict[int, nn.Conv2d] = {}
+    pairs: list[tuple[nn.Conv2d, nn.Module]] = []
+    handles = []
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(lambda mod, args, out: convs.__setitem__(id(out), mod)))
+        elif isinstance(m, nn.BatchNorm2d) and m.track_running_stats and (
+                type(m) is nn.BatchNorm2d or type(m).__name__ == "BatchNormAct2d"):
+            handles.append(m.register_forward_pre_hook(
+                lambda mod, args: pairs.append((convs[id(args[0])], mod)) if id(args[0]) in convs else None))
+    net.eval()
+    try:
+        if isinstance(probe, dict):
+            net(**probe)
+        else:
+            net.forward_features(probe) if hasattr(net, "forward_features") else net(probe)
+    finally:
+        for h in handles:
+            h.remove()
+    seen_conv, seen_bn = set(), set()
+    parents = {id(child): (parent, name) for parent in net.modules() for name, child in parent.named_children()}
+    folded = 0
+    for conv, bn in pairs:
+        if id(conv) in seen_conv or id(bn) in seen_bn or id(bn) not in parents:
+            continue
+        seen_conv.add(id(conv))
+        seen_bn.add(id(bn))
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
+            1.0 / torch.sqrt(bn.running_var + bn.eps)
+        shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
+        conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.ndim - 1))))
+        bias = conv.bias * scale + shift if conv.bias is not None else shift
+        conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        parent, name = parents[id(bn)]
+        replacement = nn.Identity() if type(bn) is nn.BatchNorm2d else _ActOnly(bn.drop, bn.act)
+        setattr(parent, name, replacement)
+        folded += 1
+    return folded
 
 
 def reinit_module(m: nn.Module) -> None:

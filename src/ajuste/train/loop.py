@@ -530,6 +530,7 @@ def _activations(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, cut: An
     bf16 = use_bf16(cfg, backbone, training=False)
     parts = cache.cache_key(backbone=backbone, split=cut, pipeline=pipeline, split_name=split, bf16=bf16,
                             channels_last=channels_last, dtype=settings.dtype)
+    parts["compute"]["fold_bn"] = bool(cfg.train.fold_bn and backbone.modality == "image")
     if not worth:
         return cache.lookup(cache.digest_json(parts), settings, console=console)
     lengths = None
@@ -541,10 +542,11 @@ def _activations(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, cut: An
         loader = pipeline.loader(split, batch_size=max(64, pipeline.batch_size))
         was_training = backbone.training
         backbone.eval()
+        runner = _frozen_runner(backbone, pipeline, cfg, channels_last=channels_last)
         try:
             for inputs, _ in loader:
                 with autocast(bf16):
-                    acts = backbone.forward_prefix(to_device_batch(inputs, channels_last=channels_last), cut.group)
+                    acts = runner.forward_prefix(to_device_batch(inputs, channels_last=channels_last), cut.group)
                 lens = inputs["attention_mask"].sum(1).numpy() if cut.ragged else None
                 yield acts.float(), lens
         finally:
@@ -552,6 +554,16 @@ def _activations(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, cut: An
 
     return cache.activations(key_parts=parts, settings=settings, compute=compute, n=n, lengths=lengths,
                              console=console)
+
+
+def _frozen_runner(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, *, channels_last: bool) -> Backbone:
+    """The model that computes frozen activations: with train.fold_bn, a copy with BatchNorm folded into
+    the convolutions (checked on a random probe batch against the model itself; see inference_copy)."""
+    if not cfg.train.fold_bn or backbone.modality != "image":
+        return backbone
+    size = pipeline.pre.image_size
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return backbone.inference_copy(to_device_batch(probe, channels_last=channels_last))
 
 
 class _Rows(torch.utils.data.Dataset):

@@ -1,0 +1,185 @@
+"""Fast paths are chosen automatically and each has a switch: channels_last, BatchNorm folding for frozen
+passes, length-bucketed dynamic padding, decoded images in memory, threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ajuste.backbones.base import Backbone, fold_batchnorms
+from ajuste.config import RunConfig
+from ajuste.data.pipeline import Pipeline, make_preprocessing
+from ajuste.train.loop import use_channels_last
+
+
+def _randomise_bn(model: nn.Module) -> None:
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+
+
+def test_channels_last_for_convnets_only_and_switchable(tiny_timm, tiny_text):
+    cfg = RunConfig()
+    assert use_channels_last(cfg, tiny_timm) is True
+    assert use_channels_last(cfg, tiny_text) is False
+    assert use_channels_last(cfg.override({"train.channels_last": "off"}), tiny_timm) is False
+
+
+def test_folded_copy_gives_the_same_features_without_batchnorm(tiny_timm):
+    _randomise_bn(tiny_timm)
+    tiny_timm.eval()
+    probe = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    twin = tiny_timm.inference_copy(probe)
+    assert twin is not tiny_timm
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in twin.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in tiny_timm.modules())  # the original is untouched
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(twin.features(x), tiny_timm.features(x), rtol=1e-4, atol=1e-5)
+        g = len(tiny_timm.layer_groups()) - 2
+        torch.testing.assert_close(twin.forward_prefix(x, g), tiny_timm.forward_prefix(x, g), rtol=1e-4, atol=1e-5)
+
+
+class _SharedConv(nn.Module):
+    """A convolution whose output is normalised *and* reused raw: folding would change the reuse."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+class _Tiny(Backbone):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.model = net
+        self.head = nn.Linear(3, 2)
+
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.head
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x).mean((2, 3))
+
+
+def test_folding_that_would_change_outputs_is_refused():
+    bb = _Tiny(_SharedConv())
+    _randomise_bn(bb)
+    probe = torch.randn(2, 3, 8, 8)
+    assert fold_batchnorms(_SharedConv(), probe) == 1  # the pair is found...
+    assert bb.inference_copy(probe) is bb  # ...but the check on the probe keeps the original
+
+
+def test_fold_switch_is_part_of_the_cache_key(digits_small):
+    from ajuste.train import cache
+    from ajuste.train.run import train_run
+
+    base = {"model.name": "timm/test_efficientnet", "model.pretrained": False, "data.image_size": 32,
+            "strategy.name": "linear-probe", "train.epochs": 1, "train.min_steps": 0, "train.threads": 1}
+    cache.clear()
+    train_run(cfg=RunConfig().override(base), data=digits_small, progress=False, evaluate_test=False)
+    train_run(cfg=RunConfig().override({**base, "train.fold_bn": False}), data=digits_small, progress=False,
+              evaluate_test=False)
+    assert cache.REGISTRY.stats["builds"] == 4 and cache.REGISTRY.stats["hits"] == 0
+    cache.clear()
+
+
+# --- text batches -----------------------------------------------------------------------------------------
+
+
+def _text_pipeline(tiny_text, n=200):
+    from ajuste.data.sources import LabelledData
+
+    rng = np.random.default_rng(0)
+    words = ["spam", "free", "call", "now", "hello", "see", "you", "later", "win", "prize"]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 60)))) for _ in range(n)]
+    data = LabelledData(inputs=texts, labels=rng.integers(0, 2, n), classes=["ham", "spam"], modality="text",
+                        source="synthetic")
+    pre = make_preprocessing(data, tiny_text, image_size=None, max_length=64)
+    splits = {"train": np.arange(n), "val": np.arange(0), "test": np.arange(0)}
+    return Pipeline(data, splits, pre, tokenizer=tiny_text.tokenizer, batch_size=16)
+
+
+def _padding(loader) -> tuple[int, int, set[int]]:
+    padded = real = 0
+    widths = set()
+    for inputs, _ in loader:
+        mask = inputs["attention_mask"]
+        padded += mask.numel()
+        real += int(mask.sum())
+        widths.add(mask.shape[1])
+    return padded, real, widths
+
+
+def test_length_bucketed_batches_pad_less_than_random_ones(tiny_text):
+    pipe = _text_pipeline(tiny_text)
+    bucketed, real, widths = _padding(pipe.loader("train", shuffle=True, seed=0))
+    assert all(w % 8 == 0 for w in widths)
+    pipe.configure(text_batches="random")
+    random_, real2, _ = _padding(pipe.loader("train", shuffle=True, seed=0))
+    pipe.configure(text_batches="max_length")
+    fixed, real3, widths3 = _padding(pipe.loader("train", shuffle=True, seed=0))
+    assert real == real2 == real3  # every token seen once in each
+    assert bucketed < 0.8 * random_ < 0.8 * fixed
+    assert widths3 == {64}
+
+
+def test_text_batches_switch_comes_from_the_config(tiny_text):
+    with pytest.raises(ValueError, match="text_batches"):
+        _text_pipeline(tiny_text).configure(text_batches="sorted")
+    from ajuste.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.text_batches"):
+        RunConfig().override({"train.text_batches": "sorted"})
+
+
+# --- images in memory, threads ------------------------------------------------------------------------------
+
+
+def test_decoded_images_are_kept_unless_switched_off(tmp_path, tiny_timm):
+    from PIL import Image
+
+    from ajuste.data.sources import load_data
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((40, 50, 3), 40 * i, dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    data = load_data(str(tmp_path))
+    pre = make_preprocessing(data, tiny_timm, image_size=32, max_length=8)
+    idx = np.arange(len(data))
+    splits = {"train": idx, "val": idx, "test": idx}
+    on = Pipeline(data, splits, pre, augment="none")
+    list(on.loader("train"))
+    assert len(on.store._cache) == len(data)
+    off = Pipeline(data, splits, pre, augment="none")
+    off.configure(image_memory="off")
+    list(off.loader("train"))
+    assert len(off.store._cache) == 0
+    a, b = next(iter(on.loader("val"))), next(iter(off.loader("val")))
+    assert torch.equal(a[0], b[0])  # same pixels either way
+
+
+def test_fit_sets_the_configured_threads(digits_small):
+    from ajuste.train.run import train_run
+
+    before = torch.get_num_threads()
+    try:
+        cfg = RunConfig().override({"model.name": "timm/test_efficientnet", "model.pretrained": False,
+                                    "data.image_size": 32, "strategy.name": "linear-probe", "train.epochs": 1,
+                                    "train.min_steps": 0, "train.threads": 1})
+        train_run(cfg=cfg, data=digits_small, progress=False, evaluate_test=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
