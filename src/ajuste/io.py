@@ -1,7 +1,8 @@
 """Atomic, durable writes: a reader never sees a half-written file as complete.
 
-Write to a temporary file in the same directory, fsync, then rename over the target
-(rename is atomic on POSIX within one file system).
+Write to a temporary file in the same directory, fsync it, rename it over the target (atomic on POSIX within
+one file system), then fsync the directory: the rename itself is a change to the directory, and until that is on
+disk a power cut can leave the old file (or none) in place although the writer went on.
 """
 
 from __future__ import annotations
@@ -23,10 +24,28 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        fsync_dir(path.parent)
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            # a write() that hits a full disk names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable. A no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # pragma: no cover - Windows, or a file system that refuses
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some network file systems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -59,10 +78,18 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one line and fsync it: a line is either whole or absent after a crash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, default=_json_default) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    new = not path.exists()
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=_json_default) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+    if new:  # the file's directory entry must reach the disk too, once
+        fsync_dir(path.parent)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
