@@ -90,7 +90,7 @@ def export_run(*, run_dir: str | Path, out: str | Path, format: str = "ajuste", 
     """Write ``run_dir`` to ``out`` in ``format`` and check it reproduces the run's logits (|Δ| ≤ rtol ×
     max(1, max |logit|)); raise ``AjusteError`` and leave ``out`` untouched otherwise."""
     from ajuste.backbones.adapters import merge_adapters
-    from ajuste.train.run_eval import load_run
+    from ajuste.train.run_eval import load_run, weights_digest
 
     if format not in FORMATS:
         raise AjusteError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
@@ -134,6 +134,7 @@ def export_run(*, run_dir: str | Path, out: str | Path, format: str = "ajuste", 
         if format == "ajuste":
             summary: dict[str, Any] = dict(run.summary or {})
             summary["export"] = record
+            summary["weights_sha256"] = weights_digest(stage / "model.safetensors")  # merged weights: a new file
             atomic_write_json(stage / "summary.json", summary)
         else:
             atomic_write_json(stage / "export.json", record)
@@ -211,6 +212,8 @@ def _check_tree(root: Path) -> None:
 
 
 def _write_ajuste(bb: Any, run: Any, stage: Path, probes: list[Any]) -> None:
+    from ajuste.train.run_eval import weights_metadata
+
     run_dir = run.run_dir
     for name in _COPY:
         if (run_dir / name).is_file():
@@ -226,7 +229,7 @@ def _write_ajuste(bb: Any, run: Any, stage: Path, probes: list[Any]) -> None:
     if bb.peft and (run_dir / "adapter.safetensors").is_file():
         _copy_file(run_dir / "adapter.safetensors", stage, "adapter.safetensors")
     atomic_write_json(stage / "backbone.json", bb.describe())
-    atomic_save_safetensors(stage / "model.safetensors", bb.state_dict(), metadata={"format": "pt", "ajuste": "model"})
+    atomic_save_safetensors(stage / "model.safetensors", bb.state_dict(), metadata=weights_metadata(run.classes))
     return None
 
 

@@ -15,6 +15,7 @@ Layout of a run directory::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -209,7 +210,10 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
             write_status(run_dir, "interrupted")
             raise
         except BaseException as exc:
-            write_status(run_dir, "failed", error=str(exc)[:500])
+            oom = memory_error_message(exc, batch_size=cfg.data.batch_size)
+            write_status(run_dir, "failed", error=(oom or str(exc))[:500])
+            if oom is not None:
+                raise AjusteError(oom) from exc
             raise
     if result.interrupted:
         write_status(run_dir, "interrupted")
@@ -248,8 +252,11 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
         summary["test_macro_f1"] = test["macro_f1"]
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     if run_dir is not None:
+        from ajuste.train.run_eval import weights_digest, weights_metadata
+
         atomic_save_safetensors(run_dir / "model.safetensors", backbone.state_dict(),
-                                metadata={"format": "pt", "ajuste": "model"})
+                                metadata=weights_metadata(data.classes))
+        summary["weights_sha256"] = weights_digest(run_dir / "model.safetensors")  # load_run refuses another file
         atomic_write_json(run_dir / "summary.json", summary)
         write_status(run_dir, "complete")
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
@@ -303,6 +310,41 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, data: Any, splits: dict, pre
         backbone.save_pretrained_parts(run_dir / "hf")
 
 
+# What an allocation failure says: torch's CPU allocator, glibc via C++ (bad_alloc), CUDA/MPS, Windows.
+_OOM_MARKERS = ("can't allocate memory", "Cannot allocate memory", "not enough memory", "out of memory",
+                "std::bad_alloc", "OutOfMemoryError")
+
+
+def memory_error_message(exc: BaseException, *, batch_size: int | None) -> str | None:
+    """One line with the batch size to try when ``exc`` (or what caused it) is an allocation failure; else None.
+
+    The run-level place where "the batch did not fit" becomes advice: the training loop raises whatever torch
+    raised (a RuntimeError from the CPU allocator, torch.OutOfMemoryError on a GPU, MemoryError from numpy)."""
+    e: BaseException | None = exc
+    for _ in range(10):
+        if e is None:
+            return None
+        text = str(e)
+        if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or (
+                isinstance(e, RuntimeError) and any(m in text for m in _OOM_MARKERS)):
+            import re
+
+            # torch's CPU message: "[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate
+            # memory: you tried to allocate 25769803776 bytes. Error code 12 (Cannot allocate memory)"
+            m = re.search(r"allocate (\d+) bytes", text)
+            if m:
+                first = f"an allocation of {int(m.group(1)) / 2**30:.1f} GiB failed"
+            else:
+                first = " ".join(text.split()).split("] . ", 1)[-1][:100] or type(e).__name__
+            if batch_size and batch_size > 1:
+                return (f"out of memory at batch size {batch_size} ({first}); try a smaller batch: "
+                        f"--set data.batch_size={batch_size // 2}")
+            return (f"out of memory ({first}); lower data.batch_size (e.g. --set data.batch_size=8), "
+                    "data.image_size or data.max_length")
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return None
+
+
 def _check_writable(run_dir: Path) -> None:
     """Create ``run_dir`` and prove a file can be written and synced there, before any epoch is spent."""
     probe = run_dir / ".write-test"
@@ -315,10 +357,14 @@ def _check_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise AjusteError(f"the disk is full: cannot write to {run_dir} ({reason}); free some space or pick "
+                              "another --out") from None
         raise AjusteError(f"cannot write to {run_dir} ({reason}); pick a writable --out") from None
     free = shutil.disk_usage(run_dir).free
     if free < 200 * 2**20:
-        raise AjusteError(f"only {free / 2**20:.0f} MB free under {run_dir}; a run needs a few hundred MB")
+        raise AjusteError(f"only {free / 2**20:.0f} MB free under {run_dir}; a run needs a few hundred MB — free some "
+                          "space or pick another --out")
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
