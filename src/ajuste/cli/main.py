@@ -23,11 +23,27 @@ commands_tune.register(app)
 commands_export.register(app)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _click_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(exit, abort, usage-error) exception types of click and of the click copy newer typer releases vendor
+    (``typer._click``): a usage error from either must print as usage, not as an unexpected failure."""
     import click
 
+    exits: list[type] = [click.exceptions.Exit, typer.Exit]
+    aborts: list[type] = [click.exceptions.Abort, typer.Abort]
+    usage: list[type] = [click.ClickException]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:  # typer that uses click itself
+        pass
+    else:
+        usage.append(vendored.ClickException)
+    return tuple(exits), tuple(aborts), tuple(usage)
+
+
+def main(argv: list[str] | None = None) -> int:
     from ajuste.errors import AjusteError
 
+    exits, aborts, usage = _click_types()
     debug = os.environ.get("AJUSTE_DEBUG") == "1"
     try:
         rv = app(args=argv, standalone_mode=False)
@@ -36,14 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         if code == 130:
             _error("interrupted: finished epochs/cells are saved; re-run the same command to resume")
         return code
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code or 0)
-    except click.exceptions.Abort:
+    except exits as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except aborts:
         _error("aborted")
         return 130
-    except click.ClickException as exc:
+    except usage as exc:
         exc.show()
-        return int(exc.exit_code)
+        return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         if debug:
             raise
@@ -54,16 +70,55 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error(str(exc))
         return 2
-    except MemoryError:
-        if debug:
-            raise
-        _error("out of memory: lower data.batch_size (e.g. --set data.batch_size=8) or data.image_size")
-        return 2
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no raw traceback for users
         if debug:
             raise
+        known = describe_resource_error(exc)  # MemoryError too: it is an Exception
+        if known is not None:
+            _error(known)
+            return 2
         _error(f"unexpected {type(exc).__name__}: {exc} (set AJUSTE_DEBUG=1 for the traceback and report it)")
         return 1
+
+
+def describe_resource_error(exc: BaseException) -> str | None:
+    """One line for the machine's limits, whoever hit them (a write under --out, sqlite, an allocation):
+    out of memory, disk full, read-only file system, permission denied. None for anything else."""
+    from ajuste.train.run import memory_error_message
+
+    mem = memory_error_message(exc, batch_size=None)
+    if mem is not None:
+        return mem
+    import errno
+
+    for e in _chain(exc):
+        text = str(e)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {e.filename}" if e.filename else ""
+            return f"the disk is full{where} ({e.strerror}); free some space or pick another --out"
+        if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            where = f" {e.filename}" if e.filename else ""
+            return f"cannot write{where} ({e.strerror}); pick a writable --out"
+        if isinstance(e, OSError) and e.errno in (errno.ENOTDIR, errno.EEXIST) and e.filename:
+            return f"cannot create {e.filename}: a part of that path is a file, not a folder; pick another --out"
+        if "database or disk is full" in text:
+            return "the disk holding the study database is full (sqlite: database or disk is full); free some " \
+                   "space or pick another --out/--storage"
+        if "attempt to write a readonly database" in text or "unable to open database file" in text:
+            return "cannot write the study database (sqlite: " + ("read-only" if "readonly" in text else
+                                                               "cannot open the file") + \
+                   "); pick a writable --out or --storage"
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or during (sqlalchemy wraps sqlite's error)."""
+    seen: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in seen and len(seen) < 10:
+        seen.append(e)
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return seen
 
 
 def _error(message: str) -> None:
