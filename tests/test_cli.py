@@ -274,6 +274,23 @@ def test_bad_set_names_the_field(image_folder, tmp_path, capsys, assignment, nam
     assert not (tmp_path / "run").exists()
 
 
+def test_several_overrides_after_one_set(image_folder, tmp_path, capsys):
+    """`--set peft.r=4 peft.alpha=8` (the issue's and peft-style form): every word shaped section.key=value
+    is an override, wherever it stands; a second data word is refused in one line."""
+    import yaml
+
+    rc = main(["train", str(image_folder), "--strategy", "lora", "--set", "peft.r=4", "peft.alpha=8",
+               "optim.lr=2e-3", "--print-config"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    cfg = yaml.safe_load(out[out.index("data:"):]) if "data:" in out else {}
+    assert cfg["peft"]["r"] == 4 and cfg["peft"]["alpha"] == 8 and cfg["optim"]["lr"] == 2e-3
+    assert cfg["data"]["source"] == str(image_folder)
+    rc = main(["train", str(image_folder), "other-folder", "--print-config"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "one data source expected, got 2" in line
+
+
 def test_console_script(tmp_path):
     """The installed `ajuste` entry point: fast --help; a bad path is one line on stderr, exit 2."""
     exe = shutil.which("ajuste", path=str(Path(sys.executable).parent)) or shutil.which("ajuste")

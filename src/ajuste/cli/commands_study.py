@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ajuste.cli.commands_train import DATA_HELP, _console
+from ajuste.cli.commands_train import DATA_HELP, _console, split_positionals
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +29,8 @@ def _default_model(data: str) -> str:
 
 
 def compare(
-    data: str = typer.Argument("digits", help=DATA_HELP),
+    data: Optional[list[str]] = typer.Argument(None, help=DATA_HELP + " (default: digits; then any "
+                                               "section.key=value overrides)", show_default=False),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone (default: efficientnet_lite0 for "
                                                                     "images, minilm-l6 for text)"),
     strategies: str = typer.Option("linear-probe,two-stage,scratch", "--strategies",
@@ -50,6 +51,7 @@ def compare(
     from ajuste.study.runner import run_study
     from ajuste.study.spec import StudySpec, parse_budget, parse_list
 
+    data, sets = split_positionals(data, sets, default="digits")
     model = model or _default_model(data)
     spec = StudySpec(source=data, model=model, strategies=parse_list(strategies),
                      fractions=parse_list(fractions, float), seeds=seeds, budget_seconds=parse_budget(budget),

@@ -85,6 +85,27 @@ def _default_out(cfg) -> Path:
     return candidate
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*\.[\w.-]+=")
+
+
+def split_positionals(items: Optional[list[str]], sets: list[str], *, default: Optional[str] = None,
+                      ) -> tuple[Optional[str], list[str]]:
+    """The data argument and the overrides among the positional words.
+
+    ``--set peft.r=8 peft.alpha=16`` (several overrides after one --set, as in the docs of peft-style tools)
+    leaves ``peft.alpha=16`` as a positional word; words shaped ``section.key=value`` are overrides wherever
+    they stand, and at most one other word is the data."""
+    from ajuste.errors import ConfigError
+
+    words = list(items or [])
+    extra = [w for w in words if _OVERRIDE.match(w)]
+    rest = [w for w in words if not _OVERRIDE.match(w)]
+    if len(rest) > 1:
+        raise ConfigError(f"one data source expected, got {len(rest)}: {', '.join(map(repr, rest))}; "
+                          "overrides are written section.key=value (e.g. --set optim.lr=3e-4)")
+    return (rest[0] if rest else default), [*sets, *extra]
+
+
 def build_config(data: Optional[str], config: Optional[Path], sets: list[str], base=None, **flags):
     """Defaults (or ``base``) ← --config YAML ← flags ← --set."""
     from ajuste.config import load_config
@@ -104,12 +125,13 @@ def build_config(data: Optional[str], config: Optional[Path], sets: list[str], b
 
 
 def train(
-    data: Optional[str] = typer.Argument(None, help=DATA_HELP),
+    data: Optional[list[str]] = typer.Argument(None, help=DATA_HELP + " (then any section.key=value overrides)",
+                                               show_default=False),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone (see `ajuste models`)"),
     strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Strategy (see `ajuste strategies`)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<data>-<model>-...)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
-    sets: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set optim.lr=3e-4 (repeatable)"),
+    sets: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set optim.lr=3e-4 (repeatable; --set a.b=1 c.d=2 also works)"),
     fraction: Optional[float] = typer.Option(None, "--fraction", help="Share of the training split to use"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Max epochs of the main phase"),
@@ -127,6 +149,7 @@ def train(
     """Train one model: fine-tune a pretrained backbone or train it from scratch."""
     import yaml
 
+    data, sets = split_positionals(data, sets)
     base = _from_study_config(from_study, config, quiet) if from_study else None
     cfg = build_config(data, config, sets, base=base, model=model, strategy=strategy, fraction=fraction, seed=seed,
                        epochs=epochs, unfreeze=unfreeze, lr=lr, text_col=text_col, label_col=label_col)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ajuste.cli.commands_train import DATA_HELP, _console, build_config
+from ajuste.cli.commands_train import DATA_HELP, _console, build_config, split_positionals
 
 
 def register(app: typer.Typer) -> None:
@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
 
 
 def tune(
-    data: Optional[str] = typer.Argument(None, help=DATA_HELP),
+    data: Optional[list[str]] = typer.Argument(None, help=DATA_HELP + " (then any section.key=value overrides)",
+                                               show_default=False),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone (see `ajuste models`)"),
     strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Strategy (see `ajuste strategies`)"),
     trials: Optional[int] = typer.Option(None, "--trials", "-n",
@@ -47,6 +48,7 @@ def tune(
     from ajuste.search.samplers import check_names
 
     check_names(sampler, pruner)  # before loading anything
+    data, sets = split_positionals(data, sets)
     cfg = build_config(data, config, sets, model=model, strategy=strategy, fraction=fraction, epochs=epochs,
                        text_col=text_col, label_col=label_col)
     name = study_name or default_study_name(cfg)
