@@ -183,3 +183,28 @@ def test_fit_sets_the_configured_threads(digits_small):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_fused_adamw_makes_the_same_steps_and_can_be_switched_off():
+    from ajuste.train.loop import _fast_optimizer
+    from ajuste.train.param_groups import make_optimizer
+
+    torch.manual_seed(0)
+    nets = [nn.Linear(6, 4) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = nets[0].weight.detach().clone()
+    opts = []
+    for net, fused in zip(nets, (True, False)):
+        groups = [{"params": list(net.parameters()), "lr": 1e-2, "base_lr": 1e-2, "weight_decay": 0.1, "name": "g"}]
+        opts.append(_fast_optimizer(make_optimizer("adamw", groups), RunConfig().override({"train.fused_adamw": fused})))
+    assert opts[0].param_groups[0]["fused"] is True and not opts[1].param_groups[0]["fused"]
+    x = torch.randn(8, 6)
+    for _ in range(5):
+        for net, opt in zip(nets, opts):
+            opt.zero_grad()
+            net(x).pow(2).sum().backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(nets[0].weight, start)  # the steps did something
+    opts[1].load_state_dict(opts[0].state_dict())  # a checkpoint resumes across the switch
