@@ -1,0 +1,119 @@
+"""Shared bits of the benchmarks: threads, CPU description, data subsets, tutorial-style image loading, tables.
+
+Benchmarks are scripts, not tests: they take minutes, print a table and the ratios, and are run by hand
+(docs/benchmarks.md has the commands and the numbers). Both sides of a comparison run in the same process,
+one after the other, on the same examples and with the same number of threads.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def set_threads(n: int) -> None:
+    """Before torch is imported: OpenMP reads OMP_NUM_THREADS once."""
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    os.environ["MKL_NUM_THREADS"] = str(n)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def cpu_description() -> str:
+    model = platform.processor() or "unknown CPU"
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = line.split(":", 1)[1]
+                break
+    except OSError:
+        pass
+    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags.split()]
+    from ajuste.train.loop import native_bf16
+
+    return f"{model} ({os.cpu_count()} cores; {', '.join(have) or 'no AVX2'}; native bf16: {native_bf16()})"
+
+
+def dataset(name: str) -> Path:
+    p = SHARED / name
+    if not p.exists():
+        raise SystemExit(f"{p} not found: the benchmarks need the shared data sets (see {SHARED}/README.md)")
+    return p
+
+
+def subset_splits(data: Any, splits: dict, *, train: int | None, val: int | None, test: int | None = None,
+                  seed: int = 0) -> dict:
+    """Stratified subsets of the splits by count (None: all)."""
+    import numpy as np
+
+    from ajuste.data.splits import take_fraction
+
+    out = {k: np.asarray(v) for k, v in splits.items()}
+    for name, n in (("train", train), ("val", val), ("test", test)):
+        if n is not None and n < len(out[name]):
+            out[name] = np.asarray(take_fraction(out[name], data.labels, float(n), seed=seed))
+    return out
+
+
+class PathsDataset:
+    """The torchvision ``ImageFolder`` of a tutorial, over given (path, label) pairs: every access opens,
+    decodes and transforms the JPEG again."""
+
+    def __init__(self, paths: list[str], labels: list[int], transform: Any) -> None:
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            img = im.convert("RGB")
+        return self.transform(img), self.labels[i]
+
+
+def tutorial_transforms(size: int, mean: list[float], std: list[float], interpolation: str):
+    """The PyTorch transfer-learning tutorial's transforms (with the backbone's own normalisation)."""
+    from torchvision import transforms as T
+
+    interp = getattr(T.InterpolationMode, interpolation.upper(), T.InterpolationMode.BILINEAR)
+    train = T.Compose([T.RandomResizedCrop(size, interpolation=interp), T.RandomHorizontalFlip(), T.ToTensor(),
+                       T.Normalize(mean, std)])
+    val = T.Compose([T.Resize(int(size / 0.875), interpolation=interp), T.CenterCrop(size), T.ToTensor(),
+                     T.Normalize(mean, std)])
+    return train, val
+
+
+class Timer:
+    def __enter__(self) -> "Timer":
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.t0
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] +
+                     [line(r) for r in cells[1:]])
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)

@@ -1,0 +1,119 @@
+"""Full fine-tuning of EfficientNet-Lite0 @224: ajuste vs the tutorial loop, training images per second.
+
+    python bench/full_ft.py [--train 256] [--val 64] [--epochs 2] [--threads 1]
+
+Data: clothing-small, stratified subsets; offline ImageNet weights on both sides; batch 32; light augmentation
+on both sides (RandomResizedCrop + flip).
+
+- ajuste: ``train_run`` with ``strategy.name=full``, defaults otherwise (channels_last for a convnet, decoded
+  images kept in memory, frozen BatchNorm statistics, bf16 only where native).
+- tutorial: the PyTorch transfer-learning tutorial's "finetuning the ConvNet" loop: ImageFolder-style dataset
+  (every epoch decodes every JPEG), NCHW fp32, ``model.train()``, SGD(lr=1e-3, momentum=0.9) + StepLR, no
+  worker processes (1-thread budget).
+
+An epoch is timed the same way on both sides: training on every training image plus validation on the
+validation images; images/s = training images / epoch seconds. Epoch 1 of ajuste includes decoding the
+images it then keeps; later epochs are the steady state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--train", type=int, default=256, help="training images (0 = all 3068)")
+    ap.add_argument("--val", type=int, default=64, help="validation images (0 = all 341)")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    C.set_threads(args.threads)
+
+    from ajuste.config import RunConfig
+    from ajuste.io import read_jsonl
+    from ajuste.train.run import prepare_data, train_run
+
+    source = C.dataset("clothing-small")
+    cfg = RunConfig().override({"data.source": str(source), "model.name": "efficientnet_lite0",
+                                "strategy.name": "full", "train.epochs": args.epochs, "train.patience": args.epochs,
+                                "train.threads": args.threads, "train.min_steps": 0, "data.batch_size": 32,
+                                "data.augment": "light"})
+    data, splits = prepare_data(cfg)
+    splits = C.subset_splits(data, splits, train=args.train or None, val=args.val or None)
+    n_train = len(splits["train"])
+    print(f"CPU: {C.cpu_description()}; threads {args.threads}")
+    print(f"clothing-small: {n_train} train / {len(splits['val'])} val images, 224 px, full fine-tuning, "
+          f"{args.epochs} epochs, batch 32")
+
+    with tempfile.TemporaryDirectory(prefix="ajuste-bench-full-") as tmp:
+        res = train_run(cfg=cfg, out=Path(tmp) / "run", data=data, splits=splits, progress=False,
+                        evaluate_test=False)
+        ajuste_epochs = [h["seconds"] for h in read_jsonl(Path(tmp) / "run" / "metrics.jsonl")]
+        ajuste_acc = res.summary["val_accuracy"]
+        pre = res.pipeline.pre
+        del res
+    tut_epochs, tut_acc = tutorial(data, splits, pre, args.epochs)
+
+    rows = []
+    for name, epochs, acc in (("ajuste full", ajuste_epochs, ajuste_acc),
+                              ("tutorial loop (NCHW fp32)", tut_epochs, tut_acc)):
+        rows.append([name] + [n_train / s for s in epochs] + [acc])
+    print()
+    print(C.table([""] + [f"img/s epoch {i + 1}" for i in range(args.epochs)] + ["val acc"], rows))
+    last = args.epochs - 1
+    print()
+    print(f"ajuste / tutorial, images/s: epoch 1 {tut_epochs[0] / ajuste_epochs[0]:.2f}×, "
+          f"last epoch {tut_epochs[last] / ajuste_epochs[last]:.2f}×, all epochs "
+          f"{sum(tut_epochs) / sum(ajuste_epochs):.2f}× (goal ≥ 1.6×); val accuracy {ajuste_acc:.3f} vs {tut_acc:.3f}")
+
+
+def tutorial(data, splits, pre, epochs: int) -> tuple[list[float], float]:
+    import timm
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ajuste.backbones.zoo import efficientnet_lite0_state_dict
+
+    train_tf, val_tf = C.tutorial_transforms(pre.image_size, list(pre.mean), list(pre.std), pre.interpolation)
+    paths = list(data.inputs)
+    train_ds = C.PathsDataset([paths[i] for i in splits["train"]], [int(data.labels[i]) for i in splits["train"]],
+                              train_tf)
+    val_ds = C.PathsDataset([paths[i] for i in splits["val"]], [int(data.labels[i]) for i in splits["val"]], val_tf)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(efficientnet_lite0_state_dict())
+    model.reset_classifier(len(data.classes))
+    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
+    train_loader = DataLoader(train_ds, batch_size=32, shuffle=True, num_workers=0)
+    val_loader = DataLoader(val_ds, batch_size=32, shuffle=False, num_workers=0)
+    seconds, best = [], 0.0
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        model.train()
+        for inputs, labels in train_loader:
+            optimizer.zero_grad()
+            loss = criterion(model(inputs), labels)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for inputs, labels in val_loader:
+                correct += (model(inputs).argmax(1) == labels).sum().item()
+        seconds.append(time.perf_counter() - t0)
+        best = max(best, correct / len(val_ds))
+    return seconds, best
+
+
+if __name__ == "__main__":
+    main()
