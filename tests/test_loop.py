@@ -99,6 +99,17 @@ def test_same_seed_same_metrics_different_seed_differs(tmp_path, digits_small):
     assert r3.summary["val_loss"] != r1.summary["val_loss"]
 
 
+def test_training_leaves_the_callers_floating_point_mode_as_it_found_it(tmp_path, digits_small):
+    # fit flushes denormals to zero while it trains (a process-wide CPU flag); code running after it in the
+    # same process, e.g. hypothesis drawing floats, must still see IEEE subnormals.
+    subnormal = 5e-324
+    assert subnormal * 1.0 != 0.0
+    train_run(cfg=_cfg(**{"train.epochs": 1, "strategy.head_epochs": 1}), out=tmp_path / "r", data=digits_small,
+              progress=False)
+    assert subnormal * 1.0 != 0.0
+    assert (torch.tensor([1e-40]) * 1.0).item() != 0.0
+
+
 def test_early_stopping_restores_the_best_epoch(tmp_path, digits_small):
     # A constant, too-high LR makes later epochs worse than an early one.
     res = train_run(cfg=_cfg(**{"strategy.name": "full", "train.epochs": 8, "train.patience": 2,

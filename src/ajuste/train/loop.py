@@ -16,7 +16,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -284,9 +284,31 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
         torch.set_num_threads(cfg.train.threads or threads_per_worker(w))
     else:
         torch.set_num_threads(cfg.train.threads or max(1, torch.get_num_threads()))
-    # Denormal floats (tiny activations/gradients, common right after re-initialisation) run
-    # through a slow path on x86; flushing them to zero changes nothing that matters for training.
+    with flushed_denormals():
+        return _fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
+                    progress=progress, console=console, on_epoch_end=on_epoch_end, w=w)
+
+
+@contextlib.contextmanager
+def flushed_denormals() -> Iterator[None]:
+    """Flush denormal floats to zero for the block, then restore the CPU's previous mode.
+
+    Denormals (tiny activations/gradients, common right after re-initialisation) run through a slow
+    path on x86; flushing them changes nothing that matters for training. The mode is a process-wide
+    CPU flag: left on, it would break IEEE arithmetic for the caller's own code after ``fit`` returns.
+    """
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # a float32 denormal
+    was_on = bool((tiny * 1.0).item() == 0.0)
     torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was_on)
+
+
+def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunConfig, run_dir: Path | None,
+         progress: bool, console: Any, on_epoch_end: Callable[[EpochRecord, FitResult], None] | None,
+         w: Any) -> FitResult:
     pipeline.configure(text_batches=cfg.train.text_batches, image_memory=cfg.train.image_memory)
     steps_per_epoch = max(1, math.ceil(len(pipeline.splits["train"]) / pipeline.batch_size))
     phases = stretch_phases(strategy.phases(cfg, len(backbone.layer_groups())), steps_per_epoch,
