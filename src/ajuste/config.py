@@ -160,6 +160,9 @@ class TrainConfig:
     fold_bn: bool = _help("Frozen forward-only passes (filling the activation cache) run a copy of the model with "
                           "each BatchNorm folded into the convolution before it (same outputs to ~1e-5, ~1.5x "
                           "faster for EfficientNet-Lite0 on CPU); false: the model as it is", default=True)
+    small_depthwise: bool = _help("Training convnets: depthwise convolutions over feature maps of at most 4x4 run as "
+                                  "a dense per-channel product (exact; oneDNN's backward pass there was half of an "
+                                  "EfficientNet-Lite0 step at 48 px); false: torch's convolution", default=True)
     fused_adamw: bool = _help("AdamW updates all parameters in one fused kernel (as Hugging Face's Trainer does; ~9x "
                               "faster optimizer step on CPU); false: torch's per-tensor loop", default=True)
     text_batches: str = _help("Text batches: auto (length-bucketed, each padded to its longest example) | random "

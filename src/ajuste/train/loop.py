@@ -284,7 +284,9 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
         torch.set_num_threads(cfg.train.threads or threads_per_worker(w))
     else:
         torch.set_num_threads(cfg.train.threads or max(1, torch.get_num_threads()))
-    with flushed_denormals():
+    from ajuste.train.small_depthwise import small_map_depthwise
+
+    with flushed_denormals(), small_map_depthwise(backbone, enabled=cfg.train.small_depthwise and backbone.is_convnet):
         return _fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
                     progress=progress, console=console, on_epoch_end=on_epoch_end, w=w)
 
