@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,7 +77,6 @@ def main() -> None:
 def tutorial(data, splits, pre, epochs: int) -> tuple[list[float], float]:
     import timm
     import torch
-    from torch.utils.data import DataLoader
 
     from ajuste.backbones.zoo import efficientnet_lite0_state_dict
 
@@ -90,29 +88,8 @@ def tutorial(data, splits, pre, epochs: int) -> tuple[list[float], float]:
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     model.load_state_dict(efficientnet_lite0_state_dict())
     model.reset_classifier(len(data.classes))
-    criterion = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
-    train_loader = DataLoader(train_ds, batch_size=32, shuffle=True, num_workers=0)
-    val_loader = DataLoader(val_ds, batch_size=32, shuffle=False, num_workers=0)
-    seconds, best = [], 0.0
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        model.train()
-        for inputs, labels in train_loader:
-            optimizer.zero_grad()
-            loss = criterion(model(inputs), labels)
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for inputs, labels in val_loader:
-                correct += (model(inputs).argmax(1) == labels).sum().item()
-        seconds.append(time.perf_counter() - t0)
-        best = max(best, correct / len(val_ds))
-    return seconds, best
+    return C.tutorial_epochs(model, optimizer, train_ds, val_ds, epochs)
 
 
 if __name__ == "__main__":

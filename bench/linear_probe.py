@@ -123,7 +123,6 @@ def main() -> None:
 def tutorial(data, splits, pre, epochs: int) -> tuple[float, float]:
     import timm
     import torch
-    from torch.utils.data import DataLoader
 
     from ajuste.backbones.zoo import efficientnet_lite0_state_dict
 
@@ -138,26 +137,8 @@ def tutorial(data, splits, pre, epochs: int) -> tuple[float, float]:
         for p in model.parameters():
             p.requires_grad = False
         model.reset_classifier(len(data.classes))  # new layer: requires_grad=True
-        criterion = torch.nn.CrossEntropyLoss()
         optimizer = torch.optim.SGD(model.get_classifier().parameters(), lr=0.001, momentum=0.9)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
-        train_loader = DataLoader(train_ds, batch_size=32, shuffle=True, num_workers=0)
-        val_loader = DataLoader(val_ds, batch_size=32, shuffle=False, num_workers=0)
-        best = 0.0
-        for _ in range(epochs):
-            model.train()
-            for inputs, labels in train_loader:
-                optimizer.zero_grad()
-                loss = criterion(model(inputs), labels)
-                loss.backward()
-                optimizer.step()
-            scheduler.step()
-            model.eval()
-            correct = 0
-            with torch.no_grad():
-                for inputs, labels in val_loader:
-                    correct += (model(inputs).argmax(1) == labels).sum().item()
-            best = max(best, correct / len(val_ds))
+        _, best = C.tutorial_epochs(model, optimizer, train_ds, val_ds, epochs)
     return t.seconds, best
 
 
