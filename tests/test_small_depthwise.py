@@ -65,36 +65,3 @@ def test_forward_only_and_large_maps_keep_the_convolution(monkeypatch):
             conv(torch.randn(2, 8, 2, 2))
         conv(torch.randn(2, 8, 2, 2))  # grad on, tiny map: the dense form
     assert calls == [torch.Size([2, 8, 8, 8]), torch.Size([2, 8, 2, 2])]
-
-
-@pytest.mark.parametrize("size,kernel", [(3, 5), (4, 3), (2, 3), (3, 3)])
-def test_timm_same_padding_stride_two_matches(size, kernel):
-    # tf_* EfficientNets (ajuste's efficientnet_lite0) pad their stride-2 convolutions TensorFlow-style at run time
-    from timm.layers.conv2d_same import Conv2dSame
-
-    torch.manual_seed(1)
-    ref = Conv2dSame(16, 16, kernel, stride=2, groups=16, bias=False)
-    fast = Conv2dSame(16, 16, kernel, stride=2, groups=16, bias=False)
-    fast.load_state_dict(ref.state_dict())
-    x = torch.randn(4, 16, size, size).contiguous(memory_format=torch.channels_last)
-    xr, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    with small_map_depthwise(fast) as n:
-        assert n == 1 and type(fast).__name__ == "SmallMapDepthwiseConv2dSame"
-        yf = fast(xf)
-    assert type(fast) is Conv2dSame
-    yr = ref(xr)
-    torch.testing.assert_close(yf, yr, atol=1e-5, rtol=1e-5)
-    g = torch.randn_like(yr)
-    (yr * g).sum().backward()
-    (yf * g).sum().backward()
-    torch.testing.assert_close(xf.grad, xr.grad, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-5)
-
-
-def test_ajustes_efficientnet_switches_every_depthwise_layer():
-    import timm
-
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    depthwise = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1]
-    with small_map_depthwise(net) as n:
-        assert n == len(depthwise) == 16
