@@ -123,8 +123,7 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, digits_small):
     from ajuste.train.loop import _validate
 
     cfg = res.config
-    loss, _ = _validate(res.backbone, res.pipeline.loader("val", batch_size=64), cfg, from_features=False,
-                        channels_last=False)
+    loss, _ = _validate(res.backbone, res.pipeline.loader("val", batch_size=64), cfg, channels_last=False)
     assert loss == pytest.approx(best["val_loss"], rel=0.02)
 
 

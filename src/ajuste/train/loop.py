@@ -32,6 +32,7 @@ from ajuste.strategies.base import Phase, Strategy
 from ajuste.train.distributed import World, any_worker, sync_gradients, sync_module, world
 from ajuste.train.param_groups import build_param_groups, make_optimizer
 from ajuste.train.schedules import lr_multiplier
+from ajuste.train.small_depthwise import small_map_depthwise
 
 
 class CancelFit(Exception):
@@ -156,19 +157,16 @@ def compute_features(backbone: Backbone, loader: DataLoader, *, bf16: bool, chan
 
 @torch.no_grad()
 def predict_logits(backbone: Backbone, loader: DataLoader, *, bf16: bool, channels_last: bool = False,
-                   from_features: bool = False, forward: Callable[[Any], torch.Tensor] | None = None,
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   forward: Callable[[Any], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of every batch; ``forward`` turns a batch into logits (default: the whole model)."""
     was_training = backbone.training
     backbone.eval()
     out, labels = [], []
     try:
         for inputs, y in loader:
             with autocast(bf16):
-                if forward is not None:
-                    logits = forward(inputs)
-                else:
-                    logits = backbone.classify(inputs) if from_features else \
-                        backbone(to_device_batch(inputs, channels_last=channels_last))
+                logits = forward(inputs) if forward is not None else \
+                    backbone(to_device_batch(inputs, channels_last=channels_last))
             out.append(logits.float())
             labels.append(y)
     finally:
@@ -284,9 +282,8 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
         torch.set_num_threads(cfg.train.threads or threads_per_worker(w))
     else:
         torch.set_num_threads(cfg.train.threads or max(1, torch.get_num_threads()))
-    from ajuste.train.small_depthwise import small_map_depthwise
-
-    with flushed_denormals(), small_map_depthwise(backbone, enabled=cfg.train.small_depthwise and backbone.is_convnet):
+    small_maps = cfg.train.small_depthwise and backbone.is_convnet
+    with flushed_denormals(), small_map_depthwise(backbone, enabled=small_maps):
         return _fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
                     progress=progress, console=console, on_epoch_end=on_epoch_end, w=w)
 
@@ -362,15 +359,13 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
                 task = bar.add_task(f"epoch {state.global_epoch + 1}/{planned} [{phase.name}]",
                                     total=len(loader)) if bar else None
                 train_loss, lr_now = _train_epoch(
-                    backbone, loader, optimizer, cfg, from_features=False, channels_last=channels_last,
+                    backbone, loader, optimizer, cfg, forward=train_feed.forward, bf16=train_feed.bf16,
                     step0=e * epoch_steps, total_steps=total_steps, bar=bar, task=task,
-                    on_diverge=lambda lr: _diverged(backbone, best_weights, ckpt, lr, state, cfg.optim.lr), w=w,
-                    forward=train_feed.forward, bf16=train_feed.bf16)
+                    on_diverge=lambda lr: _diverged(backbone, best_weights, ckpt, lr, state, cfg.optim.lr), w=w)
                 if w.active:
                     sync_module(backbone)  # BatchNorm statistics of each worker's share, averaged
-                val_loss, val_acc = _validate(backbone, val_feed.make(0, 1), cfg, from_features=False,
-                                              channels_last=channels_last, w=w, forward=val_feed.forward,
-                                              bf16=val_feed.bf16)
+                val_loss, val_acc = _validate(backbone, val_feed.make(0, 1), cfg, channels_last=channels_last, w=w,
+                                              forward=val_feed.forward, bf16=val_feed.bf16)
                 if bar:
                     bar.remove_task(task)
                 if not math.isfinite(val_loss):
@@ -643,17 +638,10 @@ def _cached_loader(entry: Any, labels: torch.Tensor, batch_size: int, *, seed: i
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=collate)
 
 
-def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: RunConfig, *, from_features: bool,
-                 channels_last: bool, step0: int, total_steps: int, bar: Any, task: Any,
-                 on_diverge: Callable[[float], None], w: World = World(),
-                 forward: Callable[[Any], torch.Tensor] | None = None, bf16: bool | None = None) -> tuple[float, float]:
+def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: RunConfig, *,
+                 forward: Callable[[Any], torch.Tensor], bf16: bool, step0: int, total_steps: int, bar: Any,
+                 task: Any, on_diverge: Callable[[float], None], w: World = World()) -> tuple[float, float]:
     backbone.train()
-    if forward is None:
-        def forward(inputs: Any) -> torch.Tensor:
-            return backbone.classify(inputs) if from_features else \
-                backbone(to_device_batch(inputs, channels_last=channels_last))
-    if bf16 is None:
-        bf16 = use_bf16(cfg, backbone, training=True) and not from_features
     params = [p for g in optimizer.param_groups for p in g["params"]]
     total, count, lr_now = 0.0, 0, 0.0
     for i, (inputs, y) in enumerate(loader):
@@ -698,13 +686,12 @@ def _task_index(bar: Any, task: Any) -> int:
 
 
 @torch.no_grad()
-def _validate(backbone: Backbone, loader: DataLoader, cfg: RunConfig, *, from_features: bool,
-              channels_last: bool, w: World = World(), forward: Callable[[Any], torch.Tensor] | None = None,
+def _validate(backbone: Backbone, loader: DataLoader, cfg: RunConfig, *, channels_last: bool,
+              w: World = World(), forward: Callable[[Any], torch.Tensor] | None = None,
               bf16: bool | None = None) -> tuple[float, float]:
     if bf16 is None:
-        bf16 = use_bf16(cfg, backbone, training=False) and not from_features
-    logits, y = predict_logits(backbone, loader, bf16=bf16, channels_last=channels_last,
-                               from_features=from_features, forward=forward)
+        bf16 = use_bf16(cfg, backbone, training=False)
+    logits, y = predict_logits(backbone, loader, bf16=bf16, channels_last=channels_last, forward=forward)
     if w.active:  # each worker saw its share of the validation split
         from ajuste.train.distributed import all_reduce_sum
 
