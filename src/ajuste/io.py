@@ -28,10 +28,15 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.filename is None:
-            # a write() that hits a full disk names no file: name the one being written
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        if isinstance(exc, OSError):
+            _raise_naming(exc, path)
         raise
+
+
+def _raise_naming(exc: OSError, path: Path) -> None:
+    """A write() that hits a full disk names no file: re-raise naming the one being written."""
+    if exc.filename is None:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 def fsync_dir(folder: Path) -> None:
@@ -85,8 +90,7 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
-        if exc.filename is None:
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        _raise_naming(exc, path)
         raise
     if new:  # the file's directory entry must reach the disk too, once
         fsync_dir(path.parent)
