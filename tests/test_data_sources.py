@@ -607,3 +607,13 @@ def test_explicit_columns_skip_the_headerless_guess(tmp_path):
         load_data(f)
     d = load_data(f, text_col="what did the customer say about it", label_col="verdict")
     assert d.classes == ["neg", "pos"]
+
+
+def test_builtin_digits_read_without_scikit_learn_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from ajuste.data.sources import _digits_arrays
+
+    images, target = _digits_arrays()
+    ref = load_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(target, ref.target)
