@@ -192,3 +192,36 @@ def test_bf16_auto_only_where_the_cpu_has_native_bf16(native, monkeypatch, tiny_
     assert loop.use_bf16(cfg, tiny_timm, training=True) is False  # convnet training: slower even with AMX
     assert loop.use_bf16(cfg.override({"train.bf16": "on"}), tiny_timm, training=True) is True
     assert loop.use_bf16(cfg.override({"train.bf16": "off"}), tiny_text, training=True) is False
+
+
+def test_quick_epochs_skip_checkpoints_a_flush_writes_the_latest_and_resume_equals_a_full_run(tmp_path, digits_small):
+    from ajuste.train.loop import Checkpointer, _State
+
+    net = torch.nn.Linear(64, 10)
+    opt = torch.optim.AdamW(net.parameters())
+    ckpt = Checkpointer(tmp_path / "run")
+    for epoch in range(10):  # epochs far shorter than a save: only the first is written
+        ckpt.save(net, opt, _State(global_epoch=epoch + 1), force=False)
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["seq"] < 5 and state["state"]["global_epoch"] < 10
+    ckpt.flush(net, opt, _State(global_epoch=10))
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["state"]["global_epoch"] == 10
+
+    # a run whose head epochs skip saves, killed mid-way, still resumes to the uninterrupted result
+    cfg = _cfg(**{"strategy.head_epochs": 12, "train.epochs": 2})
+    full = train_run(cfg=cfg, out=tmp_path / "a", data=digits_small, progress=False)
+    calls = {"n": 0}
+
+    def die(rec, result):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise Boom
+
+    with pytest.raises(Boom):
+        train_run(cfg=cfg, out=tmp_path / "b", data=digits_small, progress=False, on_epoch_end=die)
+    resumed = train_run(cfg=cfg, out=tmp_path / "b", data=digits_small, progress=False)
+    a, b = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    assert [r["epoch"] for r in b] == list(range(len(a)))
+    for ra, rb in zip(a, b):
+        assert rb["val_loss"] == pytest.approx(ra["val_loss"], rel=1e-5, abs=1e-6)
+    assert resumed.summary["test_accuracy"] == pytest.approx(full.summary["test_accuracy"])
