@@ -44,6 +44,8 @@ def compare(
     text_col: Optional[str] = typer.Option(None, "--text-col"),
     label_col: Optional[str] = typer.Option(None, "--label-col"),
     no_similarity: bool = typer.Option(False, "--no-similarity", help="Skip the domain-similarity measurement"),
+    workers: int = typer.Option(0, "--workers", "-j", help="Cells trained at once, each in its own process with "
+                                "cores/workers threads (0: one per core on a CPU, 1 on a GPU machine)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Fine-tune vs train from scratch: strategies × data fractions × seeds, a recommendation and a report."""
@@ -60,7 +62,8 @@ def compare(
     con = _console(quiet)
     con.print(f"{len(spec.cells())} cells: {', '.join(spec.strategies)} × fractions "
               f"{', '.join(f'{f:g}' for f in spec.fractions)} × {spec.seeds} seed(s) → {study_dir}")
-    res = run_study(spec=spec, study_dir=study_dir, console=con, progress=not quiet, similarity=not no_similarity)
+    res = run_study(spec=spec, study_dir=study_dir, console=con, progress=not quiet, similarity=not no_similarity,
+                    workers=workers)
     advice = build_report(study_dir)
     con.print("")
     con.print(f"[bold green]{advice['text']}[/]", highlight=False)

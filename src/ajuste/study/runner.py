@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from ajuste.config import RunConfig
 from ajuste.errors import AjusteError
 from ajuste.io import append_jsonl, atomic_write_json, read_jsonl
 from ajuste.study.spec import COST_RANK, Cell, StudySpec
+from ajuste.study.workers import InlineCells, Job, WorkerCells, auto_workers, usable_cores
 
 
 @dataclass
@@ -94,15 +96,17 @@ class CostModel:
 
 
 def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress: bool = True,
-              similarity: bool = True, on_cell_end: Callable[[dict], None] | None = None) -> StudyResult:
+              similarity: bool = True, on_cell_end: Callable[[dict], None] | None = None,
+              workers: int | None = None) -> StudyResult:
+    """``workers``: cells trained at once in worker processes (None or 0: one per core on a CPU, see
+    ajuste.study.workers; 1: one after the other in this process)."""
     from ajuste.strategies.base import resolve_config
-    from ajuste.train.cache import shared_dir
-    from ajuste.train.run import prepare_data, read_summary, train_run
+    from ajuste.train.run import check_writable, prepare_data
 
     t0 = time.perf_counter()
     study_dir = Path(study_dir)
     _check_study_dir(study_dir, spec)
-    study_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(study_dir)  # here, not in a worker: a full disk is one line before any cell starts
     atomic_write_json(study_dir / "study.json", spec.to_dict())
 
     cfg0 = base_config(spec)
@@ -125,22 +129,6 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
         if n < n_classes:
             _say(console, f"fraction {f:g} gives {n} examples for {n_classes} classes: raised to one per class")
 
-    sim = None
-    sim_path = study_dir / "similarity.json"
-    if similarity:
-        if sim_path.is_file():
-            sim = json.loads(sim_path.read_text())
-        else:
-            from ajuste.study.similarity import measure_similarity
-
-            _say(console, "measuring domain similarity (pretrained vs random features)...")
-            sim = measure_similarity(model=spec.model, data=data, splits=splits,
-                                     cfg=resolve_config(cfg0, data.modality))
-            atomic_write_json(sim_path, sim)
-            _say(console, f"similarity {sim['similarity']}: probe accuracy {sim['pretrained']['probe_accuracy']:.3f} "
-                          f"pretrained vs {sim['random']['probe_accuracy']:.3f} random; LogME "
-                          f"{sim['pretrained']['logme']:.3f} vs {sim['random']['logme']:.3f} ({sim['seconds']}s)")
-
     results_path = study_dir / "results.jsonl"
     records = read_jsonl(results_path)
     done = {r["cell"] for r in records}
@@ -154,44 +142,78 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
     spent_before = sum(r.get("wall_seconds", 0.0) for r in records)
     skipped: list[dict[str, Any]] = []
     started = time.perf_counter()
+    by_key: dict[str, Cell] = {}
+    planned_epochs: dict[str, int] = {}
 
+    def take(job: Job, summary: dict[str, Any]) -> None:
+        cell = by_key[job.key]
+        rec = _record(cell, summary, job.run_dir, planned_epochs[cell.key])
+        append_jsonl(results_path, rec)
+        records.append(rec)
+        cost.observe(cell.strategy, rec["n_train"], rec["train_seconds"], planned_epochs[cell.key])
+        _say(console, f"{cell.key:<28} test acc {rec['test_accuracy']:.4f}  F1 {rec['test_macro_f1']:.4f}  "
+                      f"{rec['train_seconds']:.0f}s  ({rec['epochs']} epochs)")
+        if on_cell_end is not None:
+            on_cell_end(rec)
+
+    if workers is None or workers <= 0:
+        workers = auto_workers(len(planned))
+    workers = max(1, min(workers, len(planned)))
+    if workers > 1 and budget is None:
+        planned = longest_first(planned, spec, splits, data)  # no budget to protect: finish soonest
+    if workers > 1 and planned:
+        threads = max(1, usable_cores() // workers)
+        _say(console, f"{workers} cells at a time, {threads} thread(s) each")
+        init = {"make_runner": _cell_runner, "spec": spec.to_dict(), "splits": splits, "study_dir": str(study_dir)}
+        cells = WorkerCells(workers, init=init, threads=threads)
+    else:
+        cells = InlineCells(lambda job: _train_cell(job, data, splits, study_dir))
+
+    try:  # after the workers started: they import and load the data meanwhile
+        sim = _similarity(study_dir, spec, data, splits, cfg0, console) if similarity else None
+    except BaseException:
+        cells.close()
+        raise
+
+    pending = list(planned)
     with _progress(progress, console) as bar:
         task = bar.add_task("study", total=len(planned)) if bar else None
-        for cell in planned:
-            cfg = cell_config(spec, cell)
-            rcfg = resolve_config(cfg, data.modality)
-            n_train = _fraction_size(cell.fraction, splits, data.labels, spec.split_seed)
-            epochs = _planned_epochs(rcfg, n_train)
-            if budget is not None:
-                left = budget - spent_before - (time.perf_counter() - started)
-                est = cost.estimate(cell.strategy, n_train, epochs)
-                if est is not None and est > left:
-                    skipped.append({"cell": cell.key, "estimate_seconds": round(est, 1),
-                                    "left_seconds": round(max(0.0, left), 1)})
+        try:
+            while pending or cells.running():
+                while pending and cells.free():
+                    cell = pending.pop(0)
+                    cfg = cell_config(spec, cell)
+                    n_train = _fraction_size(cell.fraction, splits, data.labels, spec.split_seed)
+                    epochs = planned_epochs[cell.key] = _planned_epochs(resolve_config(cfg, data.modality), n_train)
+                    if budget is not None:
+                        left = budget - spent_before - (time.perf_counter() - started)
+                        est = cost.estimate(cell.strategy, n_train, epochs)
+                        if est is None and cells.running():  # no cost known yet: measure one cell first
+                            pending.insert(0, cell)
+                            break
+                        if est is not None and est > left:
+                            skipped.append({"cell": cell.key, "estimate_seconds": round(est, 1),
+                                            "left_seconds": round(max(0.0, left), 1)})
+                            if bar:
+                                bar.update(task, advance=1)
+                            continue
+                    cells.submit(Job(cell.key, cfg, study_dir / "runs" / cell.key))
+                    by_key[cell.key] = cell
+                if not cells.running():
+                    continue  # every cell left was skipped by the budget
+                if bar:
+                    bar.update(task, description=" + ".join(cells.running()))
+                for job, summary in cells.wait():
+                    if summary.get("status") != "complete":
+                        raise KeyboardInterrupt
+                    take(job, summary)
                     if bar:
                         bar.update(task, advance=1)
-                    continue
-            if bar:
-                bar.update(task, description=f"{cell.key} ({n_train} train)")
-            run_dir = study_dir / "runs" / cell.key
-            summary = read_summary(run_dir)  # finished but not yet recorded (killed in between)
-            if summary is None or summary.get("status") != "complete":
-                # Cells share frozen-layer activations (seeds, and strategies cut at the same layer) in
-                # memory and, across processes and restarts, through study_dir/cache.
-                with shared_dir(study_dir / "cache"):
-                    summary = train_run(cfg=cfg, out=run_dir, data=data, splits=splits, progress=False).summary
-                if summary.get("status") != "complete":
-                    raise KeyboardInterrupt
-            rec = _record(cell, summary, run_dir, epochs)
-            append_jsonl(results_path, rec)
-            records.append(rec)
-            cost.observe(cell.strategy, rec["n_train"], rec["train_seconds"], epochs)
-            _say(console, f"{cell.key:<28} test acc {rec['test_accuracy']:.4f}  F1 {rec['test_macro_f1']:.4f}  "
-                          f"{rec['train_seconds']:.0f}s  ({rec['epochs']} epochs)")
-            if on_cell_end is not None:
-                on_cell_end(rec)
-            if bar:
-                bar.update(task, advance=1)
+        except KeyboardInterrupt:
+            _finish_interrupted(cells, console, take)
+            raise
+        finally:
+            cells.close()
     if skipped:
         atomic_write_json(study_dir / "skipped.json", skipped)
         first = ", ".join(s["cell"] for s in skipped[:6])
@@ -202,6 +224,81 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
             raise AjusteError(f"--budget is too small for even one cell (the cheapest needs about {need:.0f}s); "
                               f"raise --budget")
     return StudyResult(study_dir, spec, records, skipped, sim, None, time.perf_counter() - t0)
+
+
+def _similarity(study_dir: Path, spec: StudySpec, data: Any, splits: dict, cfg0: RunConfig,
+                console: Any) -> dict[str, Any]:
+    """The domain-similarity measurement, once per study directory."""
+    from ajuste.strategies.base import resolve_config
+    from ajuste.study.similarity import measure_similarity
+
+    sim_path = study_dir / "similarity.json"
+    if sim_path.is_file():
+        return json.loads(sim_path.read_text())
+    _say(console, "measuring domain similarity (pretrained vs random features)...")
+    sim = measure_similarity(model=spec.model, data=data, splits=splits, cfg=resolve_config(cfg0, data.modality))
+    atomic_write_json(sim_path, sim)
+    _say(console, f"similarity {sim['similarity']}: probe accuracy {sim['pretrained']['probe_accuracy']:.3f} "
+                  f"pretrained vs {sim['random']['probe_accuracy']:.3f} random; LogME "
+                  f"{sim['pretrained']['logme']:.3f} vs {sim['random']['logme']:.3f} ({sim['seconds']}s)")
+    return sim
+
+
+def _train_cell(job: Job, data: Any, splits: dict, study_dir: Path, stop: Callable[[], bool] | None = None) -> dict:
+    """Train one cell (or pick up its summary if it finished before the study could record it)."""
+    from ajuste.train.cache import shared_dir
+    from ajuste.train.run import read_summary, train_run
+
+    summary = read_summary(job.run_dir)  # finished but not yet recorded (killed in between)
+    if summary is not None and summary.get("status") == "complete":
+        return summary
+
+    def on_epoch_end(rec: Any, result: Any) -> None:
+        if stop is not None and stop():  # a stop asked for before training began: end after this epoch
+            signal.raise_signal(signal.SIGINT)
+
+    # Cells share frozen-layer activations (seeds, and strategies cut at the same layer) in memory and,
+    # across processes and restarts, through study_dir/cache.
+    with shared_dir(Path(study_dir) / "cache"):
+        return train_run(cfg=job.cfg, out=job.run_dir, data=data, splits=splits, progress=False,
+                         on_epoch_end=on_epoch_end if stop is not None else None).summary
+
+
+def _cell_runner(init: dict[str, Any]) -> Callable[[Job, Callable[[], bool]], dict]:
+    """In a worker process: load the data once, then train the cells it is sent."""
+    from ajuste.train.run import prepare_data
+
+    spec = StudySpec.from_dict(init["spec"])
+    data, _ = prepare_data(base_config(spec), splits=init["splits"])
+    return lambda job, stop: _train_cell(job, data, init["splits"], init["study_dir"], stop)
+
+
+def _finish_interrupted(cells: Any, console: Any, take: Callable[[Job, dict], None]) -> None:
+    """Ctrl-C: each running cell finishes its epoch and checkpoints; cells that completed meanwhile are kept."""
+    if not cells.running():
+        return
+    _say(console, "stopping: the running cells finish their epoch and checkpoint (Ctrl-C again stops now)")
+    cells.interrupt()
+    try:
+        while cells.running():
+            for job, summary in cells.wait():
+                if summary.get("status") == "complete":
+                    take(job, summary)
+    except KeyboardInterrupt:
+        cells.interrupt()
+
+
+def longest_first(cells: list[Cell], spec: StudySpec, splits: dict, data: Any) -> list[Cell]:
+    """Largest expected cost first (cost rank × examples × planned epochs): with cells side by side the
+    study ends when its longest cell does, so that one starts at once."""
+    from ajuste.strategies.base import resolve_config
+
+    def cost(c: Cell) -> float:
+        n = _fraction_size(c.fraction, splits, data.labels, spec.split_seed)
+        epochs = _planned_epochs(resolve_config(cell_config(spec, c), data.modality), n)
+        return COST_RANK.get(c.strategy, 1.0) * n * epochs
+
+    return sorted(cells, key=cost, reverse=True)
 
 
 def _fraction_size(fraction: float, splits: dict, labels: np.ndarray, seed: int) -> int:

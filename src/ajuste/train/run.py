@@ -300,7 +300,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _write_run_files(run_dir: Path, cfg: RunConfig, data: Any, splits: dict, pre: Any, backbone: Any) -> None:
-    _check_writable(run_dir)
+    check_writable(run_dir)
     save_config(cfg, run_dir / "config.yaml")
     atomic_write_json(run_dir / "labels.json", list(data.classes))
     atomic_write_json(run_dir / "preprocessing.json", pre.to_dict())
@@ -345,7 +345,7 @@ def memory_error_message(exc: BaseException, *, batch_size: int | None) -> str |
     return None
 
 
-def _check_writable(run_dir: Path) -> None:
+def check_writable(run_dir: Path) -> None:
     """Create ``run_dir`` and prove a file can be written and synced there, before any epoch is spent."""
     probe = run_dir / ".write-test"
     try:
