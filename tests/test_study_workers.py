@@ -162,3 +162,35 @@ def test_ctrl_c_checkpoints_the_running_cells_a_kill_takes_the_workers_and_the_r
     for name, n in epochs_before.items():
         hist = read_jsonl(out / "runs" / name / "metrics.jsonl")
         assert [h["epoch"] for h in hist] == list(range(len(hist))) and len(hist) >= n
+
+
+def _sampling_runner(init):
+    """In a worker: a 'long' job samples its torch thread count for a while; a 'short' one ends at once."""
+    import torch
+
+    def run(job, stop):
+        seen, t0 = set(), time.monotonic()
+        while time.monotonic() - t0 < (4.0 if job.key == "long" else 0.3):
+            seen.add(torch.get_num_threads())
+            time.sleep(0.02)
+        return {"status": "complete", "threads": sorted(seen)}
+
+    return run
+
+
+def test_the_cores_of_an_idle_worker_go_to_the_cells_still_running(tmp_path):
+    from ajuste.config import RunConfig
+    from ajuste.study.workers import Job, WorkerCells
+
+    cells = WorkerCells(2, init={"make_runner": _sampling_runner}, threads=1)
+    try:
+        time.sleep(3)  # both workers ready (SIGUSR1 handled)
+        cells.submit(Job("long", RunConfig(), tmp_path / "long"))
+        cells.submit(Job("short", RunConfig(), tmp_path / "short"))
+        got = {}
+        while cells.running():
+            got.update({job.key: res for job, res in cells.wait()})
+    finally:
+        cells.close()
+    assert got["short"]["threads"] == [1]
+    assert got["long"]["threads"][0] == 1 and got["long"]["threads"][-1] >= 2  # 1 while both ran, then all

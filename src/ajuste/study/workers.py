@@ -9,7 +9,9 @@ loop (budget, records, resume) is written once.
 Workers are spawned (not forked: torch's OpenMP pool does not survive a fork), load the data once, train
 one cell at a time with ``threads`` intra-op threads, and die with the study process (``PR_SET_PDEATHSIG``
 on Linux, a watchdog elsewhere): a killed study never leaves a worker writing into a run directory that the
-re-run resumes. They live in their own process group, so a terminal's Ctrl-C reaches the study process
+re-run resumes. The cores are shared out among the busy workers (a worker whose share changes gets
+SIGUSR1 and sets its torch threads between two ops), so the last cells of a study use every core. They
+live in their own process group, so a terminal's Ctrl-C reaches the study process
 only, which passes one SIGINT to each busy worker: it finishes its epoch, checkpoints and reports the cell
 as interrupted (a second Ctrl-C stops it at once).
 """
@@ -107,12 +109,18 @@ class WorkerCells:
 
         ctx = mp.get_context("spawn")
         self.size = size
+        self.cores = max(threads * size, usable_cores())
         self._procs: list[Any] = []
         self._conns: list[Any] = []
         self._busy: dict[int, Job] = {}
-        for _ in range(size):
+        # threads each worker may use now: the cores are shared out among the busy ones, so the study's last
+        # cells do not run on one core each while the others idle
+        self._threads = ctx.Array("i", [threads] * size, lock=False)
+        self._ready = ctx.Array("b", size, lock=False)  # set once a worker handles SIGUSR1 (its default: exit)
+        for i in range(size):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=worker_main, args=(child, init, threads, os.getpid()), daemon=True)
+            p = ctx.Process(target=worker_main, args=(child, init, (self._threads, self._ready), i, os.getpid()),
+                            daemon=True)
             p.start()
             child.close()
             self._procs.append(p)
@@ -126,8 +134,21 @@ class WorkerCells:
 
     def submit(self, job: Job) -> None:
         i = next(i for i in range(self.size) if i not in self._busy)
-        self._conns[i].send(job)
         self._busy[i] = job
+        self._share_cores(starting=i)
+        self._conns[i].send(job)
+
+    def _share_cores(self, starting: int | None = None) -> None:
+        """Give each busy worker cores/busy threads; a running one whose share changed is told by SIGUSR1."""
+        share = max(1, self.cores // max(1, len(self._busy)))
+        for i in self._busy:
+            if self._threads[i] != share:
+                self._threads[i] = share
+                if i != starting and self._ready[i]:  # one not ready yet reads its share when its cell starts
+                    try:
+                        os.kill(self._procs[i].pid, signal.SIGUSR1)
+                    except ProcessLookupError:
+                        pass
 
     def wait(self) -> list[tuple[Job, dict]]:
         from multiprocessing.connection import wait
@@ -144,6 +165,7 @@ class WorkerCells:
                 code = self._procs[i].exitcode
                 raise AjusteError(f"the worker training cell {job.key} died (exit code {code}); its last "
                                   f"checkpoint is kept: re-run the same command to resume") from None
+            self._share_cores()
             if kind == "interrupted":
                 raise KeyboardInterrupt
             if kind == "error":
@@ -207,13 +229,22 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def worker_main(conn: Any, init: dict[str, Any], threads: int, parent_pid: int) -> None:
+def worker_main(conn: Any, init: dict[str, Any], shares: tuple[Any, Any], index: int, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     os.setpgrp()  # a terminal's Ctrl-C goes to the study process, which forwards one SIGINT per cell
     signal.signal(signal.SIGINT, _on_sigint)
     import torch
 
-    torch.set_num_threads(max(1, threads))
+    fixed = {"threads": False}
+
+    def take_share(*_: Any) -> None:  # between two torch calls: never inside an op
+        if not fixed["threads"]:
+            torch.set_num_threads(max(1, threads[index]))
+
+    threads, ready = shares
+    take_share()
+    signal.signal(signal.SIGUSR1, take_share)
+    ready[index] = 1
     run_cell = init["make_runner"](init)
     global _stop_requested
     while True:
@@ -224,6 +255,8 @@ def worker_main(conn: Any, init: dict[str, Any], threads: int, parent_pid: int) 
         if job is None:
             return
         _stop_requested = False
+        fixed["threads"] = bool(getattr(job.cfg.train, "threads", None))  # the user chose: leave it
+        take_share()
         try:
             conn.send(("ok", run_cell(job, lambda: _stop_requested)))
         except KeyboardInterrupt:
