@@ -46,20 +46,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def auto_workers(pending: int, *, cuda: bool | None = None) -> int:
     """One cell per core on a CPU, capped by the cells left and by memory; one on a GPU machine (cells
     would contend for one device)."""
+    from ajuste.data.pipeline import available_memory
+
     if cuda is None:
         import torch
 
@@ -67,7 +58,7 @@ def auto_workers(pending: int, *, cuda: bool | None = None) -> int:
     if cuda or pending < 2:
         return 1
     n = min(usable_cores(), pending)
-    mem = _available_memory()
+    mem = available_memory()
     if mem is not None:
         n = min(n, max(1, mem // CELL_MEMORY_GUESS))
     return max(1, n)
