@@ -173,3 +173,15 @@ def test_scratch_winning_on_small_data_does_not_contradict_itself():
     adv = recommend(recs)
     assert adv["winner"] == "scratch"
     assert "scratch matched the fine-tuned arms" in adv["reasons"][0]
+
+
+def test_a_resumed_budget_counts_the_studys_wall_time_from_spent_json(tmp_path):
+    # cells side by side overlap, so the study keeps its own wall time instead of summing the cells'
+    run_study(spec=_spec(strategies=["linear-probe"], fractions=[0.1]), study_dir=tmp_path, progress=False,
+              similarity=False)
+    spent = json.loads((tmp_path / "spent.json").read_text())["seconds"]
+    assert spent > 0
+    (tmp_path / "spent.json").write_text(json.dumps({"seconds": 7200.0}))  # as if two hours had gone by
+    res = run_study(spec=_spec(strategies=["linear-probe"], fractions=[0.1, 0.3], budget_seconds=3600),
+                    study_dir=tmp_path, progress=False, similarity=False)
+    assert [s["cell"] for s in res.skipped] == ["linear-probe-f0.3-s0"]

@@ -6,6 +6,7 @@ Study directory::
     splits.json       train/val/test indices shared by every cell (test never used for selection)
     similarity.json   domain-similarity measurement (pretrained vs random features)
     results.jsonl     one line per finished cell (appended, fsynced); finished cells are skipped on resume
+    spent.json        wall seconds the study has run so far (what a --budget counts on resume)
     runs/<cell>/      each cell's run directory (an unfinished one resumes from its checkpoint)
     cache/            frozen-layer activations shared by the cells (ajuste.train.cache; safe to delete)
     report.html, *.png, results.md, best_model/ (a copy of the winning run, usable by `ajuste predict`)
@@ -139,7 +140,10 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
     if done:
         _say(console, f"resuming: {len(done)} finished cells kept, {len(planned)} to run")
     budget = spec.budget_seconds
-    spent_before = sum(r.get("wall_seconds", 0.0) for r in records)
+    # Wall time of earlier runs of this study (cells side by side overlap: their wall seconds do not add up).
+    spent_path = study_dir / "spent.json"
+    spent_before = json.loads(spent_path.read_text())["seconds"] if spent_path.is_file() else \
+        sum(r.get("wall_seconds", 0.0) for r in records)
     skipped: list[dict[str, Any]] = []
     started = time.perf_counter()
     by_key: dict[str, Cell] = {}
@@ -150,6 +154,7 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
         rec = _record(cell, summary, job.run_dir, planned_epochs[cell.key])
         append_jsonl(results_path, rec)
         records.append(rec)
+        atomic_write_json(spent_path, {"seconds": round(spent_before + time.perf_counter() - started, 1)})
         cost.observe(cell.strategy, rec["n_train"], rec["train_seconds"], planned_epochs[cell.key])
         _say(console, f"{cell.key:<28} test acc {rec['test_accuracy']:.4f}  F1 {rec['test_macro_f1']:.4f}  "
                       f"{rec['train_seconds']:.0f}s  ({rec['epochs']} epochs)")
