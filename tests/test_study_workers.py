@@ -128,6 +128,17 @@ def _finish(out: Path) -> None:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_ctrl_c_checkpoints_the_running_cells_a_kill_takes_the_workers_and_the_rerun_completes(tmp_path):
     out = tmp_path / "study"
+    # 0. Ctrl-C while the workers still start up (the cells are sent, not begun): nothing runs to the end.
+    proc = _start(out)
+    deadline = time.monotonic() + 60
+    while len(_children(proc.pid)) < 3 and time.monotonic() < deadline:  # 2 workers + the resource tracker
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert not list(out.glob("runs/*/summary.json")), "a cell ran to the end after Ctrl-C"
+
     # 1. Ctrl-C (SIGINT to the study process): every running cell finishes its epoch and checkpoints.
     proc = _start(out)
     _wait_for_epochs(proc, out, 2)

@@ -257,9 +257,11 @@ def _train_cell(job: Job, data: Any, splits: dict, study_dir: Path, stop: Callab
     summary = read_summary(job.run_dir)  # finished but not yet recorded (killed in between)
     if summary is not None and summary.get("status") == "complete":
         return summary
+    if stop is not None and stop():  # Ctrl-C before the cell began
+        return {"status": "interrupted"}
 
     def on_epoch_end(rec: Any, result: Any) -> None:
-        if stop is not None and stop():  # a stop asked for before training began: end after this epoch
+        if stop is not None and stop():  # the study's Ctrl-C: the loop checkpoints and stops after this epoch
             signal.raise_signal(signal.SIGINT)
 
     # Cells share frozen-layer activations (seeds, and strategies cut at the same layer) in memory and,
@@ -282,15 +284,15 @@ def _finish_interrupted(cells: Any, console: Any, take: Callable[[Job, dict], No
     """Ctrl-C: each running cell finishes its epoch and checkpoints; cells that completed meanwhile are kept."""
     if not cells.running():
         return
-    _say(console, "stopping: the running cells finish their epoch and checkpoint (Ctrl-C again stops now)")
+    _say(console, "stopping: the running cells finish their epoch and checkpoint (Ctrl-C again: stop at once)")
     cells.interrupt()
     try:
         while cells.running():
             for job, summary in cells.wait():
                 if summary.get("status") == "complete":
                     take(job, summary)
-    except KeyboardInterrupt:
-        cells.interrupt()
+    except KeyboardInterrupt:  # the second Ctrl-C: the workers are killed on close (checkpoints stay)
+        pass
 
 
 def longest_first(cells: list[Cell], spec: StudySpec, splits: dict, data: Any) -> list[Cell]:

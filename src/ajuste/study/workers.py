@@ -11,9 +11,9 @@ one cell at a time with ``threads`` intra-op threads, and die with the study pro
 on Linux, a watchdog elsewhere): a killed study never leaves a worker writing into a run directory that the
 re-run resumes. The cores are shared out among the busy workers (a worker whose share changes gets
 SIGUSR1 and sets its torch threads between two ops), so the last cells of a study use every core. They
-live in their own process group, so a terminal's Ctrl-C reaches the study process
-only, which passes one SIGINT to each busy worker: it finishes its epoch, checkpoints and reports the cell
-as interrupted (a second Ctrl-C stops it at once).
+live in their own process group, so a terminal's Ctrl-C reaches the study process only, which sets a stop
+flag for each busy worker: its cell finishes the epoch, checkpoints and reports itself interrupted (a cell
+not yet begun does not start); a second Ctrl-C kills the workers (their last checkpoints stay).
 """
 
 from __future__ import annotations
@@ -108,10 +108,13 @@ class WorkerCells:
         # cells do not run on one core each while the others idle
         self._threads = ctx.Array("i", [threads] * size, lock=False)
         self._ready = ctx.Array("b", size, lock=False)  # set once a worker handles SIGUSR1 (its default: exit)
+        # set by the study on Ctrl-C, read by the worker after each epoch: a flag cannot be lost the way a
+        # signal can (one that arrives while the worker still starts up, before its cell begins)
+        self._stop = ctx.Array("b", size, lock=False)
         for i in range(size):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=worker_main, args=(child, init, (self._threads, self._ready), i, os.getpid()),
-                            daemon=True)
+            p = ctx.Process(target=worker_main, daemon=True,
+                            args=(child, init, (self._threads, self._ready, self._stop), i, os.getpid()))
             p.start()
             child.close()
             self._procs.append(p)
@@ -165,11 +168,9 @@ class WorkerCells:
         return out
 
     def interrupt(self) -> None:
+        """Each running cell stops after its current epoch, checkpointed; a cell not yet begun does not start."""
         for i in self._busy:
-            try:
-                os.kill(self._procs[i].pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
+            self._stop[i] = 1
 
     def close(self) -> None:
         for i, conn in enumerate(self._conns):
@@ -192,14 +193,6 @@ class WorkerCells:
 
 # ------------------------------------------------------------------------------------------ in the worker
 
-_stop_requested = False
-
-
-def _on_sigint(signum: int, frame: Any) -> None:
-    global _stop_requested
-    _stop_requested = True
-
-
 def _die_with_parent(parent_pid: int) -> None:
     try:
         import ctypes
@@ -220,10 +213,16 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def worker_main(conn: Any, init: dict[str, Any], shares: tuple[Any, Any], index: int, parent_pid: int) -> None:
+def worker_main(conn: Any, init: dict[str, Any], shares: tuple[Any, Any, Any], index: int,
+                parent_pid: int) -> None:
     _die_with_parent(parent_pid)
-    os.setpgrp()  # a terminal's Ctrl-C goes to the study process, which forwards one SIGINT per cell
-    signal.signal(signal.SIGINT, _on_sigint)
+    os.setpgrp()  # a terminal's Ctrl-C goes to the study process, which tells each busy worker to stop
+    threads, ready, stop = shares
+
+    def on_sigint(*_: Any) -> None:  # a SIGINT sent to the worker itself: the same as the study's stop
+        stop[index] = 1
+
+    signal.signal(signal.SIGINT, on_sigint)
     import torch
 
     fixed = {"threads": False}
@@ -232,12 +231,10 @@ def worker_main(conn: Any, init: dict[str, Any], shares: tuple[Any, Any], index:
         if not fixed["threads"]:
             torch.set_num_threads(max(1, threads[index]))
 
-    threads, ready = shares
     take_share()
     signal.signal(signal.SIGUSR1, take_share)
     ready[index] = 1
     run_cell = init["make_runner"](init)
-    global _stop_requested
     while True:
         try:
             job = conn.recv()
@@ -245,11 +242,10 @@ def worker_main(conn: Any, init: dict[str, Any], shares: tuple[Any, Any], index:
             return
         if job is None:
             return
-        _stop_requested = False
         fixed["threads"] = bool(getattr(job.cfg.train, "threads", None))  # the user chose: leave it
         take_share()
         try:
-            conn.send(("ok", run_cell(job, lambda: _stop_requested)))
+            conn.send(("ok", run_cell(job, lambda: bool(stop[index]))))
         except KeyboardInterrupt:
             conn.send(("interrupted", None))
         except BaseException as exc:  # noqa: BLE001 — every failure goes back to the study process
