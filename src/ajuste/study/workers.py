@@ -1,10 +1,10 @@
 """Where a study's cells train: in this process one after the other, or in worker processes side by side.
 
-On a CPU, one EfficientNet-Lite0 cell at 48 px trains 1.09× faster on 2 threads than on 1 (2-core AVX2
-machine, scratch on digits): the per-layer work is too small to split. Two cells with one thread each
-barely slow each other (65.7 and 67.4 s vs 66.5 s alone), so a study on 2 cores finishes its cells nearly
-twice as fast side by side. Both executors have the same two calls, ``submit`` and ``wait``, so the study
-loop (budget, records, resume) is written once.
+On a CPU, one EfficientNet-Lite0 cell at 48 px trains only 1.26× faster on 2 threads than on 1 (2-core
+AVX2 machine, scratch on digits: 13.1 vs 16.5 s per epoch): the per-layer work is too small to split. Two
+cells with one thread each barely slow each other (16–17 s per epoch each), so `ajuste compare digits` took
+7 min 28 s side by side against 11 min 5 s one cell at a time. Both executors have the same calls
+(``submit``, ``wait``, ``interrupt``, ``close``), so the study loop (budget, records, resume) is written once.
 
 Workers are spawned (not forked: torch's OpenMP pool does not survive a fork), load the data once, train
 one cell at a time with ``threads`` intra-op threads, and die with the study process (``PR_SET_PDEATHSIG``
