@@ -274,14 +274,15 @@ def test_which_phases_cut_where(strategy, cut_group, tiny_timm):
 
 
 def test_study_cells_share_activations_through_the_study_dir(tmp_path):
-    """linear-probe and the head phase of two-stage cut at the same place (same seed: same weights)."""
+    """linear-probe and the head phase of two-stage cut at the same place (same seed: same weights). One cell
+    after the other in this process (workers=1), so the registry's counts are this process's."""
     from ajuste.study.runner import run_study
     from ajuste.study.spec import StudySpec
 
     sets = [f"{k}={v}" for k, v in TINY.items()] + ["train.epochs=2", "strategy.head_epochs=2"]
     spec = StudySpec(source="digits", model="timm/test_efficientnet", strategies=["linear-probe", "two-stage"],
                      fractions=[0.2], seeds=1, sets=sets)
-    run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False)
+    run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False, workers=1)
     stats = dict(cache.REGISTRY.stats)
     assert stats["builds"] == 2 and stats["hits"] == 2  # (train, val) built by one cell, read by the other
     assert len(list((tmp_path / "cache").glob("*.acts"))) == 2
