@@ -104,7 +104,7 @@ def test_compare_report_in_chromium(tmp_path, browser):
 
     spec = StudySpec(source="digits", model="timm/test_efficientnet", strategies=["linear-probe", "scratch"],
                      fractions=[0.1, 0.3], seeds=1, sets=list(TINY))
-    run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False)
+    run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False, workers=1)
     advice = build_report(tmp_path, export=False)
     html = (tmp_path / "report.html").read_text()
     assert_self_contained(html)

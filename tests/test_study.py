@@ -39,7 +39,8 @@ def test_kill_mid_study_then_resume_skips_finished_cells(tmp_path):
             raise Boom
 
     with pytest.raises(Boom):
-        run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False, on_cell_end=die_after_two)
+        run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False, on_cell_end=die_after_two,
+                  workers=1)
     first = read_jsonl(tmp_path / "results.jsonl")
     assert [r["cell"] for r in first] == seen
 
@@ -69,10 +70,10 @@ def test_nested_fractions_and_cheapest_first_order(tmp_path):
 
 def test_refuses_to_mix_another_dataset_or_config(tmp_path):
     run_study(spec=_spec(strategies=["linear-probe"], fractions=[0.1]), study_dir=tmp_path, progress=False,
-              similarity=False)
+              similarity=False, workers=1)
     with pytest.raises(AjusteError, match="data.image_size=32"):
         run_study(spec=_spec(strategies=["linear-probe"], fractions=[0.1], sets=TINY[1:] + ["data.image_size=48"]),
-                  study_dir=tmp_path, progress=False, similarity=False)
+                  study_dir=tmp_path, progress=False, similarity=False, workers=1)
 
 
 @pytest.mark.parametrize("fractions", [[0.0], [1.5], [-0.1]])
@@ -82,7 +83,8 @@ def test_fractions_outside_unit_interval_are_refused(fractions):
 
 
 def test_budget_too_small_for_one_cell_says_the_minimum(tmp_path):
-    # The first (cheapest) cell always runs; a budget of 0.01 s then skips the rest and says so.
+    # The first (cheapest) cell always runs (with workers: alone, to measure it); a budget of 0.01 s then
+    # skips the rest and says so.
     res = run_study(spec=_spec(budget_seconds=0.01), study_dir=tmp_path, progress=False, similarity=False)
     assert len(res.records) == 1 and res.skipped
     assert json.loads((tmp_path / "skipped.json").read_text())
@@ -133,7 +135,7 @@ def test_report_has_recommendation_first_and_all_plots(tmp_path):
     from ajuste.report.html import build_report
 
     spec = _spec(strategies=["linear-probe", "full", "scratch"], fractions=[0.2, 1.0])
-    run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False)
+    run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False, workers=1)
     advice = build_report(tmp_path)
     html = (tmp_path / "report.html").read_text()
     assert html.index("Recommendation") < html.index("Data efficiency") < html.index("Results per fraction")
@@ -178,10 +180,10 @@ def test_scratch_winning_on_small_data_does_not_contradict_itself():
 def test_a_resumed_budget_counts_the_studys_wall_time_from_spent_json(tmp_path):
     # cells side by side overlap, so the study keeps its own wall time instead of summing the cells'
     run_study(spec=_spec(strategies=["linear-probe"], fractions=[0.1]), study_dir=tmp_path, progress=False,
-              similarity=False)
+              similarity=False, workers=1)
     spent = json.loads((tmp_path / "spent.json").read_text())["seconds"]
     assert spent > 0
     (tmp_path / "spent.json").write_text(json.dumps({"seconds": 7200.0}))  # as if two hours had gone by
     res = run_study(spec=_spec(strategies=["linear-probe"], fractions=[0.1, 0.3], budget_seconds=3600),
-                    study_dir=tmp_path, progress=False, similarity=False)
+                    study_dir=tmp_path, progress=False, similarity=False, workers=1)
     assert [s["cell"] for s in res.skipped] == ["linear-probe-f0.3-s0"]
