@@ -101,7 +101,6 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
               workers: int | None = None) -> StudyResult:
     """``workers``: cells trained at once in worker processes (None or 0: one per core on a CPU, see
     ajuste.study.workers; 1: one after the other in this process)."""
-    from ajuste.strategies.base import resolve_config
     from ajuste.train.run import check_writable, prepare_data
 
     t0 = time.perf_counter()
@@ -147,7 +146,9 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
     skipped: list[dict[str, Any]] = []
     started = time.perf_counter()
     by_key: dict[str, Cell] = {}
-    planned_epochs: dict[str, int] = {}
+    # (training examples, planned epochs) of each cell to run: read by the ordering, the budget and the records.
+    sizes = {c.key: _cell_size(spec, c, splits, data) for c in planned}
+    planned_epochs = {k: e for k, (_, e) in sizes.items()}
 
     def take(job: Job, summary: dict[str, Any]) -> None:
         cell = by_key[job.key]
@@ -165,7 +166,7 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
         workers = auto_workers(len(planned))
     workers = max(1, min(workers, len(planned)))
     if workers > 1 and budget is None:
-        planned = longest_first(planned, spec, splits, data)  # no budget to protect: finish soonest
+        planned = longest_first(planned, sizes)  # no budget to protect: finish soonest
     if workers > 1 and planned:
         threads = max(1, usable_cores() // workers)
         _say(console, f"{workers} cells at a time, {threads} thread(s) each")
@@ -188,8 +189,7 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
                 while pending and cells.free():
                     cell = pending.pop(0)
                     cfg = cell_config(spec, cell)
-                    n_train = _fraction_size(cell.fraction, splits, data.labels, spec.split_seed)
-                    epochs = planned_epochs[cell.key] = _planned_epochs(resolve_config(cfg, data.modality), n_train)
+                    n_train, epochs = sizes[cell.key]
                     if budget is not None:
                         left = budget - spent_before - (time.perf_counter() - started)
                         est = cost.estimate(cell.strategy, n_train, epochs)
@@ -295,17 +295,22 @@ def _finish_interrupted(cells: Any, console: Any, take: Callable[[Job, dict], No
         pass
 
 
-def longest_first(cells: list[Cell], spec: StudySpec, splits: dict, data: Any) -> list[Cell]:
+def longest_first(cells: list[Cell], sizes: dict[str, tuple[int, int]]) -> list[Cell]:
     """Largest expected cost first (cost rank × examples × planned epochs): with cells side by side the
     study ends when its longest cell does, so that one starts at once."""
-    from ajuste.strategies.base import resolve_config
-
     def cost(c: Cell) -> float:
-        n = _fraction_size(c.fraction, splits, data.labels, spec.split_seed)
-        epochs = _planned_epochs(resolve_config(cell_config(spec, c), data.modality), n)
+        n, epochs = sizes[c.key]
         return COST_RANK.get(c.strategy, 1.0) * n * epochs
 
     return sorted(cells, key=cost, reverse=True)
+
+
+def _cell_size(spec: StudySpec, cell: Cell, splits: dict, data: Any) -> tuple[int, int]:
+    """(training examples, planned epochs) of one cell."""
+    from ajuste.strategies.base import resolve_config
+
+    n = _fraction_size(cell.fraction, splits, data.labels, spec.split_seed)
+    return n, _planned_epochs(resolve_config(cell_config(spec, cell), data.modality), n)
 
 
 def _fraction_size(fraction: float, splits: dict, labels: np.ndarray, seed: int) -> int:
