@@ -208,3 +208,85 @@ def test_fused_adamw_makes_the_same_steps_and_can_be_switched_off():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(nets[0].weight, start)  # the steps did something
     opts[1].load_state_dict(opts[0].state_dict())  # a checkpoint resumes across the switch
+
+
+def _loss_and_grads(bb: Backbone, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    bb.zero_grad(set_to_none=True)
+    torch.manual_seed(0)  # the same dropout masks on both sides
+    loss = nn.functional.cross_entropy(bb(x), y)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in bb.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_training_through_frozen_batchnorm_folds_it_with_the_same_loss_and_gradients(tiny_timm, channels_last):
+    from ajuste.train.frozen_bn import folded_frozen_batchnorm
+
+    _randomise_bn(tiny_timm)
+    tiny_timm.set_trainable(None, freeze_bn_stats=True)  # fine-tuning: every BN in eval mode, γ/β train
+    tiny_timm.train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    tiny_timm.to(memory_format=fmt)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3)).contiguous(memory_format=fmt)
+    y = torch.tensor([0, 1, 2, 1])
+    keys = list(tiny_timm.state_dict())
+    want_loss, want = _loss_and_grads(tiny_timm, x, y)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in tiny_timm.modules())
+    with folded_frozen_batchnorm(tiny_timm.net, torch.randn(2, 3, 32, 32)) as n:
+        assert n == n_bn  # every norm of this net follows a convolution
+        got_loss, got = _loss_and_grads(tiny_timm, x, y)
+        assert any(type(m).__name__.startswith("Folded") for m in tiny_timm.modules())
+        assert list(tiny_timm.state_dict()) == keys  # a checkpoint taken meanwhile is the same file
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-4, atol=1e-5)
+    assert set(got) == set(want) and any("bn" in k for k in got)  # γ/β still get their gradients
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-3, atol=1e-5, msg=k)
+    assert not any(type(m).__name__.startswith("Folded") for m in tiny_timm.modules())  # classes restored
+
+
+def test_batchnorm_that_trains_is_not_folded(tiny_timm):
+    """Scratch / model.bn=train: the norms learn their statistics, so the forward stays the norm's own."""
+    from ajuste.train.frozen_bn import folded_frozen_batchnorm
+
+    tiny_timm.set_trainable(None)
+    tiny_timm.train()
+    bn = next(m for m in tiny_timm.modules() if isinstance(m, nn.BatchNorm2d))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with folded_frozen_batchnorm(tiny_timm.net, torch.randn(2, 3, 32, 32)) as n:
+        assert n > 0
+        before = bn.running_mean.clone()
+        out = tiny_timm(x)
+        assert not torch.equal(bn.running_mean, before)  # statistics updated: the norm ran
+        tiny_timm.eval()  # validation inside the same fit: folded, equal to the norm's eval output
+        with torch.no_grad():
+            folded_eval = tiny_timm(x)
+    with torch.no_grad():
+        torch.testing.assert_close(folded_eval, tiny_timm(x), rtol=1e-4, atol=1e-5)
+    assert out.shape == (4, 3)
+
+
+def test_folding_on_the_fly_that_would_change_outputs_is_refused():
+    from ajuste.train.frozen_bn import folded_frozen_batchnorm
+
+    net = _SharedConv()
+    _randomise_bn(net)
+    with folded_frozen_batchnorm(net, torch.randn(2, 3, 8, 8)) as n:
+        assert n == 0
+        assert type(net.conv) is nn.Conv2d and type(net.bn) is nn.BatchNorm2d
+
+
+def test_a_copy_made_while_folding_folds_for_good(tiny_timm):
+    """The activation cache copies the model during fit: the copy must not fold twice."""
+    from ajuste.train.frozen_bn import folded_frozen_batchnorm
+
+    _randomise_bn(tiny_timm)
+    tiny_timm.eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = tiny_timm.features(x)
+    with folded_frozen_batchnorm(tiny_timm.net, torch.randn(2, 3, 32, 32)):
+        twin = tiny_timm.inference_copy(torch.randn(2, 3, 32, 32))
+    assert twin is not tiny_timm
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in twin.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(twin.features(x), want, rtol=1e-4, atol=1e-5)

@@ -157,9 +157,11 @@ class TrainConfig:
                                 "cached: the frozen layers then run every epoch", default=8.0)
     cache_dtype: str = _help("Storage type of cached activations: bf16 (half of fp32's memory; storage only, "
                              "compute stays fp32 without native bf16) | fp16 | fp32", default="bf16")
-    fold_bn: bool = _help("Frozen forward-only passes (filling the activation cache) run a copy of the model with "
-                          "each BatchNorm folded into the convolution before it (same outputs to ~1e-5, ~1.5x "
-                          "faster for EfficientNet-Lite0 on CPU); false: the model as it is", default=True)
+    fold_bn: bool = _help("Frozen BatchNorm is folded into the convolution before it: forward-only passes "
+                          "(filling the activation cache) run a folded copy (same outputs to ~1e-5, ~1.5x faster "
+                          "for EfficientNet-Lite0 on CPU), training folds on the fly while the statistics are "
+                          "frozen (same gradients; no pass over the activations); false: the model as it is",
+                          default=True)
     small_depthwise: bool = _help("Training convnets: depthwise convolutions over feature maps of at most 4x4 run as "
                                   "a dense per-channel product (exact; oneDNN's backward pass there was half of an "
                                   "EfficientNet-Lite0 step at 48 px); false: torch's convolution", default=True)

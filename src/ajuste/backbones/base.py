@@ -219,7 +219,10 @@ class Backbone(nn.Module):
             return self
         import copy
 
+        from ajuste.train.frozen_bn import unfold
+
         twin = copy.deepcopy(self).eval()
+        unfold(twin)  # a copy made while training folds on the fly: fold it for good instead
         if not fold_batchnorms(twin.net, probe):
             return self
         with torch.no_grad():
@@ -308,39 +311,16 @@ class _ActOnly(nn.Module):
 
 @torch.no_grad()
 def fold_batchnorms(net: nn.Module, probe: Any) -> int:
-    """Fold eval-mode BatchNorm2d into the Conv2d whose output it directly normalises; returns how many.
+    """Fold eval-mode BatchNorm2d into the Conv2d whose output it directly normalises, for good; returns
+    how many. Pairs as in ``ajuste.train.frozen_bn.find_pairs`` (the caller compares outputs before
+    trusting the result); each norm is replaced by what follows it (nothing, or timm's dropout+activation)."""
+    from ajuste.train.frozen_bn import find_pairs
 
-    Pairs are found by tracing ``probe`` through ``net``: a BatchNorm whose input is the very tensor a
-    convolution returned. (A convolution whose output is also used elsewhere would be changed for that
-    use too; the caller compares outputs before trusting the result.) Only plain BatchNorm2d and timm's
-    BatchNormAct2d (norm, then dropout and activation) are replaced."""
-    convs: dict[int, nn.Conv2d] = {}
-    pairs: list[tuple[nn.Conv2d, nn.Module]] = []
-    handles = []
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(lambda mod, args, out: convs.__setitem__(id(out), mod)))
-        elif isinstance(m, nn.BatchNorm2d) and m.track_running_stats and (
-                type(m) is nn.BatchNorm2d or type(m).__name__ == "BatchNormAct2d"):
-            handles.append(m.register_forward_pre_hook(
-                lambda mod, args: pairs.append((convs[id(args[0])], mod)) if id(args[0]) in convs else None))
-    net.eval()
-    try:
-        if isinstance(probe, dict):
-            net(**probe)
-        else:
-            net.forward_features(probe) if hasattr(net, "forward_features") else net(probe)
-    finally:
-        for h in handles:
-            h.remove()
-    seen_conv, seen_bn = set(), set()
     parents = {id(child): (parent, name) for parent in net.modules() for name, child in parent.named_children()}
     folded = 0
-    for conv, bn in pairs:
-        if id(conv) in seen_conv or id(bn) in seen_bn or id(bn) not in parents:
+    for conv, bn in find_pairs(net, probe):
+        if id(bn) not in parents:
             continue
-        seen_conv.add(id(conv))
-        seen_bn.add(id(bn))
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
             1.0 / torch.sqrt(bn.running_var + bn.eps)
         shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale

@@ -32,6 +32,7 @@ from ajuste.strategies.base import Phase, Strategy
 from ajuste.train.distributed import World, any_worker, sync_gradients, sync_module, world
 from ajuste.train.param_groups import build_param_groups, make_optimizer
 from ajuste.train.schedules import lr_multiplier
+from ajuste.train.frozen_bn import folded_frozen_batchnorm
 from ajuste.train.small_depthwise import small_map_depthwise
 
 
@@ -304,7 +305,9 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
     else:
         torch.set_num_threads(cfg.train.threads or max(1, torch.get_num_threads()))
     small_maps = cfg.train.small_depthwise and backbone.is_convnet
-    with flushed_denormals(), small_map_depthwise(backbone, enabled=small_maps):
+    fold = cfg.train.fold_bn and backbone.is_convnet and pipeline.pre.modality == "image"
+    with flushed_denormals(), small_map_depthwise(backbone, enabled=small_maps), \
+            folded_frozen_batchnorm(backbone.net, _image_probe(pipeline) if fold else None, enabled=fold):
         return _fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
                     progress=progress, console=console, on_epoch_end=on_epoch_end, w=w)
 
@@ -620,9 +623,13 @@ def _frozen_runner(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, *, ch
     the convolutions (checked on a random probe batch against the model itself; see inference_copy)."""
     if not cfg.train.fold_bn or backbone.modality != "image":
         return backbone
+    return backbone.inference_copy(to_device_batch(_image_probe(pipeline), channels_last=channels_last))
+
+
+def _image_probe(pipeline: Pipeline) -> torch.Tensor:
+    """Two random images at the pipeline's input size: the batch that BatchNorm folding is checked on."""
     size = pipeline.pre.image_size
-    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    return backbone.inference_copy(to_device_batch(probe, channels_last=channels_last))
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
 class _Rows(torch.utils.data.Dataset):
