@@ -290,3 +290,31 @@ def test_a_copy_made_while_folding_folds_for_good(tiny_timm):
     assert not any(isinstance(m, nn.BatchNorm2d) for m in twin.modules())
     with torch.no_grad():
         torch.testing.assert_close(twin.features(x), want, rtol=1e-4, atol=1e-5)
+
+
+class _InPlaceAdapter(nn.Module):
+    """conv, then an adapter delta added in place (zero when the probe runs, as a fresh LoRA's is), then BN:
+    folding the norm into the conv alone would leave the trained delta un-normalised."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.delta = nn.Conv2d(3, 3, 1)
+        nn.init.zeros_(self.delta.weight)
+        nn.init.zeros_(self.delta.bias)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y += self.delta(x)
+        return self.bn(y)
+
+
+def test_an_output_changed_in_place_before_the_norm_is_not_folded():
+    from ajuste.train.frozen_bn import find_pairs, folded_frozen_batchnorm
+
+    net = _InPlaceAdapter()
+    _randomise_bn(net)
+    assert find_pairs(net, torch.randn(2, 3, 8, 8)) == []
+    with folded_frozen_batchnorm(net, torch.randn(2, 3, 8, 8)) as n:
+        assert n == 0

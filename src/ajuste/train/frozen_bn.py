@@ -85,26 +85,35 @@ def find_pairs(net: nn.Module, probe: Any) -> list[tuple[nn.Conv2d, nn.BatchNorm
     traced on ``probe`` in eval mode; each module in at most one pair. Only plain BatchNorm2d and timm's
     BatchNormAct2d (norm, then dropout and activation) qualify. A convolution whose output is also used
     elsewhere would be folded for that use too: callers compare outputs before trusting the pairs."""
-    convs: dict[int, nn.Conv2d] = {}
+    # id of each convolution's output -> (conv, the output itself, its version). Holding the tensor keeps its
+    # id from being reused by a later one; the version counter tells an output changed in place before the
+    # norm saw it (an adapter adding its delta with `+=`), which must not be folded.
+    convs: dict[int, tuple[nn.Conv2d, torch.Tensor, int]] = {}
     pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
+
+    def conv_out(mod: nn.Module, args: Any, out: torch.Tensor) -> None:
+        convs[id(out)] = (mod, out, out._version)
+
+    def norm_in(mod: nn.Module, args: Any) -> None:
+        hit = convs.get(id(args[0]))
+        if hit is not None and hit[1] is args[0] and hit[2] == args[0]._version:
+            pairs.append((hit[0], mod))
+
     handles = []
     for m in net.modules():
         cls = base_class(m)
         if issubclass(cls, nn.Conv2d):
-            handles.append(m.register_forward_hook(lambda mod, args, out: convs.__setitem__(id(out), mod)))
+            handles.append(m.register_forward_hook(conv_out))
         elif issubclass(cls, nn.BatchNorm2d) and m.track_running_stats and (
                 cls is nn.BatchNorm2d or cls.__name__ == "BatchNormAct2d"):
-            handles.append(m.register_forward_pre_hook(
-                lambda mod, args: pairs.append((convs[id(args[0])], mod)) if id(args[0]) in convs else None))
+            handles.append(m.register_forward_pre_hook(norm_in))
     try:
-        with _eval_mode(net), torch.no_grad():
-            if isinstance(probe, dict):
-                net(**probe)
-            else:
-                net.forward_features(probe) if hasattr(net, "forward_features") else net(probe)
+        with _eval_mode(net):
+            _outputs(net, probe)
     finally:
         for h in handles:
             h.remove()
+        convs.clear()
     out, seen = [], set()
     for conv, bn in pairs:
         if id(conv) in seen or id(bn) in seen:
@@ -135,8 +144,11 @@ def _eval_mode(net: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _outputs(net: nn.Module, probe: Any) -> torch.Tensor:
+def _outputs(net: nn.Module, probe: Any) -> Any:
+    """The features of ``probe`` (an image batch, or a dict of model inputs), without gradients."""
     with torch.no_grad():
+        if isinstance(probe, dict):
+            return net(**probe)
         return net.forward_features(probe) if hasattr(net, "forward_features") else net(probe)
 
 
