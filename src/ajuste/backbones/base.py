@@ -314,16 +314,14 @@ def fold_batchnorms(net: nn.Module, probe: Any) -> int:
     """Fold eval-mode BatchNorm2d into the Conv2d whose output it directly normalises, for good; returns
     how many. Pairs as in ``ajuste.train.frozen_bn.find_pairs`` (the caller compares outputs before
     trusting the result); each norm is replaced by what follows it (nothing, or timm's dropout+activation)."""
-    from ajuste.train.frozen_bn import find_pairs
+    from ajuste.train.frozen_bn import find_pairs, scale_shift
 
     parents = {id(child): (parent, name) for parent in net.modules() for name, child in parent.named_children()}
     folded = 0
     for conv, bn in find_pairs(net, probe):
         if id(bn) not in parents:
             continue
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
-            1.0 / torch.sqrt(bn.running_var + bn.eps)
-        shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
+        scale, shift = scale_shift(bn)
         conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.ndim - 1))))
         bias = conv.bias * scale + shift if conv.bias is not None else shift
         conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)

@@ -38,7 +38,8 @@ def _subclass(cls: type, role: str) -> type:
     return _SUBCLASSES[key]
 
 
-def _scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+def scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, t) of an eval-mode BatchNorm written as ``x·s + t`` per channel."""
     inv = torch.rsqrt(bn.running_var + bn.eps)
     if bn.affine:
         scale = bn.weight * inv
@@ -54,7 +55,7 @@ class _ConvFold:
         base = type(self)._ajuste_base
         if bn.training:
             return base.forward(self, x)
-        scale, shift = _scale_shift(bn)
+        scale, shift = scale_shift(bn)
         weight = self.weight * scale.view(-1, *([1] * (self.weight.ndim - 1)))  # (Cout, Cin/g, kh, kw)
         bias = shift if self.bias is None else self.bias * scale + shift
         params = self._parameters

@@ -30,9 +30,9 @@ from ajuste.errors import TrainingDiverged
 from ajuste.io import append_jsonl, atomic_save_safetensors, atomic_torch_save, atomic_write_json, read_jsonl
 from ajuste.strategies.base import Phase, Strategy
 from ajuste.train.distributed import World, any_worker, sync_gradients, sync_module, world
+from ajuste.train.frozen_bn import folded_frozen_batchnorm
 from ajuste.train.param_groups import build_param_groups, make_optimizer
 from ajuste.train.schedules import lr_multiplier
-from ajuste.train.frozen_bn import folded_frozen_batchnorm
 from ajuste.train.small_depthwise import small_map_depthwise
 
 
