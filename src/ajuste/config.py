@@ -87,7 +87,8 @@ class StrategyConfig:
     name: str = _help("Fine-tuning strategy (see `ajuste strategies`)", default="two-stage")
     unfreeze: int = _help("partial: number of top layer groups to train (besides the head)", default=2)
     head_epochs: int = _help("two-stage/gradual: max epochs of the head-only phase", default=15)
-    stage2_lr_factor: float = _help("two-stage: LR of the end-to-end phase = optim.lr × this", default=0.1)
+    stage2_lr_factor: float = _help("two-stage: LR of the end-to-end phase = the head's LR "
+                                    "(optim.lr × optim.head_lr_mult) × this", default=0.1)
     gradual_every: int = _help("gradual: epochs between unfreezing one more group", default=1)
 
     def __post_init__(self) -> None:
