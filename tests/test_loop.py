@@ -167,13 +167,14 @@ def test_monitor_val_accuracy_keeps_the_most_accurate_epoch_and_breaks_ties_by_l
     assert _improved("val_accuracy", 9.0, 0.0, _State())  # the first epoch is always the best so far
 
 
-def test_scratch_monitors_accuracy_fine_tuning_monitors_loss():
+def test_text_and_scratch_monitor_accuracy_pretrained_images_monitor_loss():
     from ajuste.config import RunConfig
     from ajuste.strategies.base import resolve_config
 
     base = RunConfig.from_dict({})
     for strategy, modality, expected in (("scratch", "image", "val_accuracy"), ("scratch", "text", "val_accuracy"),
-                                         ("two-stage", "image", "val_loss"), ("lora", "text", "val_loss")):
+                                         ("two-stage", "image", "val_loss"), ("partial", "image", "val_loss"),
+                                         ("two-stage", "text", "val_accuracy"), ("lora", "text", "val_accuracy")):
         cfg = base.override({"strategy.name": strategy})
         assert resolve_config(cfg, modality).train.monitor == expected
     assert resolve_config(base.override({"strategy.name": "scratch", "train.monitor": "val_loss"}),

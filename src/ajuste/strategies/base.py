@@ -84,9 +84,11 @@ _MODALITY_DEFAULTS: dict[str, dict[str, Any]] = {
     "image": {"optim.lr": 1e-4, "optim.head_lr_mult": 10.0, "optim.weight_decay": 0.01, "train.epochs": 12,
               "optim.label_smoothing": 0.0, "model.dropout": 0.1, "optim.layer_decay": 1.0, "data.augment": "light", "model.bn": "frozen",
               "train.monitor": "val_loss"},
+    # Text keeps its most accurate epoch: on sst2 (872 validation sentences) the val loss was lowest at the
+    # first end-to-end epoch while the accuracy still climbed over the three (docs/results.md).
     "text": {"optim.lr": 5e-5, "optim.head_lr_mult": 10.0, "optim.weight_decay": 0.01, "train.epochs": 3,
              "optim.label_smoothing": 0.0, "model.dropout": 0.1, "optim.layer_decay": 1.0, "data.augment": "none", "model.bn": "frozen",
-             "train.monitor": "val_loss"},
+             "train.monitor": "val_accuracy"},
 }
 
 
