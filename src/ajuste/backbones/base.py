@@ -314,16 +314,15 @@ def fold_batchnorms(net: nn.Module, probe: Any) -> int:
     """Fold eval-mode BatchNorm2d into the Conv2d whose output it directly normalises, for good; returns
     how many. Pairs as in ``ajuste.train.frozen_bn.find_pairs`` (the caller compares outputs before
     trusting the result); each norm is replaced by what follows it (nothing, or timm's dropout+activation)."""
-    from ajuste.train.frozen_bn import find_pairs, scale_shift
+    from ajuste.train.frozen_bn import find_pairs, folded_conv
 
     parents = {id(child): (parent, name) for parent in net.modules() for name, child in parent.named_children()}
     folded = 0
     for conv, bn in find_pairs(net, probe):
         if id(bn) not in parents:
             continue
-        scale, shift = scale_shift(bn)
-        conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.ndim - 1))))
-        bias = conv.bias * scale + shift if conv.bias is not None else shift
+        weight, bias = folded_conv(conv, bn)
+        conv.weight.copy_(weight)
         conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         parent, name = parents[id(bn)]
         replacement = nn.Identity() if type(bn) is nn.BatchNorm2d else _ActOnly(bn.drop, bn.act)

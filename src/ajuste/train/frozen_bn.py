@@ -38,13 +38,17 @@ def _subclass(cls: type, role: str) -> type:
     return _SUBCLASSES[key]
 
 
-def scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s, t) of an eval-mode BatchNorm written as ``x·s + t`` per channel."""
+def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``conv`` with the eval-mode ``bn`` after it folded in: the norm is ``x·s + t``
+    per channel, so W·s (per output channel) and b·s + t (t alone without a conv bias)."""
     inv = torch.rsqrt(bn.running_var + bn.eps)
     if bn.affine:
         scale = bn.weight * inv
-        return scale, bn.bias - bn.running_mean * scale
-    return inv, -bn.running_mean * inv
+        shift = bn.bias - bn.running_mean * scale
+    else:
+        scale, shift = inv, -bn.running_mean * inv
+    weight = conv.weight * scale.view(-1, *([1] * (conv.weight.ndim - 1)))  # (Cout, Cin/g, kh, kw)
+    return weight, shift if conv.bias is None else conv.bias * scale + shift
 
 
 class _ConvFold:
@@ -55,9 +59,7 @@ class _ConvFold:
         base = type(self)._ajuste_base
         if bn.training:
             return base.forward(self, x)
-        scale, shift = scale_shift(bn)
-        weight = self.weight * scale.view(-1, *([1] * (self.weight.ndim - 1)))  # (Cout, Cin/g, kh, kw)
-        bias = shift if self.bias is None else self.bias * scale + shift
+        weight, bias = folded_conv(self, bn)
         params = self._parameters
         saved = params["weight"], params["bias"]
         # The class's forward reads self.weight/self.bias (timm's Conv2dSame pads first, the small-map
