@@ -10,7 +10,8 @@ from ajuste.config import RunConfig
 from ajuste.strategies.base import get_strategy, list_strategies, resolve_config
 from ajuste.train.param_groups import build_param_groups
 
-STRATEGIES = ["linear-probe", "partial", "full", "two-stage", "gradual", "discriminative", "scratch"]
+STRATEGIES = ["linear-probe", "partial", "full", "two-stage", "gradual", "discriminative", "scratch",
+              "scratch-compact"]
 MODELS = ["tiny_timm", "tiny_text"]
 
 

@@ -21,33 +21,40 @@ def _strip(name: str, prefixes: tuple[str, ...]) -> str | None:
 
 
 def create_backbone(name: str, *, num_classes: int, pretrained: bool = True, dropout: float = 0.0,
-                    pooling: str = "auto") -> Backbone:
+                    pooling: str = "auto", compact: bool = False) -> Backbone:
     """Build a backbone with a fresh ``num_classes`` head.
 
     Names: a zoo entry (``ajuste models``), ``timm/<arch>`` or a bare timm architecture, a local
     Hugging Face folder, or ``hf:<hub id>`` / ``<org>/<model>``. Hub downloads need internet.
+    ``compact``: instead, the small random network of the name's modality (``ajuste.backbones.compact``;
+    text keeps the name's tokenizer and architecture family).
     """
     from ajuste.backbones.zoo import ZOO
 
     bb: Backbone
     if name in ZOO:
-        bb = _from_zoo(name, num_classes=num_classes, pretrained=pretrained, pooling=pooling)
+        bb = _from_zoo(name, num_classes=num_classes, pretrained=pretrained, pooling=pooling, compact=compact)
     elif (arch := _strip(name, TIMM_PREFIXES)) is not None or _is_timm_arch(name):
         arch = arch or name
         _check_timm_arch(arch, name)
-        bb = _hub_call(name, lambda: _build_timm(arch, name=name, num_classes=num_classes, pretrained=pretrained))
+        if compact:
+            bb = _compact_image(num_classes)
+        else:
+            bb = _hub_call(name, lambda: _build_timm(arch, name=name, num_classes=num_classes,
+                                                     pretrained=pretrained))
     elif Path(name).expanduser().is_dir():
         path = str(Path(name).expanduser())
         if not (Path(path) / "config.json").is_file():
             raise AjusteError(f"model folder {name} has no config.json: expected a Hugging Face model folder")
-        bb = _build_hf(path, name=name, num_classes=num_classes, pretrained=pretrained, pooling=pooling)
+        bb = _build_hf(path, name=name, num_classes=num_classes, pretrained=pretrained, pooling=pooling,
+                       compact=compact)
     elif name.startswith((".", "/", "~")):
         raise AjusteError(f"model folder {name} does not exist; give a Hugging Face model folder, or one of "
                           f"{', '.join(_zoo_names())} (`ajuste models`)")
     elif (hub_id := _strip(name, HF_PREFIXES)) is not None or name.count("/") == 1:
         hub_id = hub_id or name
         bb = _hub_call(name, lambda: _build_hf(hub_id, name=name, num_classes=num_classes,
-                                               pretrained=pretrained, pooling=pooling))
+                                               pretrained=pretrained, pooling=pooling, compact=compact))
     else:
         raise AjusteError(f"unknown model {name!r}: {_model_hint(name)}")
     bb.set_dropout(dropout)
@@ -60,21 +67,35 @@ def _build_timm(arch: str, **kw: Any) -> Backbone:
     return build_timm(arch, **kw)
 
 
-def _build_hf(source: str, **kw: Any) -> Backbone:
+def _build_hf(source: str, *, compact: bool = False, **kw: Any) -> Backbone:
     from ajuste.backbones.hf_backbone import build_hf
 
-    return build_hf(source, **kw)
+    if compact:
+        from ajuste.backbones.compact import compact_name
+
+        kw.update(name=compact_name(kw["name"], "text"), pretrained=False)
+    return build_hf(source, compact=compact, **kw)
 
 
-def _from_zoo(name: str, *, num_classes: int, pretrained: bool, pooling: str) -> Backbone:
+def _compact_image(num_classes: int) -> Backbone:
+    from ajuste.backbones.compact import IMAGE_ARCH, IMAGE_ARGS, compact_name
+
+    return _build_timm(IMAGE_ARCH, name=compact_name(IMAGE_ARCH, "image"), num_classes=num_classes,
+                       pretrained=False, model_args=IMAGE_ARGS)
+
+
+def _from_zoo(name: str, *, num_classes: int, pretrained: bool, pooling: str, compact: bool = False) -> Backbone:
     from ajuste.backbones import zoo
 
     entry = zoo.ZOO[name]
     if entry.kind == "timm":
+        if compact:
+            return _compact_image(num_classes)
         state = zoo.efficientnet_lite0_state_dict() if pretrained else None
         return _build_timm(entry.arch, name=name, num_classes=num_classes, pretrained=False, state_dict=state)
     path = str(zoo.minilm_l6_path())
-    return _build_hf(path, name=name, num_classes=num_classes, pretrained=pretrained, pooling=pooling)
+    return _build_hf(path, name=name, num_classes=num_classes, pretrained=pretrained, pooling=pooling,
+                     compact=compact)
 
 
 def _is_timm_arch(name: str) -> bool:
@@ -131,7 +152,8 @@ def _model_hint(name: str) -> str:
 def rebuild_backbone(desc: dict[str, Any], run_dir: Path) -> Backbone:
     """Architecture (no weights, no network) from a run directory's ``backbone.json``."""
     if desc["kind"] == "timm":
-        bb = _build_timm(desc["arch"], name=desc["name"], num_classes=desc["num_classes"], pretrained=False)
+        bb = _build_timm(desc["arch"], name=desc["name"], num_classes=desc["num_classes"], pretrained=False,
+                         model_args=desc.get("model_args"))
     elif desc["kind"] == "hf":
         bb = _build_hf(desc["source"], name=desc["name"], num_classes=desc["num_classes"], pretrained=False,
                        pooling=desc["pooling"], config_dir=run_dir / "hf")

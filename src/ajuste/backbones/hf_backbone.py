@@ -202,9 +202,11 @@ def default_pooling(path_or_id: str) -> str:
 
 
 def build_hf(source: str, *, name: str, num_classes: int, pretrained: bool, pooling: str = "auto",
-             config_dir: Path | None = None) -> HFBackbone:
+             config_dir: Path | None = None, compact: bool = False) -> HFBackbone:
     """``source`` is a local folder or a hub id. ``config_dir`` (a run's saved parts) rebuilds the
-    architecture without weights or network; the caller loads the run's weights afterwards."""
+    architecture without weights or network; the caller loads the run's weights afterwards.
+    ``compact``: the source's tokenizer and architecture family at the small shape of
+    ``ajuste.backbones.compact``, randomly initialised."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from ajuste.lazy import quiet_transformers
@@ -218,7 +220,14 @@ def build_hf(source: str, *, name: str, num_classes: int, pretrained: bool, pool
         tokenizer = AutoTokenizer.from_pretrained(config_dir)
     else:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        if pretrained:
+        if compact:
+            from ajuste.backbones.compact import text_overrides
+
+            config = AutoConfig.from_pretrained(source)
+            for key, value in text_overrides(config).items():
+                setattr(config, key, value)
+            encoder = AutoModel.from_config(config)
+        elif pretrained:
             encoder = AutoModel.from_pretrained(source)
         else:
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(source))

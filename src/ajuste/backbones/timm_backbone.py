@@ -13,11 +13,12 @@ from ajuste.backbones.base import Backbone, LayerGroup, Split, call_until
 class TimmBackbone(Backbone):
     modality = "image"
 
-    def __init__(self, model: nn.Module, *, name: str, arch: str) -> None:
+    def __init__(self, model: nn.Module, *, name: str, arch: str, model_args: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.model = model
         self.name = name
         self.arch = arch
+        self.model_args = dict(model_args or {})  # timm.create_model keywords beyond the name (compact nets)
         # Dropout lives in our head (so cached features and live forwards see the same head).
         if hasattr(model, "drop_rate"):
             model.drop_rate = 0.0
@@ -126,8 +127,11 @@ class TimmBackbone(Backbone):
         }
 
     def describe(self) -> dict[str, Any]:
-        return self._with_peft({"kind": "timm", "name": self.name, "arch": self.arch,
-                                "num_classes": self.num_classes, "dropout": self.head_dropout.p})
+        desc = {"kind": "timm", "name": self.name, "arch": self.arch,
+                "num_classes": self.num_classes, "dropout": self.head_dropout.p}
+        if self.model_args:
+            desc["model_args"] = self.model_args
+        return self._with_peft(desc)
 
 
 def _chain_candidates(net: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -188,14 +192,15 @@ def _group_name(params: list[tuple[str, Any]]) -> str:
 
 
 def build_timm(arch: str, *, name: str, num_classes: int, pretrained: bool,
-               state_dict: dict | None = None) -> TimmBackbone:
+               state_dict: dict | None = None, model_args: dict[str, Any] | None = None) -> TimmBackbone:
     import timm
 
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in (model_args or {}).items()}
     if state_dict is not None:
-        model = timm.create_model(arch, pretrained=False)
+        model = timm.create_model(arch, pretrained=False, **kwargs)
         model.load_state_dict(state_dict, strict=True)
     else:
-        model = timm.create_model(arch, pretrained=pretrained)
-    bb = TimmBackbone(model, name=name, arch=arch)
+        model = timm.create_model(arch, pretrained=pretrained, **kwargs)
+    bb = TimmBackbone(model, name=name, arch=arch, model_args=model_args)
     bb.reset_head(num_classes)
     return bb

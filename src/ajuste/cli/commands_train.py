@@ -166,8 +166,11 @@ def train(
     w = setup_from_env()  # under torchrun: one worker of a data-parallel run; only rank 0 prints
     con = _console(quiet=not w.main)
     run_dir = out or _default_out(cfg)
-    con.print(f"training {_esc(cfg.model.name)} with {_esc(cfg.strategy.name)} on {_esc(cfg.data.source)} "
-              f"→ {_esc(run_dir)}")
+    from ajuste.strategies.base import get_strategy
+
+    what = (f"a compact network from scratch ({_esc(cfg.strategy.name)}, in place of {_esc(cfg.model.name)})"
+            if get_strategy(cfg.strategy.name).compact else f"{_esc(cfg.model.name)} with {_esc(cfg.strategy.name)}")
+    con.print(f"training {what} on {_esc(cfg.data.source)} → {_esc(run_dir)}")
     res = train_run(cfg=cfg, out=run_dir, progress=not quiet, console=None if quiet else con, overwrite=overwrite,
                     warn=_warn)
     s = res.summary

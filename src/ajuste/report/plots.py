@@ -35,10 +35,16 @@ def _legend_outside(ax: Any) -> None:
 def _colors(strategies: list[str]) -> dict[str, Any]:
     plt = _plt()
     cmap = plt.get_cmap("tab10")
-    ordered = sorted(s for s in strategies if s != "scratch")
+    from ajuste.study.advice import SCRATCH_ARMS
+
+    ordered = sorted(s for s in strategies if s not in SCRATCH_ARMS)
     out = {s: cmap(i % 10) for i, s in enumerate(ordered)}
-    out["scratch"] = "black"
+    out.update({"scratch": "black", "scratch-compact": "dimgrey"})
     return out
+
+
+def _scratch_style(strategy: str) -> str:
+    return {"scratch": "--", "scratch-compact": "-."}.get(strategy, "-")
 
 
 def data_efficiency(agg: list[dict[str, Any]], *, crossover: dict[str, Any] | None = None):
@@ -52,11 +58,12 @@ def data_efficiency(agg: list[dict[str, Any]], *, crossover: dict[str, Any] | No
         n = [r["n_train"] for r in rows]
         m = np.array([r["test_accuracy"] for r in rows])
         sd = np.array([r["test_accuracy_std"] for r in rows])
-        ax.plot(n, m, marker="o", label=s, color=colors[s], linestyle="--" if s == "scratch" else "-")
+        ax.plot(n, m, marker="o", label=s, color=colors[s], linestyle=_scratch_style(s))
         if (sd > 0).any():
             ax.fill_between(n, m - sd, m + sd, color=colors[s], alpha=0.15)
     if crossover and crossover.get("status") == "measured":
-        ax.axvline(crossover["n_train"], color="grey", linestyle=":", label="scratch catches up")
+        ax.axvline(crossover["n_train"], color="grey", linestyle=":",
+                   label=f"{crossover.get('scratch', 'scratch')} catches up")
     ax.set_xscale("log")
     # Ticks at the measured sizes only: those are the rows of the results tables.
     _plain_log_axis(ax.xaxis, [r["n_train"] for r in agg])

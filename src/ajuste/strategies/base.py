@@ -40,6 +40,7 @@ class Strategy:
     name: str = ""
     summary: str = ""
     reinitialize: bool = False  # train from scratch
+    compact: bool = False  # train the modality's small network (ajuste.backbones.compact), not the backbone
 
     def defaults(self, modality: str) -> dict[str, Any]:
         """Auto values for config fields left at None (dotted keys)."""

@@ -1,5 +1,6 @@
 """From scratch: the same architecture with every weight re-initialised (He for convolutions, Xavier
-for linear/attention), trained end to end with stronger regularisation since nothing is pretrained."""
+for linear/attention), or a compact network (``scratch-compact``), trained end to end with stronger
+regularisation since nothing is pretrained."""
 
 from __future__ import annotations
 
@@ -32,3 +33,15 @@ class Scratch(Strategy):
     def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:
         o = cfg.optim
         return [Phase("all", None, cfg.train.epochs, o.lr, o.lr * o.head_lr_mult, cfg.train.patience + 3)]
+
+
+@register
+class ScratchCompact(Scratch):
+    """The from-scratch arm a practitioner would pick for a small data set: a small network, not a
+    re-initialised copy of the big one (``ajuste.backbones.compact``: half-width ResNet-10-T for images;
+    for text a 2-layer encoder of the backbone's family with its tokenizer). Same initialisation,
+    regularisation and schedule as ``scratch``."""
+
+    name = "scratch-compact"
+    summary = "a compact network (ResNet-10-T at half width; 2-layer encoder for text) trained from scratch"
+    compact = True

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-FINETUNE_EXCLUDE = {"scratch"}
+# The from-scratch arms (strategies with ``reinitialize``): the rest start from pretrained weights.
+SCRATCH_ARMS = ("scratch", "scratch-compact")
+FINETUNE_EXCLUDE = set(SCRATCH_ARMS)
 
 
 def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -43,22 +45,32 @@ def _power_fit(ns: np.ndarray, accs: np.ndarray) -> tuple[float, float] | None:
     return float(math.exp(intercept)), float(-slope)
 
 
-def crossover(agg: list[dict[str, Any]], finetuned: str) -> dict[str, Any]:
-    """Where (if anywhere) scratch catches up with the fine-tuned arm, measured or extrapolated."""
+def best_scratch_arm(agg: list[dict[str, Any]]) -> str | None:
+    """The from-scratch arm that validation prefers at the largest fraction it ran (None: none ran)."""
+    rows = [r for r in agg if r["strategy"] in SCRATCH_ARMS]
+    if not rows:
+        return None
+    top = max(r["fraction"] for r in rows)
+    return max((r for r in rows if r["fraction"] == top), key=lambda r: r["val_accuracy"])["strategy"]
+
+
+def crossover(agg: list[dict[str, Any]], finetuned: str, scratch: str = "scratch") -> dict[str, Any]:
+    """Where (if anywhere) the from-scratch arm ``scratch`` catches up with the fine-tuned arm,
+    measured or extrapolated."""
     by = {(r["strategy"], r["fraction"]): r for r in agg}
-    fractions = sorted({r["fraction"] for r in agg if r["strategy"] == "scratch"} &
+    fractions = sorted({r["fraction"] for r in agg if r["strategy"] == scratch} &
                        {r["fraction"] for r in agg if r["strategy"] == finetuned})
     if not fractions:
-        return {"status": "unknown", "text": "scratch was not run at the same fractions; no crossover measured"}
+        return {"status": "unknown", "text": f"{scratch} was not run at the same fractions; no crossover measured"}
     for f in fractions:
-        s, t = by[("scratch", f)], by[(finetuned, f)]
+        s, t = by[(scratch, f)], by[(finetuned, f)]
         tol = max(0.005, s["test_accuracy_std"] + t["test_accuracy_std"])
         if s["test_accuracy"] >= t["test_accuracy"] - tol:
-            return {"status": "measured", "fraction": f, "n_train": s["n_train"],
-                    "text": f"scratch catches up with {finetuned} at {s['n_train']} training examples "
+            return {"status": "measured", "fraction": f, "n_train": s["n_train"], "scratch": scratch,
+                    "text": f"{scratch} catches up with {finetuned} at {s['n_train']} training examples "
                             f"(fraction {f:g}: {s['test_accuracy']:.3f} vs {t['test_accuracy']:.3f})"}
-    ns = np.array([by[("scratch", f)]["n_train"] for f in fractions], dtype=float)
-    fs = _power_fit(ns, np.array([by[("scratch", f)]["test_accuracy"] for f in fractions]))
+    ns = np.array([by[(scratch, f)]["n_train"] for f in fractions], dtype=float)
+    fs = _power_fit(ns, np.array([by[(scratch, f)]["test_accuracy"] for f in fractions]))
     ft = _power_fit(ns, np.array([by[(finetuned, f)]["test_accuracy"] for f in fractions]))
     text = "not within the data you have"
     out: dict[str, Any] = {"status": "not-reached", "text": text}
@@ -66,10 +78,10 @@ def crossover(agg: list[dict[str, Any]], finetuned: str) -> dict[str, Any]:
         n_star = (fs[0] / ft[0]) ** (1.0 / (fs[1] - ft[1]))
         if math.isfinite(n_star) and n_star > ns.max():
             out["extrapolated_n"] = float(n_star)
-            out["text"] = (f"{text}; extrapolating the learning curves, scratch would catch up at about "
+            out["text"] = (f"{text}; extrapolating the learning curves, {scratch} would catch up at about "
                            f"{_human(n_star)} training examples ({n_star / ns.max():.0f}× what you have)")
     elif fs and ft:
-        out["text"] = f"{text}; on the measured curves scratch is not closing the gap"
+        out["text"] = f"{text}; on the measured curves {scratch} is not closing the gap"
     return out
 
 
@@ -119,9 +131,9 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
         text += (f", {100 * margin:+.1f} points over {runner['strategy']} ({runner['test_accuracy']:.3f}); "
                  f"confidence {confidence['level']} ({confidence['text']})")
     size = data_size_reason(win["n_train"])
-    if win["strategy"] == "scratch" and win["n_train"] < 100_000:
+    if win["strategy"] in SCRATCH_ARMS and win["n_train"] < 100_000:
         # the rule of thumb and the measurement disagree: say so rather than contradict the advice
-        size += "; here, though, scratch matched the fine-tuned arms on your data (measured below)"
+        size += f"; here, though, {win['strategy']} matched the fine-tuned arms on your data (measured below)"
     reasons.append(size)
     if similarity:
         p, r = similarity["pretrained"], similarity["random"]
@@ -130,7 +142,8 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
                        f"(LogME {p['logme']:.2f} vs {r['logme']:.2f})")
     ft_arms = [r for r in arms if r["strategy"] not in FINETUNE_EXCLUDE]
     best_ft = ft_arms[0]["strategy"] if ft_arms else None
-    cross = crossover(agg, best_ft) if best_ft and any(r["strategy"] == "scratch" for r in agg) else None
+    scratch = best_scratch_arm(agg)
+    cross = crossover(agg, best_ft, scratch) if best_ft and scratch else None
     if cross:
         reasons.append(f"fine-tuned vs scratch: {cross['text']}")
     reasons.append(_compute_reason(arms, win))

@@ -179,7 +179,8 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
     _seed_everything(cfg.train.seed)
     backbone = create_backbone(cfg.model.name, num_classes=len(data.classes),
                                pretrained=cfg.model.pretrained and not strategy.reinitialize,
-                               dropout=cfg.model.dropout or 0.0, pooling=cfg.model.pooling)
+                               dropout=cfg.model.dropout or 0.0, pooling=cfg.model.pooling,
+                               compact=strategy.compact)
     if backbone.modality != data.modality:
         raise AjusteError(f"model {cfg.model.name!r} takes {backbone.modality} but {cfg.data.source} holds "
                           f"{data.modality} data; pick {_a(data.modality)} model (`ajuste models`)")
