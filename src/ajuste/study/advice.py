@@ -128,8 +128,12 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
     if tie:
         text += tie
     elif runner:
-        text += (f", {100 * margin:+.1f} points over {runner['strategy']} ({runner['test_accuracy']:.3f}); "
-                 f"confidence {confidence['level']} ({confidence['text']})")
+        if margin >= 0:
+            text += f", {100 * margin:+.1f} points over {runner['strategy']} ({runner['test_accuracy']:.3f})"
+        else:  # validation chose it, the test split disagrees: say both rather than "-0.7 points over"
+            text += (f", ahead on validation ({win['val_accuracy']:.3f} vs {runner['val_accuracy']:.3f}) though "
+                     f"{100 * -margin:.1f} points behind {runner['strategy']} on test ({runner['test_accuracy']:.3f})")
+        text += f"; confidence {confidence['level']} ({confidence['text']})"
     size = data_size_reason(win["n_train"])
     if win["strategy"] in SCRATCH_ARMS and win["n_train"] < 100_000:
         # the rule of thumb and the measurement disagree: say so rather than contradict the advice
