@@ -101,3 +101,19 @@ def test_advice_measures_the_crossover_against_the_scratch_arm_validation_prefer
     adv = recommend(recs)
     assert adv["best_finetuned"] == "two-stage"  # a compact net from scratch is not a fine-tuned arm
     assert adv["crossover"]["text"].startswith("scratch-compact catches up with two-stage at 1000")
+
+
+def test_a_winner_behind_on_test_is_not_said_to_be_ahead():
+    # Validation chose scratch-compact; its test accuracy is lower: no "-0.7 points over".
+    adv = recommend([_rec("scratch-compact", 1.0, 1257, acc=0.978, val=0.993),
+                     _rec("two-stage", 1.0, 1257, acc=0.985, val=0.970)])
+    assert adv["winner"] == "scratch-compact"
+    assert "ahead on validation (0.993 vs 0.970) though 0.7 points behind two-stage on test (0.985)" in adv["text"]
+    assert "-0.7" not in adv["text"]
+
+
+def test_the_study_default_runs_the_compact_net_as_its_scratch_arm():
+    from ajuste.study.spec import StudySpec
+
+    assert StudySpec(source="digits", model="efficientnet_lite0").strategies == \
+        ["linear-probe", "two-stage", "scratch-compact"]

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from ajuste.cli.commands_train import DATA_HELP, _console, split_positionals
+from ajuste.study.spec import DEFAULT_STRATEGIES
 
 
 def register(app: typer.Typer) -> None:
@@ -33,7 +34,7 @@ def compare(
                                                "section.key=value overrides)", show_default=False),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone (default: efficientnet_lite0 for "
                                                                     "images, minilm-l6 for text)"),
-    strategies: str = typer.Option("linear-probe,two-stage,scratch", "--strategies",
+    strategies: str = typer.Option(",".join(DEFAULT_STRATEGIES), "--strategies",
                                    help="Comma-separated strategies (see `ajuste strategies`)"),
     fractions: str = typer.Option("0.1,0.3,1", "--fractions", help="Shares of the training split"),
     seeds: int = typer.Option(1, "--seeds", help="Seeds per (strategy, fraction)"),
