@@ -17,7 +17,8 @@ from ajuste.config import RunConfig, describe_fields
 from ajuste.errors import AjusteError, ConfigError
 from ajuste.search.space import Param, SearchSpace, default_space, load_space
 
-STRATEGIES = ["linear-probe", "partial", "full", "two-stage", "gradual", "discriminative", "scratch"]
+STRATEGIES = ["linear-probe", "partial", "full", "two-stage", "gradual", "discriminative", "scratch",
+              "scratch-compact"]
 # One torch thread: on a shared 2-core machine, two spinning OpenMP threads per process slow everything down.
 TINY = ["--model", "timm/test_efficientnet", "--set", "model.pretrained=false", "--set", "data.image_size=32",
         "--fraction", "0.2", "--set", "train.threads=1"]
@@ -104,6 +105,8 @@ def test_default_space_per_strategy(strategy):
     assert ("optim.layer_decay" in space) == (strategy in ("discriminative", "gradual"))
     if strategy == "partial":
         assert space.params["strategy.unfreeze"].high == 4
+    # From scratch there are no pretrained weights to stay close to: the decay range reaches higher.
+    assert space.params["optim.weight_decay"].high == (0.3 if strategy.startswith("scratch") else 0.1)
     space.check(RunConfig().override({"strategy.name": strategy}), n_body_groups=6)
 
 

@@ -117,13 +117,14 @@ def advise(
     elif sim["similarity"] == "low" and n_train >= 100_000:
         verdict = "scratch is viable; compare it with full fine-tuning"
     elif sim["similarity"] == "low":
-        verdict = "fine-tune all layers (full or two-stage): the pretrained features need adapting to this domain"
+        verdict = ("fine-tune all layers (full or two-stage) and try a compact network from scratch "
+                   "(scratch-compact): the pretrained features need adapting to this domain")
     else:
         verdict = "fine-tune (two-stage or full); check scratch on the full data with `ajuste compare`"
     con.print(f"[bold green]advice:[/] {verdict}", highlight=False)
     for x in reasons:
         con.print(f"  • {x}", highlight=False)
-    con.print(f"next: ajuste compare {data} --model {model} --strategies linear-probe,two-stage,full,scratch "
+    con.print(f"next: ajuste compare {data} --model {model} --strategies linear-probe,two-stage,full,scratch-compact "
               f"--fractions 0.05,0.15,0.4,1 --seeds 3   ({time.perf_counter() - t0:.0f}s)", highlight=False)
 
 

@@ -410,7 +410,7 @@ def default_space(strategy: Any, *, modality: str, default_lr: float, n_body_gro
     """
     name = strategy if isinstance(strategy, str) else getattr(strategy, "name", "")
     lo, hi = _LR_SPAN.get(name, (0.1, 10.0))
-    scratch = name == "scratch"
+    scratch = name in ("scratch", "scratch-compact")  # nothing pretrained to stay close to: more decay
     raw: dict[str, Any] = {
         "optim.lr": {"type": "float", "low": _round(default_lr * lo), "high": _round(min(default_lr * hi, 1.0)),
                      "log": True},
