@@ -126,7 +126,8 @@ def test_models_lists_offline_backbones(capsys):
 def test_strategies_lists_every_strategy(capsys):
     assert main(["strategies"]) == 0
     out = capsys.readouterr().out
-    for name in ("linear-probe", "partial", "full", "two-stage", "gradual", "discriminative", "scratch"):
+    for name in ("linear-probe", "partial", "full", "two-stage", "gradual", "discriminative", "scratch",
+                 "scratch-compact"):
         assert name in out
 
 
