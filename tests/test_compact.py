@@ -101,6 +101,10 @@ def test_advice_measures_the_crossover_against_the_scratch_arm_validation_prefer
     adv = recommend(recs)
     assert adv["best_finetuned"] == "two-stage"  # a compact net from scratch is not a fine-tuned arm
     assert adv["crossover"]["text"].startswith("scratch-compact catches up with two-stage at 1000")
+    ahead = aggregate([_rec("two-stage", 0.1, 100, 0.88), _rec("scratch-compact", 0.1, 100, 0.93),
+                       _rec("two-stage", 1.0, 1000, 0.98), _rec("scratch-compact", 1.0, 1000, 0.98)])
+    assert crossover(ahead, "two-stage", "scratch-compact")["text"].startswith(
+        "scratch-compact is level with or ahead of two-stage already at the smallest size run, 100 training examples")
 
 
 def test_a_winner_behind_on_test_is_not_said_to_be_ahead():

@@ -66,8 +66,10 @@ def crossover(agg: list[dict[str, Any]], finetuned: str, scratch: str = "scratch
         s, t = by[(scratch, f)], by[(finetuned, f)]
         tol = max(0.005, s["test_accuracy_std"] + t["test_accuracy_std"])
         if s["test_accuracy"] >= t["test_accuracy"] - tol:
+            where = ("is level with or ahead of {ft} already at the smallest size run, {n} training examples"
+                     if f == fractions[0] else "catches up with {ft} at {n} training examples")
             return {"status": "measured", "fraction": f, "n_train": s["n_train"], "scratch": scratch,
-                    "text": f"{scratch} catches up with {finetuned} at {s['n_train']} training examples "
+                    "text": f"{scratch} {where.format(ft=finetuned, n=s['n_train'])} "
                             f"(fraction {f:g}: {s['test_accuracy']:.3f} vs {t['test_accuracy']:.3f})"}
     ns = np.array([by[(scratch, f)]["n_train"] for f in fractions], dtype=float)
     fs = _power_fit(ns, np.array([by[(scratch, f)]["test_accuracy"] for f in fractions]))
