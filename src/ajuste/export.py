@@ -373,7 +373,7 @@ def _write_timm(bb: Any, run: Any, stage: Path) -> None:
     model = bb.net
     # model_args: a compact net's channel widths, which timm.create_model("local-dir:...") applies.
     save_for_hf(model, str(stage), model_config={"label_names": list(run.classes)}, safe_serialization=True,
-                data_config=_timm_data_config(run.preprocessing), model_args=getattr(bb, "model_args", None) or None)
+                data_config=_timm_data_config(run.preprocessing), model_args=bb.model_args or None)
     cfg = json.loads((stage / "config.json").read_text())
     # The architecture's default weights tag (e.g. "in1k") would claim weights this file does not hold.
     cfg.get("pretrained_cfg", {}).pop("tag", None)

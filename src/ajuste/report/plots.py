@@ -35,9 +35,9 @@ def _legend_outside(ax: Any) -> None:
 def _colors(strategies: list[str]) -> dict[str, Any]:
     plt = _plt()
     cmap = plt.get_cmap("tab10")
-    from ajuste.study.advice import SCRATCH_ARMS
+    from ajuste.strategies.base import scratch_strategies
 
-    ordered = sorted(s for s in strategies if s not in SCRATCH_ARMS)
+    ordered = sorted(s for s in strategies if s not in scratch_strategies())
     out = {s: cmap(i % 10) for i, s in enumerate(ordered)}
     out.update({"scratch": "black", "scratch-compact": "dimgrey"})
     return out

@@ -408,9 +408,11 @@ def default_space(strategy: Any, *, modality: str, default_lr: float, n_body_gro
     ``strategy`` is a registered Strategy object (or its name); ``default_lr`` the LR its resolved
     config would use. A strategy with a ``search_space()`` method (PEFT) adds or overrides entries.
     """
+    from ajuste.strategies.base import scratch_strategies
+
     name = strategy if isinstance(strategy, str) else getattr(strategy, "name", "")
     lo, hi = _LR_SPAN.get(name, (0.1, 10.0))
-    scratch = name in ("scratch", "scratch-compact")  # nothing pretrained to stay close to: more decay
+    scratch = name in scratch_strategies()  # nothing pretrained to stay close to: more decay
     raw: dict[str, Any] = {
         "optim.lr": {"type": "float", "low": _round(default_lr * lo), "high": _round(min(default_lr * hi, 1.0)),
                      "log": True},

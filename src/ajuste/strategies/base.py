@@ -75,6 +75,11 @@ def list_strategies() -> list[Strategy]:
     return [STRATEGIES.get(n) for n in STRATEGIES.list()]
 
 
+def scratch_strategies() -> frozenset[str]:
+    """Names of the strategies that start from random weights (``reinitialize``): a study's scratch arms."""
+    return frozenset(s.name for s in list_strategies() if s.reinitialize)
+
+
 def _load_builtin() -> None:
     # Importing the modules registers them (one file per strategy).
     from ajuste.strategies import finetune, peft_methods, scratch  # noqa: F401

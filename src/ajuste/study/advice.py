@@ -11,9 +11,12 @@ from typing import Any
 
 import numpy as np
 
-# The from-scratch arms (strategies with ``reinitialize``): the rest start from pretrained weights.
-SCRATCH_ARMS = ("scratch", "scratch-compact")
-FINETUNE_EXCLUDE = set(SCRATCH_ARMS)
+
+def _scratch_arms() -> frozenset[str]:
+    # The strategies that start from random weights; every other arm starts from pretrained weights.
+    from ajuste.strategies.base import scratch_strategies
+
+    return scratch_strategies()
 
 
 def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -47,7 +50,7 @@ def _power_fit(ns: np.ndarray, accs: np.ndarray) -> tuple[float, float] | None:
 
 def best_scratch_arm(agg: list[dict[str, Any]]) -> str | None:
     """The from-scratch arm that validation prefers at the largest fraction it ran (None: none ran)."""
-    rows = [r for r in agg if r["strategy"] in SCRATCH_ARMS]
+    rows = [r for r in agg if r["strategy"] in _scratch_arms()]
     if not rows:
         return None
     top = max(r["fraction"] for r in rows)
@@ -137,7 +140,8 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
                      f"{100 * -margin:.1f} points behind {runner['strategy']} on test ({runner['test_accuracy']:.3f})")
         text += f"; confidence {confidence['level']} ({confidence['text']})"
     size = data_size_reason(win["n_train"])
-    if win["strategy"] in SCRATCH_ARMS and win["n_train"] < 100_000:
+    scratch_arms = _scratch_arms()
+    if win["strategy"] in scratch_arms and win["n_train"] < 100_000:
         # the rule of thumb and the measurement disagree: say so rather than contradict the advice
         size += f"; here, though, {win['strategy']} matched the fine-tuned arms on your data (measured below)"
     reasons.append(size)
@@ -146,7 +150,7 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
         reasons.append(f"domain similarity is {similarity['similarity']}: a linear probe on pretrained features "
                        f"scores {p['probe_accuracy']:.3f} vs {r['probe_accuracy']:.3f} on random features "
                        f"(LogME {p['logme']:.2f} vs {r['logme']:.2f})")
-    ft_arms = [r for r in arms if r["strategy"] not in FINETUNE_EXCLUDE]
+    ft_arms = [r for r in arms if r["strategy"] not in scratch_arms]
     best_ft = ft_arms[0]["strategy"] if ft_arms else None
     scratch = best_scratch_arm(agg)
     cross = crossover(agg, best_ft, scratch) if best_ft and scratch else None
@@ -221,7 +225,7 @@ def pre_post(agg: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for f in sorted({r["fraction"] for r in agg}):
         rows = [r for r in agg if r["fraction"] == f]
         lp = next((r for r in rows if r["strategy"] == "linear-probe"), None)
-        ft = [r for r in rows if r["strategy"] not in FINETUNE_EXCLUDE | {"linear-probe"}]
+        ft = [r for r in rows if r["strategy"] not in _scratch_arms() | {"linear-probe"}]
         if lp is None or not ft:
             continue
         best = max(ft, key=lambda r: r["val_accuracy"])
