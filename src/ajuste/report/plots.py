@@ -37,10 +37,14 @@ def _colors(strategies: list[str]) -> dict[str, Any]:
     cmap = plt.get_cmap("tab10")
     from ajuste.strategies.base import scratch_strategies
 
-    ordered = sorted(s for s in strategies if s not in scratch_strategies())
+    scratch = sorted(scratch_strategies())  # greys, so any from-scratch arm reads apart from the fine-tuned ones
+    ordered = sorted(s for s in strategies if s not in scratch)
     out = {s: cmap(i % 10) for i, s in enumerate(ordered)}
-    out.update({"scratch": "black", "scratch-compact": "dimgrey"})
+    out.update({s: _SCRATCH_GREYS[i % len(_SCRATCH_GREYS)] for i, s in enumerate(scratch)})
     return out
+
+
+_SCRATCH_GREYS = ("black", "dimgrey", "grey", "darkgrey")
 
 
 def _scratch_style(strategy: str) -> str:
