@@ -107,6 +107,22 @@ def test_advice_measures_the_crossover_against_the_scratch_arm_validation_prefer
         "scratch-compact is level with or ahead of two-stage already at the smallest size run, 100 training examples")
 
 
+def test_the_plot_labels_a_crossover_at_the_smallest_size_as_level_not_as_catching_up():
+    from ajuste.report import plots
+
+    def labels(agg, scratch):
+        fig = plots.data_efficiency(agg, crossover=crossover(agg, "two-stage", scratch))
+        return [t.get_text() for ax in fig.axes for t in (ax.get_legend().get_texts() if ax.get_legend() else [])]
+
+    caught = aggregate([_rec("two-stage", 0.1, 100, 0.90), _rec("scratch", 0.1, 100, 0.40),
+                        _rec("two-stage", 1.0, 1000, 0.95), _rec("scratch", 1.0, 1000, 0.95)])
+    assert "scratch catches up" in labels(caught, "scratch")
+    ahead = aggregate([_rec("two-stage", 0.1, 100, 0.88), _rec("scratch-compact", 0.1, 100, 0.93),
+                       _rec("two-stage", 1.0, 1000, 0.98), _rec("scratch-compact", 1.0, 1000, 0.98)])
+    got = labels(ahead, "scratch-compact")
+    assert "scratch-compact level or ahead from here" in got and not any("catches up" in t for t in got)
+
+
 def test_a_winner_behind_on_test_is_not_said_to_be_ahead():
     # Validation chose scratch-compact; its test accuracy is lower: no "-0.7 points over".
     adv = recommend([_rec("scratch-compact", 1.0, 1257, acc=0.978, val=0.993),

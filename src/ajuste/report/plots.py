@@ -66,8 +66,10 @@ def data_efficiency(agg: list[dict[str, Any]], *, crossover: dict[str, Any] | No
         if (sd > 0).any():
             ax.fill_between(n, m - sd, m + sd, color=colors[s], alpha=0.15)
     if crossover and crossover.get("status") == "measured":
+        # Level from the smallest size run is not a catch-up: the line then marks where it already was.
+        how = "level or ahead from here" if crossover.get("from_start") else "catches up"
         ax.axvline(crossover["n_train"], color="grey", linestyle=":",
-                   label=f"{crossover.get('scratch', 'scratch')} catches up")
+                   label=f"{crossover.get('scratch', 'scratch')} {how}")
     ax.set_xscale("log")
     # Ticks at the measured sizes only: those are the rows of the results tables.
     _plain_log_axis(ax.xaxis, [r["n_train"] for r in agg])

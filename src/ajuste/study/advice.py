@@ -72,6 +72,7 @@ def crossover(agg: list[dict[str, Any]], finetuned: str, scratch: str = "scratch
             where = ("is level with or ahead of {ft} already at the smallest size run, {n} training examples"
                      if f == fractions[0] else "catches up with {ft} at {n} training examples")
             return {"status": "measured", "fraction": f, "n_train": s["n_train"], "scratch": scratch,
+                    "from_start": f == fractions[0],
                     "text": f"{scratch} {where.format(ft=finetuned, n=s['n_train'])} "
                             f"(fraction {f:g}: {s['test_accuracy']:.3f} vs {t['test_accuracy']:.3f})"}
     ns = np.array([by[(scratch, f)]["n_train"] for f in fractions], dtype=float)
