@@ -1,15 +1,15 @@
 """One Optuna trial = one ``train_run`` on the shared data, scored on the validation split.
 
 The score of a trial (the **objective**) is taken at the trial's *best epoch*, not its last one
-(transformers #25247): the epoch with the lowest validation loss, which is the epoch whose weights
-``fit`` keeps. With ``metric="val_accuracy"`` (maximised) the objective is the validation accuracy
-of that epoch; with ``metric="val_loss"`` (minimised) it is that lowest loss. After every epoch the
-trial reports this objective-so-far (step = epoch index), so pruners compare trials on the same
-quantity the study optimises, and a trial's last report equals its final value.
+(transformers #25247): the best epoch by ``train.monitor``, which is the epoch whose weights ``fit``
+keeps and a retrain delivers. With ``metric="val_accuracy"`` (maximised) the objective is the validation
+accuracy of that epoch; with ``metric="val_loss"`` (minimised) it is that epoch's loss. After every
+epoch the trial reports this objective-so-far (step = epoch index), so pruners compare trials on the
+same quantity the study optimises, and a trial's last report equals its final value.
 
-The max-over-epochs accuracy is deliberately not used: it picks the epoch by the same noisy number it
-reports (optimistic), and it is not the model a retrain keeps. The test split is never evaluated in
-a trial.
+When the monitor is the validation accuracy itself, the objective is the trial's most accurate epoch:
+optimistic by the selection, equally for every trial, and still the model a retrain keeps. The test
+split is never evaluated in a trial.
 
 Each trial's model, optimizer and data pipeline are dropped when the trial ends and the allocator is
 asked to give memory back, so the resident memory of a long study stays flat (optuna #1178/#4934).

@@ -312,9 +312,8 @@ def _in_exception() -> bool:
 
 
 def _objective_text(metric: str) -> str:
-    if metric == "val_accuracy":
-        return "validation accuracy at the trial's best epoch (lowest validation loss; the weights fit keeps)"
-    return "lowest validation loss over the trial's epochs"
+    what = "validation accuracy" if metric == "val_accuracy" else "validation loss"
+    return f"{what} at the trial's kept epoch (the best by train.monitor: the weights fit keeps)"
 
 
 def _create_or_load(optuna: Any, st: Any, name: str, direction: str) -> tuple[Any, bool]:
