@@ -111,9 +111,11 @@ def test_training_leaves_the_callers_floating_point_mode_as_it_found_it(tmp_path
 
 
 def test_early_stopping_restores_the_best_epoch(tmp_path, digits_small):
-    # A constant, too-high LR makes later epochs worse than an early one.
+    # A constant, too-high LR makes later epochs worse than an early one. Kept by the loss here (the
+    # default monitor is the accuracy): the re-validation below checks the kept weights by their loss.
     res = train_run(cfg=_cfg(**{"strategy.name": "full", "train.epochs": 8, "train.patience": 2,
-                                "optim.lr": 0.05, "optim.schedule": "constant", "optim.warmup": 0.0}),
+                                "optim.lr": 0.05, "optim.schedule": "constant", "optim.warmup": 0.0,
+                                "train.monitor": "val_loss"}),
                     out=tmp_path / "r", data=digits_small, progress=False)
     hist = read_jsonl(tmp_path / "r" / "metrics.jsonl")
     best = min(hist, key=lambda r: r["val_loss"])
