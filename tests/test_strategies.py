@@ -137,6 +137,18 @@ def test_two_stage_second_phase_lr_is_head_lr_times_factor():
     assert full.train_groups is None and full.lr == pytest.approx(1e-4) and full.head_lr == pytest.approx(1e-4)
 
 
+def test_two_stage_end_to_end_phase_runs_its_schedule_unless_asked_to_stop_early():
+    from ajuste.errors import ConfigError
+
+    cfg = resolve_config(RunConfig().override({"strategy.name": "two-stage", "train.patience": 4}), "image")
+    head, full = get_strategy("two-stage").phases(cfg, 5)
+    assert head.patience == 4 and full.patience is None
+    cfg = resolve_config(RunConfig().override({"strategy.name": "two-stage", "strategy.stage2_patience": 2}), "image")
+    assert get_strategy("two-stage").phases(cfg, 5)[1].patience == 2
+    with pytest.raises(ConfigError, match="strategy.stage2_patience=-1"):
+        RunConfig().override({"strategy.stage2_patience": -1})
+
+
 def test_gradual_unfreezes_one_group_per_phase_top_first():
     cfg = resolve_config(RunConfig().override({"strategy.name": "gradual"}), "image")
     phases = get_strategy("gradual").phases(cfg, 4)  # 3 body groups + head

@@ -89,6 +89,9 @@ class StrategyConfig:
     head_epochs: int = _help("two-stage/gradual: max epochs of the head-only phase", default=15)
     stage2_lr_factor: float = _help("two-stage: LR of the end-to-end phase = the head's LR "
                                     "(optim.lr × optim.head_lr_mult) × this", default=0.1)
+    stage2_patience: int = _help("two-stage: early-stopping patience of the end-to-end phase; 0: run its whole "
+                                 "LR schedule and keep its best epoch (as fast.ai's fine_tune does: validation "
+                                 "accuracy kept rising in the schedule's low-LR end, docs/results.md)", default=0)
     gradual_every: int = _help("gradual: epochs between unfreezing one more group", default=1)
 
     def __post_init__(self) -> None:
@@ -99,6 +102,8 @@ class StrategyConfig:
         if self.gradual_every < 1:
             raise ConfigError(f"strategy.gradual_every={self.gradual_every} must be ≥ 1")
         _check_range("strategy.stage2_lr_factor", self.stage2_lr_factor, 0.0, 10.0, lo_open=True)
+        if self.stage2_patience < 0:
+            raise ConfigError(f"strategy.stage2_patience={self.stage2_patience} must be ≥ 0 (0: no early stop)")
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Two-stage fine-tuning (Keras / fast.ai recipe): train the new head with the backbone frozen until
-validation loss stops improving, then unfreeze everything at a lower LR. A random head is never
+validation stops improving, then unfreeze everything at a lower LR for the whole of its schedule (unless
+strategy.stage2_patience asks for early stopping), keeping the best epoch. A random head is never
 trained together with pretrained layers at a high LR, which would wreck the pretrained features."""
 
 from __future__ import annotations
@@ -19,5 +20,5 @@ class TwoStage(Strategy):
         stage2 = head_lr * s.stage2_lr_factor
         return [
             Phase("head", [-1], s.head_epochs, o.lr, head_lr, cfg.train.patience),
-            Phase("all", None, cfg.train.epochs, stage2, stage2, cfg.train.patience),
+            Phase("all", None, cfg.train.epochs, stage2, stage2, s.stage2_patience or None),
         ]
