@@ -12,7 +12,7 @@ from ajuste.strategies.base import Phase, Strategy, register
 @register
 class TwoStage(Strategy):
     name = "two-stage"
-    summary = "head only until val loss plateaus, then all layers at LR × strategy.stage2_lr_factor"
+    summary = "head only until validation plateaus, then all layers at LR × strategy.stage2_lr_factor"
 
     def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:
         o, s = cfg.optim, cfg.strategy
