@@ -100,9 +100,17 @@ def _all_gone(pids: list[int], timeout: float = 5.0) -> bool:
     return not any(_alive(p) for p in pids)
 
 
+def _foreground_sigint() -> None:
+    """The study process gets Ctrl-C as a terminal's foreground job does, even when the test run itself was
+    started in the background by a non-interactive shell (which ignores SIGINT there, and a child inherits
+    that: Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "ajuste", "compare", *CLI, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(), start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(), start_new_session=True,
+                            preexec_fn=_foreground_sigint)
 
 
 def _wait_for_epochs(proc: subprocess.Popen, out: Path, n_runs: int, *, more_than: int = 0,
