@@ -3,8 +3,8 @@
     python bench/frozen_probe.py [--data hymenoptera] [--eval val] [--sizes 224,256,288,320] [--views 5]
 
 EfficientNet-Lite0's pooled features (offline ImageNet weights, frozen, bf16 autocast where the CPU has native
-bf16) of an image folder's training split, at several input resolutions (resize to size / crop_pct, centre
-crop), plus horizontally flipped copies and ``--views`` RandomResizedCrop+flip views of each training image.
+bf16) of an image folder's training split, at several input resolutions (the tutorials' evaluation transform:
+resize to size / 0.875, centre crop), plus horizontally flipped copies and ``--views`` RandomResizedCrop+flip views of each training image.
 Each variant fits a standardised logistic regression whose C is chosen by 5-fold cross-validation on the
 training split alone (folds group an image with its flipped and augmented copies, so no image is on both sides
 of a fold), then scores the ``--eval`` split once. The variant to prefer is the one the cross-validation picks:
@@ -41,7 +41,6 @@ def main() -> None:
 
     import numpy as np
     import torch
-    import torchvision.transforms as T
     from PIL import Image
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -55,16 +54,10 @@ def main() -> None:
     train, test = folder_items(root, args.train_split, classes), folder_items(root, args.eval, classes)
     bb = create_backbone("efficientnet_lite0", num_classes=len(classes)).eval()
     dc = bb.data_config()
-    norm = T.Normalize(dc["mean"], dc["std"])
-    bicubic = T.InterpolationMode.BICUBIC
     images = {f: Image.open(f).convert("RGB") for f, _ in train + test}
 
-    def centre(size: int) -> T.Compose:
-        return T.Compose([T.Resize(int(size / dc["crop_pct"]), interpolation=bicubic), T.CenterCrop(size),
-                          T.ToTensor(), norm])
-
     @torch.inference_mode()
-    def features(items: list, tf: T.Compose, flip: bool = False) -> np.ndarray:
+    def features(items: list, tf, flip: bool = False) -> np.ndarray:
         out = []
         for i in range(0, len(items), 32):
             x = torch.stack([tf(images[f]) for f, _ in items[i:i + 32]])
@@ -100,25 +93,24 @@ def main() -> None:
     rows = []
     sizes = [int(s) for s in args.sizes.split(",")]
     for size in sizes:
+        aug, centre = C.tutorial_transforms(size, dc["mean"], dc["std"], dc["interpolation"])
         t0 = time.perf_counter()
-        tr, trf = features(train, centre(size)), features(train, centre(size), flip=True)
-        te, tef = features(test, centre(size)), features(test, centre(size), flip=True)
+        tr, trf = features(train, centre), features(train, centre, flip=True)
+        te, tef = features(test, centre), features(test, centre, flip=True)
         print(f"  features at {size} px: {time.perf_counter() - t0:.0f} s", flush=True)
         rows.append((f"{size} px", *probe(tr, [te])))
         rows.append((f"{size} px, flip TTA", *probe(tr, [te, tef])))
         rows.append((f"{size} px, + flipped train, flip TTA", *probe(np.concatenate([tr, trf]), [te, tef])))
         if size == sizes[0] and args.views:
             torch.manual_seed(0)
-            aug = T.Compose([T.RandomResizedCrop(size, interpolation=bicubic), T.RandomHorizontalFlip(),
-                             T.ToTensor(), norm])
             views = [features(train, aug) for _ in range(args.views)]
             rows.append((f"{size} px, + flipped + {args.views} augmented views, flip TTA",
                          *probe(np.concatenate([tr, trf, *views]), [te, tef])))
     pick = max(rows, key=lambda r: r[2])
-    print(f"\n| variant | C (by CV) | 5-fold CV acc (train) | {args.eval} acc |\n|---|---|---|---|")
-    for name, c, cv, acc in rows:
-        mark = " ← CV's pick" if name == pick[0] else ""
-        print(f"| {name}{mark} | {c:g} | {cv:.3f} | {acc:.3f} |")
+    print()
+    print(C.table(["variant", "C (by CV)", "5-fold CV acc (train)", f"{args.eval} acc"],
+                  [[name + (" ← CV's pick" if name == pick[0] else ""), f"{c:g}", cv, acc]
+                   for name, c, cv, acc in rows]))
 
 
 if __name__ == "__main__":
