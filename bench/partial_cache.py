@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--unfreeze", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache-dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--bf16", default="auto", choices=["auto", "on", "off"], help="train.bf16 on both sides")
     ap.add_argument("--text", action="store_true", help="sms-spam with MiniLM-L6 instead of clothing-small")
     args = ap.parse_args()
     C.set_threads(args.threads)
@@ -49,7 +50,7 @@ def main() -> None:
                                  "strategy.name": "partial", "strategy.unfreeze": args.unfreeze,
                                  "train.epochs": args.epochs, "train.patience": args.epochs,
                                  "train.threads": args.threads, "data.augment": "none", "train.min_steps": 0,
-                                 "train.cache_dtype": args.cache_dtype})
+                                 "train.cache_dtype": args.cache_dtype, "train.bf16": args.bf16})
     data, splits = prepare_data(base)
     splits = C.subset_splits(data, splits, train=args.train or None, val=args.val or None)
     print(f"CPU: {C.cpu_description()}; threads {args.threads}")
