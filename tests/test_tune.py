@@ -470,7 +470,24 @@ def test_resume_continues_to_the_budget(tmp_path, tiny_cfg, digits):
     assert sorted(t.number for t in _study(done).trials) == [0, 1, 2]
 
 
-def test_timeout_starts_no_new_trial(tmp_path, tiny_cfg, digits):
+def test_timeout_starts_no_new_trial(tmp_path, tiny_cfg, digits, monkeypatch):
+    import itertools
+    import time
+
+    import ajuste.search.runner as runner
+
+    class Clock:
+        """The runner's `time`, with a monotonic clock that moves 1 s a read: two real readings in a row can be
+        less than the 1 µs timeout apart, and then a trial started."""
+        ticks = itertools.count()
+
+        def monotonic(self) -> float:
+            return float(next(self.ticks))
+
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+    monkeypatch.setattr(runner, "time", Clock())
     res = _tune(tmp_path, tiny_cfg, digits, trials=5, timeout=1e-6)
     assert res.stopped_by == "timeout" and res.ran_here == 0 and res.best is None
 
