@@ -235,3 +235,93 @@ def test_quick_epochs_skip_checkpoints_a_flush_writes_the_latest_and_resume_equa
     for ra, rb in zip(a, b):
         assert rb["val_loss"] == pytest.approx(ra["val_loss"], rel=1e-5, abs=1e-6)
     assert resumed.summary["test_accuracy"] == pytest.approx(full.summary["test_accuracy"])
+
+
+def test_two_stage_keeps_the_mean_of_its_last_epochs_weights(tmp_path, digits_small, monkeypatch):
+    """strategy.stage2_average: the kept weights are the mean of the end-to-end phase's last epochs (here 2 of
+    4), validated once more; the per-epoch history is unchanged and no single epoch of that phase is kept."""
+    import ajuste.train.loop as loop
+
+    seen = []
+    real = loop._add_weights
+
+    def spy(total, backbone):
+        seen.append({k: v.detach().clone() for k, v in backbone.state_dict().items()})
+        return real(total, backbone)
+
+    monkeypatch.setattr(loop, "_add_weights", spy)
+    cfg = _cfg(**{"train.epochs": 4, "strategy.stage2_average": 0.5, "strategy.head_epochs": 2})
+    res = train_run(cfg=cfg, out=tmp_path / "avg", data=digits_small, progress=False)
+    s = res.summary
+    assert len(seen) == 2
+    assert s["averaged"]["epochs"] == [5, 6] and s["averaged"]["kept"] is True
+    assert s["epochs"] == 6 and s["best_epoch"] == 6
+    assert s["val_accuracy"] == s["averaged"]["val_accuracy"]
+    final = res.backbone.state_dict()
+    for k, v in final.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (seen[0][k] + seen[1][k]) / 2)
+    assert not torch.equal(seen[0]["model.classifier.weight"], seen[1]["model.classifier.weight"])
+    hist = read_jsonl(tmp_path / "avg" / "metrics.jsonl")
+    assert [r["phase"] for r in hist] == ["head", "head", "all", "all", "all", "all"]
+
+    # 0: the most accurate epoch, as before; the averaging window is never summed
+    seen.clear()
+    plain = train_run(cfg=_cfg(**{"train.epochs": 4, "strategy.stage2_average": 0.0, "strategy.head_epochs": 2}),
+                      out=tmp_path / "best", data=digits_small, progress=False)
+    assert not seen and plain.summary["averaged"] is None
+    best = max(read_jsonl(tmp_path / "best" / "metrics.jsonl"), key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    assert plain.summary["val_accuracy"] == pytest.approx(best["val_accuracy"])
+
+
+def test_a_kill_inside_the_averaging_window_resumes_to_the_same_average(tmp_path, digits_small):
+    cfg = _cfg(**{"train.epochs": 4, "strategy.stage2_average": 0.75, "strategy.head_epochs": 2})
+    full = train_run(cfg=cfg, out=tmp_path / "a", data=digits_small, progress=False)
+
+    calls = {"n": 0}
+
+    def die_after_five(rec, result):
+        calls["n"] += 1
+        if calls["n"] == 5:  # two of the three averaged epochs summed
+            raise Boom
+
+    with pytest.raises(Boom):
+        train_run(cfg=cfg, out=tmp_path / "b", data=digits_small, progress=False, on_epoch_end=die_after_five)
+    state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
+    if state["state"]["averaged"]:  # the epoch's checkpoint was not skipped: the running sum is on disk
+        assert "average" in state["files"]
+    resumed = train_run(cfg=cfg, out=tmp_path / "b", data=digits_small, progress=False)
+    assert resumed.summary["averaged"]["epochs"] == full.summary["averaged"]["epochs"] == [4, 6]
+    assert resumed.summary["averaged"]["val_loss"] == pytest.approx(full.summary["averaged"]["val_loss"], rel=1e-5)
+    assert resumed.summary["test_accuracy"] == pytest.approx(full.summary["test_accuracy"])
+
+
+def test_averaged_weights_get_batchnorm_statistics_of_their_own_when_batchnorm_trains(digits_small, monkeypatch):
+    """model.bn=train: the epochs' running statistics belong to the epochs' weights, not to their mean; the
+    average's are recomputed over the training split (mean of per-batch means, as momentum=None does)."""
+    import ajuste.train.loop as loop
+
+    checked = []
+    real = loop._refresh_batchnorm
+
+    def check(backbone, pipeline, **kw):
+        net = backbone.net
+        before = net.bn1.running_mean.clone()
+        real(backbone, pipeline, **kw)
+        with torch.no_grad():
+            means = [net.conv_stem(x).mean(dim=(0, 2, 3)) for x, _ in pipeline.loader("train")]
+        assert not torch.allclose(net.bn1.running_mean, before)
+        torch.testing.assert_close(net.bn1.running_mean, torch.stack(means).mean(0), rtol=1e-4, atol=1e-5)
+        assert net.bn1.momentum == 0.1 and backbone.training
+        checked.append(True)
+
+    monkeypatch.setattr(loop, "_refresh_batchnorm", check)
+    cfg = _cfg(**{"train.epochs": 3, "strategy.stage2_average": 1.0, "strategy.head_epochs": 1,
+                  "model.bn": "train", "data.augment": "none"})
+    res = train_run(cfg=cfg, out=None, data=digits_small, progress=False, evaluate_test=False)
+    assert checked and res.summary["averaged"]["epochs"] == [2, 4]
+    # frozen statistics (the fine-tuning default) are the same in every epoch: nothing to recompute
+    checked.clear()
+    train_run(cfg=cfg.override({"model.bn": "frozen"}), out=None, data=digits_small, progress=False,
+              evaluate_test=False)
+    assert not checked

@@ -92,6 +92,11 @@ class StrategyConfig:
     stage2_patience: int = _help("two-stage: early-stopping patience of the end-to-end phase; 0: run its whole "
                                  "LR schedule and keep its best epoch (as fast.ai's fine_tune does: validation "
                                  "accuracy kept rising in the schedule's low-LR end, docs/results.md)", default=0)
+    stage2_average: float | None = _help("two-stage: share of the end-to-end phase's last epochs whose weights are "
+                                         "averaged into its result (stochastic weight averaging) instead of keeping "
+                                         "its single most accurate epoch; 0: keep that epoch. Only when the phase "
+                                         "runs its whole schedule (stage2_patience 0). auto: 0.5 for images, 0 for "
+                                         "text (docs/results.md)", default=None)
     gradual_every: int = _help("gradual: epochs between unfreezing one more group", default=1)
 
     def __post_init__(self) -> None:
@@ -104,6 +109,7 @@ class StrategyConfig:
         _check_range("strategy.stage2_lr_factor", self.stage2_lr_factor, 0.0, 10.0, lo_open=True)
         if self.stage2_patience < 0:
             raise ConfigError(f"strategy.stage2_patience={self.stage2_patience} must be ≥ 0 (0: no early stop)")
+        _check_range("strategy.stage2_average", self.stage2_average, 0.0, 1.0)
 
 
 @dataclass

@@ -180,8 +180,11 @@ def train(
         raise typer.Exit(130)
     if not w.main:
         return
+    avg = s.get("averaged")
+    kept = (f"weights averaged over epochs {avg['epochs'][0]}-{avg['epochs'][1]}/{s['epochs']}"
+            if avg and avg["kept"] else f"best epoch {s['best_epoch']}/{s['epochs']}")
     con.print(f"test accuracy {s['test_accuracy']:.4f}  macro-F1 {s['test_macro_f1']:.4f}  "
-              f"({s['n_test']} test examples)  best epoch {s['best_epoch']}/{s['epochs']}  "
+              f"({s['n_test']} test examples)  {kept}  "
               f"train {s['train_seconds']:.0f}s  trainable {s['trainable_params']:,}/{s['total_params']:,} params")
     if w.active:
         con.print(f"data-parallel: {w.size} workers ({s['distributed']['backend']})")

@@ -28,6 +28,10 @@ class Phase:
     # PEFT: a regex over parameter names; the matching parameters and the head train, train_groups is
     # ignored (adapters and biases live inside every layer group).
     select: str | None = None
+    # Weight averaging: the phase's result is the mean of the weights after each of its last `average`
+    # epochs (BatchNorm statistics recomputed when they train), not its most accurate epoch. Needs
+    # patience None (the phase runs its whole schedule).
+    average: int = 0
 
     @property
     def head_only(self) -> bool:

@@ -61,6 +61,8 @@ class FitResult:
     seconds: float = 0.0
     interrupted: bool = False
     stopped_by: str = ""
+    # Set when the kept weights are a weight average: its epochs (1-based, inclusive) and validation.
+    averaged: dict[str, Any] | None = None
 
 
 @dataclass
@@ -73,6 +75,7 @@ class _State:
     best_epoch: int = -1
     bad_epochs: int = 0
     seconds: float = 0.0
+    averaged: int = 0  # epochs summed into the running weight average of the current phase (Phase.average)
 
 
 class _Interrupt:
@@ -199,6 +202,8 @@ class Checkpointer:
         self._seq = 0
         self._files: dict[str, str] = {}
         self._best: dict[str, torch.Tensor] | None = None  # to be written with the next save
+        # The running sum of a weight-averaged phase (Phase.average): written with every save while set.
+        self.average: dict[str, torch.Tensor] | None = None
         self._saved_at, self._save_cost, self._unsaved = -math.inf, 0.0, False
 
     # An epoch's save is skipped while the time since the last save is under this many times what a save
@@ -222,6 +227,10 @@ class Checkpointer:
             return
         self._seq += 1
         files = dict(self._files, last=f"last-{self._seq}.safetensors", optimizer=f"optimizer-{self._seq}.pt")
+        files.pop("average", None)
+        if self.average is not None:
+            files["average"] = f"average-{self._seq}.safetensors"
+            atomic_save_safetensors(self.dir / files["average"], self.average)
         atomic_save_safetensors(self.dir / files["last"], backbone.state_dict())
         atomic_torch_save(self.dir / files["optimizer"], optimizer.state_dict())
         if self._best is not None:
@@ -256,6 +265,7 @@ class Checkpointer:
                 f.unlink(missing_ok=True)
 
     def load(self) -> tuple[_State, dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict | None]:
+        """State, last weights, best weights, optimizer state; sets ``average`` when a phase was averaging."""
         import json
 
         from safetensors.torch import load_file
@@ -270,6 +280,7 @@ class Checkpointer:
         self._seq, self._files = int(saved["seq"]), dict(saved["files"])
         last = load_file(self.dir / self._files["last"])
         best = load_file(self.dir / self._files["best"]) if "best" in self._files else None
+        self.average = load_file(self.dir / self._files["average"]) if "average" in self._files else None
         opt = torch.load(self.dir / self._files["optimizer"], map_location="cpu", weights_only=True)
         return state, last, best, opt
 
@@ -398,7 +409,8 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
                 rec = EpochRecord(state.global_epoch, phase.name, train_loss, val_loss, val_acc, lr_now, seconds,
                                   train_feed.cached)
                 result.history.append(rec)
-                improved = _improved(cfg.train.monitor, val_loss, val_acc, state)
+                # A weight-averaged phase offers only its average (at its end) as a candidate best.
+                improved = not phase.average and _improved(cfg.train.monitor, val_loss, val_acc, state)
                 if improved:
                     state.best_val_loss, state.best_val_accuracy = val_loss, val_acc
                     state.best_epoch, state.bad_epochs = state.global_epoch, 0
@@ -406,6 +418,9 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
                     ckpt.save_best(best_weights)
                 else:
                     state.bad_epochs += 1
+                if phase.average and e >= phase.epochs - phase.average:
+                    ckpt.average = _add_weights(ckpt.average, backbone)
+                    state.averaged += 1
                 # the best epoch so far, for on_epoch_end callbacks (a search reports it to its pruner)
                 result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
                 result.best_epoch = state.best_epoch
@@ -441,6 +456,9 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
                     break
             if result.interrupted or result.stopped_by:
                 break
+            if phase.average and state.averaged:
+                best_weights = _take_average(backbone, pipeline, cfg, ckpt, state, result, best_weights,
+                                             val_feed=val_feed, channels_last=channels_last, w=w, console=console)
             # Next phase starts from the best weights found so far, not the last ones.
             backbone.load_state_dict(best_weights)
             state.phase_epoch = phase.epochs
@@ -454,6 +472,68 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
     result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
     result.best_epoch, result.seconds = state.best_epoch, state.seconds
     return result
+
+
+def _add_weights(total: dict[str, torch.Tensor] | None, backbone: Backbone) -> dict[str, torch.Tensor]:
+    """The running sum of the floating-point weights and buffers, plus this epoch's."""
+    current = {k: v.detach() for k, v in backbone.state_dict().items() if v.is_floating_point()}
+    if total is None:
+        return {k: v.float().clone() for k, v in current.items()}
+    for k, v in current.items():
+        total[k] += v.float()
+    return total
+
+
+def _take_average(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, ckpt: Checkpointer, state: _State,
+                  result: FitResult, best_weights: dict[str, torch.Tensor], *, val_feed: _Feed, channels_last: bool,
+                  w: World, console: Any) -> dict[str, torch.Tensor]:
+    """End of a weight-averaged phase: load the mean of its last epochs' weights (stochastic weight
+    averaging, Izmailov et al. 2018), recompute BatchNorm statistics if they trained, validate, and keep
+    it if it beats the best of the earlier phases. Returns the best weights."""
+    assert ckpt.average is not None
+    n, total = state.averaged, ckpt.average
+    current = backbone.state_dict()
+    backbone.load_state_dict({k: (total[k] / n).to(v.dtype) if k in total else v for k, v in current.items()})
+    if cfg.model.bn == "train":
+        _refresh_batchnorm(backbone, pipeline, channels_last=channels_last, w=w)
+    val_loss, val_acc = _validate(backbone, val_feed.make(0, 1), cfg, channels_last=channels_last, w=w,
+                                  forward=val_feed.forward, bf16=val_feed.bf16)
+    kept = math.isfinite(val_loss) and _improved(cfg.train.monitor, val_loss, val_acc, state)
+    first, last = state.global_epoch - n + 1, state.global_epoch
+    result.averaged = {"epochs": [first, last], "val_loss": val_loss, "val_accuracy": val_acc, "kept": kept}
+    if kept:
+        state.best_val_loss, state.best_val_accuracy, state.best_epoch = val_loss, val_acc, last - 1
+        best_weights = _state_dict(backbone)
+        ckpt.save_best(best_weights)
+    result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
+    result.best_epoch = state.best_epoch
+    ckpt.average, state.averaged = None, 0
+    if console is not None:
+        console.print(f"weights of epochs {first}-{last} averaged: val_loss {val_loss:.4f}  val_acc {val_acc:.4f}"
+                      + ("  *" if kept else "  (an earlier phase's best stays)"), markup=False, highlight=False)
+    return best_weights
+
+
+@torch.no_grad()
+def _refresh_batchnorm(backbone: Backbone, pipeline: Pipeline, *, channels_last: bool, w: World) -> None:
+    """BatchNorm running statistics of averaged weights: a cumulative mean over one pass of the training
+    split (no augmentation); the averaged statistics of the epochs do not belong to the averaged weights."""
+    was_training = backbone.training
+    backbone.train()  # frozen norms stay in eval mode (Backbone.train)
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    try:
+        for inputs, _ in pipeline.loader("train", world=w):
+            backbone(to_device_batch(inputs, channels_last=channels_last))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        backbone.train(was_training)
+    if w.active:
+        sync_module(backbone)
 
 
 def _fast_optimizer(optimizer: Any, cfg: RunConfig) -> Any:

@@ -238,6 +238,8 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
         "stopped_by": result.stopped_by or "completed",
         "val_loss": result.best_val_loss,
         "val_accuracy": result.best_val_accuracy,
+        # kept weights that average the last epochs of a phase (strategy.stage2_average), with their validation
+        "averaged": result.averaged,
         "train_seconds": round(result.seconds, 2),
         "trainable_params": trainable,
         "total_params": backbone.total_parameters(),
