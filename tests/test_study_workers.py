@@ -148,8 +148,10 @@ def test_ctrl_c_checkpoints_the_running_cells_a_kill_takes_the_workers_and_the_r
     assert not list(out.glob("runs/*/summary.json")), "a cell ran to the end after Ctrl-C"
 
     # 1. Ctrl-C (SIGINT to the study process): every running cell finishes its epoch and checkpoints.
+    # (Step 0's cells may have recorded an epoch before its Ctrl-C landed: wait for this process's own.)
+    earlier = sum(len(read_jsonl(p)) for p in (out / "runs").glob("*/metrics.jsonl"))
     proc = _start(out)
-    _wait_for_epochs(proc, out, 2)
+    _wait_for_epochs(proc, out, 2, more_than=earlier)
     running = [p.parent for p in (out / "runs").glob("*/metrics.jsonl") if not (p.parent / "summary.json").exists()]
     workers = _children(proc.pid)
     assert len(workers) >= 2, "expected the cells in worker processes"
