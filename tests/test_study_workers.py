@@ -199,11 +199,11 @@ def _sampling_runner(init):
     return run
 
 
-def test_the_cores_of_an_idle_worker_go_to_the_cells_still_running(tmp_path):
+def _long_and_short(tmp_path: Path, *, share_idle: bool) -> dict[str, dict]:
     from ajuste.config import RunConfig
     from ajuste.study.workers import Job, WorkerCells
 
-    cells = WorkerCells(2, init={"make_runner": _sampling_runner}, threads=1)
+    cells = WorkerCells(2, init={"make_runner": _sampling_runner}, threads=1, share_idle=share_idle)
     try:
         time.sleep(3)  # both workers ready (SIGUSR1 handled)
         cells.submit(Job("long", RunConfig(), tmp_path / "long"))
@@ -213,5 +213,39 @@ def test_the_cores_of_an_idle_worker_go_to_the_cells_still_running(tmp_path):
             got.update({job.key: res for job, res in cells.wait()})
     finally:
         cells.close()
+    return got
+
+
+def test_the_cores_of_an_idle_worker_go_to_the_cells_still_running_when_asked(tmp_path):
+    got = _long_and_short(tmp_path, share_idle=True)
     assert got["short"]["threads"] == [1]
     assert got["long"]["threads"][0] == 1 and got["long"]["threads"][-1] >= 2  # 1 while both ran, then all
+
+
+def test_by_default_a_cell_keeps_its_thread_count_when_its_neighbour_finishes(tmp_path):
+    got = _long_and_short(tmp_path, share_idle=False)
+    assert got["short"]["threads"] == [1] and got["long"]["threads"] == [1]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to run two cells at once")
+def test_a_cell_trains_on_the_same_thread_count_however_the_study_runs_and_resumes(tmp_path):
+    """Float sums split over another number of threads round differently: a cell's numbers repeat only at
+    the same count, so the count must depend on the study's width, not on timing or on the cells left."""
+    sets = [s for s in TINY if not s.startswith("train.threads")]
+    spec = _spec(strategies=["linear-probe", "scratch"], fractions=[0.1, 0.3], sets=sets)  # 4 cells
+    out = tmp_path / "s"
+    first = run_study(spec=spec, study_dir=out, progress=False, similarity=False, workers=2)
+    want = [len(os.sched_getaffinity(0)) // 2]
+    assert {r["cell"]: r["threads"] for r in first.records} == {c.key: want for c in spec.cells()}
+    # Drop the longest-running cell's record and run: as if the study had been stopped before it was recorded.
+    last = max(first.records, key=lambda r: r["train_seconds"])
+    rows = [r for r in read_jsonl(out / "results.jsonl") if r["cell"] != last["cell"]]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import shutil
+
+    shutil.rmtree(out / "runs" / last["cell"])
+    again = run_study(spec=spec, study_dir=out, progress=False, similarity=False, workers=2)
+    redone = {r["cell"]: r for r in again.records}[last["cell"]]
+    assert redone["threads"] == want  # alone in this process, yet on the study's count
+    assert redone["test_accuracy"] == last["test_accuracy"]
+    assert [h["train_loss"] for h in redone["history"]] == [h["train_loss"] for h in last["history"]]

@@ -47,6 +47,9 @@ def compare(
     no_similarity: bool = typer.Option(False, "--no-similarity", help="Skip the domain-similarity measurement"),
     workers: int = typer.Option(0, "--workers", "-j", help="Cells trained at once, each in its own process with "
                                 "cores/workers threads (0: one per core on a CPU, 1 on a GPU machine)"),
+    share_idle_cores: bool = typer.Option(False, "--share-idle-cores",
+                                          help="Give idle workers' cores to the cells still running: the last "
+                                               "cells finish sooner, but their numbers then depend on timing"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Fine-tune vs train from scratch: strategies × data fractions × seeds, a recommendation and a report."""
@@ -64,7 +67,7 @@ def compare(
     con.print(f"{len(spec.cells())} cells: {', '.join(spec.strategies)} × fractions "
               f"{', '.join(f'{f:g}' for f in spec.fractions)} × {spec.seeds} seed(s) → {study_dir}")
     res = run_study(spec=spec, study_dir=study_dir, console=con, progress=not quiet, similarity=not no_similarity,
-                    workers=workers)
+                    workers=workers, share_idle_cores=share_idle_cores)
     advice = build_report(study_dir)
     con.print("")
     con.print(f"[bold green]{advice['text']}[/]", highlight=False)

@@ -98,9 +98,10 @@ class CostModel:
 
 def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress: bool = True,
               similarity: bool = True, on_cell_end: Callable[[dict], None] | None = None,
-              workers: int | None = None) -> StudyResult:
+              workers: int | None = None, share_idle_cores: bool = False) -> StudyResult:
     """``workers``: cells trained at once in worker processes (None or 0: one per core on a CPU, see
-    ajuste.study.workers; 1: one after the other in this process)."""
+    ajuste.study.workers; 1: one after the other in this process). ``share_idle_cores``: the cores of idle
+    workers go to the cells still running (sooner done; those cells' numbers then depend on timing)."""
     from ajuste.train.run import check_writable, prepare_data
 
     t0 = time.perf_counter()
@@ -162,18 +163,23 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
         if on_cell_end is not None:
             on_cell_end(rec)
 
-    if workers is None or workers <= 0:
-        workers = auto_workers(len(planned))
-    workers = max(1, min(workers, len(planned)))
+    # Every cell trains on cores/width threads, the width counted on the whole study (not on the cells left,
+    # nor on which neighbours are still running): a cell's numbers then do not depend on timing or on a
+    # resume (float sums over another number of threads round differently; see ajuste.study.workers).
+    n_cells = len(spec.cells())
+    width = max(1, min(auto_workers(n_cells) if workers is None or workers <= 0 else workers, n_cells))
+    threads = max(1, usable_cores() // width)
+    workers = max(1, min(width, len(planned)))
     if workers > 1 and budget is None:
         planned = longest_first(planned, sizes)  # no budget to protect: finish soonest
     if workers > 1 and planned:
-        threads = max(1, usable_cores() // workers)
-        _say(console, f"{workers} cells at a time, {threads} thread(s) each")
+        _say(console, f"{workers} cells at a time, {threads} thread(s) each"
+                      + (" (idle cores shared out)" if share_idle_cores else ""))
         init = {"make_runner": _cell_runner, "spec": spec.to_dict(), "splits": splits, "study_dir": str(study_dir)}
-        cells = WorkerCells(workers, init=init, threads=threads)
+        cells = WorkerCells(workers, init=init, threads=threads, share_idle=share_idle_cores)
     else:
-        cells = InlineCells(lambda job: _train_cell(job, data, splits, study_dir))
+        cells = InlineCells(lambda job: _train_cell(job, data, splits, study_dir),
+                            threads=threads if width > 1 and not share_idle_cores else None)
 
     try:  # after the workers started: they import and load the data meanwhile
         sim = _similarity(study_dir, spec, data, splits, cfg0, console) if similarity else None
@@ -341,7 +347,8 @@ def _record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: int) -
         "val_accuracy": s["val_accuracy"], "val_loss": s["val_loss"], "train_seconds": s["train_seconds"],
         "wall_seconds": s["wall_seconds"], "trainable_params": s["trainable_params"],
         "total_params": s["total_params"], "peak_memory_mb": s["peak_memory_mb"], "epochs": s["epochs"],
-        "best_epoch": s["best_epoch"], "planned_epochs": planned_epochs, "run_dir": str(Path("runs") / cell.key),
+        "best_epoch": s["best_epoch"], "planned_epochs": planned_epochs, "threads": s.get("threads"),
+        "run_dir": str(Path("runs") / cell.key),
         "confusion": s["test"]["confusion"],
         "history": [{k: h[k] for k in ("epoch", "phase", "train_loss", "val_loss", "val_accuracy", "seconds")}
                     for h in hist],

@@ -50,6 +50,9 @@ class EpochRecord:
     lr: float
     seconds: float
     cached: bool
+    # torch intra-op threads of the epoch: float sums split across another number of threads round
+    # differently, so a run repeats bit for bit only at the same count
+    threads: int = 0
 
 
 @dataclass
@@ -288,7 +291,7 @@ class Checkpointer:
         if not self.metrics:
             return []
         rows = [r for r in read_jsonl(self.metrics) if r.get("epoch", 10**9) < upto]
-        return [EpochRecord(**{k: r[k] for k in EpochRecord.__dataclass_fields__}) for r in rows]
+        return [EpochRecord(**{k: r[k] for k in EpochRecord.__dataclass_fields__ if k in r}) for r in rows]
 
     def truncate_metrics(self, upto: int) -> None:
         """Drop metric lines of epochs after the checkpoint (a kill between the two writes)."""
@@ -407,7 +410,7 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
                     _diverged(backbone, best_weights, ckpt, lr_now, state, cfg.optim.lr)
                 seconds = time.perf_counter() - t0
                 rec = EpochRecord(state.global_epoch, phase.name, train_loss, val_loss, val_acc, lr_now, seconds,
-                                  train_feed.cached)
+                                  train_feed.cached, torch.get_num_threads())
                 result.history.append(rec)
                 # A weight-averaged phase offers only its average (at its end) as a candidate best.
                 improved = not phase.average and _improved(cfg.train.monitor, val_loss, val_acc, state)

@@ -241,6 +241,8 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
         # kept weights that average the last epochs of a phase (strategy.stage2_average), with their validation
         "averaged": result.averaged,
         "train_seconds": round(result.seconds, 2),
+        # a run repeats bit for bit only at the same thread count (one count unless a study shared idle cores)
+        "threads": sorted({h.threads for h in result.history}),
         "trainable_params": trainable,
         "total_params": backbone.total_parameters(),
         "peak_memory_mb": round(mem.peak / 2**20, 1),
