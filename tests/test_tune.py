@@ -410,6 +410,24 @@ def test_each_sampler_runs(tmp_path, tiny_cfg, digits, sampler):
         assert "test_accuracy" not in t.user_attrs  # the test split plays no part in selection
 
 
+def test_a_weight_averaged_trial_reports_its_phase_then_the_average(tmp_path, tiny_cfg, digits):
+    """Two-stage on images keeps the mean of the end-to-end phase's last epochs, validated after the last
+    epoch: during that phase the pruner must see the phase's epochs, not the head phase's best frozen in
+    place, and the last report must still be the trial's value."""
+    cfg = tiny_cfg.override({"strategy.name": "two-stage", "strategy.head_epochs": 2, "train.epochs": 4,
+                             "strategy.stage2_average": 0.5})
+    res = _tune(tmp_path, cfg, digits, trials=2)
+    for t in _study(res).trials:
+        assert t.state.name == "COMPLETE"
+        reports = [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+        assert t.value == reports[-1] == t.user_attrs["val_accuracy"]
+        head = max(reports[:2])  # (a random-init backbone: training it end to end beats its frozen features)
+        assert any(r > head for r in reports[2:t.user_attrs["epochs"]]), reports
+        n = t.user_attrs["epochs"]
+        assert reports[:n] == sorted(reports[:n])  # the objective so far never drops while epochs run
+        assert len(reports) in (n, n + 1)  # + the average's score when it differs from the last epoch's
+
+
 @pytest.mark.parametrize("pruner", ["hyperband", "sha", "median"])
 def test_each_pruner_runs(tmp_path, tiny_cfg, digits, pruner):
     res = _tune(tmp_path, tiny_cfg, digits, pruner=pruner, trials=4)

@@ -5,7 +5,10 @@ The score of a trial (the **objective**) is taken at the trial's *best epoch*, n
 keeps and a retrain delivers. With ``metric="val_accuracy"`` (maximised) the objective is the validation
 accuracy of that epoch; with ``metric="val_loss"`` (minimised) it is that epoch's loss. After every
 epoch the trial reports this objective-so-far (step = epoch index), so pruners compare trials on the
-same quantity the study optimises, and a trial's last report equals its final value.
+same quantity the study optimises, and a trial's last report equals its final value. A weight-averaged
+phase (two-stage on images) keeps the mean of its last epochs' weights, validated once at its end: during
+the phase the trial reports the phase's best epoch so far (when it beats the earlier phases' best), and the
+average's score comes as one more report, at step = the trial's epoch count.
 
 When the monitor is the validation accuracy itself, the objective is the trial's most accurate epoch:
 optimistic by the selection, equally for every trial, and still the model a retrain keeps. The test
@@ -85,7 +88,10 @@ class EpochReporter:
         from ajuste.train.loop import CancelFit
 
         self.epochs = rec.epoch + 1
-        if result is not None and 0 <= result.best_epoch <= rec.epoch:
+        if result is not None and getattr(result, "provisional", None) is not None:
+            # a weight-averaged phase: its best epoch so far stands in for the average, validated at its end
+            self.best_loss, self.best_acc = result.provisional
+        elif result is not None and 0 <= result.best_epoch <= rec.epoch:
             # fit's own best epoch (by train.monitor): the weights a retrain keeps
             self.best_loss, self.best_acc = result.best_val_loss, result.best_val_accuracy
         elif rec.val_loss < self.best_loss - IMPROVEMENT:
@@ -200,6 +206,8 @@ class Objective:
         value = summary["val_accuracy"] if self.metric == "val_accuracy" else summary["val_loss"]
         if not math.isfinite(value):
             raise AjusteError(f"trial {trial.number} ended with a non-finite {self.metric}")
+        if value != reporter.value:  # a weight average, validated after the last epoch: one more step
+            trial.report(float(value), step=reporter.epochs)
         return float(value)
 
 

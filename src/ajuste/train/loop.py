@@ -66,6 +66,10 @@ class FitResult:
     stopped_by: str = ""
     # Set when the kept weights are a weight average: its epochs (1-based, inclusive) and validation.
     averaged: dict[str, Any] | None = None
+    # During a weight-averaged phase: (val loss, val accuracy) of its best epoch so far when that beats the
+    # kept best; the average is validated once, at the phase's end, so meanwhile a search's pruner judges
+    # the phase by this (None outside such a phase)
+    provisional: tuple[float, float] | None = None
 
 
 @dataclass
@@ -424,6 +428,10 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
                 if phase.average and e >= phase.epochs - phase.average:
                     ckpt.average = _add_weights(ckpt.average, backbone)
                     state.averaged += 1
+                if phase.average and (_beats(cfg.train.monitor, val_loss, val_acc, *result.provisional)
+                                      if result.provisional else _improved(cfg.train.monitor, val_loss, val_acc,
+                                                                           state)):
+                    result.provisional = (val_loss, val_acc)
                 # the best epoch so far, for on_epoch_end callbacks (a search reports it to its pruner)
                 result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
                 result.best_epoch = state.best_epoch
@@ -509,7 +517,7 @@ def _take_average(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, ckpt: 
         best_weights = _state_dict(backbone)
         ckpt.save_best(best_weights)
     result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
-    result.best_epoch = state.best_epoch
+    result.best_epoch, result.provisional = state.best_epoch, None
     ckpt.average, state.averaged = None, 0
     if console is not None:
         console.print(f"weights of epochs {first}-{last} averaged: val_loss {val_loss:.4f}  val_acc {val_acc:.4f}"
@@ -560,13 +568,15 @@ def _fast_optimizer(optimizer: Any, cfg: RunConfig) -> Any:
 def _improved(monitor: str, val_loss: float, val_acc: float, state: _State) -> bool:
     """Whether this epoch is the new best: lower val loss, or (monitor val_accuracy) higher accuracy,
     ties broken by the loss. The first epoch always is."""
-    if state.best_epoch < 0:
-        return True
+    return state.best_epoch < 0 or _beats(monitor, val_loss, val_acc, state.best_val_loss, state.best_val_accuracy)
+
+
+def _beats(monitor: str, val_loss: float, val_acc: float, best_loss: float, best_acc: float) -> bool:
     if monitor == "val_accuracy":
-        if val_acc > state.best_val_accuracy + 1e-9:
+        if val_acc > best_acc + 1e-9:
             return True
-        return abs(val_acc - state.best_val_accuracy) <= 1e-9 and val_loss < state.best_val_loss - 1e-4
-    return val_loss < state.best_val_loss - 1e-4
+        return abs(val_acc - best_acc) <= 1e-9 and val_loss < best_loss - 1e-4
+    return val_loss < best_loss - 1e-4
 
 
 def stretch_phases(phases: list[Phase], steps_per_epoch: int, min_steps: int) -> list[Phase]:
