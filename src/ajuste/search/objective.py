@@ -88,7 +88,7 @@ class EpochReporter:
         from ajuste.train.loop import CancelFit
 
         self.epochs = rec.epoch + 1
-        if result is not None and getattr(result, "provisional", None) is not None:
+        if result is not None and result.provisional is not None:
             # a weight-averaged phase: its best epoch so far stands in for the average, validated at its end
             self.best_loss, self.best_acc = result.provisional
         elif result is not None and 0 <= result.best_epoch <= rec.epoch:

@@ -75,7 +75,7 @@ class InlineCells:
         self._run = run
         self._job: Job | None = None
         self.size = 1
-        self._threads = threads  # per cell (the user's train.threads wins); None: this process's count
+        self._threads = threads  # per cell (a cell's train.threads still wins in fit); None: keep this process's
 
     def free(self) -> int:
         return 0 if self._job is not None else 1
@@ -90,7 +90,7 @@ class InlineCells:
         job, self._job = self._job, None
         if job is None:
             return []
-        if self._threads is None or getattr(job.cfg.train, "threads", None):
+        if self._threads is None:
             return [(job, self._run(job))]
         import torch
 

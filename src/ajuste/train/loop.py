@@ -428,10 +428,11 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
                 if phase.average and e >= phase.epochs - phase.average:
                     ckpt.average = _add_weights(ckpt.average, backbone)
                     state.averaged += 1
-                if phase.average and (_beats(cfg.train.monitor, val_loss, val_acc, *result.provisional)
-                                      if result.provisional else _improved(cfg.train.monitor, val_loss, val_acc,
-                                                                           state)):
-                    result.provisional = (val_loss, val_acc)
+                if phase.average:
+                    ref = result.provisional
+                    if (_beats(cfg.train.monitor, val_loss, val_acc, *ref) if ref
+                            else _improved(cfg.train.monitor, val_loss, val_acc, state)):
+                        result.provisional = (val_loss, val_acc)
                 # the best epoch so far, for on_epoch_end callbacks (a search reports it to its pruner)
                 result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
                 result.best_epoch = state.best_epoch
