@@ -1,6 +1,6 @@
 """Full fine-tuning of EfficientNet-Lite0 @224: ajuste vs the tutorial loop, training images per second.
 
-    python bench/full_ft.py [--train 256] [--val 64] [--epochs 2] [--threads 1]
+    python bench/full_ft.py [--train 256] [--val 64] [--epochs 2] [--threads 1] [--with-bf16]
 
 Data: clothing-small, stratified subsets; offline ImageNet weights on both sides; batch 32; light augmentation
 on both sides (RandomResizedCrop + flip).
@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=64, help="validation images (0 = all 341)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--with-bf16", action="store_true",
+                    help="also run ajuste with train.bf16=on (bf16 autocast training, where the CPU has native bf16)")
     args = ap.parse_args()
     C.set_threads(args.threads)
 
@@ -55,7 +57,10 @@ def main() -> None:
 
     # ajuste as shipped, then with the training-time BatchNorm folding off: its share of the speed-up.
     runs = {}
-    for name, extra in (("ajuste full", {}), ("ajuste full, train.fold_bn=false", {"train.fold_bn": False})):
+    variants = [("ajuste full", {}), ("ajuste full, train.fold_bn=false", {"train.fold_bn": False})]
+    if args.with_bf16:
+        variants.append(("ajuste full, train.bf16=on", {"train.bf16": "on"}))
+    for name, extra in variants:
         with tempfile.TemporaryDirectory(prefix="ajuste-bench-full-") as tmp:
             res = train_run(cfg=cfg.override(extra), out=Path(tmp) / "run", data=data, splits=splits,
                             progress=False, evaluate_test=False)
@@ -79,6 +84,9 @@ def main() -> None:
           f"{sum(tut_epochs) / sum(ajuste_epochs):.2f}× (goal ≥ 1.6×); val accuracy {ajuste_acc:.3f} vs {tut_acc:.3f}")
     unfolded = runs["ajuste full, train.fold_bn=false"][0]
     print(f"BatchNorm folding while training: {sum(unfolded) / sum(ajuste_epochs):.2f}× over all epochs")
+    if args.with_bf16:
+        bf16 = runs["ajuste full, train.bf16=on"][0]
+        print(f"bf16 autocast training vs ajuste's default: {sum(ajuste_epochs) / sum(bf16):.2f}× the images/s")
 
 
 def tutorial(data, splits, pre, epochs: int) -> tuple[list[float], float]:
