@@ -235,3 +235,50 @@ def test_error_text_with_brackets_is_printed_verbatim(capsys):
 
     _error("cannot read x [abc] y [/usr] z")
     assert one_error_line(capsys.readouterr().err) == "error: cannot read x [abc] y [/usr] z"
+
+
+# ------------------------------------------------------------------------ a corrected command is not refused
+
+
+def test_a_run_refused_before_its_first_epoch_does_not_block_the_corrected_command(tmp_path, capsys):
+    """A setting checked against the backbone (unfreeze deeper than it is) fails before anything is written;
+    a run directory that never saved an epoch gives way to the corrected command, one that did is kept."""
+    images = write_image_folder(tmp_path / "imgs", {"cat": 6, "dog": 6})
+    out = tmp_path / "run"
+    rc = main(train(images, out, "--strategy", "partial", "--unfreeze", "1000"))
+    assert "unfreeze=1000" in assert_refused(rc, capsys.readouterr().err, out)
+    assert not out.exists()
+    # The same situation left by an earlier version, or a Ctrl-C before the first checkpoint: run files only.
+    out.mkdir()
+    (out / "config.yaml").write_text("strategy:\n  name: partial\n  unfreeze: 1000\n")
+    (out / "status.json").write_text('{"status": "running"}')
+    assert main(train(images, out, "--strategy", "partial", "--unfreeze", "1")) == 0
+    assert (out / "summary.json").is_file()
+    capsys.readouterr()
+    # With an epoch saved, another config is refused and the run is left as it was.
+    (out / "summary.json").unlink()
+    before = sorted(p.name for p in out.iterdir())
+    rc = main(train(images, out, "--strategy", "partial", "--unfreeze", "2"))
+    line = assert_refused(rc, capsys.readouterr().err, out)
+    assert "different config" in line and "unfreeze" in line
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_a_study_refused_before_its_first_cell_does_not_block_the_corrected_command(tmp_path, capsys):
+    out = tmp_path / "study"
+    cmd = ["compare", "digits", *TINY_IMAGE, "--strategies", "linear-probe", "--fractions", "0.1",
+           "--no-similarity", "-j", "1", "-q", "--set", "train.epochs=1", "--out", str(out)]
+    rc = main([*cmd, "--set", "train.foo=1"])
+    assert "train.foo" in assert_refused(rc, capsys.readouterr().err)
+    assert not out.exists()  # a bad --set is caught before the study directory is made
+    # A stub from a study stopped before any cell (here: a model that does not exist) gives way too.
+    rc = main([*cmd[:2], "--model", "efficientnet_lit0", *cmd[4:]])
+    assert "efficientnet_lite0" in assert_refused(rc, capsys.readouterr().err)
+    assert (out / "study.json").is_file() and not (out / "runs").exists()
+    assert main(cmd) == 0, capsys.readouterr().err
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+    # Once a cell has run, other settings are refused: the finished cells are kept.
+    rc = main([*cmd, "--set", "train.epochs=2"])
+    line = assert_refused(rc, capsys.readouterr().err)
+    assert "other data or settings" in line
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1

@@ -65,6 +65,13 @@ def _check_study_dir(study_dir: Path, spec: StudySpec) -> None:
     old = StudySpec.from_dict(json.loads(path.read_text()))
     a, b = old.identity(), spec.identity()
     if a != b:
+        if not (study_dir / "results.jsonl").is_file() and not any((study_dir / "runs").glob("*")):
+            # No cell ever started (stopped by an error in its settings or data, or a Ctrl-C before the first
+            # cell): nothing to keep, so the corrected command starts afresh. The files derived from the old
+            # spec's data go with it.
+            for name in ("splits.json", "similarity.json", "spent.json", "skipped.json"):
+                (study_dir / name).unlink(missing_ok=True)
+            return
         diff = ", ".join(f"{k}: {a[k]!r} → {b[k]!r}" for k in a if a[k] != b[k])
         raise AjusteError(f"{study_dir} holds a study of other data or settings ({diff}); use another --out")
 
@@ -107,10 +114,12 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
     t0 = time.perf_counter()
     study_dir = Path(study_dir)
     _check_study_dir(study_dir, spec)
+    cfg0 = base_config(spec)  # bad --set values fail here, before the study directory is made
+    for cell in spec.cells():
+        cell_config(spec, cell)
     check_writable(study_dir)  # here, not in a worker: a full disk is one line before any cell starts
     atomic_write_json(study_dir / "study.json", spec.to_dict())
 
-    cfg0 = base_config(spec)
     data, splits = prepare_data(cfg0)
     splits_path = study_dir / "splits.json"
     if splits_path.is_file():

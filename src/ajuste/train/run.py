@@ -114,10 +114,20 @@ def _check_run_dir(out: Path, cfg: RunConfig, overwrite: bool) -> bool:
 
     old = load_config(old_cfg)
     if old.to_dict() != cfg.to_dict():
+        if _nothing_trained(out):
+            # Stopped before its first epoch was saved (an error in its settings, a Ctrl-C while loading):
+            # nothing would be lost, and refusing would leave the corrected command nowhere to go.
+            shutil.rmtree(out)
+            return False
         diff = _diff(old.to_dict(), cfg.to_dict())
         raise AjusteError(f"{out} holds an unfinished run with a different config ({diff}); "
                           f"use the same settings to resume, or --overwrite")
     return True
+
+
+def _nothing_trained(out: Path) -> bool:
+    """A run directory holding only the files written before training: no checkpoint, no weights."""
+    return not (out / "checkpoint").exists() and not any(out.glob("*.safetensors"))
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> str:
@@ -188,6 +198,7 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
     pipeline = Pipeline(data, splits, pre, tokenizer=getattr(backbone, "tokenizer", None),
                         augment=cfg.data.augment, hflip=cfg.data.hflip, batch_size=cfg.data.batch_size)
     strategy.prepare(backbone, cfg)
+    phases = strategy.phases(cfg, len(backbone.layer_groups()))  # checks e.g. unfreeze against the backbone
 
     run_dir = Path(out) if out is not None else None
     if w.main:
@@ -201,7 +212,6 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
 
     from ajuste.train.run_eval import evaluate_split, trainable_share
 
-    phases = strategy.phases(cfg, len(backbone.layer_groups()))
     trainable = trainable_share(backbone, phases)
     with PeakMemory() as mem:
         try:
