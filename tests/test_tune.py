@@ -668,6 +668,23 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, args, message):
     assert time.perf_counter() - t0 < 30
 
 
+@pytest.mark.parametrize("holds, message", [
+    ({"config.yaml": "model: {}\n", "summary.json": "{}"}, "holds a training run"),
+    ({"study.json": "{}", "report.html": "<html></html>"}, "holds a study of `ajuste compare`"),
+    ({"notes.txt": "mine"}, "is not an `ajuste tune` directory"),
+])
+def test_out_that_holds_something_else_is_refused_untouched(tmp_path, capsys, holds, message):
+    out = tmp_path / "o"
+    out.mkdir()
+    for name, text in holds.items():
+        (out / name).write_text(text)
+    rc, _, err = _cli(capsys, "tune", "digits", *TINY, *_tiny_sets(), "--strategy", "full", "--trials", "1",
+                      "--out", out)
+    assert rc == 2 and message in _one_error_line(err)
+    assert sorted(p.name for p in out.iterdir()) == sorted(holds)
+    assert all((out / name).read_text() == text for name, text in holds.items())
+
+
 def test_text_model_default_space(tmp_path, tiny_bert_dir):
     """A text study: the modality's default space (batch sizes 8/16/32, LR around the text default)."""
     from ajuste.search.runner import tune

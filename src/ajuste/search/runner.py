@@ -195,6 +195,12 @@ def tune(*, cfg: RunConfig, out: str | Path, trials: int | None = 20, sampler: s
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AjusteError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()) \
+            and not any((out / marker).exists() for marker in ("tune.json", "study.db", "best.json")):
+        what = ("holds a training run" if (out / "config.yaml").is_file() else
+                "holds a study of `ajuste compare`" if (out / "study.json").is_file() else
+                "is not empty and is not an `ajuste tune` directory")
+        raise AjusteError(f"--out {out} {what}; use another --out")
     url = storage or default_storage(out)
     if storage is None:
         out.mkdir(parents=True, exist_ok=True)
