@@ -229,6 +229,24 @@ def test_predict_refuses_inputs_of_the_other_modality(partly_corrupt, text_with_
     assert "no-such.png" in line
 
 
+def test_predict_on_a_text_run_does_not_classify_a_file_name(text_with_blanks, tmp_path, capsys):
+    """A misspelt or unreadable path given to a text model is an error, not a 'text' to label."""
+    csv_path, text_run, _, _ = text_with_blanks
+    sheet = tmp_path / "reviews.xlsx"
+    sheet.write_bytes(b"PK\x03\x04 not really a workbook")
+    cases = {str(tmp_path / "reviewz.csv"): "no such file", str(tmp_path / "*.tsv"): "no file matches",
+             str(sheet): "not .xlsx files"}
+    for item, message in cases.items():
+        line = assert_refused(main(["predict", str(text_run), item]), capsys.readouterr().err)
+        assert item in line and message in line
+    # Texts stay texts, whatever their punctuation; a real file is still read.
+    assert main(["predict", str(text_run), "loved it, e.g. the ending.", "see notes.txt later",
+                 str(csv_path), "--format", "csv"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith('"loved it, e.g. the ending."') and out[2].startswith("see notes.txt later")
+    assert len(out) == 3 + len((csv_path).read_text().splitlines()) - 1 - 2  # header; rows minus 2 blank texts
+
+
 def test_error_text_with_brackets_is_printed_verbatim(capsys):
     """rich markup in a message ("[/usr]", "[abc]") must neither crash the formatter nor vanish."""
     from ajuste.cli.main import _error

@@ -239,7 +239,8 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
 
     Image runs: image files, folders (searched recursively), glob patterns (``"shots/**/*.jpg"``), or
     ``-`` for file paths read from stdin, one per line. Text runs: CSV/TSV/JSONL/TXT files of texts,
-    globs matching such files, literal texts, or ``-`` for texts read from stdin, one per line.
+    globs matching such files, literal texts, or ``-`` for texts read from stdin, one per line. A single
+    word ending in a file suffix is a path: if no file is there, that is an error, not a text.
     ``stdin`` defaults to ``sys.stdin``.
     """
     from ajuste.data.pipeline import Pipeline
@@ -272,6 +273,14 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
 
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _TEXT_EXT = {".csv", ".tsv", ".jsonl", ".txt"}
+
+
+_FILE_EXT = _IMAGE_EXT | _TEXT_EXT | {".json", ".npz", ".npy", ".parquet", ".xlsx", ".xls", ".pdf", ".docx"}
+
+
+def _looks_like_a_file(item: str) -> bool:
+    """One word ending in a file suffix ("reviews.csv", "data/*.tsv"): meant as a path, not as a text."""
+    return not any(ch.isspace() for ch in item) and Path(item).suffix.lower() in _FILE_EXT
 
 
 def _read_stdin(stdin: Any) -> list[str]:
@@ -378,6 +387,12 @@ def _expand_text_inputs(inputs: list[str], text_col: str | None,
                                   f".csv/.tsv/.jsonl/.txt files of texts")
         if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".txt", ""):
             add_file(p, p.name)
+        elif p.is_file():
+            raise AjusteError(f"{item}: a text model reads texts from .csv/.tsv/.jsonl/.txt files, not "
+                              f"{p.suffix} files; convert it, or pass the texts themselves")
+        elif _looks_like_a_file(item):
+            raise AjusteError(f"{item}: {'no file matches this pattern' if _is_glob(item) else 'no such file'}"
+                              f"; check the path (a text to classify that looks like a file name: add a word)")
         else:
             names.append(item if len(item) <= 60 else item[:57] + "...")
             texts.append(item)
