@@ -247,6 +247,22 @@ def test_predict_on_a_text_run_does_not_classify_a_file_name(text_with_blanks, t
     assert len(out) == 3 + len((csv_path).read_text().splitlines()) - 1 - 2  # header; rows minus 2 blank texts
 
 
+@pytest.mark.parametrize("flags, says", [
+    (["--fraction", "1.5"], ["--fraction:", "must be whole", "0.15"]),
+    (["--fraction", "100000"], ["100000 training examples", "at most"]),
+    (["--fraction", "nan"], ["--fraction:", "share in (0, 1]"]),
+    (["--lr", "0"], ["--lr:", "optim.lr"]),
+    (["--epochs", "-1"], ["--epochs:", "train.epochs"]),
+])
+def test_a_bad_flag_is_named_as_typed(tmp_path, capsys, flags, says):
+    out = tmp_path / "run"
+    rc = main(["train", "digits", *TINY_IMAGE, "--strategy", "linear-probe", "-q", "--out", str(out), *flags])
+    line = assert_refused(rc, capsys.readouterr().err, out)
+    assert "unexpected" not in line and "--set" not in line
+    assert all(s in line for s in says), line
+    assert not out.exists()
+
+
 def test_error_text_with_brackets_is_printed_verbatim(capsys):
     """rich markup in a message ("[/usr]", "[abc]") must neither crash the formatter nor vanish."""
     from ajuste.cli.main import _error

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -51,6 +52,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_range("data.fraction", self.fraction, 0.0, float("inf"), lo_open=True)
+        if not math.isfinite(self.fraction):
+            raise ConfigError(f"data.fraction={self.fraction}: give a share in (0, 1] or a number of examples")
+        if self.fraction > 1 and float(self.fraction) != int(self.fraction):
+            raise ConfigError(f"data.fraction={self.fraction:g}: above 1 it is a number of training examples and "
+                              f"must be whole (0.15 is 15% of the training split)")
         _check_range("data.val_size", self.val_size, 0.0, 0.9, lo_open=True)
         _check_range("data.test_size", self.test_size, 0.0, 0.9, lo_open=True)
         if self.augment not in AUGMENT_LEVELS:
@@ -253,13 +259,14 @@ class RunConfig:
     def from_dict(cls, raw: dict[str, Any] | None, *, where: str = "config") -> "RunConfig":
         return _build(cls, raw or {}, prefix="", where=where)
 
-    def override(self, assignments: list[str] | dict[str, Any]) -> "RunConfig":
-        """Return a copy with dotted assignments applied (``["optim.lr=3e-4"]`` or ``{"optim.lr": 3e-4}``)."""
+    def override(self, assignments: list[str] | dict[str, Any], *, where: str = "--set") -> "RunConfig":
+        """Return a copy with dotted assignments applied (``["optim.lr=3e-4"]`` or ``{"optim.lr": 3e-4}``);
+        ``where`` names their origin in error messages (the option the user typed)."""
         raw = self.to_dict()
         items = assignments.items() if isinstance(assignments, dict) else (_split_assignment(a) for a in assignments)
         for key, value in items:
             _set_dotted(raw, key, value)
-        return RunConfig.from_dict(raw, where="--set")
+        return RunConfig.from_dict(raw, where=where)
 
 
 def _split_assignment(text: str) -> tuple[str, Any]:

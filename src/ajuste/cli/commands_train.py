@@ -114,11 +114,11 @@ def build_config(data: Optional[str], config: Optional[Path], sets: list[str], b
     mapping = {"model": "model.name", "strategy": "strategy.name", "fraction": "data.fraction",
                "seed": "train.seed", "epochs": "train.epochs", "unfreeze": "strategy.unfreeze",
                "text_col": "data.text_col", "label_col": "data.label_col", "lr": "optim.lr"}
-    direct = {mapping[k]: v for k, v in flags.items() if v is not None and k in mapping}
     if data is not None:
-        direct["data.source"] = data
-    if direct:
-        cfg = cfg.override(direct)
+        cfg = cfg.override({"data.source": data}, where="data")
+    for k, v in flags.items():  # one at a time, so that an error names the option typed (--fraction, not --set)
+        if v is not None and k in mapping:
+            cfg = cfg.override({mapping[k]: v}, where=f"--{k.replace('_', '-')}")
     if sets:
         cfg = cfg.override(list(sets))
     return cfg

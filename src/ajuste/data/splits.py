@@ -16,7 +16,7 @@ import numbers
 import numpy as np
 
 from ajuste.data.sources import LabelledData
-from ajuste.errors import DataError
+from ajuste.errors import ConfigError, DataError
 
 __all__ = ["make_splits", "take_fraction"]
 
@@ -89,10 +89,12 @@ def take_fraction(indices: np.ndarray, labels: np.ndarray, fraction: float, *, s
         count = int(round(fraction * n))
     else:
         if float(fraction) != int(fraction):
-            raise ValueError(f"fraction > 1 means a number of examples and must be a whole number, got {fraction!r}")
+            raise ConfigError(f"data.fraction={fraction!r}: above 1 it is a number of training examples and must "
+                              f"be whole (0.15 is 15% of the training split)")
         count = int(fraction)
         if count > n:
-            raise ValueError(f"fraction asks for {count} examples but only {n} are available")
+            raise ConfigError(f"data.fraction={count} asks for {count} training examples but the training split "
+                              f"has {n}; ask for at most {n}, or give a share in (0, 1]")
     order = _nested_order(idx, labels[idx], seed)
     n_classes = len(np.unique(labels[idx]))
     count = min(n, max(count, n_classes, 1))
