@@ -92,9 +92,16 @@ def test_budget_too_small_for_one_cell_says_the_minimum(tmp_path):
 
 def test_parse_budget():
     assert parse_budget("30m") == 1800 and parse_budget("1h30m") == 5400 and parse_budget("90s") == 90
-    assert parse_budget("2") == 120 and parse_budget(None) is None
+    assert parse_budget("2") == 2 and parse_budget(None) is None  # a bare number is seconds, as for --timeout
+    assert parse_budget("1h 30m") == 5400 and parse_budget("2d") == 172800
     with pytest.raises(ConfigError):
         parse_budget("soon")
+    for nothing in ("0", "0s", "0m"):  # 0 was taken as "no budget": say so instead of running unbounded
+        with pytest.raises(ConfigError, match="--budget .* must be longer than 0"):
+            parse_budget(nothing)
+    for bad in ("-5m", "5x", "m", "30m later"):
+        with pytest.raises(ConfigError, match="--budget .*expected a duration"):
+            parse_budget(bad)
 
 
 def _rec(strategy, fraction, n, acc, seed=0, val=None):

@@ -38,8 +38,9 @@ def compare(
                                    help="Comma-separated strategies (see `ajuste strategies`)"),
     fractions: str = typer.Option("0.1,0.3,1", "--fractions", help="Shares of the training split"),
     seeds: int = typer.Option(1, "--seeds", help="Seeds per (strategy, fraction)"),
-    budget: Optional[str] = typer.Option(None, "--budget", help="Time budget, e.g. 30m or 1h: cells that would "
-                                                               "not fit are skipped (cheapest run first)"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Time budget, e.g. 30m, 1h30m or 90s (a bare "
+                                                               "number is seconds): cells that would not fit "
+                                                               "are skipped (cheapest run first)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Study directory (default: studies/<data>-<model>)"),
     sets: list[str] = typer.Option([], "--set", help="Dotted override for every cell (repeatable)"),
     text_col: Optional[str] = typer.Option(None, "--text-col"),

@@ -30,7 +30,7 @@ def tune(
                                           help="sqlite:///path.db or postgresql://user@host/db "
                                                "(default: sqlite in --out); share one for parallel workers"),
     study_name: Optional[str] = typer.Option(None, "--study-name", help="Study name (default: data-model-strategy)"),
-    timeout: Optional[str] = typer.Option(None, "--timeout", help="Start no trial after this long: 90s, 30m, 1h"),
+    timeout: Optional[str] = typer.Option(None, "--timeout", help="Start no trial after this long: 90s, 30m, 1h (a bare number is seconds)"),
     metric: str = typer.Option("val_accuracy", "--metric",
                                help="val_accuracy (maximised) or val_loss (minimised), at each trial's best epoch"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output dir (default: runs/tune-<study name>)"),

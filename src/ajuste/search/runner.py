@@ -57,22 +57,10 @@ class TuneResult:
 
 
 def parse_duration(text: str | float | int | None) -> float | None:
-    """'90' / '90s' / '30m' / '1h' / '1h30m' / '2d' → seconds."""
-    if text is None or text == "":
-        return None
-    if isinstance(text, (int, float)):
-        seconds = float(text)
-    else:
-        s = str(text).strip().lower()
-        parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)d)?\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*"
-                             r"(?:(\d+(?:\.\d+)?)s?)?", s)
-        if not s or parts is None or not any(parts.groups()):
-            raise ConfigError(f"--timeout {text!r}: expected a duration like 90s, 30m, 1h or 1h30m")
-        d, h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
-        seconds = d * 86400 + h * 3600 + m * 60 + sec
-    if seconds <= 0:
-        raise ConfigError(f"--timeout {text!r} must be > 0")
-    return seconds
+    """``--timeout``: see ajuste.durations (a bare number is seconds)."""
+    from ajuste.durations import parse_duration as parse
+
+    return parse(text, "--timeout")
 
 
 def default_study_name(cfg: RunConfig) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -81,21 +80,10 @@ class StudySpec:
 
 
 def parse_budget(text: str | None) -> float | None:
-    """'30m', '1h30m', '90s', '2h', or a bare number of minutes."""
-    if text is None or str(text).strip() in ("", "none", "0"):
-        return None
-    s = str(text).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", s):
-        return float(s) * 60
-    total, pos = 0.0, 0
-    for m in re.finditer(r"(\d+(?:\.\d+)?)\s*([hms])", s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * {"h": 3600, "m": 60, "s": 1}[m.group(2)]
-        pos = m.end()
-    if pos != len(s) or total <= 0:
-        raise ConfigError(f"--budget {text!r}: expected a duration like 30m, 1h30m, 90s")
-    return total
+    """``--budget``: '30m', '1h30m', '90s', '2h', or a bare number of seconds (ajuste.durations)."""
+    from ajuste.durations import parse_duration
+
+    return parse_duration(text, "--budget")
 
 
 def parse_list(text: str, kind: type = str) -> list:
