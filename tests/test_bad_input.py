@@ -316,3 +316,39 @@ def test_a_study_refused_before_its_first_cell_does_not_block_the_corrected_comm
     line = assert_refused(rc, capsys.readouterr().err)
     assert "other data or settings" in line
     assert len((out / "results.jsonl").read_text().splitlines()) == 1
+
+
+def test_report_on_a_damaged_study_is_one_line(tmp_path, capsys):
+    study = tmp_path / "study"
+    assert main(["compare", "digits", *TINY_IMAGE, "--strategies", "linear-probe", "--fractions", "0.1",
+                 "--no-similarity", "-j", "1", "-q", "--set", "train.epochs=1", "--out", str(study)]) == 0
+    capsys.readouterr()
+
+    def damaged(name: str, damage) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(study, copy)
+        damage(copy)
+        return copy
+
+    garbled = damaged("garbled", lambda d: (d / "study.json").write_text("garbage"))
+    line = assert_refused(main(["report", str(garbled)]), capsys.readouterr().err)
+    assert "study.json is damaged" in line and "--out" in line
+    no_runs = damaged("no-runs", lambda d: shutil.rmtree(d / "runs"))
+    line = assert_refused(main(["report", str(no_runs)]), capsys.readouterr().err)
+    assert "missing" in line and "linear-probe-f0.1-s0" in line
+    # A garbled (non-UTF-8) line in results.jsonl is skipped like a torn one; the good lines still report.
+    with open(study / "results.jsonl", "ab") as fh:
+        fh.write(b'{"cell": "\xff\xfe"}\n')
+    assert main(["report", str(study)]) == 0, capsys.readouterr().err
+    assert "linear-probe" in capsys.readouterr().out
+
+
+def test_a_config_file_that_is_not_utf8_or_not_a_file(tmp_path, capsys):
+    binary = tmp_path / "cfg.yaml"
+    binary.write_bytes(b"train:\n  epochs: \xff\xfe\n")
+    line = assert_refused(main(["train", "digits", "-c", str(binary), "-q", "--out", str(tmp_path / "r")]),
+                          capsys.readouterr().err)
+    assert "not UTF-8" in line and str(binary) in line
+    line = assert_refused(main(["train", "digits", "-c", str(tmp_path), "-q", "--out", str(tmp_path / "r")]),
+                          capsys.readouterr().err)
+    assert "is a directory" in line

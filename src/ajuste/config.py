@@ -364,10 +364,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = RunConfig()
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {p} is a directory; give a YAML file")
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}); save the config as UTF-8 YAML") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""

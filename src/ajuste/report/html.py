@@ -67,13 +67,20 @@ def load_study(study_dir: Path) -> tuple[Any, list[dict], dict | None, list[dict
     study_dir = Path(study_dir)
     if not (study_dir / "study.json").is_file():
         raise AjusteError(f"{study_dir} is not a study directory (no study.json); run `ajuste compare` first")
-    spec = StudySpec.from_dict(json.loads((study_dir / "study.json").read_text()))
+    spec = StudySpec.from_dict(_read_json(study_dir / "study.json", "run `ajuste compare` again with another --out"))
     records = read_jsonl(study_dir / "results.jsonl")
     sim_path = study_dir / "similarity.json"
-    sim = json.loads(sim_path.read_text()) if sim_path.is_file() else None
+    sim = _read_json(sim_path, "delete it and re-run `ajuste compare` to measure again") if sim_path.is_file() else None
     skip_path = study_dir / "skipped.json"
-    skipped = json.loads(skip_path.read_text()) if skip_path.is_file() else []
+    skipped = _read_json(skip_path, "delete it; it only lists cells a budget left out") if skip_path.is_file() else []
     return spec, records, sim, skipped
+
+
+def _read_json(path: Path, fix: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AjusteError(f"{path} is damaged ({exc.__class__.__name__}); {fix}") from None
 
 
 def build_report(study_dir: Path, *, export: bool = True) -> dict[str, Any]:

@@ -367,6 +367,9 @@ def _record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: int) -
 def export_best(study_dir: Path, best_cell: str) -> Path:
     """Copy the winning run to ``best_model/`` (a plain run directory: `ajuste predict` takes it)."""
     src = Path(study_dir) / "runs" / best_cell
+    if not (src / "model.safetensors").is_file():
+        raise AjusteError(f"{src}, the run of the recommended cell, is missing or has no weights, so there is no "
+                          f"model to hand over; restore it, or run the study again with another --out")
     dst = Path(study_dir) / "best_model"
     tmp = Path(study_dir) / ".best_model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
