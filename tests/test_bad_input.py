@@ -352,3 +352,20 @@ def test_a_config_file_that_is_not_utf8_or_not_a_file(tmp_path, capsys):
     line = assert_refused(main(["train", "digits", "-c", str(tmp_path), "-q", "--out", str(tmp_path / "r")]),
                           capsys.readouterr().err)
     assert "is a directory" in line
+
+
+def test_predict_checks_its_output_before_predicting(partly_corrupt, capsys, monkeypatch):
+    import ajuste.train.run_eval as run_eval
+
+    root, run, _, _ = partly_corrupt
+    calls = []
+    monkeypatch.setattr(run_eval, "predict_inputs", lambda *a, **k: calls.append(a) or [])
+    image = root / "cat" / "1.png"
+    line = assert_refused(main(["predict", str(run), str(image), "--output", str(image / "p.csv")]),
+                          capsys.readouterr().err)
+    assert "is a file, not a directory" in line
+    if Path("/proc/self").is_dir():  # a place no user can create files in, root included
+        line = assert_refused(main(["predict", str(run), str(image), "--output", "/proc/ajuste-preds.csv"]),
+                              capsys.readouterr().err)
+        assert "cannot write there" in line
+    assert calls == []  # refused before any prediction ran

@@ -240,6 +240,23 @@ def evaluate(
     con.print(cm)
 
 
+def _check_output_writable(output: Path) -> None:
+    import tempfile
+
+    from ajuste.errors import AjusteError
+
+    for parent in (output.parent, *output.parent.parents):
+        if parent.exists() and not parent.is_dir():
+            raise AjusteError(f"--output {output}: {parent} is a file, not a directory; pick another place")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=".ajuste-write-check-"):
+            pass
+    except OSError as exc:
+        raise AjusteError(f"--output {output}: cannot write there ({exc.strerror or exc}); pick another "
+                          f"place") from None
+
+
 def predict(
     run_dir: Path = typer.Argument(..., help="A finished run directory"),
     inputs: list[str] = typer.Argument(..., help="Images: files, folders, globs (quoted), or - (paths on stdin). "
@@ -269,6 +286,7 @@ def predict(
         if any(i != "-" and Path(i).exists() and Path(i).resolve() == output.resolve() for i in inputs):
             raise AjusteError(f"--output {output} is also an input; write the predictions to another file")
         fmt = kind
+        _check_output_writable(output)  # before predicting: a long run must not end on an unwritable path
     rows = predict_inputs(run_dir, list(inputs), text_col=text_col)
     buf = io.StringIO(newline="") if output is not None else None
     if fmt == "jsonl":
