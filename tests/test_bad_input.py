@@ -369,3 +369,27 @@ def test_predict_checks_its_output_before_predicting(partly_corrupt, capsys, mon
                               capsys.readouterr().err)
         assert "cannot write there" in line
     assert calls == []  # refused before any prediction ran
+
+
+def test_a_run_command_given_the_wrong_thing_says_what_it_is(partly_corrupt, text_with_blanks, tmp_path, capsys):
+    root, image_run, _, _ = partly_corrupt
+    csv_path, text_run, _, _ = text_with_blanks
+    # Other data of the other modality: the modality is the problem, not its labels.
+    line = assert_refused(main(["evaluate", str(image_run), str(csv_path)]), capsys.readouterr().err)
+    assert "holds text data but the model is an image model" in line
+    line = assert_refused(main(["evaluate", str(text_run), str(root)]), capsys.readouterr().err)
+    assert "holds image data but the model is a text model" in line
+    # A study or a search where a run is expected: point at what to use instead.
+    study, search = tmp_path / "study", tmp_path / "search"
+    for d, marker in ((study, "study.json"), (search, "tune.json")):
+        d.mkdir()
+        (d / marker).write_text("{}")
+    for command in (["evaluate"], ["predict"], ["export", "--out", str(tmp_path / "x")]):
+        line = assert_refused(main([command[0], str(study), *([str(root)] if command[0] == "predict" else []),
+                                    *command[1:]]), capsys.readouterr().err)
+        assert "study of `ajuste compare`" in line and str(study / "best_model") in line
+        line = assert_refused(main([command[0], str(search), *([str(root)] if command[0] == "predict" else []),
+                                    *command[1:]]), capsys.readouterr().err)
+        assert "ajuste train --from-study" in line
+    line = assert_refused(main(["evaluate", str(csv_path)]), capsys.readouterr().err)
+    assert "is a file" in line

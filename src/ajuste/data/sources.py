@@ -125,11 +125,13 @@ def load_data(
     text_col: str | None = None,
     label_col: str | None = None,
     classes: list[str] | None = None,
+    modality: str | None = None,
 ) -> LabelledData:
     """Load a labelled data set from ``source`` (a path or the built-in name ``"digits"``).
 
     ``text_col`` / ``label_col`` pick the columns of a text table (auto-detected when obvious).
     ``classes`` (the class list of a trained run) maps labels onto that fixed order; a label outside it is an error.
+    ``modality`` (that of a trained run's model): other data is refused before its labels are compared.
     A plain string equal to a built-in name always means the built-in; write ``./digits`` for a folder of that name.
     """
     if isinstance(source, str) and source.strip().lower() in BUILTIN_SOURCES:
@@ -149,6 +151,10 @@ def load_data(
                 raw = _load_npz(path)
             else:
                 raw = _load_text_file(path, kind, text_col=text_col, label_col=label_col)
+    if modality is not None and raw.modality != modality:
+        article = "an" if modality[0] in "aeiou" else "a"
+        raise DataError(f"{source} holds {raw.modality} data but the model is {article} {modality} model; "
+                        f"give {modality} data")
     return _finish(raw, classes=classes)
 
 

@@ -51,10 +51,18 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     from ajuste.data.pipeline import Preprocessing
 
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise AjusteError(f"{run_dir} is a file; give the run directory `ajuste train` wrote (its --out)")
     if not run_dir.is_dir():
         raise AjusteError(f"run directory {run_dir} does not exist")
     needed = ["config.yaml", "labels.json", "preprocessing.json", "backbone.json", "model.safetensors"]
     missing = [n for n in needed if not (run_dir / n).is_file()]
+    if missing and (run_dir / "study.json").is_file():
+        raise AjusteError(f"{run_dir} is a study of `ajuste compare`, not a run; its recommended model is "
+                          f"{run_dir / 'best_model'}")
+    if missing and (run_dir / "tune.json").is_file():
+        raise AjusteError(f"{run_dir} is a search of `ajuste tune`, not a run; train its best trial with "
+                          f"`ajuste train --from-study {run_dir}`")
     if missing:
         status = _status(run_dir)
         hint = f" (status: {status}; re-run the same `ajuste train` command to finish it)" if status else ""
@@ -218,11 +226,9 @@ def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_co
         where = f"test split of {cfg.data.source}"
     else:
         data = load_data(data_source, text_col=text_col or cfg.data.text_col, label_col=label_col or cfg.data.label_col,
-                         classes=run.classes)
+                         classes=run.classes, modality=run.backbone.modality)
         test_idx = np.asarray(data.splits["test"]) if "test" in data.splits else np.arange(len(data))
         where = f"{'test split of ' if 'test' in data.splits else ''}{data_source}"
-    if data.modality != run.backbone.modality:
-        raise AjusteError(f"{run.run_dir} is a {run.backbone.modality} model but {data_source} holds {data.modality}")
     pipe = Pipeline(data, {"test": test_idx}, run.preprocessing, tokenizer=getattr(run.backbone, "tokenizer", None),
                     augment="none")
     logits, y = predict_logits(run.backbone, pipe.loader("test", batch_size=64),
