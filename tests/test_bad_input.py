@@ -140,9 +140,9 @@ def test_text_model_on_images_and_image_model_on_text(tmp_path, tiny_bert_dir, c
     images = write_image_folder(tmp_path / "imgs", {"cat": 4, "dog": 4})
     texts = write_text_csv(tmp_path / "t.csv")
     cases = [
-        (["train", images, "--model", tiny_bert_dir], "takes text", "holds image"),
+        (["train", images, "--model", tiny_bert_dir], "is a text model", "holds image"),
         (["train", images, "--model", "minilm-l6"], "is a text model", "holds image"),
-        (["train", texts, *TINY_IMAGE], "takes image", "holds text"),
+        (["train", texts, *TINY_IMAGE], "is an image model", "holds text"),
     ]
     for k, (args, says, holds) in enumerate(cases):
         out = tmp_path / f"run{k}"
@@ -150,6 +150,14 @@ def test_text_model_on_images_and_image_model_on_text(tmp_path, tiny_bert_dir, c
                               out)
         assert says in line and holds in line, line
         assert not out.exists()
+    # advise: the same line (it raised KeyError); an offline model is refused before the data profile prints,
+    # one from a folder once it is built.
+    for args, says, early in ((["advise", "digits", "-m", "minilm-l6"], "is a text model", True),
+                              (["advise", texts, "-m", "efficientnet_lite0"], "is an image model", True),
+                              (["advise", images, "-m", tiny_bert_dir], "is a text model", False)):
+        rc = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        assert says in assert_refused(rc, captured.err) and (captured.out == "") == early
 
 
 # -------------------------------------------------------------------------------------- names and LRs

@@ -91,7 +91,7 @@ def advise(
     from ajuste.strategies.base import resolve_config
     from ajuste.study.advice import data_size_reason
     from ajuste.study.similarity import measure_similarity
-    from ajuste.train.run import prepare_data
+    from ajuste.train.run import check_model_modality, prepare_data
 
     t0 = time.perf_counter()
     model = model or _default_model(data)
@@ -102,6 +102,7 @@ def advise(
         raw["data.label_col"] = label_col
     cfg = RunConfig().override(raw)
     d, splits = prepare_data(cfg)
+    check_model_modality(model, None, d, data)
     cfg = resolve_config(cfg, d.modality)
     con = _console()
     counts = d.class_counts() if hasattr(d, "class_counts") else {}

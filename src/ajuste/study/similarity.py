@@ -78,6 +78,7 @@ def measure_similarity(*, model: str, data: Any, splits: dict[str, np.ndarray], 
     import torch
 
     from ajuste.backbones.factory import create_backbone
+    from ajuste.train.run import check_model_modality
     from ajuste.data.pipeline import Pipeline, make_preprocessing
     from ajuste.train.loop import compute_features, use_bf16, use_channels_last
 
@@ -93,6 +94,7 @@ def measure_similarity(*, model: str, data: Any, splits: dict[str, np.ndarray], 
         torch.manual_seed(seed)
         bb = create_backbone(model, num_classes=len(data.classes), pretrained=cfg.model.pretrained,
                              pooling=cfg.model.pooling)
+        check_model_modality(model, bb.modality, data, data.source)
         if kind == "random":
             bb.reinitialize(seed=seed)
         if pipe is None:

@@ -180,20 +180,13 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
         console.print(f"resuming the unfinished run in {out} ({_epochs_done(Path(out))} epochs done)",
                       markup=False, highlight=False)
 
-    from ajuste.backbones.zoo import ZOO
-
-    entry = ZOO.get(cfg.model.name)
-    if entry is not None and entry.modality != data.modality:
-        raise AjusteError(f"model {cfg.model.name!r} is a {entry.modality} model but {cfg.data.source} holds "
-                          f"{data.modality} data; pick {_a(data.modality)} model (`ajuste models`)")
+    check_model_modality(cfg.model.name, None, data, cfg.data.source)
     _seed_everything(cfg.train.seed)
     backbone = create_backbone(cfg.model.name, num_classes=len(data.classes),
                                pretrained=cfg.model.pretrained and not strategy.reinitialize,
                                dropout=cfg.model.dropout or 0.0, pooling=cfg.model.pooling,
                                compact=strategy.compact)
-    if backbone.modality != data.modality:
-        raise AjusteError(f"model {cfg.model.name!r} takes {backbone.modality} but {cfg.data.source} holds "
-                          f"{data.modality} data; pick {_a(data.modality)} model (`ajuste models`)")
+    check_model_modality(cfg.model.name, backbone.modality, data, cfg.data.source)
     pre = make_preprocessing(data, backbone, image_size=cfg.data.image_size, max_length=cfg.data.max_length)
     pipeline = Pipeline(data, splits, pre, tokenizer=getattr(backbone, "tokenizer", None),
                         augment=cfg.data.augment, hflip=cfg.data.hflip, batch_size=cfg.data.batch_size)
@@ -298,6 +291,19 @@ def _epochs_done(run_dir: Path) -> int:
         return int(saved.get("state", saved)["global_epoch"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
+
+
+def check_model_modality(model: str, modality: str | None, data: Any, source: Any) -> None:
+    """Refuse a model of the other modality: ``modality`` is the built backbone's, or None to look the name up
+    among the offline models (before anything is built)."""
+    if modality is None:
+        from ajuste.backbones.zoo import ZOO
+
+        entry = ZOO.get(model)
+        modality = entry.modality if entry is not None else None
+    if modality is not None and modality != data.modality:
+        raise AjusteError(f"model {model!r} is {_a(modality)} model but {source} holds {data.modality} data; "
+                          f"pick {_a(data.modality)} model (`ajuste models`)")
 
 
 def _a(modality: str) -> str:
