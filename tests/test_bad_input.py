@@ -401,3 +401,15 @@ def test_a_run_command_given_the_wrong_thing_says_what_it_is(partly_corrupt, tex
         assert "ajuste train --from-study" in line
     line = assert_refused(main(["evaluate", str(csv_path)]), capsys.readouterr().err)
     assert "is a file" in line
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["train", "digits", "--fraction", "abc"], "invalid value for '--fraction'"),
+    (["export", "somewhere"], "missing option '--out'"),
+    (["trian"], "no such command 'trian'"),
+    (["compare", "--seeds", "x"], "invalid value for '--seeds'"),
+])
+def test_a_usage_error_is_one_line_with_the_help_to_read(capsys, argv, says):
+    rc = main(argv)
+    line = assert_refused(rc, capsys.readouterr().err)
+    assert rc == 2 and says in line and f"see `ajuste{' ' + argv[0] if argv[0] != 'trian' else ''} --help`" in line

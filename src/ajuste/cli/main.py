@@ -58,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         _error("aborted")
         return 130
     except usage as exc:
-        exc.show()
+        # One line, like every other refusal (click prints usage, a hint and the error on four).
+        ctx = getattr(exc, "ctx", None)
+        command = getattr(ctx, "command_path", None) or "ajuste"
+        message = exc.format_message()
+        _error(f"{message[:1].lower()}{message[1:]} (see `{command} --help`)")
         return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         if debug:
