@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     exits, aborts, usage = _click_types()
     debug = os.environ.get("AJUSTE_DEBUG") == "1"
     try:
-        rv = app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False, prog_name="ajuste")
         # Typer turns KeyboardInterrupt (and typer.Exit) into a returned exit code.
         code = rv if isinstance(rv, int) else 0
         if code == 130:
