@@ -413,3 +413,9 @@ def test_a_usage_error_is_one_line_with_the_help_to_read(capsys, argv, says):
     rc = main(argv)
     line = assert_refused(rc, capsys.readouterr().err)
     assert rc == 2 and says in line and f"see `ajuste{' ' + argv[0] if argv[0] != 'trian' else ''} --help`" in line
+
+
+def test_compare_with_a_negative_worker_count_is_refused(tmp_path, capsys):
+    out = tmp_path / "study"
+    line = assert_refused(main(["compare", "digits", "-j", "-1", "--out", str(out)]), capsys.readouterr().err)
+    assert "--workers -1" in line and not out.exists()

@@ -82,6 +82,14 @@ def test_fractions_outside_unit_interval_are_refused(fractions):
         _spec(fractions=fractions)
 
 
+def test_a_fraction_listed_twice_is_refused_like_a_strategy_listed_twice():
+    with pytest.raises(ConfigError, match="lists a fraction twice: 0.1,0.1"):
+        _spec(fractions=[0.1, 0.1])
+    with pytest.raises(ConfigError, match="lists a strategy twice"):
+        _spec(strategies=["scratch", "scratch"])
+    assert _spec(fractions=[1.0, 0.1]).fractions == [0.1, 1.0]
+
+
 def test_budget_too_small_for_one_cell_says_the_minimum(tmp_path):
     # The first (cheapest) cell always runs (with workers: alone, to measure it); a budget of 0.01 s then
     # skips the rest and says so.

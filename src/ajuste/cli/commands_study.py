@@ -59,6 +59,10 @@ def compare(
     from ajuste.study.spec import StudySpec, parse_budget, parse_list
 
     data, sets = split_positionals(data, sets, default="digits")
+    if workers < 0:
+        from ajuste.errors import ConfigError
+
+        raise ConfigError(f"--workers {workers}: give a number of cells trained at once (0: one per core)")
     model = model or _default_model(data)
     spec = StudySpec(source=data, model=model, strategies=parse_list(strategies),
                      fractions=parse_list(fractions, float), seeds=seeds, budget_seconds=parse_budget(budget),

@@ -57,7 +57,10 @@ class StudySpec:
         for f in self.fractions:
             if not (0.0 < f <= 1.0):
                 raise ConfigError(f"--fractions: {f:g} is outside (0, 1]; fractions are shares of the training split")
-        self.fractions = sorted(set(float(f) for f in self.fractions))
+        if len(set(self.fractions)) != len(self.fractions):
+            raise ConfigError(f"--fractions lists a fraction twice: {','.join(f'{f:g}' for f in self.fractions)}; "
+                              f"more seeds (--seeds) repeat a cell")
+        self.fractions = sorted(float(f) for f in self.fractions)
         if self.seeds < 1:
             raise ConfigError(f"--seeds {self.seeds}: need at least 1")
         if self.budget_seconds is not None and self.budget_seconds <= 0:
