@@ -372,6 +372,9 @@ def test_predict_checks_its_output_before_predicting(partly_corrupt, capsys, mon
     line = assert_refused(main(["predict", str(run), str(image), "--output", str(image / "p.csv")]),
                           capsys.readouterr().err)
     assert "is a file, not a directory" in line
+    line = assert_refused(main(["predict", str(run), str(image), "--format", "jsonl", "--output", "p.csv"]),
+                          capsys.readouterr().err)
+    assert "--format jsonl but --output p.csv is a .csv file" in line
     if Path("/proc/self").is_dir():  # a place no user can create files in, root included
         line = assert_refused(main(["predict", str(run), str(image), "--output", "/proc/ajuste-preds.csv"]),
                               capsys.readouterr().err)

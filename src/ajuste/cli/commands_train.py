@@ -281,6 +281,9 @@ def predict(
         kind = output.suffix.lower().lstrip(".")
         if kind not in ("csv", "jsonl"):
             raise AjusteError(f"--output {output}: name a .csv or .jsonl file (the suffix picks the format)")
+        if fmt not in ("table", kind):
+            raise AjusteError(f"--format {fmt} but --output {output} is a .{kind} file (the suffix picks the "
+                              f"format); name a .{fmt} file or drop --format")
         if output.is_dir():
             raise AjusteError(f"--output {output} is a directory; name a .csv or .jsonl file")
         if any(i != "-" and Path(i).exists() and Path(i).resolve() == output.resolve() for i in inputs):
