@@ -307,3 +307,16 @@ def test_console_script(tmp_path):
     assert bad.returncode == 2
     assert "/no/such/path" in one_error_line(bad.stderr)
     assert not (tmp_path / "runs").exists()
+
+
+def test_advise_profiles_the_data_and_suggests_a_command_on_one_line(capsys):
+    """The offline EfficientNet-Lite0 on digits (~10 s). Output piped (not a terminal, 80 columns): the
+    suggested command must still be one line, to copy or to run."""
+    assert main(["advise", "digits"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("data: built-in digits") or "1797 examples" in line for line in out), out
+    assert any(line.startswith("advice: ") for line in out)
+    assert any("domain similarity" in line and "pretrained features" in line for line in out)
+    nxt = [line for line in out if line.startswith("next: ")]
+    assert len(nxt) == 1 and "--seeds 3" in nxt[0] and len(nxt[0]) > 80
+    assert nxt[0].split("next: ", 1)[1].startswith("ajuste compare digits --model efficientnet_lite0 --strategies")

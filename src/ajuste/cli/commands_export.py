@@ -28,7 +28,7 @@ def export(
     from ajuste.export import export_run
 
     res = export_run(run_dir=run_dir, out=out, format=fmt, merge=merge, overwrite=overwrite)
-    con = Console(highlight=False)
+    con = Console(highlight=False, soft_wrap=True)
     if res.merged:
         what = f"{res.method} adapters merged into the weights"
     elif res.method and res.method != "bitfit":

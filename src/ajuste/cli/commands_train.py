@@ -15,7 +15,9 @@ DATA_HELP = "Data: digits (built-in), an image folder, a .npz, or a CSV/TSV/JSON
 def _console(quiet: bool = False):
     from rich.console import Console
 
-    return Console(quiet=quiet, highlight=False)
+    # soft_wrap: a long line (a path, the command `advise` suggests) stays one line when piped or copied;
+    # tables still fit the width.
+    return Console(quiet=quiet, highlight=False, soft_wrap=True)
 
 
 def _warn(message: str) -> None:
