@@ -235,6 +235,9 @@ def test_predict_refuses_inputs_of_the_other_modality(partly_corrupt, text_with_
     assert "image model" in line
     line = assert_refused(main(["predict", str(image_run), "no-such.png"]), capsys.readouterr().err)
     assert "no-such.png" in line
+    for run in (image_run, text_run):  # an empty argument (a shell variable that was not set)
+        line = assert_refused(main(["predict", str(run), "ok text", ""]), capsys.readouterr().err)
+        assert "input 2 is empty" in line
 
 
 def test_predict_on_a_text_run_does_not_classify_a_file_name(text_with_blanks, tmp_path, capsys):
@@ -422,3 +425,13 @@ def test_compare_with_a_negative_worker_count_is_refused(tmp_path, capsys):
     out = tmp_path / "study"
     line = assert_refused(main(["compare", "digits", "-j", "-1", "--out", str(out)]), capsys.readouterr().err)
     assert "--workers -1" in line and not out.exists()
+
+
+def test_missing_directories_are_called_missing(tmp_path, capsys):
+    gone = tmp_path / "gone"
+    line = assert_refused(main(["report", str(gone)]), capsys.readouterr().err)
+    assert f"{gone} does not exist" in line
+    line = assert_refused(main(["train", "--from-study", str(gone), "-q"]), capsys.readouterr().err)
+    assert f"--from-study {gone} does not exist" in line
+    line = assert_refused(main(["train", "digits", "--set", "optim=5", "-q"]), capsys.readouterr().err)
+    assert "section optim must be a mapping" in line and "--set optim.name=" in line

@@ -338,7 +338,12 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
 
 def _build(cls: type, raw: dict[str, Any], *, prefix: str, where: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: section {prefix.rstrip('.') or 'root'} must be a mapping, got {raw!r}")
+        section = prefix.rstrip('.')
+        first = dataclasses.fields(cls)[0].name
+        fix = (f"; set one of its fields, e.g. --set {section}.{first}=..." if where == "--set" else
+               f"; give its fields, e.g. {section}: {{{first}: ...}}") if section else \
+            "; give sections, e.g. train: {epochs: 5}"
+        raise ConfigError(f"{where}: section {section or 'root'} must be a mapping, got {raw!r}{fix}")
     hints = _field_types(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:

@@ -65,6 +65,8 @@ def load_study(study_dir: Path) -> tuple[Any, list[dict], dict | None, list[dict
     from ajuste.study.spec import StudySpec
 
     study_dir = Path(study_dir)
+    if not study_dir.exists():
+        raise AjusteError(f"{study_dir} does not exist; give the directory `ajuste compare` wrote (its --out)")
     if not (study_dir / "study.json").is_file():
         raise AjusteError(f"{study_dir} is not a study directory (no study.json); run `ajuste compare` first")
     spec = StudySpec.from_dict(_read_json(study_dir / "study.json", "run `ajuste compare` again with another --out"))

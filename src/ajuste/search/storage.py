@@ -243,6 +243,9 @@ def resolve_study_ref(ref: str) -> dict[str, Any]:
     p = Path(ref).expanduser()
     if "://" not in ref:
         best_file = p / "best.json" if p.is_dir() else p
+        if not p.exists():
+            raise AjusteError(f"--from-study {ref} does not exist; give an `ajuste tune` output directory or "
+                              f"STORAGE_URL#STUDY_NAME")
         if not best_file.is_file():
             raise AjusteError(f"--from-study {ref}: no best.json there; give an `ajuste tune` output "
                               f"directory or STORAGE_URL#STUDY_NAME")

@@ -255,6 +255,9 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
 
     if not inputs:
         raise AjusteError("nothing to predict: give files, folders, globs, texts, or - to read stdin")
+    blank = [k for k, item in enumerate(inputs, start=1) if not str(item).strip()]
+    if blank:
+        raise AjusteError(f"input {blank[0]} is empty (''); give a file, folder, glob, text, or - to read stdin")
     run = load_run(run_dir)
     stdin_lines = _read_stdin(stdin) if "-" in inputs else []
     if run.backbone.modality == "image":
