@@ -320,3 +320,15 @@ def test_advise_profiles_the_data_and_suggests_a_command_on_one_line(capsys):
     nxt = [line for line in out if line.startswith("next: ")]
     assert len(nxt) == 1 and "--seeds 3" in nxt[0] and len(nxt[0]) > 80
     assert nxt[0].split("next: ", 1)[1].startswith("ajuste compare digits --model efficientnet_lite0 --strategies")
+
+
+def test_train_says_which_columns_it_detected(tmp_path, tiny_bert_dir, capsys):
+    rows = ["review,verdict"] + [f"\"{w} {i}\",{lab}" for i in range(12)
+                                 for w, lab in (("great film", "pos"), ("awful film", "neg"))]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    assert main(["train", str(tmp_path / "t.csv"), "--model", str(tiny_bert_dir), "--strategy", "linear-probe",
+                 *FAST, "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    data_line = [line for line in out.splitlines() if line.startswith("data: ")]
+    assert len(data_line) == 1 and "text column 'review', label column 'verdict'" in data_line[0]
+    assert "train/val/test " in data_line[0]

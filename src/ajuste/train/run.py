@@ -168,6 +168,9 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
     strategy = get_strategy(cfg.strategy.name)
     data, splits = prepare_data(cfg, data=data, splits=splits)
     cfg = resolve_config(cfg, data.modality)
+    if console is not None:  # what was read, and how (a table's columns may have been detected, not named)
+        console.print(f"data: {data.source}; train/val/test {len(splits['train'])}/{len(splits['val'])}/"
+                      f"{len(splits['test'])}", markup=False, highlight=False)
     for note in data.warnings:  # not `w`: that name holds the data-parallel world used below
         if warn is not None:
             warn(note)
