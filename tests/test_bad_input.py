@@ -407,6 +407,10 @@ def test_a_run_command_given_the_wrong_thing_says_what_it_is(partly_corrupt, tex
         assert "ajuste train --from-study" in line
     line = assert_refused(main(["evaluate", str(csv_path)]), capsys.readouterr().err)
     assert "is a file" in line
+    # ...and the other way round: a run, a study or a search given as data
+    for d, what in ((image_run, "a training run"), (study, "a study"), (search, "a search")):
+        line = assert_refused(main(["train", str(d), "-q", "--out", str(tmp_path / "r")]), capsys.readouterr().err)
+        assert f"is {what}" in line and "not a data set" in line
 
 
 @pytest.mark.parametrize("argv, says", [

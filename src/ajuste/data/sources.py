@@ -141,6 +141,10 @@ def load_data(
         if not path.exists():
             raise DataError(_missing_path_message(str(source)))
         if path.is_dir():
+            made = _made_by_ajuste(path)
+            if made:
+                raise DataError(f"{source} is {made} made by ajuste, not a data set; give a folder of images "
+                                f"(<class>/*.jpg), a .npz or a table of texts")
             if _find_split_tables(path):
                 raw = _load_text_dir(path, text_col=text_col, label_col=label_col)
             else:
@@ -156,6 +160,17 @@ def load_data(
         raise DataError(f"{source} holds {raw.modality} data but the model is {article} {modality} model; "
                         f"give {modality} data")
     return _finish(raw, classes=classes)
+
+
+def _made_by_ajuste(path: Path) -> str:
+    """'a training run' / 'a study' / 'a search' for a directory ajuste wrote, '' otherwise."""
+    if (path / "config.yaml").is_file() and ((path / "status.json").is_file() or (path / "summary.json").is_file()):
+        return "a training run"
+    if (path / "study.json").is_file():
+        return "a study (`ajuste compare`)"
+    if (path / "tune.json").is_file():
+        return "a search (`ajuste tune`)"
+    return ""
 
 
 def _missing_path_message(source: str) -> str:
