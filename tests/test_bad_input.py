@@ -341,9 +341,12 @@ def test_report_on_a_damaged_study_is_one_line(tmp_path, capsys):
         damage(copy)
         return copy
 
-    garbled = damaged("garbled", lambda d: (d / "study.json").write_text("garbage"))
-    line = assert_refused(main(["report", str(garbled)]), capsys.readouterr().err)
-    assert "study.json is damaged" in line and "--out" in line
+    for name, text in (("garbled", "garbage"), ("emptied", "{}")):
+        copy = damaged(name, lambda d: (d / "study.json").write_text(text))
+        line = assert_refused(main(["report", str(copy)]), capsys.readouterr().err)
+        assert "study.json is damaged" in line and "--out" in line
+        line = assert_refused(main(["compare", "digits", "--out", str(copy)]), capsys.readouterr().err)
+        assert "study.json is damaged" in line
     no_runs = damaged("no-runs", lambda d: shutil.rmtree(d / "runs"))
     line = assert_refused(main(["report", str(no_runs)]), capsys.readouterr().err)
     assert "missing" in line and "linear-probe-f0.1-s0" in line

@@ -69,7 +69,7 @@ def load_study(study_dir: Path) -> tuple[Any, list[dict], dict | None, list[dict
         raise AjusteError(f"{study_dir} does not exist; give the directory `ajuste compare` wrote (its --out)")
     if not (study_dir / "study.json").is_file():
         raise AjusteError(f"{study_dir} is not a study directory (no study.json); run `ajuste compare` first")
-    spec = StudySpec.from_dict(_read_json(study_dir / "study.json", "run `ajuste compare` again with another --out"))
+    spec = StudySpec.load(study_dir / "study.json")
     records = read_jsonl(study_dir / "results.jsonl")
     sim_path = study_dir / "similarity.json"
     sim = _read_json(sim_path, "delete it and re-run `ajuste compare` to measure again") if sim_path.is_file() else None

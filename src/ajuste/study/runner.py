@@ -62,7 +62,7 @@ def _check_study_dir(study_dir: Path, spec: StudySpec) -> None:
         if study_dir.exists() and any(p for p in study_dir.iterdir() if not p.name.startswith(".")):
             raise AjusteError(f"{study_dir} is not empty and is not an ajuste study; use another --out")
         return
-    old = StudySpec.from_dict(json.loads(path.read_text()))
+    old = StudySpec.load(path)
     a, b = old.identity(), spec.identity()
     if a != b:
         if not (study_dir / "results.jsonl").is_file() and not any((study_dir / "runs").glob("*")):

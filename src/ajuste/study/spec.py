@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ajuste.errors import ConfigError
+from ajuste.errors import AjusteError, ConfigError
 
 # The from-scratch arm is the compact network: on digits it was the stronger from-scratch baseline
 # (0.933 vs 0.748 for re-initialised EfficientNet-Lite0 at 126 examples) at a fifth of the cost;
@@ -80,6 +82,15 @@ class StudySpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StudySpec":
         return cls(**d)
+
+    @classmethod
+    def load(cls, path: Path) -> "StudySpec":
+        """A study directory's study.json; one line naming the file when it is damaged."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ConfigError) as exc:
+            raise AjusteError(f"{path} is damaged ({type(exc).__name__}); restore it, or run `ajuste compare` "
+                              f"again with another --out") from None
 
 
 def parse_budget(text: str | None) -> float | None:
