@@ -100,6 +100,17 @@ def test_corrupt_images_are_skipped_with_a_warning(partly_corrupt):
     assert summary["n_train"] + summary["n_val"] + summary["n_test"] == 20
 
 
+def test_every_command_that_reads_data_names_what_it_skipped(partly_corrupt, capsys):
+    """train warned; evaluate on other data, advise and --print-config read the same folder silently."""
+    root, run, _, _ = partly_corrupt
+    for argv in (["evaluate", str(run), str(root)], ["advise", str(root)],
+                 ["train", str(root), *TINY_IMAGE, "--print-config"]):
+        assert main(argv) == 0
+        err = capsys.readouterr().err
+        warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+        assert len(warnings) == 1 and "skipped 2 unreadable images" in warnings[0], (argv, err)
+
+
 def test_all_images_corrupt(tmp_path, capsys):
     for cls in ("a", "b"):
         (tmp_path / "bad" / cls).mkdir(parents=True)

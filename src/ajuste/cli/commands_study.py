@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ajuste.cli.commands_train import DATA_HELP, _console, split_positionals
+from ajuste.cli.commands_train import DATA_HELP, _console, _warn, split_positionals
 from ajuste.study.spec import DEFAULT_STRATEGIES
 
 
@@ -107,6 +107,8 @@ def advise(
     cfg = RunConfig().override(raw)
     d, splits = prepare_data(cfg)
     check_model_modality(model, None, d, data)
+    for note in d.warnings:
+        _warn(note)
     cfg = resolve_config(cfg, d.modality)
     con = _console()
     counts = d.class_counts() if hasattr(d, "class_counts") else {}

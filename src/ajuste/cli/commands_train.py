@@ -160,6 +160,8 @@ def train(
         from ajuste.train.run import prepare_data
 
         data_obj, _ = prepare_data(cfg)
+        for note in data_obj.warnings:
+            _warn(note)
         typer.echo(yaml.safe_dump(resolve_config(cfg, data_obj.modality).to_dict(), sort_keys=False), nl=False)
         return
     from ajuste.train.distributed import cleanup, setup_from_env
@@ -216,7 +218,7 @@ def evaluate(
     """Accuracy, macro-F1, per-class table and confusion matrix of a trained run."""
     from ajuste.train.run_eval import evaluate_run
 
-    m = evaluate_run(run_dir, data, text_col=text_col, label_col=label_col)
+    m = evaluate_run(run_dir, data, text_col=text_col, label_col=label_col, warn=_warn)
     if as_json:
         typer.echo(json.dumps(m, indent=2))
         return

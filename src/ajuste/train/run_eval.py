@@ -206,8 +206,9 @@ def _status(run_dir: Path) -> str:
 
 
 def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_col: str | None = None,
-                 label_col: str | None = None) -> dict[str, Any]:
-    """Metrics of a run on its own test split (default) or on another labelled source."""
+                 label_col: str | None = None, warn: Any = None) -> dict[str, Any]:
+    """Metrics of a run on its own test split (default) or on another labelled source. ``warn`` receives the
+    data's warnings (skipped images, dropped rows)."""
     from ajuste.data.pipeline import Pipeline
     from ajuste.data.sources import load_data
     from ajuste.metrics import classification_metrics
@@ -229,6 +230,8 @@ def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_co
                          classes=run.classes, modality=run.backbone.modality)
         test_idx = np.asarray(data.splits["test"]) if "test" in data.splits else np.arange(len(data))
         where = f"{'test split of ' if 'test' in data.splits else ''}{data_source}"
+    for note in data.warnings if warn is not None else ():
+        warn(note)
     pipe = Pipeline(data, {"test": test_idx}, run.preprocessing, tokenizer=getattr(run.backbone, "tokenizer", None),
                     augment="none")
     logits, y = predict_logits(run.backbone, pipe.loader("test", batch_size=64),
