@@ -96,6 +96,29 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         fsync_dir(path.parent)
 
 
+def read_json(path: Path, fix: str) -> Any:
+    """A JSON file ajuste wrote; one line naming it, and ``fix``, when it is damaged."""
+    from ajuste.errors import AjusteError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AjusteError(f"{path} is damaged ({type(exc).__name__}); {fix}") from None
+
+
+def ajuste_dir_kind(path: Path) -> str:
+    """What ajuste wrote in directory ``path``: "run" (`ajuste train`), "study" (`ajuste compare`),
+    "search" (`ajuste tune`), or "" (none of these)."""
+    path = Path(path)
+    if (path / "config.yaml").is_file() and ((path / "status.json").is_file() or (path / "summary.json").is_file()):
+        return "run"
+    if (path / "study.json").is_file():
+        return "study"
+    if (path / "tune.json").is_file():
+        return "search"
+    return ""
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read whole lines; a torn last line (from a kill mid-write) is ignored."""
     path = Path(path)

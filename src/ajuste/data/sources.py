@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ajuste.errors import DataError
+from ajuste.io import ajuste_dir_kind
 
 __all__ = ["LabelledData", "load_data", "load_texts", "BUILTIN_SOURCES", "IMAGE_EXTENSIONS", "TEXT_EXTENSIONS"]
 
@@ -141,7 +142,7 @@ def load_data(
         if not path.exists():
             raise DataError(_missing_path_message(str(source)))
         if path.is_dir():
-            made = _made_by_ajuste(path)
+            made = _MADE_BY.get(ajuste_dir_kind(path))
             if made:
                 raise DataError(f"{source} is {made} made by ajuste, not a data set; give a folder of images "
                                 f"(<class>/*.jpg), a .npz or a table of texts")
@@ -162,15 +163,7 @@ def load_data(
     return _finish(raw, classes=classes)
 
 
-def _made_by_ajuste(path: Path) -> str:
-    """'a training run' / 'a study' / 'a search' for a directory ajuste wrote, '' otherwise."""
-    if (path / "config.yaml").is_file() and ((path / "status.json").is_file() or (path / "summary.json").is_file()):
-        return "a training run"
-    if (path / "study.json").is_file():
-        return "a study (`ajuste compare`)"
-    if (path / "tune.json").is_file():
-        return "a search (`ajuste tune`)"
-    return ""
+_MADE_BY = {"run": "a training run", "study": "a study (`ajuste compare`)", "search": "a search (`ajuste tune`)"}
 
 
 def _missing_path_message(source: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ajuste.errors import AjusteError
-from ajuste.io import atomic_write_text, read_jsonl
+from ajuste.io import atomic_write_text, read_json, read_jsonl
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -72,17 +72,10 @@ def load_study(study_dir: Path) -> tuple[Any, list[dict], dict | None, list[dict
     spec = StudySpec.load(study_dir / "study.json")
     records = read_jsonl(study_dir / "results.jsonl")
     sim_path = study_dir / "similarity.json"
-    sim = _read_json(sim_path, "delete it and re-run `ajuste compare` to measure again") if sim_path.is_file() else None
+    sim = read_json(sim_path, "delete it and re-run `ajuste compare` to measure again") if sim_path.is_file() else None
     skip_path = study_dir / "skipped.json"
-    skipped = _read_json(skip_path, "delete it; it only lists cells a budget left out") if skip_path.is_file() else []
+    skipped = read_json(skip_path, "delete it; it only lists cells a budget left out") if skip_path.is_file() else []
     return spec, records, sim, skipped
-
-
-def _read_json(path: Path, fix: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AjusteError(f"{path} is damaged ({exc.__class__.__name__}); {fix}") from None
 
 
 def build_report(study_dir: Path, *, export: bool = True) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError, ConfigError
-from ajuste.io import atomic_write_json, atomic_write_text
+from ajuste.io import ajuste_dir_kind, atomic_write_json, atomic_write_text
 
 ATTR_SPACE, ATTR_CONFIG, ATTR_METRIC = "ajuste.space", "ajuste.config", "ajuste.metric"
 # Fields that do not change what a trial computes: a resumed study may differ in these.
@@ -185,9 +185,8 @@ def tune(*, cfg: RunConfig, out: str | Path, trials: int | None = 20, sampler: s
         raise AjusteError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()) \
             and not any((out / marker).exists() for marker in ("tune.json", "study.db", "best.json")):
-        what = ("holds a training run" if (out / "config.yaml").is_file() else
-                "holds a study of `ajuste compare`" if (out / "study.json").is_file() else
-                "is not empty and is not an `ajuste tune` directory")
+        what = {"run": "holds a training run", "study": "holds a study of `ajuste compare`"}.get(
+            ajuste_dir_kind(out), "is not empty and is not an `ajuste tune` directory")
         raise AjusteError(f"--out {out} {what}; use another --out")
     url = storage or default_storage(out)
     if storage is None:

@@ -78,9 +78,9 @@ def measure_similarity(*, model: str, data: Any, splits: dict[str, np.ndarray], 
     import torch
 
     from ajuste.backbones.factory import create_backbone
-    from ajuste.train.run import check_model_modality
     from ajuste.data.pipeline import Pipeline, make_preprocessing
     from ajuste.train.loop import compute_features, use_bf16, use_channels_last
+    from ajuste.train.run import check_model_modality
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)

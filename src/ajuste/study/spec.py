@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,12 +84,15 @@ class StudySpec:
 
     @classmethod
     def load(cls, path: Path) -> "StudySpec":
-        """A study directory's study.json; one line naming the file when it is damaged."""
+        """A study directory's study.json; one line naming the file when it is damaged (not JSON, or not a
+        study's fields)."""
+        from ajuste.io import read_json
+
+        fix = "restore it, or run `ajuste compare` again with another --out"
         try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ConfigError) as exc:
-            raise AjusteError(f"{path} is damaged ({type(exc).__name__}); restore it, or run `ajuste compare` "
-                              f"again with another --out") from None
+            return cls.from_dict(read_json(path, fix))
+        except (TypeError, ConfigError) as exc:
+            raise AjusteError(f"{path} is damaged ({type(exc).__name__}); {fix}") from None
 
 
 def parse_budget(text: str | None) -> float | None:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ajuste.errors import AjusteError
+from ajuste.io import ajuste_dir_kind
 
 
 def trainable_share(backbone: Any, phases: list[Any]) -> int:
@@ -57,10 +58,11 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise AjusteError(f"run directory {run_dir} does not exist")
     needed = ["config.yaml", "labels.json", "preprocessing.json", "backbone.json", "model.safetensors"]
     missing = [n for n in needed if not (run_dir / n).is_file()]
-    if missing and (run_dir / "study.json").is_file():
+    kind = ajuste_dir_kind(run_dir) if missing else ""
+    if kind == "study":
         raise AjusteError(f"{run_dir} is a study of `ajuste compare`, not a run; its recommended model is "
                           f"{run_dir / 'best_model'}")
-    if missing and (run_dir / "tune.json").is_file():
+    if kind == "search":
         raise AjusteError(f"{run_dir} is a search of `ajuste tune`, not a run; train its best trial with "
                           f"`ajuste train --from-study {run_dir}`")
     if missing:
