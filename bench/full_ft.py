@@ -93,7 +93,7 @@ def tutorial(data, splits, pre, epochs: int) -> tuple[list[float], float]:
     import timm
     import torch
 
-    from ajuste.backbones.zoo import efficientnet_lite0_state_dict
+    from ajuste.backbones.zoo import efficientnet_lite_state_dict
 
     train_tf, val_tf = C.tutorial_transforms(pre.image_size, list(pre.mean), list(pre.std), pre.interpolation)
     paths = list(data.inputs)
@@ -101,7 +101,7 @@ def tutorial(data, splits, pre, epochs: int) -> tuple[list[float], float]:
                               train_tf)
     val_ds = C.PathsDataset([paths[i] for i in splits["val"]], [int(data.labels[i]) for i in splits["val"]], val_tf)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict(efficientnet_lite0_state_dict())
+    model.load_state_dict(efficientnet_lite_state_dict(0))
     model.reset_classifier(len(data.classes))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     return C.tutorial_epochs(model, optimizer, train_ds, val_ds, epochs)

