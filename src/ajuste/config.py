@@ -71,8 +71,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _help("Backbone: zoo name (see `ajuste models`), timm name, or Hugging Face id/folder",
-                      default="efficientnet_lite0")
+    name: str = _help("Backbone: auto, a zoo name (see `ajuste models`), a timm name, or a Hugging Face id/folder "
+                      "(auto: minilm-l6 for text; efficientnet_lite1 for up to 1,000 images, "
+                      "efficientnet_lite0 for more)", default="auto")
     pretrained: bool = _help("Start from pretrained weights (scratch strategy re-initialises regardless)", default=True)
     dropout: float | None = _help("Dropout before the classifier (auto: 0.1, scratch 0.3)", default=None)
     pooling: str = _help("Text pooling: auto | mean | cls (auto: mean for sentence-transformers models)",

@@ -188,8 +188,8 @@ def _lite_entry(variant: int, params_m: float, size: int, description: str) -> Z
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in (
-        _lite_entry(0, 4.65, 224, ""),
-        _lite_entry(1, 5.42, 240, ""),
+        _lite_entry(0, 4.65, 224, "; auto above 1,000 images"),
+        _lite_entry(1, 5.42, 240, "; auto up to 1,000 images"),
         _lite_entry(2, 6.09, 260, ""),
         ZooEntry(
             name="minilm-l6",
@@ -204,3 +204,21 @@ ZOO: dict[str, ZooEntry] = {
     )
 }
 
+
+# --- model.name: auto -----------------------------------------------------------------------------
+
+AUTO_TEXT = "minilm-l6"
+AUTO_IMAGE = "efficientnet_lite0"
+AUTO_IMAGE_SMALL = "efficientnet_lite1"
+# Up to this many labelled images, `auto` takes the larger network: on small sets its frozen features carry
+# most of the result, and at ~1.5x the cost per image a run there still takes minutes on a CPU. Above it, runs
+# take hours on a CPU and the default stays the cheaper network (docs/results.md, "Which image backbone").
+SMALL_IMAGE_SET = 1000
+
+
+def auto_model(modality: str, n_examples: int) -> str:
+    """The backbone `model.name: auto` stands for: minilm-l6 for text; efficientnet_lite1 for at most
+    SMALL_IMAGE_SET labelled images (all splits counted), efficientnet_lite0 for more."""
+    if modality == "text":
+        return AUTO_TEXT
+    return AUTO_IMAGE_SMALL if n_examples <= SMALL_IMAGE_SET else AUTO_IMAGE

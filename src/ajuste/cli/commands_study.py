@@ -23,17 +23,22 @@ def _default_study_dir(data: str, model: str) -> Path:
     return Path("studies") / re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}-{model}")
 
 
-def _default_model(data: str) -> str:
+def _resolve_model(model: str | None, data: str, text_col: str | None, label_col: str | None) -> str:
+    """``--model`` as given, or what ``auto`` (the default) stands for on this data (``zoo.auto_model``)."""
+    if model and model != "auto":
+        return model
+    from ajuste.backbones.zoo import auto_model
     from ajuste.data.sources import load_data
 
-    return "minilm-l6" if load_data(data).modality == "text" else "efficientnet_lite0"
+    d = load_data(data, text_col=text_col, label_col=label_col)
+    return auto_model(d.modality, len(d))
 
 
 def compare(
     data: Optional[list[str]] = typer.Argument(None, help=DATA_HELP + " (default: digits; then any "
                                                "section.key=value overrides)", show_default=False),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone (default: efficientnet_lite0 for "
-                                                                    "images, minilm-l6 for text)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone (default: auto, as `ajuste "
+                                                                    "train`: see `ajuste models`)"),
     strategies: str = typer.Option(",".join(DEFAULT_STRATEGIES), "--strategies",
                                    help="Comma-separated strategies (see `ajuste strategies`)"),
     fractions: str = typer.Option("0.1,0.3,1", "--fractions", help="Shares of the training split"),
@@ -63,7 +68,7 @@ def compare(
         from ajuste.errors import ConfigError
 
         raise ConfigError(f"--workers {workers}: give a number of cells trained at once (0: one per core)")
-    model = model or _default_model(data)
+    model = _resolve_model(model, data, text_col, label_col)
     spec = StudySpec(source=data, model=model, strategies=parse_list(strategies),
                      fractions=parse_list(fractions, float), seeds=seeds, budget_seconds=parse_budget(budget),
                      sets=list(sets), text_col=text_col, label_col=label_col)
@@ -98,7 +103,7 @@ def advise(
     from ajuste.train.run import check_model_modality, prepare_data
 
     t0 = time.perf_counter()
-    model = model or _default_model(data)
+    model = _resolve_model(model, data, text_col, label_col)
     raw = {"data.source": data, "model.name": model}
     if text_col:
         raw["data.text_col"] = text_col

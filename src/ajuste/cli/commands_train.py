@@ -56,6 +56,9 @@ def models() -> None:
         table.add_row(e.name, e.modality, f"{e.params_m:.2f}M", "yes" if e.available() else "no", e.description)
     con = _console()
     con.print(table)
+    for e in ZOO.values():
+        if not e.available():
+            con.print(f"{e.name}: `{e.install_hint()}` installs its weights", highlight=False)
     con.print("Also: timm/<arch> (e.g. timm/resnet50) and hf:<org>/<model> or a local Hugging Face folder "
               "— these download weights and need internet.")
 
@@ -155,11 +158,14 @@ def train(
     base = _from_study_config(from_study, config, quiet) if from_study else None
     cfg = build_config(data, config, sets, base=base, model=model, strategy=strategy, fraction=fraction, seed=seed,
                        epochs=epochs, unfreeze=unfreeze, lr=lr, text_col=text_col, label_col=label_col)
+    from ajuste.train.run import prepare_data, resolve_model_early
+
+    cfg, data_obj = resolve_model_early(cfg)  # the run directory is named after the backbone
     if print_config:
         from ajuste.strategies.base import resolve_config
-        from ajuste.train.run import prepare_data
 
-        data_obj, _ = prepare_data(cfg)
+        if data_obj is None:
+            data_obj, _ = prepare_data(cfg)
         for note in data_obj.warnings:
             _warn(note)
         typer.echo(yaml.safe_dump(resolve_config(cfg, data_obj.modality).to_dict(), sort_keys=False), nl=False)
@@ -175,8 +181,8 @@ def train(
     what = (f"a compact network from scratch ({_esc(cfg.strategy.name)}, in place of {_esc(cfg.model.name)})"
             if get_strategy(cfg.strategy.name).compact else f"{_esc(cfg.model.name)} with {_esc(cfg.strategy.name)}")
     con.print(f"training {what} on {_esc(cfg.data.source)} → {_esc(run_dir)}")
-    res = train_run(cfg=cfg, out=run_dir, progress=not quiet, console=None if quiet else con, overwrite=overwrite,
-                    warn=_warn)
+    res = train_run(cfg=cfg, out=run_dir, data=data_obj, progress=not quiet, console=None if quiet else con,
+                    overwrite=overwrite, warn=_warn)
     s = res.summary
     cleanup()
     if s["status"] != "complete":

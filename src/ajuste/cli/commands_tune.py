@@ -51,12 +51,15 @@ def tune(
     data, sets = split_positionals(data, sets)
     cfg = build_config(data, config, sets, model=model, strategy=strategy, fraction=fraction, epochs=epochs,
                        text_col=text_col, label_col=label_col)
+    from ajuste.train.run import resolve_model_early
+
+    cfg, data_obj = resolve_model_early(cfg)  # the study is named after the backbone
     name = study_name or default_study_name(cfg)
     out_dir = out or Path("runs") / f"tune-{name}"
     con = _console(quiet)
     res = run_tune(cfg=cfg, out=out_dir, trials=trials if trials is not None else (None if sampler == "grid" else 20),
                    sampler=sampler, pruner=pruner, space=space, storage=storage, study_name=name, timeout=timeout,
-                   metric=metric, seed=seed, console=con)
+                   metric=metric, seed=seed, console=con, data=data_obj)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(res.counts.items()))
     con.print(f"study {res.study_name}: {counts} ({res.stopped_by}; {res.ran_here} run here)",
               highlight=False, soft_wrap=True)

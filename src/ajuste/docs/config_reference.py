@@ -43,11 +43,11 @@ def render() -> str:
     auto_keys = [n for n, _, d in describe_fields(RunConfig) if d is None or d == "auto"]
     auto_keys = [k for k in auto_keys if k.split(".")[0] in ("optim", "train", "model", "data")
                  and k not in ("data.text_col", "data.label_col", "data.image_size", "data.max_length",
-                               "model.pooling", "train.threads", "data.hflip", "train.bf16",
+                               "model.name", "model.pooling", "train.threads", "data.hflip", "train.bf16",
                                "train.channels_last")]
     lines += ["", "## What *auto* resolves to", "",
               "Per strategy, for images / texts (fields not listed depend on the data or the machine: "
-              "`data.image_size` from the backbone and the images, `data.max_length` from the texts, "
+              "`model.name` from the data's modality and size, `data.image_size` from the backbone and the images, `data.max_length` from the texts, "
               "`train.threads` = all cores; `data.hflip`, `train.bf16`, `train.channels_last` are decided by the data and "
               "the backbone as their help says).", "",
               "| strategy | " + " | ".join(f"`{k}`" for k in auto_keys) + " |",

@@ -170,7 +170,7 @@ def tune(*, cfg: RunConfig, out: str | Path, trials: int | None = 20, sampler: s
     from ajuste.search.storage import (StudyLock, check_reachable, dashboard_command, default_storage,
                                        open_storage, redact)
     from ajuste.strategies.base import get_strategy, resolve_config
-    from ajuste.train.run import prepare_data
+    from ajuste.train.run import prepare_data, resolve_model_early
 
     # 1. Everything that can be wrong with the request, before any data or model is loaded.
     sampler, pruner = check_names(sampler, pruner)
@@ -192,11 +192,12 @@ def tune(*, cfg: RunConfig, out: str | Path, trials: int | None = 20, sampler: s
     if storage is None:
         out.mkdir(parents=True, exist_ok=True)
     check_reachable(url)
+    cfg, data = resolve_model_early(cfg, data)
     name = study_name or default_study_name(cfg)
 
     # 2. Data once for all trials (the training fraction is drawn inside each run, the same every time).
-    if data is None or splits is None:
-        data, splits = prepare_data(cfg.override({"data.fraction": 1.0}))
+    if splits is None:
+        data, splits = prepare_data(cfg.override({"data.fraction": 1.0}), data=data)
     modality = data.modality
     n_body = _body_groups(cfg, len(data.classes))
     space_obj = build_space(cfg, modality=modality, space_file=space, n_body_groups=n_body)

@@ -167,7 +167,7 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
         progress, console, warn = False, None, (lambda _msg: None)
     strategy = get_strategy(cfg.strategy.name)
     data, splits = prepare_data(cfg, data=data, splits=splits)
-    cfg = resolve_config(cfg, data.modality)
+    cfg = resolve_config(resolve_model(cfg, data), data.modality)
     if console is not None:  # what was read, and how (a table's columns may have been detected, not named)
         console.print(f"data: {data.source}; train/val/test {len(splits['train'])}/{len(splits['val'])}/"
                       f"{len(splits['test'])}", markup=False, highlight=False)
@@ -294,6 +294,25 @@ def _epochs_done(run_dir: Path) -> int:
         return int(saved.get("state", saved)["global_epoch"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
+
+
+def resolve_model(cfg: RunConfig, data: Any) -> RunConfig:
+    """``model.name: auto`` (the default) → the offline backbone for this data (``zoo.auto_model``)."""
+    if cfg.model.name != "auto":
+        return cfg
+    from ajuste.backbones.zoo import auto_model
+
+    return cfg.override({"model.name": auto_model(data.modality, len(data))}, where="model.name=auto")
+
+
+def resolve_model_early(cfg: RunConfig, data: Any = None) -> tuple[RunConfig, Any]:
+    """For callers that name things after the backbone before training (a run directory, a study): the config
+    with ``model.name`` resolved, and the data, loaded only when ``auto`` needed it (else as given)."""
+    if cfg.model.name != "auto":
+        return cfg, data
+    if data is None:
+        data, _ = prepare_data(cfg)
+    return resolve_model(cfg, data), data
 
 
 def check_model_modality(model: str, modality: str | None, data: Any, source: Any) -> None:
