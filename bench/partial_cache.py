@@ -1,9 +1,10 @@
 """Partial fine-tuning (top 2 layer groups + head) with vs without the frozen-prefix activation cache.
 
     python bench/partial_cache.py [--train 400] [--val 100] [--epochs 3] [--threads 1] [--unfreeze 2] [--text]
+                                  [--model efficientnet_lite0]
 
-Data: clothing-small, stratified subsets of train and validation; EfficientNet-Lite0 @224, offline ImageNet
-weights; ``data.augment=none`` on both sides (the cache needs a deterministic training transform; with
+Data: clothing-small, stratified subsets of train and validation; EfficientNet-Lite0 @224 (``--model``: another
+offline backbone at its own size), offline ImageNet weights; ``data.augment=none`` on both sides (the cache needs a deterministic training transform; with
 augmentation only validation is cached). The same ``train_run`` three times: ``train.cache=auto``, ``off``,
 and ``off`` with ``train.fold_bn=false`` (the frozen prefix run as the model stands, no fast path at all).
 Per-epoch seconds are the loop's own (training + validation of an epoch); the cached run also pays, once,
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--cache-dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--bf16", default="auto", choices=["auto", "on", "off"], help="train.bf16 on both sides")
     ap.add_argument("--text", action="store_true", help="sms-spam with MiniLM-L6 instead of clothing-small")
+    ap.add_argument("--model", default="efficientnet_lite0",
+                    help="image backbone, at its own input size (efficientnet_lite1: 240 px, lite2: 260 px)")
     args = ap.parse_args()
     C.set_threads(args.threads)
 
@@ -45,7 +48,8 @@ def main() -> None:
     if args.text:
         source, model, what = C.dataset("sms-spam") / "SMSSpamCollection", "minilm-l6", "sms-spam texts, MiniLM-L6"
     else:
-        source, model, what = C.dataset("clothing-small"), "efficientnet_lite0", "clothing-small images, 224 px"
+        source, model = C.dataset("clothing-small"), args.model
+        what = f"clothing-small images, {model}"
     base = RunConfig().override({"data.source": str(source), "model.name": model,
                                  "strategy.name": "partial", "strategy.unfreeze": args.unfreeze,
                                  "train.epochs": args.epochs, "train.patience": args.epochs,
