@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ajuste.cli.commands_train import DATA_HELP, _console, _warn, split_positionals
+from ajuste.cli.commands_train import DATA_HELP, _console, _warn, build_config, split_positionals
 from ajuste.study.spec import DEFAULT_STRATEGIES
 
 
@@ -21,17 +21,6 @@ def register(app: typer.Typer) -> None:
 def _default_study_dir(data: str, model: str) -> Path:
     name = Path(str(data).rstrip("/")).name or "data"
     return Path("studies") / re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}-{model}")
-
-
-def _resolve_model(model: str | None, data: str, text_col: str | None, label_col: str | None) -> str:
-    """``--model`` as given, or what ``auto`` (the default) stands for on this data (``zoo.auto_model``)."""
-    if model and model != "auto":
-        return model
-    from ajuste.backbones.zoo import auto_model
-    from ajuste.data.sources import load_data
-
-    d = load_data(data, text_col=text_col, label_col=label_col)
-    return auto_model(d.modality, len(d))
 
 
 def compare(
@@ -68,7 +57,11 @@ def compare(
         from ajuste.errors import ConfigError
 
         raise ConfigError(f"--workers {workers}: give a number of cells trained at once (0: one per core)")
-    model = _resolve_model(model, data, text_col, label_col)
+    from ajuste.train.run import resolve_model_early
+
+    # The study (and its default directory) is named after the backbone that `auto` stands for on this data.
+    model = resolve_model_early(build_config(data, None, [], model=model, text_col=text_col,
+                                             label_col=label_col))[0].model.name
     spec = StudySpec(source=data, model=model, strategies=parse_list(strategies),
                      fractions=parse_list(fractions, float), seeds=seeds, budget_seconds=parse_budget(budget),
                      sets=list(sets), text_col=text_col, label_col=label_col)
@@ -96,21 +89,15 @@ def advise(
     """Quick advice: data profile, measured domain similarity and a linear probe, with a suggested `compare`."""
     import time
 
-    from ajuste.config import RunConfig
     from ajuste.strategies.base import resolve_config
     from ajuste.study.advice import data_size_reason
     from ajuste.study.similarity import measure_similarity
-    from ajuste.train.run import check_model_modality, prepare_data
+    from ajuste.train.run import check_model_modality, prepare_data, resolve_model_early
 
     t0 = time.perf_counter()
-    model = _resolve_model(model, data, text_col, label_col)
-    raw = {"data.source": data, "model.name": model}
-    if text_col:
-        raw["data.text_col"] = text_col
-    if label_col:
-        raw["data.label_col"] = label_col
-    cfg = RunConfig().override(raw)
-    d, splits = prepare_data(cfg)
+    cfg, d = resolve_model_early(build_config(data, None, [], model=model, text_col=text_col, label_col=label_col))
+    model = cfg.model.name
+    d, splits = prepare_data(cfg, data=d)  # the data `auto` read to choose, if it did
     check_model_modality(model, None, d, data)
     for note in d.warnings:
         _warn(note)
