@@ -172,6 +172,43 @@ def test_monitor_val_accuracy_keeps_the_most_accurate_epoch_and_breaks_ties_by_l
     assert _improved("val_accuracy", 9.0, 0.0, _State())  # the first epoch is always the best so far
 
 
+def test_a_later_phase_replaces_an_earlier_phases_best_only_when_more_accurate():
+    from ajuste.train.loop import _improved, _State
+
+    # best from phase 0 (head only); now in phase 1 (end to end)
+    s = _State(best_val_loss=0.5, best_val_accuracy=0.80, best_epoch=2, best_phase=0, phase_index=1)
+    assert not _improved("val_accuracy", 0.1, 0.80, s)  # a tie is not broken by the loss across phases
+    assert _improved("val_accuracy", 0.9, 0.81, s)
+    assert _improved("val_loss", 0.1, 0.50, s)  # monitoring the loss: the loss decides, as always
+    s.best_phase = 1  # within the phase that holds the best, ties are broken by the loss again
+    assert _improved("val_accuracy", 0.1, 0.80, s)
+
+
+@pytest.mark.parametrize("average", [0.0, 0.5])
+def test_two_stage_keeps_the_head_phase_when_validation_cannot_tell_the_phases_apart(average, monkeypatch,
+                                                                                     digits_small):
+    """A saturated validation split (every image right in both phases) with a loss that keeps falling:
+    the end-to-end phase's epochs and its weight average never replace the head-only phase's best, unless
+    the loss is what is monitored."""
+    import ajuste.train.loop as loop
+
+    calls = {"n": 0}
+
+    def saturated(*args, **kw):
+        calls["n"] += 1
+        return 1.0 / calls["n"], 1.0
+
+    monkeypatch.setattr(loop, "_validate", saturated)
+    over = {"train.epochs": 4, "strategy.stage2_average": average, "strategy.head_epochs": 2}
+    kept = train_run(cfg=_cfg(**over), data=digits_small, progress=False, evaluate_test=False).summary
+    assert kept["best_epoch"] == 2  # the head phase's last (lowest-loss) epoch
+    if average:
+        assert kept["averaged"]["kept"] is False
+    by_loss = train_run(cfg=_cfg(**over, **{"train.monitor": "val_loss"}), data=digits_small, progress=False,
+                        evaluate_test=False).summary
+    assert by_loss["best_epoch"] == 6
+
+
 def test_auto_monitor_is_the_validation_accuracy_and_an_explicit_choice_is_kept():
     from ajuste.config import RunConfig
     from ajuste.errors import ConfigError

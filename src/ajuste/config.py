@@ -153,8 +153,10 @@ class TrainConfig:
     epochs: int | None = _help("Max epochs of the main phase (auto per strategy and modality)", default=None)
     patience: int = _help("Early stopping: epochs without improvement of train.monitor before stopping", default=3)
     monitor: str = _help("What picks the best epoch (kept weights) and drives early stopping: auto | val_loss | "
-                         "val_accuracy (auto: val_accuracy, the most accurate epoch, ties broken by the loss; a "
-                         "fine-tuned model's val loss often rises while its accuracy still climbs)", default="auto")
+                         "val_accuracy (auto: val_accuracy, the most accurate epoch, ties broken by the loss within a "
+                         "phase; a later phase, such as two-stage's end-to-end one, must be more accurate to replace "
+                         "an earlier phase's best; a fine-tuned model's val loss often rises while its accuracy "
+                         "still climbs)", default="auto")
     min_steps: int = _help("Small data: each epoch repeats the training set so a phase gets about this many "
                            "optimizer steps (and early stopping waits for them)", default=100)
     seed: int = _help("Training seed (initialisation, shuffling, augmentation)", default=0)

@@ -80,6 +80,7 @@ class _State:
     best_val_loss: float = math.inf
     best_val_accuracy: float = 0.0
     best_epoch: int = -1
+    best_phase: int = -1  # the phase whose weights are the best so far
     bad_epochs: int = 0
     seconds: float = 0.0
     averaged: int = 0  # epochs summed into the running weight average of the current phase (Phase.average)
@@ -420,7 +421,7 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
                 improved = not phase.average and _improved(cfg.train.monitor, val_loss, val_acc, state)
                 if improved:
                     state.best_val_loss, state.best_val_accuracy = val_loss, val_acc
-                    state.best_epoch, state.bad_epochs = state.global_epoch, 0
+                    state.best_epoch, state.best_phase, state.bad_epochs = state.global_epoch, pi, 0
                     best_weights = _state_dict(backbone)
                     ckpt.save_best(best_weights)
                 else:
@@ -515,6 +516,7 @@ def _take_average(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, ckpt: 
     result.averaged = {"epochs": [first, last], "val_loss": val_loss, "val_accuracy": val_acc, "kept": kept}
     if kept:
         state.best_val_loss, state.best_val_accuracy, state.best_epoch = val_loss, val_acc, last - 1
+        state.best_phase = state.phase_index
         best_weights = _state_dict(backbone)
         ckpt.save_best(best_weights)
     result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
@@ -568,8 +570,17 @@ def _fast_optimizer(optimizer: Any, cfg: RunConfig) -> Any:
 
 def _improved(monitor: str, val_loss: float, val_acc: float, state: _State) -> bool:
     """Whether this epoch is the new best: lower val loss, or (monitor val_accuracy) higher accuracy,
-    ties broken by the loss. The first epoch always is."""
-    return state.best_epoch < 0 or _beats(monitor, val_loss, val_acc, state.best_val_loss, state.best_val_accuracy)
+    ties broken by the loss. The first epoch always is.
+
+    Across phases an accuracy tie is not broken by the loss: a later phase (end-to-end after head-only)
+    replaces an earlier phase's best only when it is more accurate. Its lower loss on a validation split
+    it already gets right says that it is surer, not that it is better (measured by held-out folds of
+    hymenoptera's training images, docs/results.md), and it trained more weights on the same few examples."""
+    if state.best_epoch < 0:
+        return True
+    if monitor == "val_accuracy" and 0 <= state.best_phase < state.phase_index:
+        return val_acc > state.best_val_accuracy + 1e-9
+    return _beats(monitor, val_loss, val_acc, state.best_val_loss, state.best_val_accuracy)
 
 
 def _beats(monitor: str, val_loss: float, val_acc: float, best_loss: float, best_acc: float) -> bool:
