@@ -147,3 +147,15 @@ def tutorial_epochs(model: Any, optimizer: Any, train_ds: Any, val_ds: Any, epoc
         seconds.append(time.perf_counter() - t0)
         best = max(best, correct / len(val_ds))
     return seconds, best
+
+
+def cross_entropy(logits: Any, y: Any) -> float:
+    """Mean cross-entropy of numpy logits (N, C) against integer labels (N,)."""
+    import numpy as np
+
+    z = logits - logits.max(1, keepdims=True)
+    return float(-(z - np.log(np.exp(z).sum(1, keepdims=True)))[np.arange(len(y)), y].mean())
+
+
+def accuracy(logits: Any, y: Any) -> float:
+    return float((logits.argmax(1) == y).mean())

@@ -105,15 +105,6 @@ def train_fold(source: str, folds: int, seed: int, fold: int, path: Path) -> Non
           f"{len(pipe.splits['test'])}, kept held-out accuracy {res.summary['test_accuracy']:.3f}", flush=True)
 
 
-def _ce(lg: np.ndarray, y: np.ndarray) -> float:
-    z = lg - lg.max(1, keepdims=True)
-    return float(-(z - np.log(np.exp(z).sum(1, keepdims=True)))[np.arange(len(y)), y].mean())
-
-
-def _acc(lg: np.ndarray, y: np.ndarray) -> float:
-    return float((lg.argmax(1) == y).mean())
-
-
 def analyse(paths: list[Path]) -> None:
     rows, right, total = [], {"head": 0, "all": 0, "loss rule": 0, "strict rule": 0}, 0
     for p in sorted(paths):
@@ -121,10 +112,10 @@ def analyse(paths: list[Path]) -> None:
         yv, yt = np.array(d["y"]["val"]), np.array(d["y"]["test"])
         v = {k: np.array(d[k]["val"]) for k in ("head", "all")}
         t = {k: np.array(d[k]["test"]) for k in ("head", "all")}
-        acc = {k: _acc(v[k], yv) for k in v}
-        loss = {k: _ce(v[k], yv) for k in v}
-        by_loss = "all" if (acc["all"] > acc["head"] + 1e-9
-                            or (abs(acc["all"] - acc["head"]) <= 1e-9 and loss["all"] < loss["head"] - 1e-4)) else "head"
+        acc = {k: C.accuracy(v[k], yv) for k in v}
+        loss = {k: C.cross_entropy(v[k], yv) for k in v}
+        tie = abs(acc["all"] - acc["head"]) <= 1e-9
+        by_loss = "all" if acc["all"] > acc["head"] + 1e-9 or (tie and loss["all"] < loss["head"] - 1e-4) else "head"
         strict = "all" if acc["all"] > acc["head"] + 1e-9 else "head"
         held = {k: int((t[k].argmax(1) == yt).sum()) for k in t}
         for k in ("head", "all"):

@@ -87,15 +87,6 @@ def train_and_snapshot(source: str, seed: int, fraction: float, path: Path) -> N
           f"test {res.summary['test_accuracy']:.3f}", flush=True)
 
 
-def _ce(lg: np.ndarray, y: np.ndarray) -> float:
-    z = lg - lg.max(1, keepdims=True)
-    return float(-(z - np.log(np.exp(z).sum(1, keepdims=True)))[np.arange(len(y)), y].mean())
-
-
-def _acc(lg: np.ndarray, y: np.ndarray) -> float:
-    return float((lg.argmax(1) == y).mean())
-
-
 def analyse(paths: list[Path], halves: int = 400) -> None:
     rows, pooled = [], {}
     for p in paths:
@@ -110,18 +101,19 @@ def analyse(paths: list[Path], halves: int = 400) -> None:
         for _ in range(halves):
             perm = rng.permutation(len(yv))
             a, b = perm[: len(yv) // 2], perm[len(yv) // 2:]
-            pick = max(range(len(ev)), key=lambda i: (_acc(ev[i][a], yv[a]), -_ce(ev[i][a], yv[a])))
-            base = _acc(ev[pick][b], yv[b])
+            pick = max(range(len(ev)), key=lambda i: (C.accuracy(ev[i][a], yv[a]), -C.cross_entropy(ev[i][a], yv[a])))
+            base = C.accuracy(ev[pick][b], yv[b])
             for c, (v, _) in cands.items():
-                diff[c].append(_acc(v[b], yv[b]) - base)
-        pick = max(range(len(ev)), key=lambda i: (_acc(ev[i], yv), -_ce(ev[i], yv)))
+                diff[c].append(C.accuracy(v[b], yv[b]) - base)
+        pick = max(range(len(ev)), key=lambda i: (C.accuracy(ev[i], yv), -C.cross_entropy(ev[i], yv)))
         frac = d.get("fraction", 1.0)
         name = f"{Path(d['source']).stem}{'' if frac == 1 else f' {frac:g}'} s{d['seed']}"
-        rows.append([name, "most accurate epoch", f"{_acc(ev[pick], yv):.3f} (epoch {pick + 1})", "0", f"{_acc(et[pick], yt):.3f}"])
+        rows.append([name, "most accurate epoch", f"{C.accuracy(ev[pick], yv):.3f} (epoch {pick + 1})", "0",
+                     f"{C.accuracy(et[pick], yt):.3f}"])
         for c, (v, t) in cands.items():
             m = 100 * float(np.mean(diff[c]))
             pooled.setdefault(c, []).append(m)
-            rows.append([name, c, f"{_acc(v, yv):.3f}", f"{m:+.2f}", f"{_acc(t, yt):.3f}"])
+            rows.append([name, c, f"{C.accuracy(v, yv):.3f}", f"{m:+.2f}", f"{C.accuracy(t, yt):.3f}"])
     print(C.table(["run", "kept weights", "val acc", "split-half vs most accurate epoch (pt)", "test acc"], rows))
     print()
     print(C.table(["kept weights", "split-half difference, mean over runs (pt)", "runs ahead / behind"],
