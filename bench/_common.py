@@ -159,3 +159,19 @@ def cross_entropy(logits: Any, y: Any) -> float:
 
 def accuracy(logits: Any, y: Any) -> float:
     return float((logits.argmax(1) == y).mean())
+
+
+def parse_or_analyse(ap: Any, analyse: Any) -> Any:
+    """The command line of a benchmark that trains (``DATA ... --threads N``) or tabulates result files it
+    wrote earlier (``--analyse FILES``): adds those two options, parses, runs ``analyse`` and returns None
+    in the second case; otherwise sets the threads and returns the arguments."""
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--analyse", type=Path, nargs="+", help="result files to tabulate (no training)")
+    args = ap.parse_args()
+    if args.analyse:
+        analyse(args.analyse)
+        return None
+    if not args.data:
+        ap.error("give DATA, or --analyse FILES")
+    set_threads(args.threads)
+    return args

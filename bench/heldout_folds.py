@@ -139,16 +139,10 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--only", type=int, nargs="+", help="run these folds only (split the work across processes)")
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("runs/folds"))
-    ap.add_argument("--analyse", type=Path, nargs="+", help="result files to tabulate (no training)")
-    args = ap.parse_args()
-    if args.analyse:
-        analyse(args.analyse)
+    args = C.parse_or_analyse(ap, analyse)
+    if args is None:
         return
-    if not args.data:
-        ap.error("give DATA, or --analyse FILES")
-    C.set_threads(args.threads)
     source = args.data if Path(args.data).exists() else str(C.dataset(args.data))
     args.out.mkdir(parents=True, exist_ok=True)
     paths = []

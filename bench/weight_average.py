@@ -126,16 +126,10 @@ def main() -> None:
     ap.add_argument("data", nargs="?")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--fraction", type=float, default=1.0)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("runs/wavg"))
-    ap.add_argument("--analyse", type=Path, nargs="+", help="result files to tabulate (no training)")
-    args = ap.parse_args()
-    if args.analyse:
-        analyse(args.analyse)
+    args = C.parse_or_analyse(ap, analyse)
+    if args is None:
         return
-    if not args.data:
-        ap.error("give DATA, or --analyse FILES")
-    C.set_threads(args.threads)
     source = args.data
     if source != "digits" and not Path(source).exists():
         source = str(C.dataset(source))
