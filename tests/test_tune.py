@@ -609,6 +609,21 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
+def test_cli_tune_checks_the_storage_before_reading_the_data(tmp_path, capsys, monkeypatch):
+    """`model.name: auto` reads the data to pick a backbone (the study is named after it): an unreachable
+    --storage must fail first, in one line, without that wait."""
+    import ajuste.train.run as run
+
+    def no_read(*args, **kw):
+        raise AssertionError("the data was read before the storage was checked")
+
+    monkeypatch.setattr(run, "resolve_model_early", no_read)
+    rc, _, err = _cli(capsys, "tune", "digits", "--storage", f"postgresql://me@127.0.0.1:{_free_port()}/db",
+                      "--out", tmp_path / "t")
+    assert rc != 0 and "cannot reach storage postgresql://me@127.0.0.1" in _one_error_line(err)
+    assert not (tmp_path / "t").exists()
+
+
 def test_cli_tune_outputs_and_retrain(tmp_path, capsys):
     out = tmp_path / "t"
     space = _space_file(tmp_path, SMALL_SPACE)

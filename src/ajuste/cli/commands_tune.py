@@ -48,6 +48,10 @@ def tune(
     from ajuste.search.samplers import check_names
 
     check_names(sampler, pruner)  # before loading anything
+    if storage is not None:  # a server that is down fails now, not after the data was read to pick a model
+        from ajuste.search.storage import check_reachable
+
+        check_reachable(storage)
     data, sets = split_positionals(data, sets)
     cfg = build_config(data, config, sets, model=model, strategy=strategy, fraction=fraction, epochs=epochs,
                        text_col=text_col, label_col=label_col)
