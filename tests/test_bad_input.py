@@ -407,6 +407,11 @@ def test_a_run_command_given_the_wrong_thing_says_what_it_is(partly_corrupt, tex
     assert "holds text data but the model is an image model" in line
     line = assert_refused(main(["evaluate", str(text_run), str(root)]), capsys.readouterr().err)
     assert "holds image data but the model is a text model" in line
+    # Columns of a table where they mean nothing: said, not ignored.
+    line = assert_refused(main(["evaluate", str(image_run), str(root), "--text-col", "msg"]), capsys.readouterr().err)
+    assert "--text-col is for a table of texts" in line and "image model" in line
+    line = assert_refused(main(["evaluate", str(text_run), "--label-col", "y"]), capsys.readouterr().err)
+    assert "--label-col is for DATA, and none was given" in line
     # A study or a search where a run is expected: point at what to use instead.
     study, search = tmp_path / "study", tmp_path / "search"
     for d, marker in ((study, "study.json"), (search, "tune.json")):

@@ -219,6 +219,14 @@ def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_co
 
     run = load_run(run_dir)
     cfg = run.config
+    columns = " and ".join(f"--{n}" for n, v in (("text-col", text_col), ("label-col", label_col)) if v)
+    verb = "are" if text_col and label_col else "is"
+    if columns and run.backbone.modality != "text":
+        raise AjusteError(f"{columns} {verb} for a table of texts, and {run.run_dir} is an image model; "
+                          f"drop {columns}")
+    if columns and data_source is None:
+        raise AjusteError(f"{columns} {verb} for DATA, and none was given: {run.run_dir} is evaluated on its own "
+                          f"test split, read with the columns it was trained on; pass DATA, or drop {columns}")
     if data_source is None:
         data, _ = prepare_data(cfg)
         splits = json.loads((run.run_dir / "splits.json").read_text())
