@@ -233,16 +233,22 @@ def test_weights_of_another_architecture_are_refused(run_copy, capsys):
     assert head in msg and "[3," in msg and "[10," in msg
 
 
-@pytest.mark.parametrize("damage", ["truncated_weights", "labels_not_json", "labels_not_a_list"])
+@pytest.mark.parametrize("damage", ["truncated_weights", "labels_not_json", "labels_not_a_list", "backbone_missing"])
 def test_damaged_run_files_are_refused(run_copy, capsys, damage):
     if damage == "truncated_weights":
         data = (run_copy / "model.safetensors").read_bytes()
         (run_copy / "model.safetensors").write_bytes(data[: len(data) // 2])
     elif damage == "labels_not_json":
         (run_copy / "labels.json").write_text('["0", "1", ')
+    elif damage == "backbone_missing":
+        (run_copy / "backbone.json").unlink()
     else:
         (run_copy / "labels.json").write_text('{"0": 0}')
-    _refused(run_copy, capsys)
+    msg = _refused(run_copy, capsys)
+    if damage == "labels_not_json":
+        assert "labels.json is damaged" in msg and "retrain" in msg
+    if damage == "backbone_missing":
+        assert "missing backbone.json" in msg and "retrain" in msg
 
 
 def test_export_writes_nothing_outside_its_output(run_copy, tmp_path):

@@ -97,13 +97,15 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_json(path: Path, fix: str) -> Any:
-    """A JSON file ajuste wrote; one line naming it, and ``fix``, when it is damaged."""
+    """A JSON file ajuste wrote; one line naming it, and ``fix``, when it is damaged or cannot be read."""
     from ajuste.errors import AjusteError
 
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AjusteError(f"{path} is damaged ({type(exc).__name__}); {fix}") from None
+    except OSError as exc:  # missing, unreadable
+        raise AjusteError(f"cannot read {path} ({exc.strerror or type(exc).__name__}); {fix}") from None
 
 
 def ajuste_dir_kind(path: Path) -> str:

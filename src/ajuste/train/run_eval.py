@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ajuste.errors import AjusteError
-from ajuste.io import ajuste_dir_kind
+from ajuste.io import ajuste_dir_kind, read_json
 
 
 def trainable_share(backbone: Any, phases: list[Any]) -> int:
@@ -178,11 +178,7 @@ def _check_state_shapes(run_dir: Path, backbone: Any, state: dict) -> None:
 
 
 def _read_json(run_dir: Path, name: str) -> Any:
-    try:
-        return json.loads((run_dir / name).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AjusteError(f"cannot read {run_dir}/{name} ({type(exc).__name__}: {str(exc)[:100]}); restore it "
-                          "from the run or retrain") from None
+    return read_json(run_dir / name, "restore it from the run or retrain")
 
 
 def _short(items: Any, limit: int = 6) -> str:
