@@ -3,6 +3,7 @@ head-only phase on images that neither chose anything? Measured by k-fold cross-
 *training* images only (its test folder is never read).
 
     python bench/heldout_folds.py hymenoptera [--folds 5] [--seeds 0 1] [--out runs/folds] [--threads 1]
+        [--set KEY=VALUE ...]     # a variant of the default run, e.g. --set strategy.head_epochs=30
     python bench/heldout_folds.py --analyse runs/folds/*.json        # the table again, no training
 
 DATA: a shared data set's name or a path of an image folder with ``train/<class>/`` (and a val or test folder,
@@ -48,7 +49,7 @@ def fold_data(source: str, folds: int, seed: int, fold: int):
                         splits={"train": rest, "test": held}, source=f"{source} (fold {fold} of {folds})")
 
 
-def train_fold(source: str, folds: int, seed: int, fold: int, path: Path) -> None:
+def train_fold(source: str, folds: int, seed: int, fold: int, path: Path, sets: dict | None = None) -> None:
     import torch
 
     import ajuste.train.loop as L
@@ -81,7 +82,8 @@ def train_fold(source: str, folds: int, seed: int, fold: int, path: Path) -> Non
     L.fit, L._take_average = fit_with_snapshots, average_with_snapshot
     try:
         data = fold_data(source, folds, seed, fold)
-        cfg = RunConfig().override({"data.source": source, "strategy.name": "two-stage", "train.seed": seed})
+        cfg = RunConfig().override({"data.source": source, "strategy.name": "two-stage", "train.seed": seed,
+                                    **(sets or {})})
         res = train_run(cfg=cfg, data=data, out=None, progress=False)
     finally:
         L.fit, L._take_average = real_fit, real_average
@@ -93,6 +95,7 @@ def train_fold(source: str, folds: int, seed: int, fold: int, path: Path) -> Non
                                     channels_last=cl)[0].tolist() for s in ("val", "test")}
 
     out: dict = {"source": source, "seed": seed, "fold": fold, "folds": folds, "model": cfg.model.name,
+                 "sets": sets or {},
                  "run": {k: res.summary.get(k) for k in ("best_epoch", "epochs", "val_accuracy", "test_accuracy")},
                  "kept": logits()}
     for name, sd in snaps.items():
@@ -140,17 +143,22 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--only", type=int, nargs="+", help="run these folds only (split the work across processes)")
     ap.add_argument("--out", type=Path, default=Path("runs/folds"))
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting changed from the default in every run (a variant; give it its own --out)")
     args = C.parse_or_analyse(ap, analyse)
     if args is None:
         return
     source = args.data if Path(args.data).exists() else str(C.dataset(args.data))
+    import yaml
+
+    sets = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.sets)}
     args.out.mkdir(parents=True, exist_ok=True)
     paths = []
     for seed in args.seeds:
         for fold in args.only if args.only is not None else range(args.folds):
             path = args.out / f"{Path(source).name}-s{seed}-f{fold}.json"
             if not path.exists():
-                train_fold(source, args.folds, seed, fold, path)
+                train_fold(source, args.folds, seed, fold, path, sets)
             paths.append(path)
     analyse(paths)
 
