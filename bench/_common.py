@@ -66,6 +66,17 @@ def subset_splits(data: Any, splits: dict, *, train: int | None, val: int | None
     return out
 
 
+def load_subset(cfg: Any, args: Any, *, test: int | None = None) -> tuple[Any, dict]:
+    """The data of ``cfg``, its splits cut to ``args.train`` / ``args.val`` (0: all) and ``test`` examples,
+    and the CPU line every benchmark prints first."""
+    from ajuste.train.run import prepare_data
+
+    data, splits = prepare_data(cfg)
+    splits = subset_splits(data, splits, train=args.train or None, val=args.val or None, test=test)
+    print(f"CPU: {cpu_description()}; threads {args.threads}")
+    return data, splits
+
+
 class PathsDataset:
     """The torchvision ``ImageFolder`` of a tutorial, over given (path, label) pairs: every access opens,
     decodes and transforms the JPEG again."""

@@ -39,15 +39,13 @@ def main() -> None:
 
     from ajuste.config import RunConfig
     from ajuste.io import read_jsonl
-    from ajuste.train.run import prepare_data, train_run
+    from ajuste.train.run import train_run
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     base = RunConfig().override({"data.source": str(C.dataset("clothing-small")), "train.threads": args.threads,
                                  "train.min_steps": 0, "data.batch_size": 32})
-    data, splits = prepare_data(base)
-    splits = C.subset_splits(data, splits, train=args.train or None, val=args.val or None)
+    data, splits = C.load_subset(base, args)
     n_train, n_val = len(splits["train"]), len(splits["val"])
-    print(f"CPU: {C.cpu_description()}; threads {args.threads}")
     print(f"clothing-small: {n_train} train / {n_val} val images; full fine-tuning {args.epochs} epochs, batch 32; "
           f"then a linear probe")
 

@@ -41,17 +41,15 @@ def main() -> None:
 
     from ajuste.config import RunConfig
     from ajuste.io import read_jsonl
-    from ajuste.train.run import prepare_data, train_run
+    from ajuste.train.run import train_run
 
     source = C.dataset("clothing-small")
     cfg = RunConfig().override({"data.source": str(source), "model.name": "efficientnet_lite0",
                                 "strategy.name": "full", "train.epochs": args.epochs, "train.patience": args.epochs,
                                 "train.threads": args.threads, "train.min_steps": 0, "data.batch_size": 32,
                                 "data.augment": "light"})
-    data, splits = prepare_data(cfg)
-    splits = C.subset_splits(data, splits, train=args.train or None, val=args.val or None)
+    data, splits = C.load_subset(cfg, args)
     n_train = len(splits["train"])
-    print(f"CPU: {C.cpu_description()}; threads {args.threads}")
     print(f"clothing-small: {n_train} train / {len(splits['val'])} val images, 224 px, full fine-tuning, "
           f"{args.epochs} epochs, batch 32")
 

@@ -42,17 +42,15 @@ def main() -> None:
     from ajuste.config import RunConfig
     from ajuste.data.pipeline import load_image_file, make_preprocessing
     from ajuste.train.loop import autocast, native_bf16
-    from ajuste.train.run import prepare_data, train_run
+    from ajuste.train.run import train_run
 
     source = C.dataset("clothing-small")
     cfg = RunConfig().override({"data.source": str(source), "model.name": "efficientnet_lite0",
                                 "strategy.name": "linear-probe", "train.epochs": args.epochs,
                                 "train.patience": args.epochs, "train.threads": args.threads,
                                 "data.batch_size": 32})
-    data, splits = prepare_data(cfg)
-    splits = C.subset_splits(data, splits, train=args.train or None, val=args.val or None)
+    data, splits = C.load_subset(cfg, args)
     n_train, n_val = len(splits["train"]), len(splits["val"])
-    print(f"CPU: {C.cpu_description()}; threads {args.threads}")
     print(f"clothing-small: {n_train} train / {n_val} val images, {len(data.classes)} classes, 224 px, "
           f"{args.epochs} epochs")
 

@@ -43,7 +43,7 @@ def main() -> None:
     from ajuste.config import RunConfig
     from ajuste.io import read_jsonl
     from ajuste.train import cache
-    from ajuste.train.run import prepare_data, train_run
+    from ajuste.train.run import train_run
 
     if args.text:
         source, model, what = C.dataset("sms-spam") / "SMSSpamCollection", "minilm-l6", "sms-spam texts, MiniLM-L6"
@@ -55,9 +55,7 @@ def main() -> None:
                                  "train.epochs": args.epochs, "train.patience": args.epochs,
                                  "train.threads": args.threads, "data.augment": "none", "train.min_steps": 0,
                                  "train.cache_dtype": args.cache_dtype, "train.bf16": args.bf16})
-    data, splits = prepare_data(base)
-    splits = C.subset_splits(data, splits, train=args.train or None, val=args.val or None)
-    print(f"CPU: {C.cpu_description()}; threads {args.threads}")
+    data, splits = C.load_subset(base, args)
     print(f"{len(splits['train'])} train / {len(splits['val'])} val {what}, partial top "
           f"{args.unfreeze} groups, {args.epochs} epochs, cache storage {args.cache_dtype}")
 

@@ -41,16 +41,14 @@ def main() -> None:
 
     from ajuste.config import RunConfig
     from ajuste.io import read_jsonl
-    from ajuste.train.run import prepare_data, train_run
+    from ajuste.train.run import train_run
 
     source = C.dataset("sms-spam") / "SMSSpamCollection"
     cfg = RunConfig().override({"data.source": str(source), "model.name": "minilm-l6", "strategy.name": "full",
                                 "train.epochs": args.epochs, "train.patience": args.epochs,
                                 "train.threads": args.threads, "data.batch_size": 32, "data.max_length": 128,
                                 "train.min_steps": 0})
-    data, splits = prepare_data(cfg)
-    splits = C.subset_splits(data, splits, train=args.train or None, val=args.val or None, test=args.test or None)
-    print(f"CPU: {C.cpu_description()}; threads {args.threads}")
+    data, splits = C.load_subset(cfg, args, test=args.test or None)
     print(f"sms-spam: {len(splits['train'])} train / {len(splits['val'])} val / {len(splits['test'])} test texts, "
           f"MiniLM-L6 full fine-tuning, {args.epochs} epoch(s), batch 32, max 128 tokens")
 
