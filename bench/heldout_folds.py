@@ -4,7 +4,9 @@ head-only phase on images that neither chose anything? Measured by k-fold cross-
 
     python bench/heldout_folds.py hymenoptera [--folds 5] [--seeds 0 1] [--out runs/folds] [--threads 1]
         [--set KEY=VALUE ...]     # a variant of the default run, e.g. --set strategy.head_epochs=30
+    python bench/heldout_folds.py hymenoptera --strategy linear-probe --set train.epochs=15 ...  # any strategy
     python bench/heldout_folds.py --analyse runs/folds/*.json        # the table again, no training
+    python bench/heldout_folds.py --analyse runs/a/*.json runs/b/*.json  # variants side by side, paired
 
 DATA: a shared data set's name or a path of an image folder with ``train/<class>/`` (and a val or test folder,
 which is left out). For each seed and fold, the fold's images are held out; ajuste's default ``two-stage`` run
@@ -18,6 +20,11 @@ The table pools the held-out folds (every training image is held out once per se
 for choosing between the phases on validation: the end-to-end phase replaces the head-only one when it is
 more accurate, ties broken by the lower loss (``train.monitor=val_accuracy``), or only when it is strictly
 more accurate (a tie keeps the model with fewer trained weights).
+
+``--strategy`` runs another strategy instead (only the kept model is scored). Analysed together, runs of
+different variants (strategy and ``--set`` settings) on the same seeds and folds are compared image by
+image: pooled held-out accuracy per variant, and for each pair how many held-out images one gets right and
+the other wrong.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ def fold_data(source: str, folds: int, seed: int, fold: int):
                         splits={"train": rest, "test": held}, source=f"{source} (fold {fold} of {folds})")
 
 
-def train_fold(source: str, folds: int, seed: int, fold: int, path: Path, sets: dict | None = None) -> None:
+def train_fold(source: str, folds: int, seed: int, fold: int, path: Path, sets: dict | None = None,
+               strategy: str = "two-stage") -> None:
     import torch
 
     import ajuste.train.loop as L
@@ -82,7 +90,7 @@ def train_fold(source: str, folds: int, seed: int, fold: int, path: Path, sets: 
     L.fit, L._take_average = fit_with_snapshots, average_with_snapshot
     try:
         data = fold_data(source, folds, seed, fold)
-        cfg = RunConfig().override({"data.source": source, "strategy.name": "two-stage", "train.seed": seed,
+        cfg = RunConfig().override({"data.source": source, "strategy.name": strategy, "train.seed": seed,
                                     **(sets or {})})
         res = train_run(cfg=cfg, data=data, out=None, progress=False)
     finally:
@@ -95,7 +103,7 @@ def train_fold(source: str, folds: int, seed: int, fold: int, path: Path, sets: 
                                     channels_last=cl)[0].tolist() for s in ("val", "test")}
 
     out: dict = {"source": source, "seed": seed, "fold": fold, "folds": folds, "model": cfg.model.name,
-                 "sets": sets or {},
+                 "strategy": strategy, "sets": sets or {},
                  "run": {k: res.summary.get(k) for k in ("best_epoch", "epochs", "val_accuracy", "test_accuracy")},
                  "kept": logits()}
     for name, sd in snaps.items():
@@ -108,10 +116,51 @@ def train_fold(source: str, folds: int, seed: int, fold: int, path: Path, sets: 
           f"{len(pipe.splits['test'])}, kept held-out accuracy {res.summary['test_accuracy']:.3f}", flush=True)
 
 
+# Settings that change where and how fast a run trains, not what it learns: not part of a variant's name.
+NEUTRAL = ("train.cache_dir", "train.threads")
+
+
+def variant(d: dict) -> str:
+    sets = [f"{k}={v}" for k, v in sorted(d.get("sets", {}).items()) if k not in NEUTRAL]
+    return " ".join([d.get("strategy", "two-stage"), d["model"], *sets])
+
+
 def analyse(paths: list[Path]) -> None:
+    runs = [json.loads(p.read_text()) for p in sorted(paths)]
+    names = sorted({variant(d) for d in runs})
+    if len(names) == 1 and all("all" in d for d in runs):  # two-stage alone: its phases and rules
+        analyse_phases(runs)
+    else:
+        compare_variants(runs, names)
+
+
+def compare_variants(runs: list[dict], names: list[str]) -> None:
+    """Pooled held-out accuracy of the kept model per variant, over the (seed, fold) pairs all variants ran,
+    and per pair of variants the held-out images only one of them gets right."""
+    right: dict[str, dict[tuple, np.ndarray]] = {n: {} for n in names}
+    for d in runs:
+        y = np.array(d["y"]["test"])
+        right[variant(d)][(d["seed"], d["fold"])] = np.array(d["kept"]["test"]).argmax(1) == y
+    common = sorted(set.intersection(*(set(r) for r in right.values())))
+    if not common:
+        raise SystemExit("no (seed, fold) was run by every variant")
+    pooled = {n: np.concatenate([right[n][k] for k in common]) for n in names}
+    total = len(next(iter(pooled.values())))
+    print(f"{len(common)} (seed, fold) runs per variant, {total} held-out predictions each")
+    print(C.table(["variant", "held-out accuracy, pooled"],
+                  [[n, f"{pooled[n].mean():.4f} ({int(pooled[n].sum())} of {total})"] for n in names]))
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            only_a, only_b = int((pooled[a] & ~pooled[b]).sum()), int((pooled[b] & ~pooled[a]).sum())
+            rows.append([a, b, only_a, only_b])
+    if rows:
+        print(C.table(["variant A", "variant B", "right in A only", "right in B only"], rows))
+
+
+def analyse_phases(runs: list[dict]) -> None:
     rows, right, total = [], {"head": 0, "all": 0, "loss rule": 0, "strict rule": 0}, 0
-    for p in sorted(paths):
-        d = json.loads(p.read_text())
+    for d in runs:
         yv, yt = np.array(d["y"]["val"]), np.array(d["y"]["test"])
         v = {k: np.array(d[k]["val"]) for k in ("head", "all")}
         t = {k: np.array(d[k]["test"]) for k in ("head", "all")}
@@ -143,6 +192,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--only", type=int, nargs="+", help="run these folds only (split the work across processes)")
     ap.add_argument("--out", type=Path, default=Path("runs/folds"))
+    ap.add_argument("--strategy", default="two-stage",
+                    help="the strategy run in every fold (other than two-stage: the kept model is scored alone)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a setting changed from the default in every run (a variant; give it its own --out)")
     args = C.parse_or_analyse(ap, analyse)
@@ -158,7 +209,7 @@ def main() -> None:
         for fold in args.only if args.only is not None else range(args.folds):
             path = args.out / f"{Path(source).name}-s{seed}-f{fold}.json"
             if not path.exists():
-                train_fold(source, args.folds, seed, fold, path, sets)
+                train_fold(source, args.folds, seed, fold, path, sets, args.strategy)
             paths.append(path)
     analyse(paths)
 
