@@ -230,6 +230,31 @@ def test_auto_monitor_is_the_validation_accuracy_and_an_explicit_choice_is_kept(
                               "image").train.monitor == "val_loss"
 
 
+def test_image_heads_train_until_validation_stops_improving_not_to_a_short_cap():
+    """Head-only training on cached image features: capped at 15 (two-stage) or 30 (linear probe) epochs the
+    head stopped while validation still improved (docs/results.md); the cap is 100 for images, patience ends
+    the phase. Text keeps its caps; an explicit value is kept."""
+    from ajuste.config import RunConfig
+    from ajuste.strategies.base import get_strategy, resolve_config
+
+    base = RunConfig.from_dict({})
+
+    def head(strategy: str, modality: str, **over):
+        cfg = resolve_config(base.override({"strategy.name": strategy, **over}), modality)
+        first = get_strategy(strategy).phases(cfg, 4)[0]
+        assert first.name == "head"
+        return first.epochs, first.patience, cfg.train.patience
+
+    epochs, patience, train_patience = head("two-stage", "image")
+    assert (epochs, patience) == (100, train_patience)
+    assert head("two-stage", "text")[0] == 15
+    assert head("two-stage", "image", **{"strategy.head_epochs": 7})[0] == 7
+    epochs, patience, train_patience = head("linear-probe", "image")
+    assert (epochs, patience) == (100, train_patience + 2)
+    assert head("linear-probe", "text")[0] == 30
+    assert head("linear-probe", "image", **{"train.epochs": 20})[0] == 20
+
+
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_auto_only_where_the_cpu_has_native_bf16(native, monkeypatch, tiny_timm, tiny_text):
     """Emulated bf16 (AVX2-only CPUs) ran 17-18x slower than fp32: auto must not pick it there."""

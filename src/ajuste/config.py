@@ -93,7 +93,11 @@ class ModelConfig:
 class StrategyConfig:
     name: str = _help("Fine-tuning strategy (see `ajuste strategies`)", default="two-stage")
     unfreeze: int = _help("partial: number of top layer groups to train (besides the head)", default=2)
-    head_epochs: int = _help("two-stage/gradual: max epochs of the head-only phase", default=15)
+    head_epochs: int | None = _help("two-stage: max epochs of the head-only phase, which ends earlier when "
+                                    "validation stops improving for train.patience epochs. auto: 100 for images "
+                                    "(the head trains on cached features, where an epoch costs little; a 15-epoch "
+                                    "cap stopped it while validation still improved: docs/results.md), 15 for "
+                                    "text", default=None)
     stage2_lr_factor: float = _help("two-stage: LR of the end-to-end phase = the head's LR "
                                     "(optim.lr × optim.head_lr_mult) × this", default=0.1)
     stage2_patience: int = _help("two-stage: early-stopping patience of the end-to-end phase; 0: run its whole "
@@ -109,7 +113,7 @@ class StrategyConfig:
     def __post_init__(self) -> None:
         if self.unfreeze < 0:
             raise ConfigError(f"strategy.unfreeze={self.unfreeze} must be ≥ 0")
-        if self.head_epochs < 1:
+        if self.head_epochs is not None and self.head_epochs < 1:
             raise ConfigError(f"strategy.head_epochs={self.head_epochs} must be ≥ 1")
         if self.gradual_every < 1:
             raise ConfigError(f"strategy.gradual_every={self.gradual_every} must be ≥ 1")

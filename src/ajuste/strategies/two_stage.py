@@ -20,7 +20,11 @@ class TwoStage(Strategy):
 
     def defaults(self, modality: str) -> dict[str, Any]:
         # Averaging measured on image sets only (docs/results.md); text keeps its best epoch until measured.
-        return {"strategy.stage2_average": 0.5 if modality == "image" else 0.0}
+        # The head phase on image features: capped at 15 epochs it was still improving on validation when it
+        # stopped (hymenoptera's held-out folds: 2,380 vs 2,394 of 2,450 right with up to 100 epochs and the
+        # same patience, docs/results.md); patience, not the cap, ends it now. Text keeps 15 until measured.
+        image = modality == "image"
+        return {"strategy.stage2_average": 0.5 if image else 0.0, "strategy.head_epochs": 100 if image else 15}
 
     def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:
         o, s = cfg.optim, cfg.strategy
