@@ -42,7 +42,8 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def test_two_workers_reproduce_one_process_with_frozen_batchnorm(tmp_path):
-    args = TINY + ["--strategy", "two-stage", "--epochs", "2"]
+    # A short head phase: the float summation order drifts a little over every epoch of the run.
+    args = TINY + ["--strategy", "two-stage", "--epochs", "2", "--set", "strategy.head_epochs=3"]
     _train(tmp_path / "one", args, workers=1)
     proc = _train(tmp_path / "two", args, workers=2)
 
