@@ -87,7 +87,8 @@ def train_fold(source: str, folds: int, seed: int, fold: int, path: Path, sets: 
         snaps["all"] = copy(backbone)  # the averaged weights, still loaded whether or not the run keeps them
         return best
 
-    L.fit, L._take_average = fit_with_snapshots, average_with_snapshot
+    if strategy == "two-stage":  # other strategies are scored by their kept model alone: no phase snapshots
+        L.fit, L._take_average = fit_with_snapshots, average_with_snapshot
     try:
         data = fold_data(source, folds, seed, fold)
         cfg = RunConfig().override({"data.source": source, "strategy.name": strategy, "train.seed": seed,
