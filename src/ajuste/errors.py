@@ -33,3 +33,38 @@ class ConfigError(AjusteError, ValueError):
 
 class TrainingDiverged(AjusteError):
     """The loss became NaN/inf; the last good checkpoint was kept."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``docker stop``, a scheduler's time limit, ``kill``): handled as an interruption, at once.
+
+    A KeyboardInterrupt, so every path that records Ctrl-C (status.json "interrupted", a tune trial re-queued,
+    a study's finished cells kept) records this too; unlike a first Ctrl-C it does not wait for the epoch to
+    end, since whoever sent it may send SIGKILL a few seconds later."""
+
+
+_terminated = False
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler: raise `Terminated` in the main thread."""
+    global _terminated
+    _terminated = True  # click may turn the exception into its own Abort: the CLI reads this flag instead
+    raise Terminated()
+
+
+def terminated() -> bool:
+    """Whether this process received SIGTERM (through `handle_sigterm`)."""
+    return _terminated
+
+
+def handle_sigterm() -> None:
+    """Turn SIGTERM into `Terminated` in this process (main thread only; elsewhere a no-op)."""
+    import signal
+
+    global _terminated
+    _terminated = False  # a new command in this process (tests call the CLI many times in one)
+    try:
+        signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread
+        pass

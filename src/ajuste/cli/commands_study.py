@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from ajuste import locks
 from ajuste.cli.commands_train import DATA_HELP, _console, _warn, build_config, split_positionals
 from ajuste.study.spec import DEFAULT_STRATEGIES
 
@@ -69,9 +70,10 @@ def compare(
     con = _console(quiet)
     con.print(f"{len(spec.cells())} cells: {', '.join(spec.strategies)} × fractions "
               f"{', '.join(f'{f:g}' for f in spec.fractions)} × {spec.seeds} seed(s) → {study_dir}")
-    res = run_study(spec=spec, study_dir=study_dir, console=con, progress=not quiet, similarity=not no_similarity,
-                    workers=workers, share_idle_cores=share_idle_cores)
-    advice = build_report(study_dir)
+    with locks.hold(study_dir, what="study", remove_if_unused=True):  # the report and best_model/ too
+        res = run_study(spec=spec, study_dir=study_dir, console=con, progress=not quiet,
+                        similarity=not no_similarity, workers=workers, share_idle_cores=share_idle_cores)
+        advice = build_report(study_dir)
     con.print("")
     con.print(f"[bold green]{advice['text']}[/]", highlight=False)
     for r in advice["reasons"]:
@@ -135,7 +137,8 @@ def report(study_dir: Path = typer.Argument(..., help="A study directory made by
     """Regenerate a study's HTML report, plots and recommendation."""
     from ajuste.report.html import build_report
 
-    advice = build_report(study_dir)
+    with locks.hold(study_dir, what="study", wait=60, create=False):  # not while `ajuste compare` still writes it
+        advice = build_report(study_dir)
     con = _console()
     con.print(advice["text"], highlight=False)
     con.print(f"report: {Path(study_dir) / 'report.html'}")

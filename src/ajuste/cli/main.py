@@ -40,8 +40,22 @@ def _click_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]
     return tuple(exits), tuple(aborts), tuple(usage)
 
 
+SIGTERM_EXIT = 128 + 15  # what a shell reports for a process ended by SIGTERM
+
+
 def main(argv: list[str] | None = None) -> int:
-    from ajuste.errors import AjusteError
+    from ajuste.errors import handle_sigterm, terminated
+
+    handle_sigterm()  # `docker stop`, a scheduler's limit: record "interrupted", keep what finished, exit 143
+    code = _main(argv)
+    if terminated():
+        _error("stopped by SIGTERM: finished epochs/cells/trials are saved; re-run the same command to resume")
+        return SIGTERM_EXIT
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
+    from ajuste.errors import AjusteError, terminated
 
     exits, aborts, usage = _click_types()
     debug = os.environ.get("AJUSTE_DEBUG") == "1"
@@ -49,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         rv = app(args=argv, standalone_mode=False, prog_name="ajuste")
         # Typer turns KeyboardInterrupt (and typer.Exit) into a returned exit code.
         code = rv if isinstance(rv, int) else 0
-        if code == 130:
+        if code == 130 and not terminated():
             _error("interrupted: finished epochs/cells are saved; re-run the same command to resume")
         return code
     except exits as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
     except aborts:
-        _error("aborted")
+        if not terminated():
+            _error("aborted")
         return 130
     except usage as exc:
         # One line, like every other refusal (click prints usage, a hint and the error on four).
@@ -67,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
+        if terminated():
+            return SIGTERM_EXIT
         _error("interrupted: finished epochs/cells are saved; re-run the same command to resume")
         return 130
     except AjusteError as exc:

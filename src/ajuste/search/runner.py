@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ajuste import locks
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError, ConfigError
 from ajuste.io import ajuste_dir_kind, atomic_write_json, atomic_write_text
@@ -162,7 +163,23 @@ def tune(*, cfg: RunConfig, out: str | Path, trials: int | None = 20, sampler: s
          study_name: str | None = None, timeout: float | str | None = None, metric: str = "val_accuracy",
          seed: int | None = 0, console: Any = None, data: Any = None, splits: dict | None = None,
          report: bool = True) -> TuneResult:
-    """Run (or continue) a study; see the module docstring. Returns where things are and the best trial."""
+    """Run (or continue) a study; see the module docstring. Returns where things are and the best trial.
+
+    With the default storage (``out/study.db``) this process holds ``out``'s lock throughout: a second
+    `ajuste tune` into the same directory is refused in one line. With ``--storage URL``, workers share the
+    study through the server's lock, and each takes ``out``'s lock only while it writes its outputs there."""
+    kwargs = dict(cfg=cfg, out=Path(out), trials=trials, sampler=sampler, pruner=pruner, space=space,
+                  storage=storage, study_name=study_name, timeout=timeout, metric=metric, seed=seed,
+                  console=console, data=data, splits=splits, report=report)
+    if storage is None:
+        with locks.hold(out, what="search", remove_if_unused=True):
+            return _tune(**kwargs)
+    return _tune(**kwargs)
+
+
+def _tune(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner: str, space: str | Path | None,
+          storage: str | None, study_name: str | None, timeout: float | str | None, metric: str,
+          seed: int | None, console: Any, data: Any, splits: dict | None, report: bool) -> TuneResult:
     import optuna
 
     from ajuste.search.objective import METRICS, Objective, check_metric, release_memory
@@ -247,12 +264,13 @@ def tune(*, cfg: RunConfig, out: str | Path, trials: int | None = 20, sampler: s
             (seed * 1_000_003 + n_existing * 7919 + (0 if created else os.getpid())) % 2**31
         study.sampler = make_sampler(sampler, seed=worker_seed, budget=budget, grid=grid)
         study.pruner = make_pruner(pruner, max_epochs=max_epochs)
-        atomic_write_json(files["tune"], {
-            "study": name, "storage": redact(url), "sampler": sampler, "pruner": pruner, "metric": metric,
-            "direction": direction, "trials": budget, "timeout_seconds": timeout_s, "max_epochs": max_epochs,
-            "space": space_obj.to_dict(), "config": cfg.to_dict(), "objective": _objective_text(metric),
-            "dashboard": dashboard_command(url),
-        })
+        with _writing(out):
+            atomic_write_json(files["tune"], {
+                "study": name, "storage": redact(url), "sampler": sampler, "pruner": pruner, "metric": metric,
+                "direction": direction, "trials": budget, "timeout_seconds": timeout_s, "max_epochs": max_epochs,
+                "space": space_obj.to_dict(), "config": cfg.to_dict(), "objective": _objective_text(metric),
+                "dashboard": dashboard_command(url),
+            })
         done = sum(_counts_against_budget(t) for t in study.get_trials(deepcopy=False))
         say(f"{'starting' if created else 'continuing'} study {name} in {redact(url)}: "
             f"{done}/{budget if budget else '∞'} trials so far · sampler {sampler} · pruner {pruner} · "
@@ -502,16 +520,23 @@ def _short(v: Any) -> str:
 # -- outputs -------------------------------------------------------------------------------------------
 
 
+def _writing(out: Path):
+    """``out``'s lock while this worker writes there: a no-op when it holds it already (default storage);
+    with a shared server, a worker finishing at the same moment as another on this machine waits its turn."""
+    return locks.hold(out, what="search", wait=120)
+
+
 def write_outputs(study: Any, out: Path, *, metric: str, url: str) -> dict[str, Path]:
     from ajuste.search.storage import redact
 
-    out = Path(out)
-    files = {"tune": out / "tune.json", "best": out / "best.json", "trials": out / "trials.csv"}
-    atomic_write_json(files["best"], best_record(study, metric=metric, url=redact(url), out=out))
-    write_trials_csv(study, files["trials"])
     from ajuste.search.report import write_report
 
-    files["report"] = write_report(study, out / "report.html", metric=metric, storage=redact(url))
+    out = Path(out)
+    files = {"tune": out / "tune.json", "best": out / "best.json", "trials": out / "trials.csv"}
+    with _writing(out):
+        atomic_write_json(files["best"], best_record(study, metric=metric, url=redact(url), out=out))
+        write_trials_csv(study, files["trials"])
+        files["report"] = write_report(study, out / "report.html", metric=metric, storage=redact(url))
     return files
 
 

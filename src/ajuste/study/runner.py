@@ -24,8 +24,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ajuste import locks
 from ajuste.config import RunConfig
-from ajuste.errors import AjusteError
+from ajuste.errors import AjusteError, terminated
 from ajuste.io import append_jsonl, atomic_write_json, read_jsonl
 from ajuste.study.spec import COST_RANK, Cell, StudySpec
 from ajuste.study.workers import InlineCells, Job, WorkerCells, auto_workers, usable_cores
@@ -108,7 +109,19 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
               workers: int | None = None, share_idle_cores: bool = False) -> StudyResult:
     """``workers``: cells trained at once in worker processes (None or 0: one per core on a CPU, see
     ajuste.study.workers; 1: one after the other in this process). ``share_idle_cores``: the cores of idle
-    workers go to the cells still running (sooner done; those cells' numbers then depend on timing)."""
+    workers go to the cells still running (sooner done; those cells' numbers then depend on timing).
+
+    This process holds the study directory's lock throughout (a second `ajuste compare` on it is refused in
+    one line); each cell's run directory is locked by the process that trains it."""
+    with locks.hold(study_dir, what="study", remove_if_unused=True):
+        return _run_study(spec=spec, study_dir=study_dir, console=console, progress=progress,
+                          similarity=similarity, on_cell_end=on_cell_end, workers=workers,
+                          share_idle_cores=share_idle_cores)
+
+
+def _run_study(*, spec: StudySpec, study_dir: Path, console: Any, progress: bool, similarity: bool,
+               on_cell_end: Callable[[dict], None] | None, workers: int | None,
+               share_idle_cores: bool) -> StudyResult:
     from ajuste.train.run import check_writable, prepare_data
 
     t0 = time.perf_counter()
@@ -230,7 +243,10 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
                     if bar:
                         bar.update(task, advance=1)
         except KeyboardInterrupt:
-            _finish_interrupted(cells, console, take)
+            if terminated():
+                cells.terminate()
+            else:
+                _finish_interrupted(cells, console, take)
             raise
         finally:
             cells.close()

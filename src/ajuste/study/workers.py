@@ -17,7 +17,9 @@ changed when a neighbouring cell happened to finish made a study's numbers depen
 SIGUSR1 and sets its torch threads between two ops): the last cells finish sooner, at that price. Workers
 live in their own process group, so a terminal's Ctrl-C reaches the study process only, which sets a stop
 flag for each busy worker: its cell finishes the epoch, checkpoints and reports itself interrupted (a cell
-not yet begun does not start); a second Ctrl-C kills the workers (their last checkpoints stay).
+not yet begun does not start); a second Ctrl-C kills the workers (their last checkpoints stay). SIGTERM
+(`docker stop`, a scheduler) does not wait for the epoch: the study sends it on to its busy workers, which
+stop at once and record their runs as interrupted.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ajuste.errors import AjusteError
+from ajuste.errors import AjusteError, raise_terminated
 
 # a default guess of one cell's resident memory, to cap the automatic number of workers
 CELL_MEMORY_GUESS = 3 * 2**30
@@ -103,6 +105,9 @@ class InlineCells:
 
     def interrupt(self) -> None:
         pass  # the cell runs in this process: the SIGINT already reached its training loop
+
+    def terminate(self) -> None:
+        pass  # the cell runs in this process: SIGTERM's exception already went through its run
 
     def close(self) -> None:
         pass
@@ -191,6 +196,27 @@ class WorkerCells:
         for i in self._busy:
             self._stop[i] = 1
 
+    def terminate(self, grace: float = 10.0) -> None:
+        """SIGTERM reached the study: each busy worker gets SIGTERM too and stops at once, its run directory
+        saying "interrupted" (PR_SET_PDEATHSIG would kill it mid-write of nothing, but leave "running").
+        Waits up to ``grace`` seconds for their answers; a cell that completed meanwhile is recorded on resume."""
+        from multiprocessing.connection import wait
+
+        for i in self._busy:
+            try:
+                os.kill(self._procs[i].pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while self._busy and time.monotonic() < deadline:
+            by_conn = {id(self._conns[i]): i for i in self._busy}
+            for conn in wait([self._conns[i] for i in self._busy], timeout=max(0.0, deadline - time.monotonic())):
+                self._busy.pop(by_conn[id(conn)])
+                try:
+                    conn.recv()
+                except (EOFError, OSError):
+                    pass
+
     def close(self) -> None:
         for i, conn in enumerate(self._conns):
             if i not in self._busy:
@@ -242,6 +268,7 @@ def worker_main(conn: Any, init: dict[str, Any], shares: tuple[Any, Any, Any], i
         stop[index] = 1
 
     signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, raise_terminated)  # stop now: the run records "interrupted" on its way out
     import torch
 
     fixed = {"threads": False}
@@ -253,6 +280,14 @@ def worker_main(conn: Any, init: dict[str, Any], shares: tuple[Any, Any, Any], i
     take_share()
     signal.signal(signal.SIGUSR1, take_share)
     ready[index] = 1
+    try:
+        _serve(conn, init, index, stop, fixed, take_share)
+    except KeyboardInterrupt:  # SIGTERM while loading the data or waiting for a cell: nothing to record
+        return
+
+
+def _serve(conn: Any, init: dict[str, Any], index: int, stop: Any, fixed: dict[str, bool],
+           take_share: Callable[[], None]) -> None:
     run_cell = init["make_runner"](init)
     while True:
         try:

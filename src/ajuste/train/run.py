@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ajuste import locks
 from ajuste.config import RunConfig, save_config
 from ajuste.errors import AjusteError
 from ajuste.io import atomic_save_safetensors, atomic_write_json
@@ -100,10 +101,10 @@ def _check_run_dir(out: Path, cfg: RunConfig, overwrite: bool) -> bool:
         return False
     if not out.is_dir():
         raise AjusteError(f"--out {out} exists and is not a directory")
-    if not any(out.iterdir()):
+    if not locks.entries(out):
         return False
     if overwrite:
-        shutil.rmtree(out)
+        locks.clear(out)
         return False
     if (out / "summary.json").is_file():
         raise AjusteError(f"{out} already holds a finished run; use another --out or --overwrite")
@@ -117,7 +118,7 @@ def _check_run_dir(out: Path, cfg: RunConfig, overwrite: bool) -> bool:
         if _nothing_trained(out):
             # Stopped before its first epoch was saved (an error in its settings, a Ctrl-C while loading):
             # nothing would be lost, and refusing would leave the corrected command nowhere to go.
-            shutil.rmtree(out)
+            locks.clear(out)
             return False
         diff = _diff(old.to_dict(), cfg.to_dict())
         raise AjusteError(f"{out} holds an unfinished run with a different config ({diff}); "
@@ -142,6 +143,14 @@ def _diff(a: dict, b: dict, prefix: str = "") -> str:
     return ", ".join(out)
 
 
+def read_status(out: Path) -> str:
+    """What ``status.json`` says ("running", "interrupted", "failed", "complete"); "" when absent or damaged."""
+    try:
+        return str(json.loads((out / STATUS_FILE).read_text()).get("status", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
 def write_status(out: Path | None, status: str, **extra: Any) -> None:
     if out is not None:
         atomic_write_json(out / STATUS_FILE, {"status": status, "time": time.time(), **extra})
@@ -154,7 +163,28 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
     """Train one model. ``data``/``splits`` may be passed in (a study shares them across runs).
 
     ``warn`` receives data warnings (skipped files, dropped rows); without it they go to ``console``.
+    The process that writes ``out`` holds its lock from before the directory is read (resume or overwrite) to
+    the last file: a second process given the same ``out`` is refused in one line (`ajuste.locks`).
     """
+    from ajuste.train import distributed
+
+    kwargs = dict(cfg=cfg, out=out, data=data, splits=splits, progress=progress, console=console,
+                  overwrite=overwrite, on_epoch_end=on_epoch_end, evaluate_test=evaluate_test, warn=warn)
+    w = distributed.setup_from_env()  # under torchrun: join the workers (a no-op for one process)
+    if out is None or not w.main:  # workers other than rank 0 write nothing
+        return _train_run(**kwargs)
+    with locks.hold(out, what="run", remove_if_unused=True):
+        try:
+            return _train_run(**kwargs)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (`Terminated`), before, during or after the epochs
+            if read_status(Path(out)) == "running":
+                write_status(Path(out), "interrupted")
+            raise
+
+
+def _train_run(*, cfg: RunConfig, out: Path | None, data: Any, splits: dict | None, progress: bool, console: Any,
+               overwrite: bool, on_epoch_end: Callable | None, evaluate_test: bool,
+               warn: Callable[[str], None] | None) -> RunResult:
     from ajuste.backbones.factory import create_backbone
     from ajuste.data.pipeline import Pipeline, make_preprocessing
     from ajuste.strategies.base import get_strategy, resolve_config
@@ -162,7 +192,7 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
     from ajuste.train.loop import fit
 
     t_start = time.perf_counter()
-    w = distributed.setup_from_env()  # under torchrun: join the workers (a no-op for one process)
+    w = distributed.world()
     if not w.main:  # workers other than rank 0 train silently and write nothing
         progress, console, warn = False, None, (lambda _msg: None)
     strategy = get_strategy(cfg.strategy.name)
