@@ -322,7 +322,7 @@ def test_output_directory_rules(image_run, tmp_path, capsys):
     assert main(["export", str(image_run), "--format", "onnx", "--out", str(other)]) == 2
     assert "not empty" in _one_error_line(capsys.readouterr().err)
     assert main(["export", str(image_run), "--format", "onnx", "--out", str(other), "--overwrite"]) == 2
-    assert "not an ajuste export" in _one_error_line(capsys.readouterr().err)
+    assert "not an earlier export" in _one_error_line(capsys.readouterr().err)
     assert (other / "keep.txt").read_text() == "mine"
     # an earlier export is replaced with --overwrite, even by another format
     assert main(["export", str(image_run), "--format", "onnx", "--out", str(tmp_path / "e")]) == 0
@@ -335,6 +335,29 @@ def test_output_directory_rules(image_run, tmp_path, capsys):
     assert main(["export", str(image_run), "--out", str(image_run.parent), "--overwrite"]) == 2
     assert "contains the run directory" in _one_error_line(capsys.readouterr().err)
     assert (image_run / "model.safetensors").is_file()
+
+
+def test_overwrite_never_replaces_a_training_run(image_run, tmp_path, capsys):
+    """Issue 33 item 3: any folder with backbone.json counted as an export, so `export --overwrite` replaced
+    another run directory, finished or not. An ajuste-format export (laid out like a run) still is replaced."""
+    import shutil
+
+    finished = tmp_path / "other_run"
+    shutil.copytree(image_run, finished)
+    unfinished = tmp_path / "unfinished_run"
+    shutil.copytree(image_run, unfinished)
+    (unfinished / "summary.json").unlink()
+    (unfinished / "status.json").write_text('{"status": "running"}')
+    for target in (finished, unfinished):
+        before = sorted(p.name for p in target.iterdir())
+        assert main(["export", str(image_run), "--out", str(target), "--overwrite"]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert "holds a training run" in line, line
+        assert sorted(p.name for p in target.iterdir()) == before
+    # an earlier export in ajuste's own format is still an export: --overwrite replaces it
+    assert main(["export", str(image_run), "--out", str(tmp_path / "exp")]) == 0
+    assert main(["export", str(image_run), "--out", str(tmp_path / "exp"), "--overwrite"]) == 0
+    assert (tmp_path / "exp" / "model.safetensors").is_file()
 
 
 def test_file_names_from_a_run_cannot_leave_the_export(text_run, tmp_path, capsys):

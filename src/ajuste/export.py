@@ -39,8 +39,6 @@ FORMATS = ("ajuste", "hf", "onnx", "torchscript")
 # Files a run directory needs for evaluate/predict, plus its records (summary last: it marks completion).
 _COPY = ["config.yaml", "labels.json", "preprocessing.json", "splits.json", "metrics.jsonl"]
 _NOT_PLAIN = ("prompt-tuning", "prefix-tuning")  # learned extra inputs: no plain network to export
-# Files that mark a directory as an earlier export, which --overwrite may replace.
-_EXPORT_MARKERS = ("backbone.json", "export.json")
 
 _PROBE_TEXTS = ["a probe sentence for the export check", "short", "another, rather different line of text!",
                 "free entry in a weekly prize draw"]
@@ -178,10 +176,35 @@ def _check_out(run_dir: Path, out: Path, *, overwrite: bool) -> bool:
         return False  # renaming the finished export onto an empty directory replaces it
     if not overwrite:
         raise AjusteError(f"{out} exists and is not empty; use another --out or --overwrite")
-    if not any((out / m).is_file() for m in _EXPORT_MARKERS):
-        raise AjusteError(f"{out} is not an ajuste export (no backbone.json or export.json); refusing to "
-                          f"overwrite it — choose another --out")
+    made = _made_by_ajuste(out)
+    if made != "an export":
+        raise AjusteError(f"{out} holds {made}, not an earlier export; --overwrite replaces only an export — "
+                          f"choose another --out")
     return True
+
+
+def _made_by_ajuste(path: Path) -> str:
+    """What ``path`` holds, in words: "an export" only for what `export_run` wrote. An ajuste-format export
+    is laid out like a run (config.yaml, summary.json...), so a run is told apart by what an export never has:
+    a status.json or checkpoint/ (every training run, finished or not), or a summary without an export
+    record. backbone.json alone proves nothing: every run directory has one."""
+    from ajuste.io import ajuste_dir_kind, read_json
+
+    if (path / "export.json").is_file():
+        return "an export"
+    kind = ajuste_dir_kind(path)
+    if kind == "study":
+        return "a study of `ajuste compare`"
+    if kind == "search":
+        return "a search of `ajuste tune`"
+    if (path / "status.json").exists() or (path / "checkpoint").exists() or kind == "run":
+        summary = path / "summary.json"
+        if not (path / "status.json").exists() and not (path / "checkpoint").exists() and summary.is_file():
+            rec = read_json(summary, "choose another --out")
+            if isinstance(rec, dict) and "export" in rec:
+                return "an export"
+        return "a training run"
+    return "files that ajuste did not write"
 
 
 def _inside(root: Path, name: str) -> Path:

@@ -389,7 +389,7 @@ def export_best(study_dir: Path, best_cell: str) -> Path:
     dst = Path(study_dir) / "best_model"
     tmp = Path(study_dir) / ".best_model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint"))
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint", locks.LOCK_NAME))
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
     return dst
