@@ -275,12 +275,18 @@ def test_predict_on_a_text_run_does_not_classify_a_file_name(text_with_blanks, t
     (["--fraction", "nan"], ["--fraction:", "share in (0, 1]"]),
     (["--lr", "0"], ["--lr:", "optim.lr"]),
     (["--epochs", "-1"], ["--epochs:", "train.epochs"]),
+    # issue 33: a count below the number of classes was raised to one per class in silence (10 examples)
+    (["--fraction", "2"], ["data.fraction=2 asks for 2 training examples", "fewer than the 10 classes", "at least 10"]),
+    # issue 33: these passed validation, then ended in "unexpected ValueError ... report it"
+    (["--set", "data.val_size=0.6", "--set", "data.test_size=0.6"], ["data.val_size=0.6 + data.test_size=0.6",
+                                                                    "nothing would be left to train on"]),
+    (["--set", "data.split_seed=-5"], ["data.split_seed=-5 must be ≥ 0"]),
 ])
 def test_a_bad_flag_is_named_as_typed(tmp_path, capsys, flags, says):
     out = tmp_path / "run"
     rc = main(["train", "digits", *TINY_IMAGE, "--strategy", "linear-probe", "-q", "--out", str(out), *flags])
     line = assert_refused(rc, capsys.readouterr().err, out)
-    assert "unexpected" not in line and "--set" not in line
+    assert "unexpected" not in line and ("--set" not in line or "--set" in flags)
     assert all(s in line for s in says), line
     assert not out.exists()
 

@@ -59,6 +59,12 @@ class DataConfig:
                               f"must be whole (0.15 is 15% of the training split)")
         _check_range("data.val_size", self.val_size, 0.0, 0.9, lo_open=True)
         _check_range("data.test_size", self.test_size, 0.0, 0.9, lo_open=True)
+        if self.val_size + self.test_size >= 1:
+            raise ConfigError(f"data.val_size={self.val_size:g} + data.test_size={self.test_size:g} is "
+                              f"{self.val_size + self.test_size:g}: nothing would be left to train on; keep their "
+                              f"sum under 1 (e.g. 0.15 each)")
+        if self.split_seed < 0:
+            raise ConfigError(f"data.split_seed={self.split_seed} must be ≥ 0 (numpy seeds are non-negative)")
         if self.augment not in AUGMENT_LEVELS:
             raise ConfigError(f"data.augment={self.augment!r} is not one of {', '.join(AUGMENT_LEVELS)}")
         if self.batch_size < 1:

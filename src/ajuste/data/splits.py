@@ -97,8 +97,26 @@ def take_fraction(indices: np.ndarray, labels: np.ndarray, fraction: float, *, s
                               f"has {n}; ask for at most {n}, or give a share in (0, 1]")
     order = _nested_order(idx, labels[idx], seed)
     n_classes = len(np.unique(labels[idx]))
+    if fraction > 1 and count < n_classes:
+        # A count is exact or refused: silently raised to one per class, `--fraction 2` trained on 10 examples
+        # (and whoever typed 2 may well have meant "all of it, twice"; nothing here means that).
+        raise ConfigError(f"data.fraction={count} asks for {count} training examples (above 1 it is a count, not "
+                          f"a share), fewer than the {n_classes} classes, each of which needs one; ask for at "
+                          f"least {n_classes}, or give a share in (0, 1]")
     count = min(n, max(count, n_classes, 1))
     return np.sort(order[:count])
+
+
+def fraction_note(fraction: float, n_pool: int, n_taken: int, n_classes: int) -> str | None:
+    """The warning for a share that gave fewer examples than there are classes and was raised to one per
+    class (a count below that is refused by `take_fraction`); None when the share was taken as asked."""
+    if not 0 < fraction < 1:
+        return None
+    asked = int(round(fraction * n_pool))
+    if n_taken <= asked:
+        return None
+    return (f"data.fraction={fraction:g} gives {asked} of {n_pool} training examples for {n_classes} classes: "
+            f"raised to {n_taken}, one per class at least")
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
