@@ -123,11 +123,40 @@ def _hub_call(name: str, fn: Any) -> Backbone:
     except AjusteError:
         raise
     except (OSError, RuntimeError, ValueError) as exc:
+        text = " ".join(str(exc).split())
+        # build_hf loads with trust_remote_code=False and use_safetensors=True: these two refusals come
+        # from transformers and are not about the network, so they must not read as "needs internet".
+        if "trust_remote_code" in text or "contains custom code" in text:
+            raise AjusteError(
+                f"model {name!r} needs its own Python code from the hub (trust_remote_code), and ajuste never runs "
+                f"code that comes with a model (it would run with your permissions); use a model whose "
+                f"architecture ships with transformers (a BERT, RoBERTa, DeBERTa, DistilBERT... model)"
+            ) from None
+        if "cannot be loaded with `safetensors`" in text:
+            raise AjusteError(
+                f"model {name!r} has no model.safetensors on the hub (its weights are pickle files such as "
+                f"pytorch_model.bin), and unpickling a checkpoint can run arbitrary code, so ajuste loads "
+                f"safetensors only; pick a model that ships safetensors, or convert it once in an environment you "
+                f"trust (AutoModel.from_pretrained(id).save_pretrained(folder, safe_serialization=True)) and give "
+                f"that folder"
+            ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AjusteError(
-            f"could not load model {name!r} ({first[:160]}); hub models need internet — offline, use "
+            f"could not load model {name!r} ({_clip(first, 160)}); hub models need internet — offline, use "
             f"{', '.join(_zoo_names())} or a local folder"
         ) from None
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with "…" when cut: a quoted
+    library message stays readable (no half word, no dangling quote of a URL cut in two)."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    if " " in cut:
+        cut = cut[:cut.rindex(" ")]
+    return cut.rstrip(" ,;:.(-") + "…"
 
 
 def _zoo_names() -> list[str]:

@@ -9,6 +9,7 @@ no gradient).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,20 @@ from torch import nn
 import contextlib
 
 from ajuste.backbones.base import Backbone, LayerGroup, Split, call_until
+from ajuste.errors import AjusteError
+
+# A model folder is data from wherever the user got it, and two things in it can run code on load:
+# pickled weights (torch.load unpickles, and a pickle can call any function) and custom modelling code
+# (config.json / tokenizer_config.json "auto_map", imported under trust_remote_code). ajuste reads
+# safetensors only and never runs a model's own code; both are refused before transformers opens the folder.
+_PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# What from_pretrained(use_safetensors=True) reads in a folder: one file, or the index of a sharded one.
+_SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_SAFE_SUFFIXES = (".safetensors", ".safetensors.index.json")
+_CONVERT_HINT = ("convert it once in an environment you trust: AutoModel.from_pretrained(folder)"
+                 ".save_pretrained(folder, safe_serialization=True) writes model.safetensors")
+_NO_CODE_HINT = ("use a model whose architecture ships with transformers (a BERT, RoBERTa, DeBERTa, "
+                 "DistilBERT... model)")
 
 
 class HFBackbone(Backbone):
@@ -201,34 +216,134 @@ def default_pooling(path_or_id: str) -> str:
     return "cls"
 
 
+def check_model_folder(folder: Path, *, weights: bool, what: str = "model folder") -> None:
+    """Refuse a local Hugging Face folder that would make transformers run code, before it is opened.
+
+    Reads config.json and tokenizer_config.json as plain JSON (no transformers involved): custom code
+    (``auto_map``) is refused. ``weights``: pretrained weights will be loaded, so the folder must hold
+    them as safetensors; pickled weights (pytorch_model.bin, *.pt...) are refused without being opened."""
+    config = _read_json(folder / "config.json")
+    where = f"{what} {folder}"
+    _refuse_custom_code(config, f"{where}: config.json")
+    _refuse_custom_code(_read_json(folder / "tokenizer_config.json"), f"{where}: tokenizer_config.json")
+    if not weights:
+        return
+    pointer = config.get("transformers_weights")  # config.json may name the weights file transformers loads
+    if isinstance(pointer, str) and not pointer.endswith(_SAFE_SUFFIXES):
+        raise AjusteError(f"{where}: config.json's transformers_weights names {pointer!r}, a pickle file, and "
+                          f"unpickling a checkpoint can run arbitrary code, so ajuste loads safetensors only; "
+                          f"remove that key and {_CONVERT_HINT}")
+    safe = (*_SAFE_WEIGHTS, pointer) if isinstance(pointer, str) else _SAFE_WEIGHTS
+    if any((folder / name).is_file() for name in safe):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(_PICKLED_SUFFIXES))
+    if pickled:
+        shown = ", ".join(pickled[:3]) + (f" and {len(pickled) - 3} more" if len(pickled) > 3 else "")
+        raise AjusteError(f"{where} has its weights only as pickle files ({shown}), and unpickling a checkpoint "
+                          f"can run arbitrary code, so ajuste loads model.safetensors only; {_CONVERT_HINT}")
+    raise AjusteError(f"{where} has no model.safetensors: no pretrained weights to start from; add the weights "
+                      f"(model.safetensors, or a sharded model.safetensors.index.json), or set "
+                      f"model.pretrained=false to start from random weights")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AjusteError(f"cannot read {path} ({exc}); a Hugging Face model folder needs it to be valid JSON") \
+            from None
+    if not isinstance(data, dict):
+        raise AjusteError(f"{path} is not a JSON object; a Hugging Face model folder needs a valid one")
+    return data
+
+
+def _refuse_custom_code(config: dict[str, Any], where: str) -> None:
+    """``auto_map`` points transformers at Python files shipped with the model (imported and run under
+    ``trust_remote_code=True``; with False, a known ``model_type`` would silently load transformers' own,
+    possibly different, architecture instead). Either way it is not the model its author meant."""
+    auto_map = config.get("auto_map")
+    if not auto_map:
+        return
+    refs = auto_map.values() if isinstance(auto_map, dict) else auto_map
+    flat = [r for ref in refs for r in (ref if isinstance(ref, (list, tuple)) else [ref]) if isinstance(r, str)]
+    shown = ", ".join(dict.fromkeys(flat[:3])) or "custom classes"
+    raise AjusteError(f"{where} asks for the model's own Python code (auto_map: {shown}), and ajuste never runs "
+                      f"code that comes with a model (it would run with your permissions); {_NO_CODE_HINT}")
+
+
+def _check_hub_config(config: Any, name: str, *, weights: bool) -> None:
+    """The same rules for a hub model, on the config transformers parsed (``trust_remote_code=False``:
+    parsing ran nothing), before any weights are fetched."""
+    values = config.to_dict()
+    where = f"hub model {name!r}"
+    _refuse_custom_code(values, f"{where}: config.json")
+    pointer = values.get("transformers_weights")
+    if weights and isinstance(pointer, str) and not pointer.endswith(_SAFE_SUFFIXES):
+        raise AjusteError(f"{where}: config.json's transformers_weights names {pointer!r}, a pickle file, and "
+                          f"unpickling a checkpoint can run arbitrary code, so ajuste loads safetensors only; "
+                          f"pick a model that ships model.safetensors")
+
+
+@contextlib.contextmanager
+def _no_hub_conversion():
+    """With ``use_safetensors=True`` and a hub repository holding only .bin files, transformers would ask
+    the hub's conversion service to convert it (a pull request on someone else's repository, then a wait
+    of minutes); instead the missing model.safetensors is reported as such (see factory._hub_call)."""
+    key = "DISABLE_SAFETENSORS_CONVERSION"
+    old = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
 def build_hf(source: str, *, name: str, num_classes: int, pretrained: bool, pooling: str = "auto",
              config_dir: Path | None = None, compact: bool = False) -> HFBackbone:
     """``source`` is a local folder or a hub id. ``config_dir`` (a run's saved parts) rebuilds the
     architecture without weights or network; the caller loads the run's weights afterwards.
     ``compact``: the source's tokenizer and architecture family at the small shape of
-    ``ajuste.backbones.compact``, randomly initialised."""
+    ``ajuste.backbones.compact``, randomly initialised.
+
+    Nothing that comes with a model runs: ``trust_remote_code=False`` on every load, weights from
+    safetensors only, and a local folder is checked (`check_model_folder`) before transformers reads it."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from ajuste.lazy import quiet_transformers
 
     quiet_transformers()
+    weights = pretrained and not compact and config_dir is None
+    # transformers treats any existing directory as a local folder (before trying the hub), so do we.
+    src = str(config_dir) if config_dir is not None else source
+    local = Path(src).is_dir()
+    if local:
+        # A run's hf/ folder is written by ajuste (config and tokenizer, no auto_map), but run directories
+        # get shared: the check costs nothing and keeps the rule "nothing in a folder runs" unconditional.
+        check_model_folder(Path(src), weights=weights,
+                           what="run folder" if config_dir is not None else "model folder")
     if pooling == "auto":
         pooling = default_pooling(source)
-    if config_dir is not None:
-        config = AutoConfig.from_pretrained(config_dir)
-        encoder = AutoModel.from_config(config)
-        tokenizer = AutoTokenizer.from_pretrained(config_dir)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        if compact:
-            from ajuste.backbones.compact import text_overrides
+    config = AutoConfig.from_pretrained(src, trust_remote_code=False)
+    if not local:
+        _check_hub_config(config, name, weights=weights)
+    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+    if not local and getattr(tokenizer, "init_kwargs", {}).get("auto_map"):
+        # With trust_remote_code=False transformers fell back to a built-in class: not the author's tokenizer.
+        _refuse_custom_code(tokenizer.init_kwargs, f"hub model {name!r}: tokenizer_config.json")
+    if compact and config_dir is None:  # a run's saved config already has the compact shape
+        from ajuste.backbones.compact import text_overrides
 
-            config = AutoConfig.from_pretrained(source)
-            for key, value in text_overrides(config).items():
-                setattr(config, key, value)
-            encoder = AutoModel.from_config(config)
-        elif pretrained:
-            encoder = AutoModel.from_pretrained(source)
-        else:
-            encoder = AutoModel.from_config(AutoConfig.from_pretrained(source))
+        for key, value in text_overrides(config).items():
+            setattr(config, key, value)
+        encoder = AutoModel.from_config(config)
+    elif weights:
+        with _no_hub_conversion():
+            encoder = AutoModel.from_pretrained(src, config=config, trust_remote_code=False, use_safetensors=True)
+    else:
+        encoder = AutoModel.from_config(config)
     return HFBackbone(encoder, tokenizer, name=name, source=source, pooling=pooling, num_classes=num_classes)
