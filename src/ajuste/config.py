@@ -49,6 +49,9 @@ class DataConfig:
     hflip: bool | None = _help("Random horizontal flips (auto: on for photo folders, off for digits/arrays)", default=None)
     max_length: int = _help("Maximum tokens per text example (longer ones are truncated)", default=128)
     batch_size: int = _help("Training batch size", default=32)
+    strict: bool = _help("Fail on the first unreadable image, malformed JSONL line or row without a text or label "
+                         "(naming the file and line) instead of skipping it with a warning that counts them",
+                         default=False)
 
     def __post_init__(self) -> None:
         _check_range("data.fraction", self.fraction, 0.0, float("inf"), lo_open=True)

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 DATA_HELP = "Data: digits (built-in), an image folder, a .npz, or a CSV/TSV/JSONL of texts"
+STRICT_HELP = "Fail on the first unreadable image or malformed row instead of skipping it with a warning"
 
 
 def _console(quiet: bool = False):
@@ -118,7 +119,8 @@ def build_config(data: Optional[str], config: Optional[Path], sets: list[str], b
     cfg = load_config(config, None) if base is None else base
     mapping = {"model": "model.name", "strategy": "strategy.name", "fraction": "data.fraction",
                "seed": "train.seed", "epochs": "train.epochs", "unfreeze": "strategy.unfreeze",
-               "text_col": "data.text_col", "label_col": "data.label_col", "lr": "optim.lr"}
+               "text_col": "data.text_col", "label_col": "data.label_col", "lr": "optim.lr",
+               "strict": "data.strict"}
     if data is not None:
         cfg = cfg.override({"data.source": data}, where="data")
     for k, v in flags.items():  # one at a time, so that an error names the option typed (--fraction, not --set)
@@ -144,6 +146,7 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate"),
     text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a table"),
     label_col: Optional[str] = typer.Option(None, "--label-col", help="Label column of a table"),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP + " (data.strict)"),
     print_config: bool = typer.Option(False, "--print-config", help="Show the resolved config and exit"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
@@ -155,12 +158,15 @@ def train(
     import yaml
 
     data, sets = split_positionals(data, sets)
-    base = _from_study_config(from_study, config, quiet) if from_study else None
+    base, tuned = _from_study_config(from_study, config, quiet) if from_study else (None, {})
     cfg = build_config(data, config, sets, base=base, model=model, strategy=strategy, fraction=fraction, seed=seed,
-                       epochs=epochs, unfreeze=unfreeze, lr=lr, text_col=text_col, label_col=label_col)
+                       epochs=epochs, unfreeze=unfreeze, lr=lr, text_col=text_col, label_col=label_col,
+                       strict=strict or None)  # no --strict: data.strict from --config/--set stands
     from ajuste.train.run import prepare_data, resolve_model_early
 
     cfg, data_obj = resolve_model_early(cfg)  # the run directory is named after the backbone
+    if tuned.get("data_digest") and data is None:  # the search's own data: it must still be what was tuned on
+        data_obj = _check_tuned_data(cfg, data_obj, tuned, from_study)
     if print_config:
         from ajuste.strategies.base import resolve_config
 
@@ -211,7 +217,23 @@ def _from_study_config(ref: str, config: Optional[Path], quiet: bool = False):
     cfg, info = retrain_config(ref)
     _console(quiet).print(f"from study {info['study']}: best trial #{info['number']} "
                      f"({info['metric']} {info['value']:.4f} on validation)", highlight=False)
-    return cfg
+    return cfg, info
+
+
+def _check_tuned_data(cfg, data_obj, info: dict, ref: str):
+    """`train --from-study` without DATA retrains on the search's data source: refuse it if its examples changed
+    since the search (the tuned values were chosen on other data). Returns the data, loaded once."""
+    from ajuste.data.fingerprint import data_digest
+    from ajuste.errors import DataError
+    from ajuste.train.run import prepare_data
+
+    if data_obj is None:
+        data_obj, _ = prepare_data(cfg)
+    if data_digest(data_obj) != info["data_digest"]:
+        raise DataError(f"{cfg.data.source} changed since the search --from-study {ref} ran (its examples differ, "
+                        f"not only their order), so its best values were chosen on other data; restore the data, "
+                        f"tune again, or give DATA explicitly to train on purpose with these values")
+    return data_obj
 
 
 def evaluate(
@@ -220,11 +242,12 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON"),
     text_col: Optional[str] = typer.Option(None, "--text-col"),
     label_col: Optional[str] = typer.Option(None, "--label-col"),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> None:
     """Accuracy, macro-F1, per-class table and confusion matrix of a trained run."""
     from ajuste.train.run_eval import evaluate_run
 
-    m = evaluate_run(run_dir, data, text_col=text_col, label_col=label_col, warn=_warn)
+    m = evaluate_run(run_dir, data, text_col=text_col, label_col=label_col, warn=_warn, strict=strict)
     if as_json:
         typer.echo(json.dumps(m, indent=2))
         return
@@ -276,6 +299,7 @@ def predict(
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | jsonl (on stdout)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write predictions to FILE.csv or "
                                                                        "FILE.jsonl instead of stdout"),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP + " (skipped inputs get no row)"),
 ) -> None:
     """Predict labels with a trained run."""
     import csv
@@ -300,7 +324,7 @@ def predict(
             raise AjusteError(f"--output {output} is also an input; write the predictions to another file")
         fmt = kind
         _check_output_writable(output)  # before predicting: a long run must not end on an unwritable path
-    rows = predict_inputs(run_dir, list(inputs), text_col=text_col)
+    rows = predict_inputs(run_dir, list(inputs), text_col=text_col, strict=strict, warn=_warn)
     buf = io.StringIO(newline="") if output is not None else None
     if fmt == "jsonl":
         text = "".join(json.dumps(r) + "\n" for r in rows)

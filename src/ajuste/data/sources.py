@@ -24,6 +24,7 @@ import re
 import warnings as pywarnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ import numpy as np
 from ajuste.errors import DataError
 from ajuste.io import ajuste_dir_kind
 
-__all__ = ["LabelledData", "load_data", "load_texts", "BUILTIN_SOURCES", "IMAGE_EXTENSIONS", "TEXT_EXTENSIONS"]
+__all__ = ["LabelledData", "load_data", "load_texts", "check_images", "BUILTIN_SOURCES", "IMAGE_EXTENSIONS",
+           "TEXT_EXTENSIONS"]
 
 BUILTIN_SOURCES = ("digits",)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -127,6 +129,7 @@ def load_data(
     label_col: str | None = None,
     classes: list[str] | None = None,
     modality: str | None = None,
+    strict: bool = False,
 ) -> LabelledData:
     """Load a labelled data set from ``source`` (a path or the built-in name ``"digits"``).
 
@@ -134,6 +137,9 @@ def load_data(
     ``classes`` (the class list of a trained run) maps labels onto that fixed order; a label outside it is an error.
     ``modality`` (that of a trained run's model): other data is refused before its labels are compared.
     A plain string equal to a built-in name always means the built-in; write ``./digits`` for a folder of that name.
+    Unreadable images, malformed JSONL lines and rows without a text or a label are skipped, each kind counted in
+    one of ``.warnings``; ``strict=True`` raises `DataError` on the first of them instead (naming file and line).
+    A source where nothing is usable is an error either way.
     """
     if isinstance(source, str) and source.strip().lower() in BUILTIN_SOURCES:
         raw = _load_digits()
@@ -147,20 +153,21 @@ def load_data(
                 raise DataError(f"{source} is {made} made by ajuste, not a data set; give a folder of images "
                                 f"(<class>/*.jpg), a .npz or a table of texts")
             if _find_split_tables(path):
-                raw = _load_text_dir(path, text_col=text_col, label_col=label_col)
+                raw = _load_text_dir(path, text_col=text_col, label_col=label_col, strict=strict)
             else:
-                raw = _load_image_folder(path)
+                raw = _load_image_folder(path, strict=strict)
         else:
             kind = _file_kind(path)
             if kind == "npz":
                 raw = _load_npz(path)
             else:
-                raw = _load_text_file(path, kind, text_col=text_col, label_col=label_col)
+                raw = _load_text_file(path, kind, text_col=text_col, label_col=label_col, strict=strict)
     if modality is not None and raw.modality != modality:
         article = "an" if modality[0] in "aeiou" else "a"
         raise DataError(f"{source} holds {raw.modality} data but the model is {article} {modality} model; "
                         f"give {modality} data")
-    return _finish(raw, classes=classes)
+    with _noting(raw.skipped):
+        return _finish(raw, classes=classes)
 
 
 _MADE_BY = {"run": "a training run", "study": "a study (`ajuste compare`)", "search": "a search (`ajuste tune`)"}
@@ -215,6 +222,20 @@ class _Raw:
     declared_classes: list[str] | None = None  # image class folders, including empty ones
     class_hint: str = "add examples or remove the class"  # how to fix a class with too few; may use {cls}
     details: str = ""  # extra facts for LabelledData.source ("text column 'x', label column 'y'")
+    skipped: list[str] = field(default_factory=list)  # what was skipped, for an error that follows (see _noting)
+
+
+@contextmanager
+def _noting(notes: list[str]):
+    """A DataError raised after inputs were skipped also says what was skipped: the skip warnings are never
+    shown then, and "only one class" with no word about the malformed half of the file would mislead.
+    ``notes`` may grow inside the block (a folder of tables read one by one)."""
+    try:
+        yield
+    except DataError as exc:
+        if not notes:
+            raise
+        raise DataError(f"{exc} ({'; '.join(notes)})") from None
 
 
 def _finish(raw: _Raw, *, classes: list[str] | None) -> LabelledData:
@@ -415,6 +436,17 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
+def check_images(paths: list[Path]) -> list[str | None]:
+    """`_check_image` of every path, in order: None where the file decodes, else the reason it does not."""
+    from PIL import Image
+
+    # Decoding thousands of photos takes seconds: 2 threads (PIL releases the GIL while decoding). The warnings
+    # filter is process-wide, so it is set once here around the pool, not per thread.
+    with pywarnings.catch_warnings(), ThreadPoolExecutor(max_workers=_IMAGE_CHECK_WORKERS) as pool:
+        pywarnings.simplefilter("error", Image.DecompressionBombWarning)
+        return list(pool.map(_check_image, paths))
+
+
 def _bomb_reason(exc: Exception) -> str:
     """'900 M pixels, above the 89 M-pixel decompression-bomb limit' from PIL's DecompressionBomb* message."""
     from PIL import Image
@@ -431,7 +463,7 @@ def _short_reason(exc: Exception, path: Path) -> str:
     return f"{type(exc).__name__}: {msg}"[:100]
 
 
-def _load_image_folder(root: Path) -> _Raw:
+def _load_image_folder(root: Path, *, strict: bool = False) -> _Raw:
     shown = _display(root)
     loops: set[str] = set()
     subdirs = _visible_dirs(root, loops)
@@ -501,23 +533,21 @@ def _load_image_folder(root: Path) -> _Raw:
         warnings.append(
             f"ignored symbolic links in {shown} that loop back to a parent folder: {_listing(sorted(loops))}"
         )
-    from PIL import Image
-
-    # Decoding thousands of photos takes seconds: 2 threads (PIL releases the GIL while decoding). The warnings
-    # filter is process-wide, so it is set once here around the pool, not per thread.
-    with pywarnings.catch_warnings(), ThreadPoolExecutor(max_workers=_IMAGE_CHECK_WORKERS) as pool:
-        pywarnings.simplefilter("error", Image.DecompressionBombWarning)
-        problems = list(pool.map(_check_image, paths))
+    problems = check_images(paths)
     bad = [i for i, p in enumerate(problems) if p is not None]
+    if bad and strict:
+        raise DataError(f"{paths[bad[0]]} cannot be read ({problems[bad[0]]}); replace or remove it")
     if len(bad) == len(paths):
         first = paths[0].relative_to(root).as_posix()
         raise DataError(
             f"none of the {len(paths)} images in {shown} could be read (e.g. {first}: {problems[0]}); "
             "check that the files are real, complete images"
         )
+    skipped: list[str] = []
     if bad:
         names = [f"{paths[i].relative_to(root).as_posix()} ({problems[i]})" for i in bad]
         warnings.append(f"skipped {len(bad)} unreadable images in {shown}: {_listing(names)}")
+        skipped.append(warnings[-1])
         keep = [i for i, p in enumerate(problems) if p is None]
         paths = [paths[i] for i in keep]
         labels = [labels[i] for i in keep]
@@ -543,6 +573,7 @@ def _load_image_folder(root: Path) -> _Raw:
         warnings=warnings,
         declared_classes=class_names,
         class_hint=f"add images to {where_train}" + "{cls}/ or remove that folder",
+        skipped=skipped,
     )
 
 
@@ -689,6 +720,8 @@ class _Table:
     columns: list[str]
     rows: list[list[Any]]  # one value per column; None = missing
     lines: list[int]  # 1-based line in the file where each row starts
+    warning: str | None = None  # the malformed lines skipped (JSONL), as the user sees it
+    skipped: str | None = None  # the same, worded to follow an error (see _noting)
 
 
 # Binary formats people save under a table's name, by their first bytes: (magic, what it is, how to fix).
@@ -719,10 +752,10 @@ def _decode(path: Path) -> str:
         ) from None
 
 
-def _read_table(path: Path, fmt: str) -> _Table:
+def _read_table(path: Path, fmt: str, *, strict: bool = False) -> _Table:
     text = _decode(path)
     if fmt == "jsonl":
-        return _read_jsonl(path, text)
+        return _read_jsonl(path, text, strict=strict)
     first_line = text.split("\n", 1)[0]
     if fmt == "tsv":
         delimiter = "\t"
@@ -800,10 +833,13 @@ def _check_header(path: Path, header: list[str]) -> None:
         raise DataError(f"the header line of {path} repeats the column name '{dup[0]}'; give each column a unique name")
 
 
-def _read_jsonl(path: Path, text: str) -> _Table:
+def _read_jsonl(path: Path, text: str, *, strict: bool = False) -> _Table:
+    """One record per JSON-object line. A malformed line (not JSON, not an object, nested too deeply) is skipped
+    and counted in ``warning``; ``strict`` raises on the first; a file with no good line is an error either way."""
     columns: dict[str, None] = {}
     records: list[dict] = []
     lines: list[int] = []
+    bad: list[tuple[int, str, str]] = []  # (line, what is wrong with it, how to fix it)
     # split on "\n" only: str.splitlines() would also split inside strings holding U+2028 or \x1c..\x1e
     for no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -811,28 +847,44 @@ def _read_jsonl(path: Path, text: str) -> _Table:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(
-                f"line {no} of {path} is not valid JSON ({exc.msg}); write one JSON object per line"
-            ) from None
+            bad.append((no, f"is not valid JSON ({exc.msg})", "write one JSON object per line"))
         except RecursionError:
-            raise DataError(
-                f"line {no} of {path} nests JSON arrays/objects too deeply to read; write one flat object per line"
-            ) from None
-        if not isinstance(obj, dict):
-            raise DataError(
-                f"line {no} of {path} is a JSON {_json_type(obj)}, not an object; write one {{...}} per line"
-            )
-        for k in obj:
-            columns.setdefault(str(k), None)
-        records.append({str(k): v for k, v in obj.items()})
-        lines.append(no)
+            bad.append((no, "nests JSON arrays/objects too deeply to read", "write one flat object per line"))
+        else:
+            if not isinstance(obj, dict):
+                bad.append((no, f"is a JSON {_json_type(obj)}, not an object", "write one {...} per line"))
+            else:
+                for k in obj:
+                    columns.setdefault(str(k), None)
+                records.append({str(k): v for k, v in obj.items()})
+                lines.append(no)
+        if bad and strict:
+            no_, what, fix = bad[0]
+            raise DataError(f"line {no_} of {path} {what}; {fix}")
+    if bad and not records:
+        no_, what, fix = bad[0]
+        if len(bad) == 1:
+            raise DataError(f"line {no_} of {path} {what}; {fix}")
+        raise DataError(f"none of the {len(bad)} lines of {path} holds a JSON object (line {no_} {what}); {fix}")
     if not records:
         raise DataError(f"{path} has no JSON lines; write one object per line, e.g. {{\"text\": ..., \"label\": ...}}")
     if not columns:
         raise DataError(f"every line of {path} is an empty JSON object {{}}; write one object per line with a text "
                         "and a label, e.g. {\"text\": ..., \"label\": ...}")
     cols = list(columns)
-    return _Table(path, "jsonl", cols, [[r.get(c) for c in cols] for r in records], lines)
+    table = _Table(path, "jsonl", cols, [[r.get(c) for c in cols] for r in records], lines)
+    if len(bad) == 1:
+        no_, what, fix = bad[0]
+        table.warning = f"skipped 1 malformed line in {path}: line {no_} {what}; {fix}"
+        table.skipped = f"skipped 1 malformed line: line {no_} of {path.name} {what}"
+    elif bad:
+        nos = [b[0] for b in bad]
+        no_, what, fix = bad[0]
+        table.warning = (f"skipped {len(bad)} malformed lines in {path}: lines {_listing(nos)} "
+                         f"(line {no_} {what}); {fix}")
+        also = f"line{'s' if len(bad) > 2 else ''} {_listing(nos[1:])}"
+        table.skipped = f"skipped {len(bad)} malformed lines: line {no_} of {path.name} {what}, also {also}"
+    return table
 
 
 def _json_type(v: Any) -> str:
@@ -962,7 +1014,11 @@ def _check_header_is_not_data(table: _Table, text: str, label: str, values: dict
         )
 
 
-def _table_rows(table: _Table, text: str, label: str, warnings: list[str]) -> tuple[list[str], list[str]]:
+def _table_rows(table: _Table, text: str, label: str, warnings: list[str], *,
+                strict: bool = False) -> tuple[list[str], list[str]]:
+    """The (text, label) rows; rows missing either are dropped with a warning (``strict``: an error)."""
+    if table.warning:
+        warnings.append(table.warning)
     ti, li = table.columns.index(text), table.columns.index(label)
     texts: list[str] = []
     labels: list[str] = []
@@ -971,6 +1027,9 @@ def _table_rows(table: _Table, text: str, label: str, warnings: list[str]) -> tu
     for row, line in zip(table.rows, table.lines):
         t = _as_text(row[ti])
         lab = _as_label(row[li], f"on line {line} of {table.path}")
+        if strict and (t is None or lab is None):
+            what = f"an empty text ('{text}')" if t is None else f"no label ('{label}')"
+            raise DataError(f"line {line} of {table.path} has {what}; fill it in or remove the row")
         if t is None:
             no_text.append(line)
         elif lab is None:
@@ -989,15 +1048,18 @@ def _table_rows(table: _Table, text: str, label: str, warnings: list[str]) -> tu
     return texts, labels
 
 
-def _load_text_file(path: Path, fmt: str, *, text_col: str | None, label_col: str | None) -> _Raw:
-    table = _read_table(path, fmt)
+def _load_text_file(path: Path, fmt: str, *, text_col: str | None, label_col: str | None,
+                    strict: bool = False) -> _Raw:
+    table = _read_table(path, fmt, strict=strict)
     if not table.rows:
         raise DataError(f"{path} has a header but no rows; add one row per example")
-    text, label = _detect_columns(table, text_col, label_col)
+    skipped = [table.skipped] if table.skipped else []
     warnings: list[str] = []
-    texts, labels = _table_rows(table, text, label, warnings)
-    if not texts:
-        raise DataError(f"every row of {path} lacks a text or a label; check --text-col/--label-col")
+    with _noting(skipped):
+        text, label = _detect_columns(table, text_col, label_col)
+        texts, labels = _table_rows(table, text, label, warnings, strict=strict)
+        if not texts:
+            raise DataError(f"every row of {path} lacks a text or a label; check --text-col/--label-col")
     return _Raw(
         modality="text",
         inputs=texts,
@@ -1009,6 +1071,7 @@ def _load_text_file(path: Path, fmt: str, *, text_col: str | None, label_col: st
         unit="rows",
         warnings=warnings,
         class_hint="add rows for it or remove its rows",
+        skipped=skipped,
     )
 
 
@@ -1035,42 +1098,46 @@ def _find_split_tables(folder: Path) -> dict[str, tuple[Path, str]]:
     return found
 
 
-def _load_text_dir(folder: Path, *, text_col: str | None, label_col: str | None) -> _Raw:
+def _load_text_dir(folder: Path, *, text_col: str | None, label_col: str | None, strict: bool = False) -> _Raw:
     files = _find_split_tables(folder)
     shown = _display(folder)
     warnings: list[str] = []
-    train_table = _read_table(*files["train"])
+    train_table = _read_table(*files["train"], strict=strict)
     if not train_table.rows:
         raise DataError(f"{files['train'][0]} has a header but no rows; add one row per example")
-    text, label = _detect_columns(train_table, text_col, label_col)
+    skipped = [train_table.skipped] if train_table.skipped else []
     texts: list[str] = []
     labels: list[str] = []
     splits: dict[str, np.ndarray] = {}
-    for split in _SPLIT_ORDER:
-        if split not in files:
-            continue
-        table = train_table if split == "train" else _read_table(*files[split])
-        t_col = _resolve_column(table, text, "--text-col")
-        l_col = _resolve_column(table, label, "--label-col")
-        t, lab = _table_rows(table, t_col, l_col, warnings)
-        if split == "train" and not t:
-            raise DataError(
-                f"every row of {table.path} lacks a text or a label; check --text-col/--label-col"
-            )
-        if split != "train" and lab:
-            train_labels = set(_normalise_numeric_labels(labels[: len(splits["train"])]))
-            unseen = sorted(set(_normalise_numeric_labels(lab)) - train_labels)
-            if unseen:
+    with _noting(skipped):
+        text, label = _detect_columns(train_table, text_col, label_col)
+        for split in _SPLIT_ORDER:
+            if split not in files:
+                continue
+            table = train_table if split == "train" else _read_table(*files[split], strict=strict)
+            if table is not train_table and table.skipped:
+                skipped.append(table.skipped)
+            t_col = _resolve_column(table, text, "--text-col")
+            l_col = _resolve_column(table, label, "--label-col")
+            t, lab = _table_rows(table, t_col, l_col, warnings, strict=strict)
+            if split == "train" and not t:
                 raise DataError(
-                    f"labels in {table.path} not seen in train ({files['train'][0].name}): {_listing(unseen)}; "
-                    "add them to train or remove those rows"
+                    f"every row of {table.path} lacks a text or a label; check --text-col/--label-col"
                 )
-        if not t:
-            warnings.append(f"{table.path} has no usable rows; the {split} split is ignored")
-            continue
-        splits[split] = np.arange(len(texts), len(texts) + len(t), dtype=np.int64)
-        texts.extend(t)
-        labels.extend(lab)
+            if split != "train" and lab:
+                train_labels = set(_normalise_numeric_labels(labels[: len(splits["train"])]))
+                unseen = sorted(set(_normalise_numeric_labels(lab)) - train_labels)
+                if unseen:
+                    raise DataError(
+                        f"labels in {table.path} not seen in train ({files['train'][0].name}): {_listing(unseen)}; "
+                        "add them to train or remove those rows"
+                    )
+            if not t:
+                warnings.append(f"{table.path} has no usable rows; the {split} split is ignored")
+                continue
+            splits[split] = np.arange(len(texts), len(texts) + len(t), dtype=np.int64)
+            texts.extend(t)
+            labels.extend(lab)
     fmts = sorted({fmt for _, fmt in files.values()})
     return _Raw(
         modality="text",
@@ -1086,22 +1153,28 @@ def _load_text_dir(folder: Path, *, text_col: str | None, label_col: str | None)
         unit="rows",
         warnings=warnings,
         class_hint=f"add rows for it to {files['train'][0].name} or remove its rows",
+        skipped=skipped,
     )
 
 
 # ------------------------------------------------------------------------------------- unlabelled texts
 
 
-def load_texts(path: str | Path, *, text_col: str | None = None) -> tuple[list[str], list[int]]:
+def load_texts(path: str | Path, *, text_col: str | None = None, strict: bool = False,
+               warn: Any = None) -> tuple[list[str], list[int]]:
     """Texts to predict on from a .csv / .tsv / .jsonl table: (texts, 1-based line of each in the file).
 
     No label column is needed (one is ignored if present). The text column is ``text_col``, else the only
     column, else an obviously named one (text, sentence...), else the longest one. Empty rows are skipped.
+    Malformed JSONL lines are skipped too, and ``warn`` (a callable) receives the one warning that counts
+    them; ``strict=True`` raises `DataError` on the first instead.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    table = _read_table(path, _file_kind(path))
+    table = _read_table(path, _file_kind(path), strict=strict)
+    if table.warning and warn is not None:
+        warn(table.warning)
     if not table.rows:
         raise DataError(f"{path} has a header but no rows; add one row per text")
     cols = table.columns

@@ -31,10 +31,12 @@ from typing import Any
 
 from ajuste import locks
 from ajuste.config import RunConfig
+from ajuste.data import fingerprint
 from ajuste.errors import AjusteError, ConfigError
 from ajuste.io import ajuste_dir_kind, atomic_write_json, atomic_write_text
 
 ATTR_SPACE, ATTR_CONFIG, ATTR_METRIC = "ajuste.space", "ajuste.config", "ajuste.metric"
+ATTR_DATA = "ajuste.data_digest"  # the examples the trials were scored on, by content (ajuste.data.fingerprint)
 # Fields that do not change what a trial computes: a resumed study may differ in these.
 _IGNORED_FIELDS = {"train.threads"}
 MAX_CONSECUTIVE_FAILURES = 3
@@ -216,6 +218,7 @@ def _tune(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner
     if splits is None:
         data, splits = prepare_data(cfg.override({"data.fraction": 1.0}), data=data)
     modality = data.modality
+    digest = fingerprint.data_digest(data)
     n_body = _body_groups(cfg, len(data.classes))
     space_obj = build_space(cfg, modality=modality, space_file=space, n_body_groups=n_body)
     budget = trials
@@ -251,9 +254,11 @@ def _tune(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner
                 study.set_user_attr(ATTR_SPACE, space_obj.to_dict())
                 study.set_user_attr(ATTR_CONFIG, cfg.to_dict())
                 study.set_user_attr(ATTR_METRIC, metric)
+                study.set_user_attr(ATTR_DATA, digest)
             else:
                 try:
                     _check_same_study(study, name, redact(url), space_obj, cfg, metric)
+                    _check_same_data(study, name, redact(url), digest, cfg.data.source)
                 except AjusteError:
                     study = None  # not ours to report on
                     raise
@@ -269,7 +274,7 @@ def _tune(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner
                 "study": name, "storage": redact(url), "sampler": sampler, "pruner": pruner, "metric": metric,
                 "direction": direction, "trials": budget, "timeout_seconds": timeout_s, "max_epochs": max_epochs,
                 "space": space_obj.to_dict(), "config": cfg.to_dict(), "objective": _objective_text(metric),
-                "dashboard": dashboard_command(url),
+                "dashboard": dashboard_command(url), "data_digest": digest,
             })
         done = sum(_counts_against_budget(t) for t in study.get_trials(deepcopy=False))
         say(f"{'starting' if created else 'continuing'} study {name} in {redact(url)}: "
@@ -333,6 +338,15 @@ def _create_or_load(optuna: Any, st: Any, name: str, direction: str) -> tuple[An
         return optuna.create_study(study_name=name, storage=st, direction=direction), True
     except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(study_name=name, storage=st), False
+
+
+def _check_same_data(study: Any, name: str, where: str, digest: str, source: Any) -> None:
+    """Trials scored on other examples cannot be compared with these: refuse to add to such a study."""
+    stored = study.user_attrs.get(ATTR_DATA)
+    if stored is not None and stored != digest:
+        raise AjusteError(f"study {name} in {where} was started on other data: {source} changed since (its "
+                          f"examples differ, not only their order); restore the data, or start another study "
+                          f"(--study-name or another --out)")
 
 
 def _check_same_study(study: Any, name: str, where: str, space: Any, cfg: RunConfig, metric: str) -> None:
@@ -549,6 +563,7 @@ def best_record(study: Any, *, metric: str, url: str, out: Path) -> dict[str, An
         "direction": study.direction.name.lower(), "objective": _objective_text(metric),
         "trials": _state_counts(study),
         "number": None, "value": None, "params": None, "config": None,
+        "data_digest": study.user_attrs.get(ATTR_DATA),
     }
     if best is not None:
         rec.update(number=best.number, value=best.value, params=dict(best.params),

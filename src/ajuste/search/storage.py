@@ -253,7 +253,7 @@ def resolve_study_ref(ref: str) -> dict[str, Any]:
         if best.get("config") is None:
             raise AjusteError(f"--from-study {ref}: the study has no finished trial yet")
         return {"config": best["config"], "study": best.get("study"), "number": best.get("number"),
-                "value": best.get("value"), "metric": best.get("metric")}
+                "value": best.get("value"), "metric": best.get("metric"), "data_digest": best.get("data_digest")}
     url, _, name = ref.partition("#")
     check_reachable(url)
     import optuna
@@ -273,8 +273,10 @@ def resolve_study_ref(ref: str) -> dict[str, Any]:
     best = best_trial_or_none(study)
     if best is None:
         raise AjusteError(f"--from-study: study {name!r} has no finished trial yet")
+    from ajuste.search.runner import ATTR_DATA
+
     return {"config": best_config(study, best).to_dict(), "study": name, "number": best.number,
-            "value": best.value, "metric": study_metric(study)}
+            "value": best.value, "metric": study_metric(study), "data_digest": study.user_attrs.get(ATTR_DATA)}
 
 
 def best_trial_or_none(study: Any) -> Any:

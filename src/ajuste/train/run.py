@@ -7,6 +7,7 @@ Layout of a run directory::
     preprocessing.json   image size / mean / std / crop, or text max_length
     backbone.json        how to rebuild the architecture offline (+ hf/ with config and tokenizer)
     splits.json          train/val/test indices into the data source
+    fingerprint.json     a hash of each example and each split's membership by content (ajuste.data.fingerprint)
     metrics.jsonl        one line per finished epoch
     model.safetensors    best weights (by validation loss)
     summary.json         test metrics, time, parameters, memory; written last: its presence = complete
@@ -29,7 +30,8 @@ import numpy as np
 
 from ajuste import locks
 from ajuste.config import RunConfig, save_config
-from ajuste.errors import AjusteError
+from ajuste.data import fingerprint
+from ajuste.errors import AjusteError, DataError
 from ajuste.io import atomic_save_safetensors, atomic_write_json
 
 STATUS_FILE = "status.json"
@@ -44,19 +46,26 @@ class RunResult:
     pipeline: Any = None
 
 
-def prepare_data(cfg: RunConfig, *, data: Any = None, splits: dict[str, np.ndarray] | None = None):
-    """Load the source and fix the train/val/test split; the training fraction is taken from train."""
+def prepare_data(cfg: RunConfig, *, data: Any = None, splits: dict[str, np.ndarray] | None = None,
+                 notes: list[str] | None = None):
+    """Load the source and fix the train/val/test split; the training fraction is taken from train.
+    ``notes`` receives what the caller should warn about the split (a share raised to one per class)."""
     from ajuste.data.sources import load_data
-    from ajuste.data.splits import make_splits, take_fraction
+    from ajuste.data.splits import fraction_note, make_splits, take_fraction
 
     if data is None:
-        data = load_data(cfg.data.source, text_col=cfg.data.text_col, label_col=cfg.data.label_col)
+        data = load_data(cfg.data.source, text_col=cfg.data.text_col, label_col=cfg.data.label_col,
+                         strict=cfg.data.strict)
     if splits is None:
         splits = make_splits(data, seed=cfg.data.split_seed, val_size=cfg.data.val_size,
                              test_size=cfg.data.test_size)
     splits = dict(splits)
     if cfg.data.fraction != 1.0:
-        splits["train"] = take_fraction(splits["train"], data.labels, cfg.data.fraction, seed=cfg.data.split_seed)
+        pool = splits["train"]
+        splits["train"] = take_fraction(pool, data.labels, cfg.data.fraction, seed=cfg.data.split_seed)
+        note = fraction_note(cfg.data.fraction, len(pool), len(splits["train"]), len(np.unique(data.labels[pool])))
+        if note and notes is not None:
+            notes.append(note)
     return data, splits
 
 
@@ -124,6 +133,20 @@ def _check_run_dir(out: Path, cfg: RunConfig, overwrite: bool) -> bool:
         raise AjusteError(f"{out} holds an unfinished run with a different config ({diff}); "
                           f"use the same settings to resume, or --overwrite")
     return True
+
+
+def check_same_data(run_dir: Path, data: Any, splits: dict, source: Any) -> None:
+    """Resume only on the examples the run started with, split the same way (by content, not row numbers)."""
+    saved = fingerprint.read(run_dir)
+    if saved is None:  # a run started before fingerprints were kept
+        return
+    change = fingerprint.describe_change(saved, data)
+    if change is None:
+        if fingerprint.fingerprint(data, splits)["splits"] == saved["splits"]:
+            return
+        change = "the same examples in another order, which splits them differently by row"
+    raise DataError(f"{source} changed since the unfinished run in {run_dir} started ({change}); restore the "
+                    f"data to resume, or start again with --overwrite")
 
 
 def _nothing_trained(out: Path) -> bool:
@@ -196,12 +219,13 @@ def _train_run(*, cfg: RunConfig, out: Path | None, data: Any, splits: dict | No
     if not w.main:  # workers other than rank 0 train silently and write nothing
         progress, console, warn = False, None, (lambda _msg: None)
     strategy = get_strategy(cfg.strategy.name)
-    data, splits = prepare_data(cfg, data=data, splits=splits)
+    split_notes: list[str] = []
+    data, splits = prepare_data(cfg, data=data, splits=splits, notes=split_notes)
     cfg = resolve_config(resolve_model(cfg, data), data.modality)
     if console is not None:  # what was read, and how (a table's columns may have been detected, not named)
         console.print(f"data: {data.source}; train/val/test {len(splits['train'])}/{len(splits['val'])}/"
                       f"{len(splits['test'])}", markup=False, highlight=False)
-    for note in data.warnings:  # not `w`: that name holds the data-parallel world used below
+    for note in [*data.warnings, *split_notes]:  # not `w`: that name holds the data-parallel world used below
         if warn is not None:
             warn(note)
         elif console is not None:
@@ -209,6 +233,8 @@ def _train_run(*, cfg: RunConfig, out: Path | None, data: Any, splits: dict | No
 
             console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
     resuming = _check_run_dir(Path(out), cfg, overwrite) if out is not None and w.main else False
+    if resuming:
+        check_same_data(Path(out), data, splits, cfg.data.source)
     if resuming and console is not None:
         console.print(f"resuming the unfinished run in {out} ({_epochs_done(Path(out))} epochs done)",
                       markup=False, highlight=False)
@@ -379,6 +405,7 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, data: Any, splits: dict, pre
     atomic_write_json(run_dir / "preprocessing.json", pre.to_dict())
     atomic_write_json(run_dir / "backbone.json", backbone.describe())
     atomic_write_json(run_dir / "splits.json", {k: np.asarray(v).tolist() for k, v in splits.items()})
+    atomic_write_json(run_dir / fingerprint.FINGERPRINT_FILE, fingerprint.fingerprint(data, splits))
     if backbone.modality == "text":
         backbone.save_pretrained_parts(run_dir / "hf")
 

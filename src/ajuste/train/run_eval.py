@@ -204,9 +204,10 @@ def _status(run_dir: Path) -> str:
 
 
 def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_col: str | None = None,
-                 label_col: str | None = None, warn: Any = None) -> dict[str, Any]:
+                 label_col: str | None = None, warn: Any = None, strict: bool = False) -> dict[str, Any]:
     """Metrics of a run on its own test split (default) or on another labelled source. ``warn`` receives the
-    data's warnings (skipped images, dropped rows)."""
+    data's warnings (skipped images, dropped rows). ``strict``: an unreadable image or malformed row is an error
+    (the run's own split is also re-read strictly when it was trained with ``data.strict``)."""
     from ajuste.data.pipeline import Pipeline
     from ajuste.data.sources import load_data
     from ajuste.metrics import classification_metrics
@@ -224,16 +225,12 @@ def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_co
         raise AjusteError(f"{columns} {verb} for DATA, and none was given: {run.run_dir} is evaluated on its own "
                           f"test split, read with the columns it was trained on; pass DATA, or drop {columns}")
     if data_source is None:
-        data, _ = prepare_data(cfg)
-        splits = json.loads((run.run_dir / "splits.json").read_text())
-        test_idx = np.asarray(splits["test"])
-        if len(test_idx) and test_idx.max() >= len(data):
-            raise AjusteError(f"{run.run_dir}: the data source {cfg.data.source} changed since training "
-                              f"(test indices out of range); pass DATA explicitly")
+        data, _ = prepare_data(cfg.override({"data.strict": True}) if strict else cfg)
+        test_idx = _own_test_split(run.run_dir, data, cfg.data.source)
         where = f"test split of {cfg.data.source}"
     else:
         data = load_data(data_source, text_col=text_col or cfg.data.text_col, label_col=label_col or cfg.data.label_col,
-                         classes=run.classes, modality=run.backbone.modality)
+                         classes=run.classes, modality=run.backbone.modality, strict=strict)
         test_idx = np.asarray(data.splits["test"]) if "test" in data.splits else np.arange(len(data))
         where = f"{'test split of ' if 'test' in data.splits else ''}{data_source}"
     for note in data.warnings if warn is not None else ():
@@ -248,8 +245,28 @@ def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_co
     return metrics
 
 
+def _own_test_split(run_dir: Path, data: Any, source: Any) -> np.ndarray:
+    """The rows of ``data`` that were the run's test split, found by content: the file may have been reordered.
+    Changed content is refused (some "test" rows could be training rows now): one line saying what changed."""
+    from ajuste.data import fingerprint
+
+    saved = fingerprint.read(run_dir)
+    if saved is None:  # a run made before fingerprints were kept: its row numbers are all there is
+        test_idx = np.asarray(_read_json(run_dir, "splits.json")["test"])
+        if len(test_idx) and test_idx.max() >= len(data):
+            raise AjusteError(f"{run_dir}: the data source {source} changed since training "
+                              f"(test indices out of range); pass DATA explicitly")
+        return test_idx
+    change = fingerprint.describe_change(saved, data, "test")
+    if change is not None:
+        raise AjusteError(f"{source} changed since {run_dir} was trained ({change}), so its test split cannot be "
+                          f"told apart from its training data any more; restore the data, or score the run on "
+                          f"the data as it is on purpose: ajuste evaluate {run_dir} DATA")
+    return fingerprint.locate(saved, data, "test")
+
+
 def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | None = None,
-                   stdin: Any = None) -> list[dict[str, Any]]:
+                   stdin: Any = None, strict: bool = False, warn: Any = None) -> list[dict[str, Any]]:
     """Label + probability for each input.
 
     Image runs: image files, folders (searched recursively), glob patterns (``"shots/**/*.jpg"``), or
@@ -257,6 +274,10 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
     globs matching such files, literal texts, or ``-`` for texts read from stdin, one per line. A single
     word ending in a file suffix is a path: if no file is there, that is an error, not a text.
     ``stdin`` defaults to ``sys.stdin``.
+
+    An image that cannot be decoded, or a malformed line of a JSONL file, is skipped (no row for it) and
+    ``warn`` receives one warning that counts them; ``strict=True`` raises `DataError` on the first instead.
+    Nothing usable at all is an error either way.
     """
     from ajuste.data.pipeline import Pipeline
     from ajuste.data.sources import LabelledData
@@ -270,10 +291,11 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
     run = load_run(run_dir)
     stdin_lines = _read_stdin(stdin) if "-" in inputs else []
     if run.backbone.modality == "image":
-        names = _expand_image_inputs(inputs, stdin_lines)
+        names = _readable_images(_expand_image_inputs(inputs, stdin_lines), strict=strict, warn=warn)
         items: Any = names
     else:
-        names, items = _expand_text_inputs(inputs, text_col or run.config.data.text_col, stdin_lines)
+        names, items = _expand_text_inputs(inputs, text_col or run.config.data.text_col, stdin_lines,
+                                           strict=strict, warn=warn)
     data = LabelledData(modality=run.backbone.modality, inputs=items, labels=np.zeros(len(items), dtype=np.int64),
                         classes=run.classes, splits={}, source="predict", warnings=[])
     pipe = Pipeline(data, {"test": np.arange(len(items))}, run.preprocessing,
@@ -365,8 +387,29 @@ def _expand_image_inputs(inputs: list[str], stdin_lines: list[str] = ()) -> list
     return files
 
 
-def _expand_text_inputs(inputs: list[str], text_col: str | None,
-                        stdin_lines: list[str] = ()) -> tuple[list[str], list[str]]:
+def _readable_images(files: list[str], *, strict: bool, warn: Any) -> list[str]:
+    """``files`` less those that do not decode (with the reasons `ajuste train` gives when it skips them)."""
+    from ajuste.data.sources import _listing, check_images
+    from ajuste.errors import DataError
+
+    problems = check_images([Path(f) for f in files])
+    bad = [i for i, p in enumerate(problems) if p is not None]
+    if not bad:
+        return files
+    first = f"{files[bad[0]]} cannot be read ({problems[bad[0]]}); replace or remove it"
+    if strict or len(files) == 1:
+        raise DataError(first)
+    if len(bad) == len(files):
+        raise DataError(f"none of the {len(files)} images could be read (e.g. {files[0]}: {problems[0]}); check "
+                        "that the files are real, complete images")
+    if warn is not None:
+        warn(f"skipped {len(bad)} unreadable image{'s' if len(bad) > 1 else ''} of {len(files)}: "
+             f"{_listing(f'{files[i]} ({problems[i]})' for i in bad)}")
+    return [f for f, p in zip(files, problems) if p is None]
+
+
+def _expand_text_inputs(inputs: list[str], text_col: str | None, stdin_lines: list[str] = (), *,
+                        strict: bool = False, warn: Any = None) -> tuple[list[str], list[str]]:
     from ajuste.data.sources import _decode, load_texts
 
     names: list[str] = []
@@ -374,7 +417,7 @@ def _expand_text_inputs(inputs: list[str], text_col: str | None,
 
     def add_file(p: Path, label: str) -> None:
         if p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
-            rows, lines = load_texts(p, text_col=text_col)
+            rows, lines = load_texts(p, text_col=text_col, strict=strict, warn=warn)
             names.extend(f"{label}:{line}" for line in lines)
             texts.extend(rows)
         else:
