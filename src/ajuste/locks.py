@@ -71,7 +71,8 @@ def hold(path: str | Path, *, what: str = "directory", wait: float = 0.0, create
         finally:
             _HELD[key] -= 1
         return
-    created = not path.exists()
+    made = [p for p in (path, *path.parents) if not p.exists()]  # what mkdir creates, innermost first
+    created = bool(made)
     path.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path / LOCK_NAME, timeout=wait, thread_local=False, on_acquired=_write_pid)
     try:
@@ -91,8 +92,9 @@ def hold(path: str | Path, *, what: str = "directory", wait: float = 0.0, create
             (path / LOCK_NAME).unlink(missing_ok=True)
         lock.release()
         if unused:
-            with contextlib.suppress(OSError):
-                path.rmdir()
+            with contextlib.suppress(OSError):  # stops at the first folder something else was put into
+                for folder in made:
+                    folder.rmdir()
 
 
 def entries(path: Path) -> list[Path]:
