@@ -1,7 +1,7 @@
-"""Kill at any moment: SIGKILL `ajuste train`, `ajuste compare` and `ajuste tune` at random points, re-run the
-same command until it finishes, and check that nothing was lost, duplicated or half-read.
+"""Kill at any moment: SIGKILL or SIGTERM `ajuste train`, `ajuste compare` and `ajuste tune` at random points,
+re-run the same command until it finishes, and check that nothing was lost, duplicated or half-read.
 
-    python bench/chaos.py --kills 20            # the long run (tiny models; minutes); figures → docs/reliability.md
+    python bench/chaos.py --kills 50            # the long run (tiny models; minutes); figures → docs/reliability.md
     python bench/chaos.py --kills 3 --quick     # a smoke run
 
 Per command: one uninterrupted reference run, then the killed-and-resumed run. Checks:
@@ -19,7 +19,9 @@ report), so kills land in training, checkpoint writing, evaluation and the final
 the remaining work shrinks. A command that finishes before its share of kills is used (a
 kill landed after the result was complete) starts again in a fresh directory. A file read mid-write would show
 up as a JSON error or as a wrong metric. After the final run: no temp file (.*.tmp, .*.partial-*) and no
-checkpoint/ directory may be left, and every run dir says complete.
+checkpoint/ directory may be left, and every run dir says complete. Half the kills (--term-share) are SIGTERM to
+the main process alone, as `docker stop` sends it: the command must stop by itself within 30 s (exit 143), with
+no traceback, and leave no run directory saying "running".
 """
 
 from __future__ import annotations
@@ -61,11 +63,43 @@ ALREADY_DONE = []  # runs that found the previous kill had landed after the resu
 LAST_UNIT_AT = [0.0]  # seconds into the reference run when its last epoch/cell/trial was recorded
 
 
+TERM_GRACE = 30.0  # seconds a SIGTERMed command may take to stop before it is SIGKILLed (docker stop: 10)
+TERM_OUTCOMES: list[dict] = []  # per SIGTERM: exit code, seconds to stop, run directories left "running"
+
+
+def _running_dirs(out: Path) -> list[str]:
+    """Run directories under ``out`` whose status.json still says running (nobody is running them now)."""
+    found = []
+    for status in out.rglob("status.json"):
+        try:
+            if json.loads(status.read_text()).get("status") == "running":
+                found.append(str(status.parent))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _terminate(proc: subprocess.Popen, out: Path | None) -> None:
+    """SIGTERM to the command's main process only, as `docker stop` sends it; SIGKILL after TERM_GRACE."""
+    t0 = time.perf_counter()
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=TERM_GRACE)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    TERM_OUTCOMES.append({"returncode": proc.returncode, "stop_seconds": round(time.perf_counter() - t0, 2),
+                          "traceback": "Traceback" in err,
+                          "left_running": _running_dirs(out) if out is not None and out.exists() else []})
+
+
 def run_once(args: list[str], kill_after: float | None, watch: Path | None = None,
-             progress=None) -> tuple[bool, float, float | None]:
-    """Start ``ajuste ARGS``; SIGKILL it after ``kill_after`` seconds. Returns (finished, seconds, the time at
-    which ``watch`` first existed, when given and it appeared). ``progress()`` (polled twice a second) returns
-    the finished units; the time of the last change goes to ``LAST_UNIT_AT``."""
+             progress=None, term: bool = False) -> tuple[bool, float, float | None]:
+    """Start ``ajuste ARGS``; after ``kill_after`` seconds SIGKILL its process group, or with ``term`` send
+    SIGTERM to it (see `_terminate`). Returns (finished, seconds, the time at which ``watch`` first existed,
+    when given and it appeared). ``progress()`` (polled twice a second) returns the finished units; the time
+    of the last change goes to ``LAST_UNIT_AT``."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "ajuste", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=_env(), start_new_session=True)
@@ -86,8 +120,13 @@ def run_once(args: list[str], kill_after: float | None, watch: Path | None = Non
                 if n != seen:
                     seen, LAST_UNIT_AT[0] = n, now - t0
             if deadline is not None and now >= deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                if term:
+                    _terminate(proc, Path(args[-1]))
+                    if proc.returncode == 0:  # it finished before the signal landed
+                        return True, time.perf_counter() - t0, appeared
+                else:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
                 return False, time.perf_counter() - t0, appeared
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode == 2 and "already holds a finished run" in err:
@@ -183,7 +222,10 @@ def check(name: str, ref: Path, got: Path, args: list[str]) -> dict[str, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--kills", type=int, default=20, help="total SIGKILLs, spread over the three commands")
+    ap.add_argument("--kills", type=int, default=20, help="total kills, spread over the three commands")
+    ap.add_argument("--term-share", type=float, default=0.5,
+                    help="share of the kills that are SIGTERM to the main process (docker stop) instead of SIGKILL "
+                         "to the whole process group")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", choices=["train", "compare", "tune"], action="append")
     ap.add_argument("--seed", type=int, default=0)
@@ -197,6 +239,7 @@ def main() -> int:
     totals = {"kills": 0, "kills_in_startup": 0, "kills_after_last_unit": 0, "resumes": 0, "lost": 0, "duplicated": 0, "mismatched": 0,
               "leftovers": 0, "incomplete": 0}
     per_command: dict[str, dict] = {}
+    terms: dict[str, int] = {}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ajuste-chaos-") as tmp:
         tmp = Path(tmp)
@@ -231,10 +274,12 @@ def main() -> int:
                             delay = rng.uniform(ns.min_delay, max(ns.min_delay + 0.5, startup))
                         else:
                             delay = rng.uniform(startup, startup + left)
-                    done, _, _ = run_once(args, delay)
+                    term = delay is not None and rng.random() < ns.term_share
+                    done, _, _ = run_once(args, delay, term=term)
                     runs += 1
                     if not done:
                         k += 1
+                        terms[name] = terms.get(name, 0) + term
                         delays.append(round(delay, 2))
                         if delay < startup:
                             in_startup += 1
@@ -265,12 +310,23 @@ def main() -> int:
             totals["resumes"] += runs - rounds
             for key in ("lost", "duplicated", "mismatched", "leftovers", "incomplete"):
                 totals[key] += res[key]
+    # SIGTERM: the command must stop by itself (exit 143, or -15 when it landed before the handler was set, in
+    # start-up), within the grace, without a traceback, and leave no run directory saying "running".
+    totals["kills_sigterm"] = sum(terms.values())
+    stopped = [t for t in TERM_OUTCOMES if t["returncode"] != 0]
+    totals["sigterm_not_stopped_in_time"] = sum(t["returncode"] not in (143, -15) for t in stopped)
+    totals["sigterm_tracebacks"] = sum(t["traceback"] for t in stopped)
+    totals["sigterm_left_running"] = sum(len(t["left_running"]) for t in stopped)
+    totals["sigterm_slowest_stop_seconds"] = max((t["stop_seconds"] for t in stopped), default=0.0)
+    for name in per_command:
+        per_command[name]["kills_sigterm"] = terms.get(name, 0)
     totals["wall_seconds"] = round(time.perf_counter() - t_all, 1)
     print("total  " + "  ".join(f"{k} {v}" for k, v in totals.items()))
     if ns.json:
         ns.json.write_text(json.dumps({"command": " ".join(sys.argv), "totals": totals, "commands": per_command},
                                       indent=2) + "\n")
-    bad = sum(totals[k] for k in ("lost", "duplicated", "mismatched", "leftovers", "incomplete"))
+    bad = sum(totals[k] for k in ("lost", "duplicated", "mismatched", "leftovers", "incomplete",
+                                   "sigterm_not_stopped_in_time", "sigterm_tracebacks", "sigterm_left_running"))
     return 0 if bad == 0 else 1
 
 

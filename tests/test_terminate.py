@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from test_cli import FAST, TINY_IMAGE, one_error_line
+from test_cli import TINY_IMAGE, one_error_line
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 

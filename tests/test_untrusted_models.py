@@ -8,9 +8,7 @@ safetensors folders of architectures that ship with transformers load and train 
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import runpy
 import shutil
@@ -20,8 +18,8 @@ import pytest
 import torch
 
 from ajuste.backbones.factory import _clip, create_backbone
-from ajuste.cli.main import main
 from ajuste.errors import AjusteError
+from test_cli import one_error_line, run_cli
 
 MARKER_CODE = """from pathlib import Path
 Path({marker!r}).write_text("custom code ran")
@@ -66,19 +64,7 @@ def _single_line(message: str) -> str:
     return message
 
 
-def _cli(args: list) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
-
-
-def _one_error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert "Traceback" not in err
-    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
-    assert lines[0].startswith("error:"), lines[0]
-    return lines[0]
+_cli, _one_error_line = run_cli, one_error_line  # the CLI helpers every CLI test shares
 
 
 # -------------------------------------------------------------------------------------------- fixtures
