@@ -74,6 +74,7 @@ def hold(path: str | Path, *, what: str = "directory", wait: float = 0.0, create
     made = [p for p in (path, *path.parents) if not p.exists()]  # what mkdir creates, innermost first
     created = bool(made)
     path.mkdir(parents=True, exist_ok=True)
+    new_lock = not (path / LOCK_NAME).exists()
     lock = FileLock(path / LOCK_NAME, timeout=wait, thread_local=False, on_acquired=_write_pid)
     try:
         lock.acquire()
@@ -82,16 +83,24 @@ def hold(path: str | Path, *, what: str = "directory", wait: float = 0.0, create
         who = f"process {pid}" if pid is not None else "another process"
         raise DirectoryBusy(f"{path} is in use: {who} is writing this {what} now; wait for it to finish (or stop "
                             f"it), or pick another --out") from None
+    except OSError as exc:  # a full disk, a read-only folder (after Timeout: a TimeoutError is an OSError too)
+        # the lock file is the first write: name it, as every other write does
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path / LOCK_NAME)) from exc
+        raise
     _HELD[key] = 1
+    before = {p.name for p in entries(path)}
     try:
         yield path
     finally:
         del _HELD[key]
-        unused = remove_if_unused and created and not entries(path)
-        if unused:  # unlinked while held: a waiter that opened the old file notices and retries (filelock)
+        # Nothing written (a refusal: the folder holds something else, another config, bad data): leave the
+        # folder as it was found, without a lock file, and without the folders this call made.
+        untouched = new_lock and {p.name for p in entries(path)} == before
+        if untouched:  # unlinked while held: a waiter that opened the old file notices and retries (filelock)
             (path / LOCK_NAME).unlink(missing_ok=True)
         lock.release()
-        if unused:
+        if untouched and created and remove_if_unused:
             with contextlib.suppress(OSError):  # stops at the first folder something else was put into
                 for folder in made:
                     folder.rmdir()

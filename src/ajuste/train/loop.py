@@ -370,6 +370,8 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
         backbone.load_state_dict(last)
         best_weights = best if best is not None else _state_dict(backbone)
         ckpt.truncate_metrics(state.global_epoch)
+    else:  # a start from scratch: lines of a run killed after its first epoch's line, before its first checkpoint
+        ckpt.truncate_metrics(0)
     result = FitResult(history=ckpt.history(state.global_epoch), best_val_loss=state.best_val_loss,
                        best_val_accuracy=state.best_val_accuracy, best_epoch=state.best_epoch)
     planned = sum(p.epochs for p in phases)
