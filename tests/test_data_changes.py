@@ -155,3 +155,24 @@ def test_a_search_remembers_its_data_and_from_study_refuses_changed_data(text_ru
     rc, _, err = run_cli([*tune[:-2], "--trials", "2", "--out", search])  # resuming the search on it
     line = one_error_line(err)
     assert rc == 2 and "was started on other data" in line, line
+
+
+def test_a_study_resumed_on_edited_data_is_refused(text_run, tiny_bert_dir, tmp_path):
+    """The row numbers of an edited row stay the same, so the study's split indices matched and its
+    remaining cells would have trained on other data."""
+    csv_path, _, _ = text_run
+    data_copy = tmp_path / "reviews.csv"
+    shutil.copy(csv_path, data_copy)
+    out = tmp_path / "study"
+    args = ["compare", data_copy, "--model", tiny_bert_dir, "--strategies", "linear-probe", "--fractions", "0.5",
+            "--no-similarity", "-j", "1", "-q", "--set", "train.epochs=1", "--set", "train.min_steps=0",
+            "--out", out]
+    rc, stdout, err = run_cli(args)
+    assert rc == 0, stdout + err
+    assert (out / "fingerprint.json").is_file()
+    header, *rows = _lines(data_copy)
+    rows[3] = rows[3].replace(",", " (edited),", 1)
+    data_copy.write_text(header + "".join(rows), encoding="utf-8")
+    rc, _, err = run_cli([*args[:7], "0.5,1", *args[8:]])  # one more fraction: a cell left to run
+    line = one_error_line(err)
+    assert rc == 2 and "changed since the study in" in line and "1 example added, 1 removed or edited" in line

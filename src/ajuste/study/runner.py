@@ -4,6 +4,7 @@ Study directory::
 
     study.json        the spec (refuses to mix results of another data set/model/config)
     splits.json       train/val/test indices shared by every cell (test never used for selection)
+    fingerprint.json  the examples by content (ajuste.data.fingerprint): a resume on edited data is refused
     similarity.json   domain-similarity measurement (pretrained vs random features)
     results.jsonl     one line per finished cell (appended, fsynced); finished cells are skipped on resume
     spent.json        wall seconds the study has run so far (what a --budget counts on resume)
@@ -26,6 +27,7 @@ import numpy as np
 
 from ajuste import locks
 from ajuste.config import RunConfig
+from ajuste.data import fingerprint
 from ajuste.errors import AjusteError, terminated
 from ajuste.io import append_jsonl, atomic_write_json, read_jsonl
 from ajuste.study.spec import COST_RANK, Cell, StudySpec
@@ -70,7 +72,7 @@ def _check_study_dir(study_dir: Path, spec: StudySpec) -> None:
             # No cell ever started (stopped by an error in its settings or data, or a Ctrl-C before the first
             # cell): nothing to keep, so the corrected command starts afresh. The files derived from the old
             # spec's data go with it.
-            for name in ("splits.json", "similarity.json", "spent.json", "skipped.json"):
+            for name in ("splits.json", "fingerprint.json", "similarity.json", "spent.json", "skipped.json"):
                 (study_dir / name).unlink(missing_ok=True)
             return
         diff = ", ".join(f"{k}: {a[k]!r} → {b[k]!r}" for k in a if a[k] != b[k])
@@ -122,7 +124,7 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
 def _run_study(*, spec: StudySpec, study_dir: Path, console: Any, progress: bool, similarity: bool,
                on_cell_end: Callable[[dict], None] | None, workers: int | None,
                share_idle_cores: bool) -> StudyResult:
-    from ajuste.train.run import check_writable, prepare_data
+    from ajuste.train.run import check_same_data, check_writable, prepare_data
 
     t0 = time.perf_counter()
     study_dir = Path(study_dir)
@@ -136,12 +138,15 @@ def _run_study(*, spec: StudySpec, study_dir: Path, console: Any, progress: bool
     data, splits = prepare_data(cfg0)
     splits_path = study_dir / "splits.json"
     if splits_path.is_file():
+        # by content first: an edited row keeps the row numbers, so equal splits alone prove nothing
+        check_same_data(study_dir, data, splits, data.source, what="the study", fix="use another --out")
         saved = {k: np.asarray(v) for k, v in json.loads(splits_path.read_text()).items()}
         if any(not np.array_equal(saved[k], splits[k]) for k in ("train", "val", "test")):
             raise AjusteError(f"{study_dir}: the data changed since the study started (splits differ); "
                               f"use another --out")
     else:
         atomic_write_json(splits_path, {k: np.asarray(v).tolist() for k, v in splits.items()})
+        atomic_write_json(study_dir / fingerprint.FINGERPRINT_FILE, fingerprint.fingerprint(data, splits))
     _say(console, f"study of {spec.model} on {data.source}: {len(data)} examples, {len(data.classes)} classes, "
                   f"train/val/test {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])}")
     for w in data.warnings:

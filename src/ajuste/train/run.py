@@ -135,18 +135,20 @@ def _check_run_dir(out: Path, cfg: RunConfig, overwrite: bool) -> bool:
     return True
 
 
-def check_same_data(run_dir: Path, data: Any, splits: dict, source: Any) -> None:
-    """Resume only on the examples the run started with, split the same way (by content, not row numbers)."""
-    saved = fingerprint.read(run_dir)
-    if saved is None:  # a run started before fingerprints were kept
+def check_same_data(folder: Path, data: Any, splits: dict, source: Any, *, what: str = "the unfinished run",
+                    fix: str = "start again with --overwrite") -> None:
+    """Resume only on the examples ``what`` (in ``folder``) started with, split the same way: by content, not
+    by row numbers (a file edited in place keeps its length and its row numbers)."""
+    saved = fingerprint.read(folder)
+    if saved is None:  # started before fingerprints were kept
         return
     change = fingerprint.describe_change(saved, data)
     if change is None:
         if fingerprint.fingerprint(data, splits)["splits"] == saved["splits"]:
             return
         change = "the same examples in another order, which splits them differently by row"
-    raise DataError(f"{source} changed since the unfinished run in {run_dir} started ({change}); restore the "
-                    f"data to resume, or start again with --overwrite")
+    raise DataError(f"{source} changed since {what} in {folder} started ({change}); restore the data to resume, "
+                    f"or {fix}")
 
 
 def _nothing_trained(out: Path) -> bool:
