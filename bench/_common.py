@@ -40,7 +40,7 @@ def cpu_description() -> str:
     except OSError:
         pass
     have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags.split()]
-    from ajuste.train.loop import native_bf16
+    from ajuste.train.execution import native_bf16
 
     return f"{model} ({os.cpu_count()} cores; {', '.join(have) or 'no AVX2'}; native bf16: {native_bf16()})"
 

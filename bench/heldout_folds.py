@@ -100,7 +100,7 @@ def train_fold(source: str, folds: int, seed: int, fold: int, path: Path, sets: 
     cl = L.use_channels_last(cfg, bb)
 
     def logits() -> dict[str, list]:
-        return {s: L.predict_logits(bb, pipe.loader(s), bf16=L.use_bf16(cfg, bb, training=False),
+        return {s: L.predict_logits(bb, pipe.loader(s), amp=L.amp_for(cfg, bb, training=False),
                                     channels_last=cl)[0].tolist() for s in ("val", "test")}
 
     out: dict = {"source": source, "seed": seed, "fold": fold, "folds": folds, "model": cfg.model.name,
@@ -110,7 +110,7 @@ def train_fold(source: str, folds: int, seed: int, fold: int, path: Path, sets: 
     for name, sd in snaps.items():
         bb.load_state_dict(sd)
         out[name] = logits()
-    out["y"] = {s: L.predict_logits(bb, pipe.loader(s), bf16=False, channels_last=cl)[1].tolist()
+    out["y"] = {s: L.predict_logits(bb, pipe.loader(s), amp=None, channels_last=cl)[1].tolist()
                 for s in ("val", "test")}
     path.write_text(json.dumps(out))
     print(f"{path}: {cfg.model.name}, train/val/held-out {len(pipe.splits['train'])}/{len(pipe.splits['val'])}/"

@@ -41,7 +41,7 @@ def main() -> None:
     from ajuste.backbones.factory import create_backbone
     from ajuste.config import RunConfig
     from ajuste.data.pipeline import load_image_file, make_preprocessing
-    from ajuste.train.loop import autocast, native_bf16
+    from ajuste.train.execution import autocast, native_bf16
     from ajuste.train.run import train_run
 
     source = C.dataset("clothing-small")
@@ -81,7 +81,7 @@ def main() -> None:
         with C.Timer() as t, torch.no_grad():
             for i in range(0, len(imgs), 64):
                 x = ((torch.stack(imgs[i:i + 64]).float() - mean) / std).contiguous(memory_format=torch.channels_last)
-                with autocast(bf16):
+                with autocast(torch.bfloat16 if bf16 else None):
                     model.features(x)
         return t.seconds
 

@@ -62,7 +62,7 @@ def train_and_snapshot(source: str, seed: int, fraction: float, path: Path) -> N
     cl = L.use_channels_last(cfg, bb)
 
     def logits(split: str) -> tuple[list, list]:
-        lg, y = L.predict_logits(bb, pipe.loader(split), bf16=L.use_bf16(cfg, bb, training=False), channels_last=cl)
+        lg, y = L.predict_logits(bb, pipe.loader(split), amp=L.amp_for(cfg, bb, training=False), channels_last=cl)
         return lg.tolist(), y.tolist()
 
     out: dict = {"source": source, "seed": seed, "fraction": fraction, "run": {k: res.summary.get(k) for k in

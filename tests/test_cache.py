@@ -113,7 +113,7 @@ def test_cached_logits_match_live_in_training_mode(digits_small):
 
 
 def _key(bb, pipe, cut, split="train", **kw):
-    args = dict(bf16=False, channels_last=False, dtype=torch.bfloat16)
+    args = dict(amp=None, channels_last=False, dtype=torch.bfloat16)
     args.update(kw)
     return cache.digest_json(cache.cache_key(backbone=bb, split=cut, pipeline=pipe, split_name=split, **args))
 
@@ -132,7 +132,9 @@ def test_changing_any_key_part_misses(digits_small, tiny_timm):
         "normalisation": _key(bb, _pipeline(digits_small, bb, mean=(0.4, 0.4, 0.4)), cut),
         "fewer examples": _key(bb, _pipeline(digits_small, bb, n_train=59), cut),
         "storage dtype": _key(bb, pipe, cut, dtype=torch.float16),
-        "compute dtype": _key(bb, pipe, cut, bf16=True),
+        "compute dtype": _key(bb, pipe, cut, amp=torch.bfloat16),
+        "compute dtype fp16": _key(bb, pipe, cut, amp=torch.float16),
+        "compute device": _key(bb, pipe, cut, device=torch.device("cuda", 0)),
         "inputs": _key(bb, _pipeline(digits_small.subset(np.arange(len(digits_small))[::-1]), bb), cut),
     }
     with torch.no_grad():  # one frozen weight, or one BatchNorm statistic, of the prefix

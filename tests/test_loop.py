@@ -258,15 +258,23 @@ def test_image_heads_train_until_validation_stops_improving_not_to_a_short_cap()
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_auto_only_where_the_cpu_has_native_bf16(native, monkeypatch, tiny_timm, tiny_text):
     """Emulated bf16 (AVX2-only CPUs) ran 17-18x slower than fp32: auto must not pick it there."""
+    import torch
+
+    import ajuste.train.execution as execution
     import ajuste.train.loop as loop
 
-    monkeypatch.setattr(loop, "native_bf16", lambda: native)
+    monkeypatch.setattr(execution, "native_bf16", lambda: native)
     cfg = RunConfig()
-    assert loop.use_bf16(cfg, tiny_text, training=True) is native
-    assert loop.use_bf16(cfg, tiny_timm, training=False) is native  # frozen / forward-only convnet pass
-    assert loop.use_bf16(cfg, tiny_timm, training=True) is False  # convnet training: slower even with AMX
-    assert loop.use_bf16(cfg.override({"train.bf16": "on"}), tiny_timm, training=True) is True
-    assert loop.use_bf16(cfg.override({"train.bf16": "off"}), tiny_text, training=True) is False
+    bf16 = torch.bfloat16 if native else None
+    assert loop.amp_for(cfg, tiny_text, training=True) is bf16
+    assert loop.amp_for(cfg, tiny_timm, training=False) is bf16  # frozen / forward-only convnet pass
+    assert loop.amp_for(cfg, tiny_timm, training=True) is None  # convnet training: slower even with AMX
+    assert loop.amp_for(cfg.override({"train.bf16": "on"}), tiny_timm, training=True) is torch.bfloat16
+    assert loop.amp_for(cfg.override({"train.bf16": "off"}), tiny_text, training=True) is None
+    # an explicit train.precision wins over train.bf16's CPU policy
+    assert loop.amp_for(cfg.override({"train.precision": "fp32", "train.bf16": "on"}), tiny_text,
+                        training=True) is None
+    assert loop.amp_for(cfg.override({"train.precision": "bf16"}), tiny_timm, training=True) is torch.bfloat16
 
 
 def test_quick_epochs_skip_checkpoints_a_flush_writes_the_latest_and_resume_equals_a_full_run(tmp_path, digits_small):

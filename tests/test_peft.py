@@ -183,7 +183,7 @@ def text_csv(tmp_path):
 def _test_logits(backbone, pipeline):
     from ajuste.train.loop import predict_logits
 
-    return predict_logits(backbone, pipeline.loader("test", batch_size=64), bf16=False)[0]
+    return predict_logits(backbone, pipeline.loader("test", batch_size=64), amp=None)[0]
 
 
 def test_lora_run_saves_loads_and_exports_merged(tmp_path, digits_small):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -175,6 +176,13 @@ class TrainConfig:
     seed: int = _help("Training seed (initialisation, shuffling, augmentation)", default=0)
     threads: int | None = _help("Torch intra-op threads (auto: all cores; under torchrun the cores shared out "
                                 "among the workers)", default=None)
+    device: str = _help("Where to train and predict: auto (the GPU when CUDA is present, else the CPU) | cpu | cuda "
+                        "| cuda:N | mps. Under torchrun each worker takes cuda:LOCAL_RANK", default="auto")
+    precision: str = _help("Numeric precision of the forward passes: auto (on a GPU bf16 where supported, else fp16 "
+                           "with a gradient scaler; on the CPU as train.bf16 says) | fp32 | bf16 | fp16 (GPU only). "
+                           "Weights and the optimizer stay fp32 (mixed precision)", default="auto")
+    grad_accum: int = _help("Gradient accumulation: each optimizer step sums the gradients of this many batches of "
+                            "data.batch_size (an effective batch N times larger, in the memory of one)", default=1)
     bf16: str = _help("bf16 autocast: auto (where the CPU has native bf16 — AMX or AVX512-BF16 —: transformers and "
                       "frozen passes) | on | off", default="auto")
     channels_last: str = _help("channels_last memory format for convnets: auto | on | off", default="auto")
@@ -216,6 +224,13 @@ class TrainConfig:
             raise ConfigError(f"train.patience={self.patience} must be ≥ 1")
         if self.monitor not in ("auto", "val_loss", "val_accuracy"):
             raise ConfigError(f"train.monitor={self.monitor!r} is not one of auto, val_loss, val_accuracy")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"train.device={self.device!r} is not one of auto, cpu, cuda, cuda:N (N: a GPU number, "
+                              f"e.g. cuda:1), mps")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision={self.precision!r} is not one of auto, fp32, bf16, fp16")
+        if self.grad_accum < 1:
+            raise ConfigError(f"train.grad_accum={self.grad_accum} must be ≥ 1 (1: no accumulation)")
         for name in ("bf16", "channels_last"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise ConfigError(f"train.{name}={getattr(self, name)!r} is not one of auto, on, off")

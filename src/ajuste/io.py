@@ -68,8 +68,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def atomic_save_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    # safetensors refuses shared or non-contiguous storage: give it plain copies.
-    flat = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    # safetensors refuses shared or non-contiguous storage: give it plain copies (on the CPU: weights trained on
+    # a GPU are written from host memory).
+    flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     _atomic(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 

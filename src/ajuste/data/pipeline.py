@@ -496,7 +496,13 @@ def batches_loader(ds: Any, batch_size: int, *, shuffle: bool, generator: torch.
     return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_fn, num_workers=0, generator=generator)
 
 
-def to_device_batch(inputs: Any, *, channels_last: bool = False) -> Any:
+def to_device_batch(inputs: Any, *, channels_last: bool = False, device: torch.device | None = None) -> Any:
+    """A batch on ``device`` (None or the CPU: where it is), images in channels_last order when asked."""
+    if device is not None and device.type != "cpu":
+        if isinstance(inputs, dict):
+            return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                    for k, v in inputs.items()}
+        inputs = inputs.to(device, non_blocking=True)
     if isinstance(inputs, dict):
         return inputs
     if channels_last:

@@ -79,7 +79,8 @@ def measure_similarity(*, model: str, data: Any, splits: dict[str, np.ndarray], 
 
     from ajuste.backbones.factory import create_backbone
     from ajuste.data.pipeline import Pipeline, make_preprocessing
-    from ajuste.train.loop import compute_features, use_bf16, use_channels_last
+    from ajuste.train.execution import resolve_device
+    from ajuste.train.loop import amp_for, compute_features, use_channels_last
     from ajuste.train.run import check_model_modality
 
     t0 = time.perf_counter()
@@ -101,11 +102,12 @@ def measure_similarity(*, model: str, data: Any, splits: dict[str, np.ndarray], 
             pre = make_preprocessing(data, bb, image_size=cfg.data.image_size, max_length=cfg.data.max_length)
             pipe = Pipeline(data, sub, pre, tokenizer=getattr(bb, "tokenizer", None), augment="none",
                             batch_size=64)
+        bb.to(resolve_device(cfg.train.device))  # computed on the device; the features come back to the CPU
         cl = use_channels_last(cfg, bb)
         if cl:
             bb.to(memory_format=torch.channels_last)
-        bf16 = use_bf16(cfg, bb, training=False)  # forward-only; emulated bf16 is many times slower
-        feats = {s: compute_features(bb, pipe.loader(s), bf16=bf16, channels_last=cl) for s in ("train", "val")}
+        amp = amp_for(cfg, bb, training=False)  # forward-only; emulated bf16 is many times slower
+        feats = {s: compute_features(bb, pipe.loader(s), amp=amp, channels_last=cl) for s in ("train", "val")}
         tx, ty = feats["train"][0].numpy(), feats["train"][1].numpy()
         vx, vy = feats["val"][0].numpy(), feats["val"][1].numpy()
         out[kind] = {"logme": logme(tx, ty), "probe_accuracy": probe_accuracy(tx, ty, vx, vy)}

@@ -127,7 +127,7 @@ def digest_tensors(named: list[tuple[str, torch.Tensor]]) -> str:
         t = t.detach()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         if t.numel():
-            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -135,10 +135,16 @@ def digest_json(obj: Any) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
 
-def cache_key(*, backbone: Any, split: Any, pipeline: Any, split_name: str, bf16: bool, channels_last: bool,
-              dtype: torch.dtype) -> dict[str, Any]:
-    """Every input of the cached values, as a JSON-able dict; ``digest_json`` of it names the entry."""
+def cache_key(*, backbone: Any, split: Any, pipeline: Any, split_name: str, amp: torch.dtype | None,
+              channels_last: bool, dtype: torch.dtype, device: torch.device | None = None) -> dict[str, Any]:
+    """Every input of the cached values, as a JSON-able dict; ``digest_json`` of it names the entry. ``amp``
+    is the autocast dtype of the pass that computes them (None: fp32), ``device`` where it runs."""
     net = backbone.net
+    compute: dict[str, Any] = {"bf16": amp is torch.bfloat16, "channels_last": bool(channels_last)}
+    if amp is torch.float16:
+        compute["fp16"] = True
+    if device is not None and device.type != "cpu":  # other kernels, other roundings; CPU keys stay as they were
+        compute["device"] = device.type
     return {
         "format": FORMAT,
         "torch": torch.__version__,
@@ -149,7 +155,7 @@ def cache_key(*, backbone: Any, split: Any, pipeline: Any, split_name: str, bf16
         "data": pipeline.fingerprint(split_name),
         "transform": pipeline.eval_transform_identity(),
         "dtype": str(dtype),
-        "compute": {"bf16": bool(bf16), "channels_last": bool(channels_last)},
+        "compute": compute,
     }
 
 

@@ -26,7 +26,8 @@ from torch.utils.data import ConcatDataset, DataLoader
 from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline, batches_loader, to_device_batch
-from ajuste.errors import TrainingDiverged
+from ajuste.train.execution import amp_dtype, autocast, grad_scaler, model_device, resolve_device, to_device
+from ajuste.errors import ConfigError, TrainingDiverged
 from ajuste.io import append_jsonl, atomic_save_safetensors, atomic_torch_save, atomic_write_json, read_jsonl
 from ajuste.strategies.base import Phase, Strategy
 from ajuste.train.distributed import World, any_worker, sync_gradients, sync_module, world
@@ -110,39 +111,10 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-
-
-@functools.lru_cache(maxsize=None)
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16).
-
-    Without either (AVX2-only CPUs: many AMD EPYC and older Xeon), oneDNN emulates bf16 and autocast is
-    a trap, measured on a 2-core AVX2 EPYC: EfficientNet-Lite0 frozen forward 18× slower than fp32
-    (1,613 vs 88 ms per 64 images at 48 px, channels_last), MiniLM-L6 training step 17× slower
-    (34.8 vs 2.0 s per 32 texts at 64 tokens). With AMX (Sapphire Rapids) bf16 is faster (DESIGN.md)."""
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        check = getattr(torch.cpu, probe, None)
-        try:
-            if check is not None and check():
-                return True
-        except Exception:  # noqa: BLE001 - private probes; absent or failing means "not known to be native"
-            continue
-    return False
-
-
-def use_bf16(cfg: RunConfig, backbone: Backbone, *, training: bool) -> bool:
-    """bf16 autocast. ``auto``: only on a CPU with native bf16 (`native_bf16`), and then for transformers
-    always, for convnets only on forward-only passes — with AMX, bf16 slowed convnet training (DESIGN.md)."""
-    mode = cfg.train.bf16
-    if mode == "off":
-        return False
-    if mode == "on":
-        return True
-    if not native_bf16():
-        return False
-    return backbone.modality == "text" or not training
+def amp_for(cfg: RunConfig, backbone: Backbone, *, training: bool) -> torch.dtype | None:
+    """The autocast dtype of one of ``backbone``'s passes on the device it sits on (`execution.amp_dtype`)."""
+    return amp_dtype(cfg.train, convnet=backbone.is_convnet, text=backbone.modality == "text", training=training,
+                     device=model_device(backbone))
 
 
 def use_channels_last(cfg: RunConfig, backbone: Backbone) -> bool:
@@ -151,16 +123,19 @@ def use_channels_last(cfg: RunConfig, backbone: Backbone) -> bool:
 
 
 @torch.no_grad()
-def compute_features(backbone: Backbone, loader: DataLoader, *, bf16: bool, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features of a frozen backbone over a loader: (N, F) float32 and (N,) labels."""
+def compute_features(backbone: Backbone, loader: DataLoader, *, amp: torch.dtype | None,
+                     channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features of a frozen backbone over a loader, on the model's device: (N, F) float32 and (N,)
+    labels, on the CPU."""
     was_training = backbone.training
     backbone.eval()
+    device = model_device(backbone)
     feats, labels = [], []
     try:
         for inputs, y in loader:
-            with autocast(bf16):
-                f = backbone.features(to_device_batch(inputs, channels_last=channels_last))
-            feats.append(f.float())
+            with autocast(amp, device):
+                f = backbone.features(to_device_batch(inputs, channels_last=channels_last, device=device))
+            feats.append(f.float().cpu())
             labels.append(y)
     finally:
         backbone.train(was_training)
@@ -168,18 +143,20 @@ def compute_features(backbone: Backbone, loader: DataLoader, *, bf16: bool, chan
 
 
 @torch.no_grad()
-def predict_logits(backbone: Backbone, loader: DataLoader, *, bf16: bool, channels_last: bool = False,
+def predict_logits(backbone: Backbone, loader: DataLoader, *, amp: torch.dtype | None, channels_last: bool = False,
                    forward: Callable[[Any], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of every batch; ``forward`` turns a batch into logits (default: the whole model)."""
+    """Logits and labels of every batch, on the CPU; ``forward`` turns a batch into logits (default: the whole
+    model, on its device)."""
     was_training = backbone.training
     backbone.eval()
+    device = model_device(backbone)
     out, labels = [], []
     try:
         for inputs, y in loader:
-            with autocast(bf16):
+            with autocast(amp, device):
                 logits = forward(inputs) if forward is not None else \
-                    backbone(to_device_batch(inputs, channels_last=channels_last))
-            out.append(logits.float())
+                    backbone(to_device_batch(inputs, channels_last=channels_last, device=device))
+            out.append(logits.float().cpu())
             labels.append(y)
     finally:
         backbone.train(was_training)
@@ -321,12 +298,18 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
         from ajuste.train.distributed import threads_per_worker
 
         torch.set_num_threads(cfg.train.threads or threads_per_worker(w))
+        if cfg.train.grad_accum > 1:
+            raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} with {w.size} data-parallel workers is not "
+                              f"supported yet; the workers already split one batch: raise data.batch_size instead")
     else:
         torch.set_num_threads(cfg.train.threads or max(1, torch.get_num_threads()))
-    small_maps = cfg.train.small_depthwise and backbone.is_convnet
+    device = resolve_device(cfg.train.device)
+    backbone.to(device)
+    # a dense product in place of oneDNN's depthwise backward: a CPU measure (DESIGN.md), not a GPU one
+    small_maps = cfg.train.small_depthwise and backbone.is_convnet and device.type == "cpu"
     fold = cfg.train.fold_bn and backbone.is_convnet and pipeline.pre.modality == "image"
     with flushed_denormals(), small_map_depthwise(backbone, enabled=small_maps), \
-            folded_frozen_batchnorm(backbone.net, _image_probe(pipeline) if fold else None, enabled=fold):
+            folded_frozen_batchnorm(backbone.net, _image_probe(pipeline, device) if fold else None, enabled=fold):
         return _fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
                     progress=progress, console=console, on_epoch_end=on_epoch_end, w=w)
 
@@ -356,6 +339,7 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
     phases = stretch_phases(strategy.phases(cfg, len(backbone.layer_groups())), steps_per_epoch,
                             cfg.train.min_steps)
     ckpt = Checkpointer(run_dir, write=w.main)
+    device = model_device(backbone)
     channels_last = use_channels_last(cfg, backbone)
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
@@ -394,6 +378,7 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
                 resume_opt = None
             train_feed, val_feed = _phase_feeds(backbone, pipeline, cfg, phase, channels_last=channels_last, w=w,
                                                 console=console)
+            scaler = grad_scaler(train_feed.amp, device)  # fp16 on a GPU; kept across the phase's epochs
             epoch_steps = steps_per_epoch * phase.repeat
             total_steps = epoch_steps * phase.epochs
             for e in range(state.phase_epoch, phase.epochs):
@@ -404,13 +389,13 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
                 task = bar.add_task(f"epoch {state.global_epoch + 1}/{planned} [{phase.name}]",
                                     total=len(loader)) if bar else None
                 train_loss, lr_now = _train_epoch(
-                    backbone, loader, optimizer, cfg, forward=train_feed.forward, bf16=train_feed.bf16,
+                    backbone, loader, optimizer, cfg, forward=train_feed.forward, amp=train_feed.amp, scaler=scaler,
                     step0=e * epoch_steps, total_steps=total_steps, bar=bar, task=task,
                     on_diverge=lambda lr: _diverged(backbone, best_weights, ckpt, lr, state, cfg.optim.lr), w=w)
                 if w.active:
                     sync_module(backbone)  # BatchNorm statistics of each worker's share, averaged
                 val_loss, val_acc = _validate(backbone, val_feed.make(0, 1), cfg, channels_last=channels_last, w=w,
-                                              forward=val_feed.forward, bf16=val_feed.bf16)
+                                              forward=val_feed.forward, amp=val_feed.amp)
                 if bar:
                     bar.remove_task(task)
                 if not math.isfinite(val_loss):
@@ -512,7 +497,7 @@ def _take_average(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, ckpt: 
     if cfg.model.bn == "train":
         _refresh_batchnorm(backbone, pipeline, channels_last=channels_last, w=w)
     val_loss, val_acc = _validate(backbone, val_feed.make(0, 1), cfg, channels_last=channels_last, w=w,
-                                  forward=val_feed.forward, bf16=val_feed.bf16)
+                                  forward=val_feed.forward, amp=val_feed.amp)
     kept = math.isfinite(val_loss) and _improved(cfg.train.monitor, val_loss, val_acc, state)
     first, last = state.global_epoch - n + 1, state.global_epoch
     result.averaged = {"epochs": [first, last], "val_loss": val_loss, "val_accuracy": val_acc, "kept": kept}
@@ -542,8 +527,9 @@ def _refresh_batchnorm(backbone: Backbone, pipeline: Pipeline, *, channels_last:
         m.reset_running_stats()
         m.momentum = None
     try:
+        device = model_device(backbone)
         for inputs, _ in pipeline.loader("train", world=w):
-            backbone(to_device_batch(inputs, channels_last=channels_last))
+            backbone(to_device_batch(inputs, channels_last=channels_last, device=device))
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
@@ -612,7 +598,7 @@ class _Feed:
 
     make: Callable[[int, int], Any]  # (seed, repeat) -> loader
     forward: Callable[[Any], torch.Tensor]
-    bf16: bool
+    amp: torch.dtype | None  # autocast dtype of the pass (None: fp32)
     cached: bool
 
 
@@ -620,15 +606,17 @@ def _phase_feeds(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, phase: 
                  w: World = World(), console: Any = None) -> tuple[_Feed, _Feed]:
     """Train and validation feeds of a phase: live batches through the whole network, or activations of
     the frozen prefix from the cache (ajuste.train.cache) through the trainable rest."""
+    device = model_device(backbone)
+
     def live(inputs: Any) -> torch.Tensor:
-        return backbone(to_device_batch(inputs, channels_last=channels_last))
+        return backbone(to_device_batch(inputs, channels_last=channels_last, device=device))
 
     bs = pipeline.batch_size
     train = _Feed(lambda seed, repeat=1: pipeline.loader("train", shuffle=True, augment=True, seed=seed,
                                                           repeat=repeat, world=w),
-                  live, use_bf16(cfg, backbone, training=True), False)
+                  live, amp_for(cfg, backbone, training=True), False)
     val_loader = pipeline.loader("val", batch_size=max(64, bs), world=w)
-    val = _Feed(lambda seed, repeat=1: val_loader, live, use_bf16(cfg, backbone, training=False), False)
+    val = _Feed(lambda seed, repeat=1: val_loader, live, amp_for(cfg, backbone, training=False), False)
     cut = _cut(backbone, cfg, phase)
     if cut is None:
         return train, val
@@ -649,6 +637,7 @@ def _phase_feeds(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, phase: 
                              worth=head or phase.epochs > 1, console=console)
 
     def from_cache(acts: Any) -> torch.Tensor:
+        acts = to_device(acts, device)  # the cache lives on the CPU (or on disk)
         if head:
             return backbone.classify(acts)
         if channels_last and isinstance(acts, torch.Tensor) and acts.ndim == 4:
@@ -659,12 +648,12 @@ def _phase_feeds(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, phase: 
         train_labels = torch.as_tensor(pipeline.labels("train"), dtype=torch.long)
         train = _Feed(lambda seed, repeat=1: _cached_loader(train_entry, train_labels, bs, seed=seed, repeat=repeat,
                                                             shuffle=True, w=w),
-                      from_cache, not head and use_bf16(cfg, backbone, training=True), True)
+                      from_cache, None if head else amp_for(cfg, backbone, training=True), True)
     if val_entry is not None:
         val_labels = torch.as_tensor(pipeline.labels("val"), dtype=torch.long)
         loader = _cached_loader(val_entry, val_labels, 256 if head else max(64, bs), seed=0, repeat=1, shuffle=False,
                                 w=w)
-        val = _Feed(lambda seed, repeat=1: loader, from_cache, not head and use_bf16(cfg, backbone, training=False),
+        val = _Feed(lambda seed, repeat=1: loader, from_cache, None if head else amp_for(cfg, backbone, training=False),
                     True)
     return train, val
 
@@ -696,8 +685,9 @@ def _activations(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, cut: An
     if n == 0:
         return None
     settings = cache.Settings.from_config(cfg.train)
-    bf16 = use_bf16(cfg, backbone, training=False)
-    parts = cache.cache_key(backbone=backbone, split=cut, pipeline=pipeline, split_name=split, bf16=bf16,
+    amp = amp_for(cfg, backbone, training=False)
+    device = model_device(backbone)
+    parts = cache.cache_key(backbone=backbone, split=cut, pipeline=pipeline, split_name=split, amp=amp, device=device,
                             channels_last=channels_last, dtype=settings.dtype)
     parts["compute"]["fold_bn"] = bool(cfg.train.fold_bn and backbone.modality == "image")
     if not worth:
@@ -714,10 +704,11 @@ def _activations(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, cut: An
         runner = _frozen_runner(backbone, pipeline, cfg, channels_last=channels_last)
         try:
             for inputs, _ in loader:
-                with autocast(bf16):
-                    acts = runner.forward_prefix(to_device_batch(inputs, channels_last=channels_last), cut.group)
+                with autocast(amp, device):
+                    acts = runner.forward_prefix(to_device_batch(inputs, channels_last=channels_last, device=device),
+                                                 cut.group)
                 lens = inputs["attention_mask"].sum(1).numpy() if cut.ragged else None
-                yield acts.float(), lens
+                yield acts.float().cpu(), lens  # computed on the device, kept on the CPU (or disk)
         finally:
             backbone.train(was_training)
 
@@ -730,13 +721,14 @@ def _frozen_runner(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, *, ch
     the convolutions (checked on a random probe batch against the model itself; see inference_copy)."""
     if not cfg.train.fold_bn or backbone.modality != "image":
         return backbone
-    return backbone.inference_copy(to_device_batch(_image_probe(pipeline), channels_last=channels_last))
+    return backbone.inference_copy(to_device_batch(_image_probe(pipeline, model_device(backbone)),
+                                                   channels_last=channels_last))
 
 
-def _image_probe(pipeline: Pipeline) -> torch.Tensor:
+def _image_probe(pipeline: Pipeline, device: torch.device | None = None) -> torch.Tensor:
     """Two random images at the pipeline's input size: the batch that BatchNorm folding is checked on."""
     size = pipeline.pre.image_size
-    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return to_device(torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)), device)
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -775,17 +767,30 @@ def _cached_loader(entry: Any, labels: torch.Tensor, batch_size: int, *, seed: i
 
 
 def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: RunConfig, *,
-                 forward: Callable[[Any], torch.Tensor], bf16: bool, step0: int, total_steps: int, bar: Any,
-                 task: Any, on_diverge: Callable[[float], None], w: World = World()) -> tuple[float, float]:
+                 forward: Callable[[Any], torch.Tensor], amp: torch.dtype | None, step0: int, total_steps: int,
+                 bar: Any, task: Any, on_diverge: Callable[[float], None], w: World = World(),
+                 scaler: Any = None) -> tuple[float, float]:
+    """One pass over ``loader``. ``scaler``: fp16's `torch.amp.GradScaler`, or None.
+
+    With ``train.grad_accum`` N, an optimizer step follows every N batches (and the last, shorter window); the
+    window's summed loss is backpropagated and its gradient divided by the window's examples before the
+    step, so the step takes the mean over those examples, as one batch N times larger would."""
     backbone.train()
+    device = model_device(backbone)
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    accum = max(1, cfg.train.grad_accum)
+    # len(loader) is not asked: a sharded or bucketed sampler may draw its shuffle to answer it. With
+    # accumulation, the batch after the current one is fetched ahead, to know where the last window ends.
     total, count, lr_now = 0.0, 0, 0.0
-    for i, (inputs, y) in enumerate(loader):
-        mult = lr_multiplier(cfg.optim.schedule, (step0 + i) / max(1, total_steps), warmup=cfg.optim.warmup)
-        for g in optimizer.param_groups:
-            g["lr"] = g["base_lr"] * mult
-        lr_now = max(g["lr"] for g in optimizer.param_groups)
-        with autocast(bf16):
+    in_window = 0
+    for i, ((inputs, y), last) in _batches(loader, lookahead=accum > 1):
+        if i % accum == 0:  # an optimizer step begins: the schedule is a pure function of progress
+            mult = lr_multiplier(cfg.optim.schedule, (step0 + i) / max(1, total_steps), warmup=cfg.optim.warmup)
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * mult
+            lr_now = max(g["lr"] for g in optimizer.param_groups)
+        y = to_device(y, device)
+        with autocast(amp, device):
             logits = forward(inputs)
         if w.active:
             # Summed over this worker's share; sync_gradients divides by the global batch size, so
@@ -800,18 +805,55 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
             if not torch.isfinite(loss):
                 on_diverge(lr_now)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if accum == 1:
+                optimizer.zero_grad(set_to_none=True)
+            backward = loss if accum == 1 else loss * len(y)  # accumulated: summed, divided at the step
+            (scaler.scale(backward) if scaler is not None else backward).backward()
             n, loss_sum = len(y), loss.item() * len(y)
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-        optimizer.step()
+        in_window += n
+        if accum == 1 or (i + 1) % accum == 0 or last:
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # clip (and divide) the true gradients, not the scaled ones
+            if accum > 1 and not w.active:
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.div_(in_window)
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)  # skipped when the scaled gradients overflowed; the scale then drops
+                scaler.update()
+            else:
+                optimizer.step()
+            if accum > 1:
+                optimizer.zero_grad(set_to_none=True)
+            in_window = 0
         total += loss_sum
         count += n
         if bar:
             bar.update(task, advance=1, description=bar.tasks[_task_index(bar, task)].description.split(" loss")[0]
                        + f" loss {total / count:.4f}")
     return total / max(1, count), lr_now
+
+
+def _batches(loader: Any, *, lookahead: bool) -> Iterator[tuple[int, tuple[Any, bool]]]:
+    """(index, (batch, is_last)) for each batch. Without ``lookahead`` is_last is always False and batches are
+    fetched as before (a fetch ahead would move augmentations' draws from torch's global RNG against the
+    training step's dropout); with it, one batch is fetched ahead to know the last."""
+    if not lookahead:
+        for i, batch in enumerate(loader):
+            yield i, (batch, False)
+        return
+    it = iter(loader)
+    try:
+        prev = next(it)
+    except StopIteration:
+        return
+    i = 0
+    for item in it:
+        yield i, (prev, False)
+        prev, i = item, i + 1
+    yield i, (prev, True)
 
 
 def _task_index(bar: Any, task: Any) -> int:
@@ -824,10 +866,10 @@ def _task_index(bar: Any, task: Any) -> int:
 @torch.no_grad()
 def _validate(backbone: Backbone, loader: DataLoader, cfg: RunConfig, *, channels_last: bool,
               w: World = World(), forward: Callable[[Any], torch.Tensor] | None = None,
-              bf16: bool | None = None) -> tuple[float, float]:
-    if bf16 is None:
-        bf16 = use_bf16(cfg, backbone, training=False)
-    logits, y = predict_logits(backbone, loader, bf16=bf16, channels_last=channels_last, forward=forward)
+              amp: torch.dtype | None | str = "auto") -> tuple[float, float]:
+    if amp == "auto":
+        amp = amp_for(cfg, backbone, training=False)
+    logits, y = predict_logits(backbone, loader, amp=amp, channels_last=channels_last, forward=forward)
     if w.active:  # each worker saw its share of the validation split
         from ajuste.train.distributed import all_reduce_sum
 

@@ -25,10 +25,10 @@ def trainable_share(backbone: Any, phases: list[Any]) -> int:
 
 def evaluate_split(backbone: Any, pipeline: Any, split: str, classes: list[str], cfg: Any) -> dict[str, Any]:
     from ajuste.metrics import classification_metrics
-    from ajuste.train.loop import predict_logits, use_bf16, use_channels_last
+    from ajuste.train.loop import amp_for, predict_logits, use_channels_last
 
     loader = pipeline.loader(split, batch_size=max(64, pipeline.batch_size))
-    logits, y = predict_logits(backbone, loader, bf16=use_bf16(cfg, backbone, training=False),
+    logits, y = predict_logits(backbone, loader, amp=amp_for(cfg, backbone, training=False),
                                channels_last=use_channels_last(cfg, backbone))
     return classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes)
 
@@ -211,11 +211,12 @@ def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_co
     from ajuste.data.pipeline import Pipeline
     from ajuste.data.sources import load_data
     from ajuste.metrics import classification_metrics
-    from ajuste.train.loop import predict_logits, use_bf16, use_channels_last
+    from ajuste.train.loop import amp_for, predict_logits, use_channels_last
     from ajuste.train.run import prepare_data
 
     run = load_run(run_dir)
     cfg = run.config
+    run.backbone.to(inference_device(cfg))
     columns = " and ".join(f"--{n}" for n, v in (("text-col", text_col), ("label-col", label_col)) if v)
     verb = "are" if text_col and label_col else "is"
     if columns and run.backbone.modality != "text":
@@ -238,11 +239,19 @@ def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_co
     pipe = Pipeline(data, {"test": test_idx}, run.preprocessing, tokenizer=getattr(run.backbone, "tokenizer", None),
                     augment="none")
     logits, y = predict_logits(run.backbone, pipe.loader("test", batch_size=64),
-                               bf16=use_bf16(cfg, run.backbone, training=False),
+                               amp=amp_for(cfg, run.backbone, training=False),
                                channels_last=use_channels_last(cfg, run.backbone))
     metrics = classification_metrics(y.numpy(), logits.argmax(1).numpy(), run.classes)
     metrics["evaluated_on"] = where
     return metrics
+
+
+def inference_device(cfg: Any) -> Any:
+    """Where evaluate and predict run a loaded model: the CPU when its config says so, else the GPU when one is
+    here. A run trained on a GPU (train.device=cuda) is still evaluated on a machine without one."""
+    from ajuste.train.execution import resolve_device
+
+    return resolve_device("cpu" if cfg.train.device == "cpu" else "auto")
 
 
 def _own_test_split(run_dir: Path, data: Any, source: Any) -> np.ndarray:
@@ -281,7 +290,7 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
     """
     from ajuste.data.pipeline import Pipeline
     from ajuste.data.sources import LabelledData
-    from ajuste.train.loop import predict_logits, use_bf16, use_channels_last
+    from ajuste.train.loop import amp_for, predict_logits, use_channels_last
 
     if not inputs:
         raise AjusteError("nothing to predict: give files, folders, globs, texts, or - to read stdin")
@@ -289,6 +298,7 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
     if blank:
         raise AjusteError(f"input {blank[0]} is empty (''); give a file, folder, glob, text, or - to read stdin")
     run = load_run(run_dir)
+    run.backbone.to(inference_device(run.config))
     stdin_lines = _read_stdin(stdin) if "-" in inputs else []
     if run.backbone.modality == "image":
         names = _readable_images(_expand_image_inputs(inputs, stdin_lines), strict=strict, warn=warn)
@@ -301,7 +311,7 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
     pipe = Pipeline(data, {"test": np.arange(len(items))}, run.preprocessing,
                     tokenizer=getattr(run.backbone, "tokenizer", None), augment="none")
     logits, _ = predict_logits(run.backbone, pipe.loader("test", batch_size=64),
-                               bf16=use_bf16(run.config, run.backbone, training=False),
+                               amp=amp_for(run.config, run.backbone, training=False),
                                channels_last=use_channels_last(run.config, run.backbone))
     probs = torch.softmax(logits, 1).numpy()
     out = []
