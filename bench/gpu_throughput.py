@@ -3,7 +3,7 @@
     python bench/gpu_throughput.py                    # on a GPU: ViT-B/16 and ConvNeXt-T at 224, BERT-base
     python bench/gpu_throughput.py --smoke            # anywhere: tiny models, a few steps (checks it runs)
 
-Vision: ajuste's full fine-tuning step (`train.loop._train_epoch`: its autocast dtype, channels_last choice,
+Vision: ajuste's full fine-tuning step (`train.steps._train_epoch`: its autocast dtype, channels_last choice,
 optimizer and gradient scaler) against timm's reference recipe (AMP autocast, channels_last, fused AdamW), both
 on randomly initialised models (`pretrained=False`: nothing to download), the same batches moved from host
 memory. Text: ajuste's step on its own length-bucketed, dynamically padded batches against Hugging Face's
@@ -47,7 +47,9 @@ def ajuste_vision(arch: str, device: torch.device, batches: list, warmup: int) -
     from ajuste.backbones.factory import create_backbone
     from ajuste.config import RunConfig
     from ajuste.train.execution import grad_scaler
-    from ajuste.train.loop import _fast_optimizer, _train_epoch, amp_for, use_channels_last
+    from ajuste.train.inference import amp_for, use_channels_last
+    from ajuste.train.loop import _fast_optimizer
+    from ajuste.train.steps import _train_epoch
     from ajuste.train.param_groups import build_param_groups, make_optimizer
 
     cfg = RunConfig().override({"train.device": str(device), "optim.label_smoothing": 0.0, "optim.grad_clip": 0.0})
@@ -149,7 +151,9 @@ def ajuste_text(folder: Path, device: torch.device, texts: list[str], labels: li
     from ajuste.data.pipeline import Pipeline, make_preprocessing
     from ajuste.data.sources import LabelledData
     from ajuste.train.execution import grad_scaler
-    from ajuste.train.loop import _fast_optimizer, _train_epoch, amp_for
+    from ajuste.train.inference import amp_for
+    from ajuste.train.loop import _fast_optimizer
+    from ajuste.train.steps import _train_epoch
     from ajuste.train.param_groups import build_param_groups, make_optimizer
 
     data = LabelledData(modality="text", inputs=texts, labels=np.asarray(labels), classes=["neg", "pos"])

@@ -10,7 +10,8 @@ import torch
 from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline, make_preprocessing
 from ajuste.train import cache
-from ajuste.train.loop import _activations, _cut, _phase_feeds, use_channels_last
+from ajuste.train.feeds import _activations, _cut, _phase_feeds
+from ajuste.train.inference import use_channels_last
 from ajuste.train.run import train_run
 
 TINY = {"model.name": "timm/test_efficientnet", "model.pretrained": False, "data.image_size": 32,

@@ -98,7 +98,7 @@ def test_two_batches_accumulated_equal_one_batch_twice_as_large(tiny_timm):
     """train.grad_accum=2 at batch 8 steps with the gradient of one batch of 16 (the mean over its examples)."""
     import copy
 
-    from ajuste.train.loop import _train_epoch
+    from ajuste.train.steps import _train_epoch
 
     torch.manual_seed(0)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 3, (16,))

@@ -63,7 +63,9 @@ def test_a_kill_after_the_weights_but_before_state_json_resumes_consistently(tmp
     # and the state.json write this test counts on may never come
     monkeypatch.setattr(loop.Checkpointer, "SKIP_WINDOW", 0)
     full = train_run(cfg=_cfg(), out=tmp_path / "a", data=digits_small, progress=False)
-    real = loop.atomic_write_json
+    import ajuste.train.checkpoint as checkpoint
+
+    real = checkpoint.atomic_write_json
     writes = {"n": 0}
 
     def dies_on_a_state_write(path, obj):
@@ -73,10 +75,10 @@ def test_a_kill_after_the_weights_but_before_state_json_resumes_consistently(tmp
                 raise Boom
         real(path, obj)
 
-    monkeypatch.setattr(loop, "atomic_write_json", dies_on_a_state_write)
+    monkeypatch.setattr(checkpoint, "atomic_write_json", dies_on_a_state_write)
     with pytest.raises(Boom):
         train_run(cfg=_cfg(), out=tmp_path / "b", data=digits_small, progress=False)
-    monkeypatch.setattr(loop, "atomic_write_json", real)
+    monkeypatch.setattr(checkpoint, "atomic_write_json", real)
     ckpt = tmp_path / "b" / "checkpoint"
     # the orphaned files of the interrupted save are there, and not the ones state.json names
     named = set(json.loads((ckpt / "state.json").read_text())["files"].values())
@@ -125,7 +127,7 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, digits_small):
     assert res.summary["best_epoch"] == best["epoch"] + 1
     assert res.summary["val_loss"] == pytest.approx(best["val_loss"])
     # The saved model is the best epoch's: re-validating it gives the best val loss.
-    from ajuste.train.loop import _validate
+    from ajuste.train.steps import _validate
 
     cfg = res.config
     loss, _ = _validate(res.backbone, res.pipeline.loader("val", batch_size=64), cfg, channels_last=False)
@@ -198,7 +200,10 @@ def test_two_stage_keeps_the_head_phase_when_validation_cannot_tell_the_phases_a
         calls["n"] += 1
         return 1.0 / calls["n"], 1.0
 
-    monkeypatch.setattr(loop, "_validate", saturated)
+    import ajuste.train.steps as steps
+
+    monkeypatch.setattr(loop, "_validate", saturated)  # the epochs' validation
+    monkeypatch.setattr(steps, "_validate", saturated)  # the weight average's
     over = {"train.epochs": 4, "strategy.stage2_average": average, "strategy.head_epochs": 2}
     kept = train_run(cfg=_cfg(**over), data=digits_small, progress=False, evaluate_test=False).summary
     assert kept["best_epoch"] == 2  # the head phase's last (lowest-loss) epoch
@@ -372,10 +377,10 @@ def test_a_kill_inside_the_averaging_window_resumes_to_the_same_average(tmp_path
 def test_averaged_weights_get_batchnorm_statistics_of_their_own_when_batchnorm_trains(digits_small, monkeypatch):
     """model.bn=train: the epochs' running statistics belong to the epochs' weights, not to their mean; the
     average's are recomputed over the training split (mean of per-batch means, as momentum=None does)."""
-    import ajuste.train.loop as loop
+    import ajuste.train.steps as steps
 
     checked = []
-    real = loop._refresh_batchnorm
+    real = steps._refresh_batchnorm
 
     def check(backbone, pipeline, **kw):
         net = backbone.net
@@ -388,7 +393,7 @@ def test_averaged_weights_get_batchnorm_statistics_of_their_own_when_batchnorm_t
         assert net.bn1.momentum == 0.1 and backbone.training
         checked.append(True)
 
-    monkeypatch.setattr(loop, "_refresh_batchnorm", check)
+    monkeypatch.setattr(steps, "_refresh_batchnorm", check)
     cfg = _cfg(**{"train.epochs": 3, "strategy.stage2_average": 1.0, "strategy.head_epochs": 1,
                   "model.bn": "train", "data.augment": "none"})
     res = train_run(cfg=cfg, out=None, data=digits_small, progress=False, evaluate_test=False)

@@ -6,85 +6,45 @@ in the right phase, with the optimizer state restored. RNG streams are derived f
 resumed run draws the same shuffles and augmentations as an uninterrupted one.
 """
 
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, DataLoader
 
 from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
-from ajuste.data.pipeline import Pipeline, batches_loader, to_device_batch
-from ajuste.train.execution import amp_dtype, autocast, grad_scaler, model_device, resolve_device, to_device
+from ajuste.data.pipeline import Pipeline
 from ajuste.errors import ConfigError, TrainingDiverged
-from ajuste.io import append_jsonl, atomic_save_safetensors, atomic_torch_save, atomic_write_json, read_jsonl
+from ajuste.io import append_jsonl
 from ajuste.strategies.base import Phase, Strategy
-from ajuste.train.distributed import World, any_worker, sync_gradients, sync_module, world
+from ajuste.train.checkpoint import Checkpointer, EpochRecord, FitResult, _beats, _improved, _State, _state_dict
+from ajuste.train.distributed import any_worker, sync_module, world
+from ajuste.train.execution import grad_scaler, model_device, resolve_device
+from ajuste.train.feeds import _image_probe, _phase_feeds
 from ajuste.train.frozen_bn import folded_frozen_batchnorm
+from ajuste.train.inference import amp_for, compute_features, predict_logits, use_channels_last
 from ajuste.train.param_groups import build_param_groups, make_optimizer
-from ajuste.train.schedules import lr_multiplier
 from ajuste.train.small_depthwise import small_map_depthwise
+from ajuste.train.steps import _add_weights, _take_average, _train_epoch, _validate
+
+# The loop's public names; the records, inference and steps live in their own modules (train/checkpoint.py,
+# inference.py, feeds.py, steps.py) and are re-exported here for the callers that import them from the loop.
+__all__ = ["CancelFit", "Checkpointer", "EpochRecord", "FitResult", "amp_for", "compute_features", "fit",
+           "predict_logits", "stretch_phases", "use_channels_last"]
 
 
 class CancelFit(Exception):
     """Raised by a callback (early stopping, pruning) to end training cleanly after an epoch."""
-
-
-@dataclass
-class EpochRecord:
-    epoch: int
-    phase: str
-    train_loss: float
-    val_loss: float
-    val_accuracy: float
-    lr: float
-    seconds: float
-    cached: bool
-    # torch intra-op threads of the epoch: float sums split across another number of threads round
-    # differently, so a run repeats bit for bit only at the same count
-    threads: int = 0
-
-
-@dataclass
-class FitResult:
-    history: list[EpochRecord] = field(default_factory=list)
-    best_val_loss: float = math.inf
-    best_val_accuracy: float = 0.0
-    best_epoch: int = -1
-    seconds: float = 0.0
-    interrupted: bool = False
-    stopped_by: str = ""
-    # Set when the kept weights are a weight average: its epochs (1-based, inclusive) and validation.
-    averaged: dict[str, Any] | None = None
-    # During a weight-averaged phase: (val loss, val accuracy) of its best epoch so far when that beats the
-    # kept best; the average is validated once, at the phase's end, so meanwhile a search's pruner judges
-    # the phase by this (None outside such a phase)
-    provisional: tuple[float, float] | None = None
-
-
-@dataclass
-class _State:
-    phase_index: int = 0
-    phase_epoch: int = 0  # next epoch to run within the phase
-    global_epoch: int = 0
-    best_val_loss: float = math.inf
-    best_val_accuracy: float = 0.0
-    best_epoch: int = -1
-    best_phase: int = -1  # the phase whose weights are the best so far
-    bad_epochs: int = 0
-    seconds: float = 0.0
-    averaged: int = 0  # epochs summed into the running weight average of the current phase (Phase.average)
 
 
 class _Interrupt:
@@ -109,181 +69,6 @@ class _Interrupt:
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def amp_for(cfg: RunConfig, backbone: Backbone, *, training: bool) -> torch.dtype | None:
-    """The autocast dtype of one of ``backbone``'s passes on the device it sits on (`execution.amp_dtype`)."""
-    return amp_dtype(cfg.train, convnet=backbone.is_convnet, text=backbone.modality == "text", training=training,
-                     device=model_device(backbone))
-
-
-def use_channels_last(cfg: RunConfig, backbone: Backbone) -> bool:
-    mode = cfg.train.channels_last
-    return mode == "on" or (mode == "auto" and backbone.is_convnet)
-
-
-@torch.no_grad()
-def compute_features(backbone: Backbone, loader: DataLoader, *, amp: torch.dtype | None,
-                     channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features of a frozen backbone over a loader, on the model's device: (N, F) float32 and (N,)
-    labels, on the CPU."""
-    was_training = backbone.training
-    backbone.eval()
-    device = model_device(backbone)
-    feats, labels = [], []
-    try:
-        for inputs, y in loader:
-            with autocast(amp, device):
-                f = backbone.features(to_device_batch(inputs, channels_last=channels_last, device=device))
-            feats.append(f.float().cpu())
-            labels.append(y)
-    finally:
-        backbone.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
-
-
-@torch.no_grad()
-def predict_logits(backbone: Backbone, loader: DataLoader, *, amp: torch.dtype | None, channels_last: bool = False,
-                   forward: Callable[[Any], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of every batch, on the CPU; ``forward`` turns a batch into logits (default: the whole
-    model, on its device)."""
-    was_training = backbone.training
-    backbone.eval()
-    device = model_device(backbone)
-    out, labels = [], []
-    try:
-        for inputs, y in loader:
-            with autocast(amp, device):
-                logits = forward(inputs) if forward is not None else \
-                    backbone(to_device_batch(inputs, channels_last=channels_last, device=device))
-            out.append(logits.float().cpu())
-            labels.append(y)
-    finally:
-        backbone.train(was_training)
-    if not out:  # a data-parallel worker whose share of a tiny split is empty
-        return torch.zeros(0, 1), torch.zeros(0, dtype=torch.long)
-    return torch.cat(out), torch.cat(labels)
-
-
-def _state_dict(backbone: Backbone) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in backbone.state_dict().items()}
-
-
-class Checkpointer:
-    """Run-directory files of the loop. Without a run directory, nothing is written; with ``write=False``
-    (data-parallel workers other than rank 0) a checkpoint is read to resume but never written.
-
-    Each save writes new files named by a sequence number (``last-7.safetensors``, ``optimizer-7.pt``, and
-    ``best-7.safetensors`` when the best changed), then ``state.json`` naming them, then removes the files
-    of earlier saves. Files are never overwritten in place: a kill at any moment leaves ``state.json``
-    pointing at a complete set of files from one and the same moment (overwriting ``last.safetensors``
-    before ``state.json`` once resumed the weights of epoch N with the loop state of epoch N-1).
-    """
-
-    def __init__(self, run_dir: Path | None, *, write: bool = True) -> None:
-        self.dir = Path(run_dir) / "checkpoint" if run_dir else None
-        self.metrics = Path(run_dir) / "metrics.jsonl" if run_dir else None
-        self.write = write
-        self._seq = 0
-        self._files: dict[str, str] = {}
-        self._best: dict[str, torch.Tensor] | None = None  # to be written with the next save
-        # The running sum of a weight-averaged phase (Phase.average): written with every save while set.
-        self.average: dict[str, torch.Tensor] | None = None
-        self._saved_at, self._save_cost, self._unsaved = -math.inf, 0.0, False
-
-    # An epoch's save is skipped while the time since the last save is under this many times what a save
-    # costs: a linear probe's head epoch on cached features takes 20 ms and writing the model and
-    # optimizer 100-150 ms, so saving each one made checkpoints most of a short run (4.2 of 7.6 s of a
-    # 27-epoch linear probe). A kill then redoes a few seconds of epochs at most; phase ends, Ctrl-C and
-    # every epoch longer than the skip window are still saved.
-    SKIP_WINDOW = 20
-
-    def exists(self) -> bool:
-        return bool(self.dir and (self.dir / "state.json").is_file())
-
-    def save(self, backbone: Backbone, optimizer: Any, state: _State, *, force: bool = True) -> None:
-        """Write a checkpoint; with ``force=False`` (after an epoch) only if enough time passed since the
-        last one (``SKIP_WINDOW``) — ``flush`` writes a skipped one."""
-        if not self.dir or not self.write:
-            return
-        now = time.perf_counter()
-        if not force and now - self._saved_at < self.SKIP_WINDOW * self._save_cost:
-            self._unsaved = True
-            return
-        self._seq += 1
-        files = dict(self._files, last=f"last-{self._seq}.safetensors", optimizer=f"optimizer-{self._seq}.pt")
-        files.pop("average", None)
-        if self.average is not None:
-            files["average"] = f"average-{self._seq}.safetensors"
-            atomic_save_safetensors(self.dir / files["average"], self.average)
-        atomic_save_safetensors(self.dir / files["last"], backbone.state_dict())
-        atomic_torch_save(self.dir / files["optimizer"], optimizer.state_dict())
-        if self._best is not None:
-            files["best"] = f"best-{self._seq}.safetensors"
-            atomic_save_safetensors(self.dir / files["best"], self._best)
-            self._best = None
-        # state.json last: until it is replaced, the previous one still names a complete set of files
-        atomic_write_json(self.dir / "state.json", {"state": asdict(state), "seq": self._seq, "files": files})
-        self._files = files
-        self._remove_unreferenced()
-        self._saved_at = time.perf_counter()
-        self._save_cost, self._unsaved = self._saved_at - now, False
-
-    def flush(self, backbone: Backbone, optimizer: Any, state: _State) -> None:
-        """Write the checkpoint an epoch skipped (before stopping on Ctrl-C)."""
-        if self._unsaved:
-            self.save(backbone, optimizer, state)
-
-    def save_best(self, best: dict[str, torch.Tensor]) -> None:
-        """Remember the new best weights; they are written by the next ``save``, with the state they belong to."""
-        self._best = best
-
-    def save_last_good(self, weights: dict[str, torch.Tensor]) -> None:
-        """After a divergence: the weights to keep, as ``best.safetensors`` (no resume follows a failed run)."""
-        if self.dir and self.write:
-            atomic_save_safetensors(self.dir / "best.safetensors", weights)
-
-    def _remove_unreferenced(self) -> None:
-        keep = set(self._files.values()) | {"state.json"}
-        for f in self.dir.iterdir():
-            if f.name not in keep and f.suffix in (".safetensors", ".pt"):
-                f.unlink(missing_ok=True)
-
-    def load(self) -> tuple[_State, dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict | None]:
-        """State, last weights, best weights, optimizer state; sets ``average`` when a phase was averaging."""
-        import json
-
-        from safetensors.torch import load_file
-
-        assert self.dir is not None
-        saved = json.loads((self.dir / "state.json").read_text())
-        if "state" not in saved:  # written by ajuste 0.1 before files were numbered
-            saved = {"state": saved, "seq": 0, "files": {"last": "last.safetensors", "optimizer": "optimizer.pt"}}
-            if (self.dir / "best.safetensors").is_file():
-                saved["files"]["best"] = "best.safetensors"
-        state = _State(**saved["state"])
-        self._seq, self._files = int(saved["seq"]), dict(saved["files"])
-        last = load_file(self.dir / self._files["last"])
-        best = load_file(self.dir / self._files["best"]) if "best" in self._files else None
-        self.average = load_file(self.dir / self._files["average"]) if "average" in self._files else None
-        opt = torch.load(self.dir / self._files["optimizer"], map_location="cpu", weights_only=True)
-        return state, last, best, opt
-
-    def history(self, upto: int) -> list[EpochRecord]:
-        if not self.metrics:
-            return []
-        rows = [r for r in read_jsonl(self.metrics) if r.get("epoch", 10**9) < upto]
-        return [EpochRecord(**{k: r[k] for k in EpochRecord.__dataclass_fields__ if k in r}) for r in rows]
-
-    def truncate_metrics(self, upto: int) -> None:
-        """Drop metric lines of epochs after the checkpoint (a kill between the two writes)."""
-        if not self.write or not self.metrics or not self.metrics.exists():
-            return
-        from ajuste.io import atomic_write_text
-        import json
-
-        rows = [r for r in read_jsonl(self.metrics) if r.get("epoch", 10**9) < upto]
-        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunConfig, run_dir: Path | None = None,
@@ -474,70 +259,6 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
     return result
 
 
-def _add_weights(total: dict[str, torch.Tensor] | None, backbone: Backbone) -> dict[str, torch.Tensor]:
-    """The running sum of the floating-point weights and buffers, plus this epoch's."""
-    current = {k: v.detach() for k, v in backbone.state_dict().items() if v.is_floating_point()}
-    if total is None:
-        return {k: v.float().clone() for k, v in current.items()}
-    for k, v in current.items():
-        total[k] += v.float()
-    return total
-
-
-def _take_average(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, ckpt: Checkpointer, state: _State,
-                  result: FitResult, best_weights: dict[str, torch.Tensor], *, val_feed: _Feed, channels_last: bool,
-                  w: World, console: Any) -> dict[str, torch.Tensor]:
-    """End of a weight-averaged phase: load the mean of its last epochs' weights (stochastic weight
-    averaging, Izmailov et al. 2018), recompute BatchNorm statistics if they trained, validate, and keep
-    it if it beats the best of the earlier phases. Returns the best weights."""
-    assert ckpt.average is not None
-    n, total = state.averaged, ckpt.average
-    current = backbone.state_dict()
-    backbone.load_state_dict({k: (total[k] / n).to(v.dtype) if k in total else v for k, v in current.items()})
-    if cfg.model.bn == "train":
-        _refresh_batchnorm(backbone, pipeline, channels_last=channels_last, w=w)
-    val_loss, val_acc = _validate(backbone, val_feed.make(0, 1), cfg, channels_last=channels_last, w=w,
-                                  forward=val_feed.forward, amp=val_feed.amp)
-    kept = math.isfinite(val_loss) and _improved(cfg.train.monitor, val_loss, val_acc, state)
-    first, last = state.global_epoch - n + 1, state.global_epoch
-    result.averaged = {"epochs": [first, last], "val_loss": val_loss, "val_accuracy": val_acc, "kept": kept}
-    if kept:
-        state.best_val_loss, state.best_val_accuracy, state.best_epoch = val_loss, val_acc, last - 1
-        state.best_phase = state.phase_index
-        best_weights = _state_dict(backbone)
-        ckpt.save_best(best_weights)
-    result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
-    result.best_epoch, result.provisional = state.best_epoch, None
-    ckpt.average, state.averaged = None, 0
-    if console is not None:
-        console.print(f"weights of epochs {first}-{last} averaged: val_loss {val_loss:.4f}  val_acc {val_acc:.4f}"
-                      + ("  *" if kept else "  (an earlier phase's best stays)"), markup=False, highlight=False)
-    return best_weights
-
-
-@torch.no_grad()
-def _refresh_batchnorm(backbone: Backbone, pipeline: Pipeline, *, channels_last: bool, w: World) -> None:
-    """BatchNorm running statistics of averaged weights: a cumulative mean over one pass of the training
-    split (no augmentation); the averaged statistics of the epochs do not belong to the averaged weights."""
-    was_training = backbone.training
-    backbone.train()  # frozen norms stay in eval mode (Backbone.train)
-    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    try:
-        device = model_device(backbone)
-        for inputs, _ in pipeline.loader("train", world=w):
-            backbone(to_device_batch(inputs, channels_last=channels_last, device=device))
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        backbone.train(was_training)
-    if w.active:
-        sync_module(backbone)
-
-
 def _fast_optimizer(optimizer: Any, cfg: RunConfig) -> Any:
     """AdamW with its fused kernel (train.fused_adamw): the same update in one pass over all parameters.
     Measured on a 1-thread AVX2 EPYC for 22.7 M parameters (MiniLM-L6): 0.027 s per step instead of 0.25 s
@@ -556,29 +277,6 @@ def _fast_optimizer(optimizer: Any, cfg: RunConfig) -> Any:
         return optimizer
 
 
-def _improved(monitor: str, val_loss: float, val_acc: float, state: _State) -> bool:
-    """Whether this epoch is the new best: lower val loss, or (monitor val_accuracy) higher accuracy,
-    ties broken by the loss. The first epoch always is.
-
-    Across phases an accuracy tie is not broken by the loss: a later phase (end-to-end after head-only)
-    replaces an earlier phase's best only when it is more accurate. Its lower loss on a validation split
-    it already gets right says that it is surer, not that it is better (measured by held-out folds of
-    hymenoptera's training images, docs/results.md), and it trained more weights on the same few examples."""
-    if state.best_epoch < 0:
-        return True
-    if monitor == "val_accuracy" and 0 <= state.best_phase < state.phase_index:
-        return val_acc > state.best_val_accuracy + 1e-9
-    return _beats(monitor, val_loss, val_acc, state.best_val_loss, state.best_val_accuracy)
-
-
-def _beats(monitor: str, val_loss: float, val_acc: float, best_loss: float, best_acc: float) -> bool:
-    if monitor == "val_accuracy":
-        if val_acc > best_acc + 1e-9:
-            return True
-        return abs(val_acc - best_acc) <= 1e-9 and val_loss < best_loss - 1e-4
-    return val_loss < best_loss - 1e-4
-
-
 def stretch_phases(phases: list[Phase], steps_per_epoch: int, min_steps: int) -> list[Phase]:
     """On small data an epoch is a handful of steps: 20 epochs of 2 steps stop before BatchNorm
     statistics or the head have settled. Each epoch of such a phase passes over the training data
@@ -590,296 +288,6 @@ def stretch_phases(phases: list[Phase], steps_per_epoch: int, min_steps: int) ->
         repeat = max(1, round(min_steps / planned))
         out.append(dataclasses.replace(p, repeat=repeat))
     return out
-
-
-@dataclass
-class _Feed:
-    """The batches of one split in one phase, and how the model turns a batch into logits."""
-
-    make: Callable[[int, int], Any]  # (seed, repeat) -> loader
-    forward: Callable[[Any], torch.Tensor]
-    amp: torch.dtype | None  # autocast dtype of the pass (None: fp32)
-    cached: bool
-
-
-def _phase_feeds(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, phase: Phase, *, channels_last: bool,
-                 w: World = World(), console: Any = None) -> tuple[_Feed, _Feed]:
-    """Train and validation feeds of a phase: live batches through the whole network, or activations of
-    the frozen prefix from the cache (ajuste.train.cache) through the trainable rest."""
-    device = model_device(backbone)
-
-    def live(inputs: Any) -> torch.Tensor:
-        return backbone(to_device_batch(inputs, channels_last=channels_last, device=device))
-
-    bs = pipeline.batch_size
-    train = _Feed(lambda seed, repeat=1: pipeline.loader("train", shuffle=True, augment=True, seed=seed,
-                                                          repeat=repeat, world=w),
-                  live, amp_for(cfg, backbone, training=True), False)
-    val_loader = pipeline.loader("val", batch_size=max(64, bs), world=w)
-    val = _Feed(lambda seed, repeat=1: val_loader, live, amp_for(cfg, backbone, training=False), False)
-    cut = _cut(backbone, cfg, phase)
-    if cut is None:
-        return train, val
-    from ajuste.train import cache
-
-    head = cut.name == "features"
-    # A cut below the head pays only if the split is used more than once (or is already cached);
-    # head-only phases always train on features (no augmentation then).
-    train_entry = val_entry = None
-    if head or not pipeline.augmenting:
-        train_entry = _activations(backbone, pipeline, cfg, cut, "train", channels_last=channels_last,
-                                   worth=head or phase.epochs * phase.repeat > 1, console=console)
-    else:
-        cache.notice_once(f"data.augment={cfg.data.augment}: augmented inputs change the frozen layers' output "
-                          f"every epoch, so training runs them live (validation still uses the activation cache; "
-                          f"data.augment=none caches training too)", console)
-    val_entry = _activations(backbone, pipeline, cfg, cut, "val", channels_last=channels_last,
-                             worth=head or phase.epochs > 1, console=console)
-
-    def from_cache(acts: Any) -> torch.Tensor:
-        acts = to_device(acts, device)  # the cache lives on the CPU (or on disk)
-        if head:
-            return backbone.classify(acts)
-        if channels_last and isinstance(acts, torch.Tensor) and acts.ndim == 4:
-            acts = acts.contiguous(memory_format=torch.channels_last)
-        return backbone.classify(backbone.forward_suffix(acts, cut.group))
-
-    if train_entry is not None:
-        train_labels = torch.as_tensor(pipeline.labels("train"), dtype=torch.long)
-        train = _Feed(lambda seed, repeat=1: _cached_loader(train_entry, train_labels, bs, seed=seed, repeat=repeat,
-                                                            shuffle=True, w=w),
-                      from_cache, None if head else amp_for(cfg, backbone, training=True), True)
-    if val_entry is not None:
-        val_labels = torch.as_tensor(pipeline.labels("val"), dtype=torch.long)
-        loader = _cached_loader(val_entry, val_labels, 256 if head else max(64, bs), seed=0, repeat=1, shuffle=False,
-                                w=w)
-        val = _Feed(lambda seed, repeat=1: loader, from_cache, None if head else amp_for(cfg, backbone, training=False),
-                    True)
-    return train, val
-
-
-def _cut(backbone: Backbone, cfg: RunConfig, phase: Phase) -> Any:
-    """Where this phase's forward pass can start from cached activations, or None."""
-    if cfg.train.cache == "off":
-        return None
-    if phase.head_only:
-        return backbone.split(-1) if cfg.train.cache_features else None
-    if phase.select is not None or phase.train_groups is None:
-        return None  # PEFT adapters and end-to-end phases train inside every group
-    n = len(backbone.layer_groups())
-    first = min(i % n for i in phase.train_groups)
-    if first == 0:
-        return None
-    cut = backbone.split(first)
-    if cut is None or any(isinstance(t, torch.nn.Parameter) and t.requires_grad for _, t in backbone.prefix_state(cut)):
-        return None
-    return cut
-
-
-def _activations(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, cut: Any, split: str, *,
-                 channels_last: bool, worth: bool, console: Any) -> Any:
-    """The cache entry of ``split`` at ``cut``, computed now if ``worth`` it; None to run live."""
-    from ajuste.train import cache
-
-    n = len(pipeline.splits[split])
-    if n == 0:
-        return None
-    settings = cache.Settings.from_config(cfg.train)
-    amp = amp_for(cfg, backbone, training=False)
-    device = model_device(backbone)
-    parts = cache.cache_key(backbone=backbone, split=cut, pipeline=pipeline, split_name=split, amp=amp, device=device,
-                            channels_last=channels_last, dtype=settings.dtype)
-    parts["compute"]["fold_bn"] = bool(cfg.train.fold_bn and backbone.modality == "image")
-    if not worth:
-        return cache.lookup(cache.digest_json(parts), settings, console=console)
-    lengths = None
-    if cut.ragged:
-        lengths = np.asarray([len(x["input_ids"]) for x in pipeline.dataset(split, augment=False).encodings])
-
-    @torch.no_grad()
-    def compute():
-        loader = pipeline.loader(split, batch_size=max(64, pipeline.batch_size))
-        was_training = backbone.training
-        backbone.eval()
-        runner = _frozen_runner(backbone, pipeline, cfg, channels_last=channels_last)
-        try:
-            for inputs, _ in loader:
-                with autocast(amp, device):
-                    acts = runner.forward_prefix(to_device_batch(inputs, channels_last=channels_last, device=device),
-                                                 cut.group)
-                lens = inputs["attention_mask"].sum(1).numpy() if cut.ragged else None
-                yield acts.float().cpu(), lens  # computed on the device, kept on the CPU (or disk)
-        finally:
-            backbone.train(was_training)
-
-    return cache.activations(key_parts=parts, settings=settings, compute=compute, n=n, lengths=lengths,
-                             console=console)
-
-
-def _frozen_runner(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, *, channels_last: bool) -> Backbone:
-    """The model that computes frozen activations: with train.fold_bn, a copy with BatchNorm folded into
-    the convolutions (checked on a random probe batch against the model itself; see inference_copy)."""
-    if not cfg.train.fold_bn or backbone.modality != "image":
-        return backbone
-    return backbone.inference_copy(to_device_batch(_image_probe(pipeline, model_device(backbone)),
-                                                   channels_last=channels_last))
-
-
-def _image_probe(pipeline: Pipeline, device: torch.device | None = None) -> torch.Tensor:
-    """Two random images at the pipeline's input size: the batch that BatchNorm folding is checked on."""
-    size = pipeline.pre.image_size
-    return to_device(torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)), device)
-
-
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-
-def _cached_loader(entry: Any, labels: torch.Tensor, batch_size: int, *, seed: int, repeat: int, shuffle: bool,
-                   w: World) -> DataLoader:
-    """Batches of cached rows: the same samplers as live batches of the same size (images: the shuffles of
-    a plain DataLoader; text: length-bucketed, padded per batch)."""
-    from ajuste.data.pipeline import LengthBucketSampler, shard_batches
-
-    def collate(idx: list[int]) -> tuple[Any, torch.Tensor]:
-        return entry.batch(idx), labels[torch.as_tensor(idx, dtype=torch.long)]
-
-    ds: Any = _Rows(entry.n) if repeat == 1 else ConcatDataset([_Rows(entry.n)] * repeat)
-    gen = torch.Generator().manual_seed(seed)
-    if entry.kind == "ragged":
-        lengths = np.tile(entry.lengths, repeat)
-        if shuffle:
-            sampler: Any = LengthBucketSampler(lengths.tolist(), batch_size, shuffle=True, generator=gen)
-        else:  # evaluation: sorted by length, the least padding (outputs are only summed)
-            order = np.argsort(lengths, kind="stable").tolist()
-            sampler = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        return DataLoader(ds, batch_sampler=shard_batches(sampler, w, shuffle), collate_fn=collate, num_workers=0)
-    if w.active:
-        return batches_loader(ds, batch_size, shuffle=shuffle, generator=gen, world=w, collate_fn=collate)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=collate)
-
-
-def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: RunConfig, *,
-                 forward: Callable[[Any], torch.Tensor], amp: torch.dtype | None, step0: int, total_steps: int,
-                 bar: Any, task: Any, on_diverge: Callable[[float], None], w: World = World(),
-                 scaler: Any = None) -> tuple[float, float]:
-    """One pass over ``loader``. ``scaler``: fp16's `torch.amp.GradScaler`, or None.
-
-    With ``train.grad_accum`` N, an optimizer step follows every N batches (and the last, shorter window); the
-    window's summed loss is backpropagated and its gradient divided by the window's examples before the
-    step, so the step takes the mean over those examples, as one batch N times larger would."""
-    backbone.train()
-    device = model_device(backbone)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    accum = max(1, cfg.train.grad_accum)
-    # len(loader) is not asked: a sharded or bucketed sampler may draw its shuffle to answer it. With
-    # accumulation, the batch after the current one is fetched ahead, to know where the last window ends.
-    total, count, lr_now = 0.0, 0, 0.0
-    in_window = 0
-    for i, ((inputs, y), last) in _batches(loader, lookahead=accum > 1):
-        if i % accum == 0:  # an optimizer step begins: the schedule is a pure function of progress
-            mult = lr_multiplier(cfg.optim.schedule, (step0 + i) / max(1, total_steps), warmup=cfg.optim.warmup)
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * mult
-            lr_now = max(g["lr"] for g in optimizer.param_groups)
-        y = to_device(y, device)
-        with autocast(amp, device):
-            logits = forward(inputs)
-        if w.active:
-            # Summed over this worker's share; sync_gradients divides by the global batch size, so
-            # every worker steps with the gradient one process would compute on the whole batch.
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing, reduction="sum")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            n, loss_sum = sync_gradients(params, len(y), loss.item())
-            if not math.isfinite(loss_sum):
-                on_diverge(lr_now)
-        else:
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
-            if not torch.isfinite(loss):
-                on_diverge(lr_now)
-            if accum == 1:
-                optimizer.zero_grad(set_to_none=True)
-            backward = loss if accum == 1 else loss * len(y)  # accumulated: summed, divided at the step
-            (scaler.scale(backward) if scaler is not None else backward).backward()
-            n, loss_sum = len(y), loss.item() * len(y)
-        in_window += n
-        if accum == 1 or (i + 1) % accum == 0 or last:
-            if scaler is not None:
-                scaler.unscale_(optimizer)  # clip (and divide) the true gradients, not the scaled ones
-            if accum > 1 and not w.active:
-                for p in params:
-                    if p.grad is not None:
-                        p.grad.div_(in_window)
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)  # skipped when the scaled gradients overflowed; the scale then drops
-                scaler.update()
-            else:
-                optimizer.step()
-            if accum > 1:
-                optimizer.zero_grad(set_to_none=True)
-            in_window = 0
-        total += loss_sum
-        count += n
-        if bar:
-            bar.update(task, advance=1, description=bar.tasks[_task_index(bar, task)].description.split(" loss")[0]
-                       + f" loss {total / count:.4f}")
-    return total / max(1, count), lr_now
-
-
-def _batches(loader: Any, *, lookahead: bool) -> Iterator[tuple[int, tuple[Any, bool]]]:
-    """(index, (batch, is_last)) for each batch. Without ``lookahead`` is_last is always False and batches are
-    fetched as before (a fetch ahead would move augmentations' draws from torch's global RNG against the
-    training step's dropout); with it, one batch is fetched ahead to know the last."""
-    if not lookahead:
-        for i, batch in enumerate(loader):
-            yield i, (batch, False)
-        return
-    it = iter(loader)
-    try:
-        prev = next(it)
-    except StopIteration:
-        return
-    i = 0
-    for item in it:
-        yield i, (prev, False)
-        prev, i = item, i + 1
-    yield i, (prev, True)
-
-
-def _task_index(bar: Any, task: Any) -> int:
-    for i, t in enumerate(bar.tasks):
-        if t.id == task:
-            return i
-    return 0
-
-
-@torch.no_grad()
-def _validate(backbone: Backbone, loader: DataLoader, cfg: RunConfig, *, channels_last: bool,
-              w: World = World(), forward: Callable[[Any], torch.Tensor] | None = None,
-              amp: torch.dtype | None | str = "auto") -> tuple[float, float]:
-    if amp == "auto":
-        amp = amp_for(cfg, backbone, training=False)
-    logits, y = predict_logits(backbone, loader, amp=amp, channels_last=channels_last, forward=forward)
-    if w.active:  # each worker saw its share of the validation split
-        from ajuste.train.distributed import all_reduce_sum
-
-        local = [F.cross_entropy(logits, y, reduction="sum").item(), (logits.argmax(1) == y).sum().item(),
-                 len(y)] if len(y) else [0.0, 0.0, 0.0]
-        loss_sum, correct, n = all_reduce_sum(local)
-        return loss_sum / max(1, n), correct / max(1, n)
-    loss = F.cross_entropy(logits, y).item()
-    acc = (logits.argmax(1) == y).float().mean().item()
-    return loss, acc
 
 
 def _diverged(backbone: Backbone, best: dict[str, torch.Tensor], ckpt: Checkpointer, lr: float, state: _State,
@@ -916,3 +324,4 @@ def _progress(enabled: bool, console: Any):
 
 def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean()) if len(y) else float("nan")
+

@@ -1,0 +1,202 @@
+"""One epoch of training (mixed precision, gradient accumulation, data-parallel gradient sums), validation,
+and the weight average that ends a weight-averaged phase."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ajuste.backbones.base import Backbone
+from ajuste.config import RunConfig
+from ajuste.data.pipeline import Pipeline, to_device_batch
+from ajuste.train.checkpoint import Checkpointer, FitResult, _improved, _State, _state_dict
+from ajuste.train.distributed import World, sync_gradients, sync_module
+from ajuste.train.execution import autocast, model_device, to_device
+from ajuste.train.feeds import _Feed
+from ajuste.train.inference import amp_for, predict_logits
+from ajuste.train.schedules import lr_multiplier
+
+
+def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: RunConfig, *,
+                 forward: Callable[[Any], torch.Tensor], amp: torch.dtype | None, step0: int, total_steps: int,
+                 bar: Any, task: Any, on_diverge: Callable[[float], None], w: World = World(),
+                 scaler: Any = None) -> tuple[float, float]:
+    """One pass over ``loader``. ``scaler``: fp16's `torch.amp.GradScaler`, or None.
+
+    With ``train.grad_accum`` N, an optimizer step follows every N batches (and the last, shorter window); the
+    window's summed loss is backpropagated and its gradient divided by the window's examples before the
+    step, so the step takes the mean over those examples, as one batch N times larger would."""
+    backbone.train()
+    device = model_device(backbone)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    accum = max(1, cfg.train.grad_accum)
+    # len(loader) is not asked: a sharded or bucketed sampler may draw its shuffle to answer it. With
+    # accumulation, the batch after the current one is fetched ahead, to know where the last window ends.
+    total, count, lr_now = 0.0, 0, 0.0
+    in_window = 0
+    for i, ((inputs, y), last) in _batches(loader, lookahead=accum > 1):
+        if i % accum == 0:  # an optimizer step begins: the schedule is a pure function of progress
+            mult = lr_multiplier(cfg.optim.schedule, (step0 + i) / max(1, total_steps), warmup=cfg.optim.warmup)
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * mult
+            lr_now = max(g["lr"] for g in optimizer.param_groups)
+        y = to_device(y, device)
+        with autocast(amp, device):
+            logits = forward(inputs)
+        if w.active:
+            # Summed over this worker's share; sync_gradients divides by the global batch size, so
+            # every worker steps with the gradient one process would compute on the whole batch.
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing, reduction="sum")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            n, loss_sum = sync_gradients(params, len(y), loss.item())
+            if not math.isfinite(loss_sum):
+                on_diverge(lr_now)
+        else:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
+            if not torch.isfinite(loss):
+                on_diverge(lr_now)
+            if accum == 1:
+                optimizer.zero_grad(set_to_none=True)
+            backward = loss if accum == 1 else loss * len(y)  # accumulated: summed, divided at the step
+            (scaler.scale(backward) if scaler is not None else backward).backward()
+            n, loss_sum = len(y), loss.item() * len(y)
+        in_window += n
+        if accum == 1 or (i + 1) % accum == 0 or last:
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # clip (and divide) the true gradients, not the scaled ones
+            if accum > 1 and not w.active:
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.div_(in_window)
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)  # skipped when the scaled gradients overflowed; the scale then drops
+                scaler.update()
+            else:
+                optimizer.step()
+            if accum > 1:
+                optimizer.zero_grad(set_to_none=True)
+            in_window = 0
+        total += loss_sum
+        count += n
+        if bar:
+            bar.update(task, advance=1, description=bar.tasks[_task_index(bar, task)].description.split(" loss")[0]
+                       + f" loss {total / count:.4f}")
+    return total / max(1, count), lr_now
+
+
+def _batches(loader: Any, *, lookahead: bool) -> Iterator[tuple[int, tuple[Any, bool]]]:
+    """(index, (batch, is_last)) for each batch. Without ``lookahead`` is_last is always False and batches are
+    fetched as before (a fetch ahead would move augmentations' draws from torch's global RNG against the
+    training step's dropout); with it, one batch is fetched ahead to know the last."""
+    if not lookahead:
+        for i, batch in enumerate(loader):
+            yield i, (batch, False)
+        return
+    it = iter(loader)
+    try:
+        prev = next(it)
+    except StopIteration:
+        return
+    i = 0
+    for item in it:
+        yield i, (prev, False)
+        prev, i = item, i + 1
+    yield i, (prev, True)
+
+
+def _task_index(bar: Any, task: Any) -> int:
+    for i, t in enumerate(bar.tasks):
+        if t.id == task:
+            return i
+    return 0
+
+
+@torch.no_grad()
+def _validate(backbone: Backbone, loader: DataLoader, cfg: RunConfig, *, channels_last: bool,
+              w: World = World(), forward: Callable[[Any], torch.Tensor] | None = None,
+              amp: torch.dtype | None | str = "auto") -> tuple[float, float]:
+    if amp == "auto":
+        amp = amp_for(cfg, backbone, training=False)
+    logits, y = predict_logits(backbone, loader, amp=amp, channels_last=channels_last, forward=forward)
+    if w.active:  # each worker saw its share of the validation split
+        from ajuste.train.distributed import all_reduce_sum
+
+        local = [F.cross_entropy(logits, y, reduction="sum").item(), (logits.argmax(1) == y).sum().item(),
+                 len(y)] if len(y) else [0.0, 0.0, 0.0]
+        loss_sum, correct, n = all_reduce_sum(local)
+        return loss_sum / max(1, n), correct / max(1, n)
+    loss = F.cross_entropy(logits, y).item()
+    acc = (logits.argmax(1) == y).float().mean().item()
+    return loss, acc
+
+
+def _add_weights(total: dict[str, torch.Tensor] | None, backbone: Backbone) -> dict[str, torch.Tensor]:
+    """The running sum of the floating-point weights and buffers, plus this epoch's."""
+    current = {k: v.detach() for k, v in backbone.state_dict().items() if v.is_floating_point()}
+    if total is None:
+        return {k: v.float().clone() for k, v in current.items()}
+    for k, v in current.items():
+        total[k] += v.float()
+    return total
+
+
+def _take_average(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, ckpt: Checkpointer, state: _State,
+                  result: FitResult, best_weights: dict[str, torch.Tensor], *, val_feed: _Feed, channels_last: bool,
+                  w: World, console: Any) -> dict[str, torch.Tensor]:
+    """End of a weight-averaged phase: load the mean of its last epochs' weights (stochastic weight
+    averaging, Izmailov et al. 2018), recompute BatchNorm statistics if they trained, validate, and keep
+    it if it beats the best of the earlier phases. Returns the best weights."""
+    assert ckpt.average is not None
+    n, total = state.averaged, ckpt.average
+    current = backbone.state_dict()
+    backbone.load_state_dict({k: (total[k] / n).to(v.dtype) if k in total else v for k, v in current.items()})
+    if cfg.model.bn == "train":
+        _refresh_batchnorm(backbone, pipeline, channels_last=channels_last, w=w)
+    val_loss, val_acc = _validate(backbone, val_feed.make(0, 1), cfg, channels_last=channels_last, w=w,
+                                  forward=val_feed.forward, amp=val_feed.amp)
+    kept = math.isfinite(val_loss) and _improved(cfg.train.monitor, val_loss, val_acc, state)
+    first, last = state.global_epoch - n + 1, state.global_epoch
+    result.averaged = {"epochs": [first, last], "val_loss": val_loss, "val_accuracy": val_acc, "kept": kept}
+    if kept:
+        state.best_val_loss, state.best_val_accuracy, state.best_epoch = val_loss, val_acc, last - 1
+        state.best_phase = state.phase_index
+        best_weights = _state_dict(backbone)
+        ckpt.save_best(best_weights)
+    result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
+    result.best_epoch, result.provisional = state.best_epoch, None
+    ckpt.average, state.averaged = None, 0
+    if console is not None:
+        console.print(f"weights of epochs {first}-{last} averaged: val_loss {val_loss:.4f}  val_acc {val_acc:.4f}"
+                      + ("  *" if kept else "  (an earlier phase's best stays)"), markup=False, highlight=False)
+    return best_weights
+
+
+@torch.no_grad()
+def _refresh_batchnorm(backbone: Backbone, pipeline: Pipeline, *, channels_last: bool, w: World) -> None:
+    """BatchNorm running statistics of averaged weights: a cumulative mean over one pass of the training
+    split (no augmentation); the averaged statistics of the epochs do not belong to the averaged weights."""
+    was_training = backbone.training
+    backbone.train()  # frozen norms stay in eval mode (Backbone.train)
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    try:
+        device = model_device(backbone)
+        for inputs, _ in pipeline.loader("train", world=w):
+            backbone(to_device_batch(inputs, channels_last=channels_last, device=device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        backbone.train(was_training)
+    if w.active:
+        sync_module(backbone)
+
