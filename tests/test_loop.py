@@ -164,7 +164,7 @@ def test_linear_probe_caches_features_and_never_touches_the_backbone(tmp_path, d
 
 
 def test_monitor_val_accuracy_keeps_the_most_accurate_epoch_and_breaks_ties_by_loss():
-    from ajuste.train.loop import _improved, _State
+    from ajuste.train.checkpoint import _improved, _State
 
     s = _State(best_val_loss=0.5, best_val_accuracy=0.80, best_epoch=2)
     assert _improved("val_accuracy", 0.9, 0.81, s)  # higher accuracy wins despite a higher loss
@@ -175,7 +175,7 @@ def test_monitor_val_accuracy_keeps_the_most_accurate_epoch_and_breaks_ties_by_l
 
 
 def test_a_later_phase_replaces_an_earlier_phases_best_only_when_more_accurate():
-    from ajuste.train.loop import _improved, _State
+    from ajuste.train.checkpoint import _improved, _State
 
     # best from phase 0 (head only); now in phase 1 (end to end)
     s = _State(best_val_loss=0.5, best_val_accuracy=0.80, best_epoch=2, best_phase=0, phase_index=1)
@@ -403,3 +403,52 @@ def test_averaged_weights_get_batchnorm_statistics_of_their_own_when_batchnorm_t
     train_run(cfg=cfg.override({"model.bn": "frozen"}), out=None, data=digits_small, progress=False,
               evaluate_test=False)
     assert not checked
+
+
+def test_a_callback_sees_every_event_in_order_with_the_epoch_and_its_best(digits_small):
+    """The loop is an engine with events (fastai/Lightning shape): a callback given to fit sees them all, in
+    order, with the epoch's record and whether it was the best so far (what a tracker logs)."""
+    from ajuste.train.callbacks import Callback
+
+    class Spy(Callback):
+        def __init__(self):
+            self.events = []
+
+        def before_fit(self, f):
+            self.events.append("before_fit")
+
+        def before_phase(self, f):
+            self.events.append(f"before_phase:{f.phase.name}")
+
+        def after_epoch(self, f):
+            self.events.append(f"after_epoch:{f.rec.epoch}:{f.improved}")
+
+        def after_phase(self, f):
+            self.events.append(f"after_phase:{f.phase.name}")
+
+        def after_fit(self, f):
+            self.events.append("after_fit")
+
+    spy = Spy()
+    cfg = _cfg(**{"train.epochs": 2, "strategy.head_epochs": 2})
+    from ajuste.backbones.factory import create_backbone
+    from ajuste.data.pipeline import Pipeline, make_preprocessing
+    from ajuste.data.splits import make_splits
+    from ajuste.strategies.base import get_strategy, resolve_config
+    from ajuste.train.loop import fit
+
+    cfg = resolve_config(cfg, "image")
+    splits = make_splits(digits_small, seed=0)
+    bb = create_backbone("timm/test_efficientnet", num_classes=10, pretrained=False)
+    pipe = Pipeline(digits_small, splits, make_preprocessing(digits_small, bb, image_size=32, max_length=16),
+                    augment="none", batch_size=32)
+    strategy = get_strategy("two-stage")
+    strategy.prepare(bb, cfg)
+    res = fit(backbone=bb, pipeline=pipe, strategy=strategy, cfg=cfg, progress=False, callbacks=[spy])
+    names = [e.split(":")[0] for e in spy.events]
+    assert names == ["before_fit", "before_phase", "after_epoch", "after_epoch", "after_phase", "before_phase",
+                     "after_epoch", "after_epoch", "after_phase", "after_fit"], spy.events
+    assert spy.events[1] == "before_phase:head" and spy.events[2].startswith("after_epoch:0:")
+    assert [e.split(":")[1] for e in spy.events if e.startswith("after_epoch")] == ["0", "1", "2", "3"]
+    assert len(res.history) == 4
+    assert spy.events[2].endswith(":True")  # the first epoch is always the best so far

@@ -14,7 +14,6 @@ import dataclasses
 import math
 import signal
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -25,9 +24,9 @@ from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline
 from ajuste.errors import ConfigError, TrainingDiverged
-from ajuste.io import append_jsonl
 from ajuste.strategies.base import Phase, Strategy
-from ajuste.train.checkpoint import Checkpointer, EpochRecord, FitResult, _beats, _improved, _State, _state_dict
+from ajuste.train.callbacks import CancelFit, Callback, Fit, standard_callbacks
+from ajuste.train.checkpoint import Checkpointer, EpochRecord, FitResult, _State, _state_dict
 from ajuste.train.distributed import any_worker, sync_module, world
 from ajuste.train.execution import grad_scaler, model_device, resolve_device
 from ajuste.train.feeds import _image_probe, _phase_feeds
@@ -39,12 +38,8 @@ from ajuste.train.steps import _add_weights, _take_average, _train_epoch, _valid
 
 # The loop's public names; the records, inference and steps live in their own modules (train/checkpoint.py,
 # inference.py, feeds.py, steps.py) and are re-exported here for the callers that import them from the loop.
-__all__ = ["CancelFit", "Checkpointer", "EpochRecord", "FitResult", "amp_for", "compute_features", "fit",
+__all__ = ["Callback", "CancelFit", "Checkpointer", "EpochRecord", "FitResult", "amp_for", "compute_features", "fit",
            "predict_logits", "stretch_phases", "use_channels_last"]
-
-
-class CancelFit(Exception):
-    """Raised by a callback (early stopping, pruning) to end training cleanly after an epoch."""
 
 
 class _Interrupt:
@@ -73,10 +68,13 @@ class _Interrupt:
 
 def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunConfig, run_dir: Path | None = None,
         progress: bool = True, console: Any = None,
-        on_epoch_end: Callable[[EpochRecord, FitResult], None] | None = None) -> FitResult:
+        on_epoch_end: Callable[[EpochRecord, FitResult], None] | None = None,
+        phases: list[Phase] | None = None, callbacks: list[Callback] | None = None) -> FitResult:
     """Train ``backbone`` with ``strategy``'s phases; returns the history with the best weights loaded.
 
-    ``on_epoch_end`` may raise ``CancelFit`` (e.g. an Optuna pruner) to stop after that epoch.
+    ``on_epoch_end`` may raise ``CancelFit`` (e.g. an Optuna pruner) to stop after that epoch. ``phases``: the
+    strategy's phases when the caller has them already (computed once per run), else asked of the strategy.
+    ``callbacks``: more `Callback`s (tracking, say), run after the standard ones on each event.
     """
     w = world()
     if w.active:
@@ -96,7 +94,8 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
     with flushed_denormals(), small_map_depthwise(backbone, enabled=small_maps), \
             folded_frozen_batchnorm(backbone.net, _image_probe(pipeline, device) if fold else None, enabled=fold):
         return _fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
-                    progress=progress, console=console, on_epoch_end=on_epoch_end, w=w)
+                    progress=progress, console=console, on_epoch_end=on_epoch_end, w=w, phases=phases,
+                    extra_callbacks=callbacks or [])
 
 
 @contextlib.contextmanager
@@ -118,11 +117,12 @@ def flushed_denormals() -> Iterator[None]:
 
 def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunConfig, run_dir: Path | None,
          progress: bool, console: Any, on_epoch_end: Callable[[EpochRecord, FitResult], None] | None,
-         w: Any) -> FitResult:
+         w: Any, phases: list[Phase] | None, extra_callbacks: list[Callback]) -> FitResult:
     pipeline.configure(text_batches=cfg.train.text_batches, image_memory=cfg.train.image_memory)
     steps_per_epoch = max(1, math.ceil(len(pipeline.splits["train"]) / pipeline.batch_size))
-    phases = stretch_phases(strategy.phases(cfg, len(backbone.layer_groups())), steps_per_epoch,
-                            cfg.train.min_steps)
+    if phases is None:
+        phases = strategy.phases(cfg, len(backbone.layer_groups()))
+    phases = stretch_phases(phases, steps_per_epoch, cfg.train.min_steps)
     ckpt = Checkpointer(run_dir, write=w.main)
     device = model_device(backbone)
     channels_last = use_channels_last(cfg, backbone)
@@ -145,118 +145,101 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
                        best_val_accuracy=state.best_val_accuracy, best_epoch=state.best_epoch)
     planned = sum(p.epochs for p in phases)
 
+    callbacks = standard_callbacks(on_epoch_end=on_epoch_end, add_weights=_add_weights, take_average=_take_average,
+                                   any_worker=any_worker) + list(extra_callbacks)
     with _Interrupt() as interrupt, _progress(progress, console) as bar:
-        total_task = bar.add_task("total", total=planned, completed=state.global_epoch) if bar else None
+        f = Fit(backbone=backbone, pipeline=pipeline, cfg=cfg, phases=phases, ckpt=ckpt, state=state, result=result,
+                best_weights=best_weights, console=console, w=w, interrupt=interrupt, bar=bar,
+                channels_last=channels_last)
+        f.extra["resume_optimizer"] = resume_opt
+        f.total_task = bar.add_task("total", total=planned, completed=state.global_epoch) if bar else None
+        _event(callbacks, "before_fit", f)
         for pi in range(state.phase_index, len(phases)):
-            phase = phases[pi]
-            if pi != state.phase_index:
-                state.phase_index, state.phase_epoch, state.bad_epochs = pi, 0, 0
-            backbone.set_trainable(phase.train_groups, freeze_bn_stats=cfg.model.bn == "frozen",
-                                   select=phase.select)
-            groups = build_param_groups(backbone.layer_groups(), trainable=phase.train_groups, lr=phase.lr,
-                                        head_lr=phase.head_lr, weight_decay=cfg.optim.weight_decay,
-                                        layer_decay=cfg.optim.layer_decay,
-                                        requires_grad_only=phase.select is not None)
-            optimizer = _fast_optimizer(make_optimizer(cfg.optim.name, groups, momentum=cfg.optim.momentum), cfg)
-            if resume_opt is not None:
-                optimizer.load_state_dict(resume_opt)
-                resume_opt = None
-            train_feed, val_feed = _phase_feeds(backbone, pipeline, cfg, phase, channels_last=channels_last, w=w,
-                                                console=console)
-            scaler = grad_scaler(train_feed.amp, device)  # fp16 on a GPU; kept across the phase's epochs
-            epoch_steps = steps_per_epoch * phase.repeat
-            total_steps = epoch_steps * phase.epochs
-            for e in range(state.phase_epoch, phase.epochs):
-                t0 = time.perf_counter()
-                epoch_seed = cfg.train.seed * 100_003 + state.global_epoch
-                torch.manual_seed(epoch_seed)
-                loader = train_feed.make(epoch_seed, phase.repeat)
-                task = bar.add_task(f"epoch {state.global_epoch + 1}/{planned} [{phase.name}]",
-                                    total=len(loader)) if bar else None
-                train_loss, lr_now = _train_epoch(
-                    backbone, loader, optimizer, cfg, forward=train_feed.forward, amp=train_feed.amp, scaler=scaler,
-                    step0=e * epoch_steps, total_steps=total_steps, bar=bar, task=task,
-                    on_diverge=lambda lr: _diverged(backbone, best_weights, ckpt, lr, state, cfg.optim.lr), w=w)
-                if w.active:
-                    sync_module(backbone)  # BatchNorm statistics of each worker's share, averaged
-                val_loss, val_acc = _validate(backbone, val_feed.make(0, 1), cfg, channels_last=channels_last, w=w,
-                                              forward=val_feed.forward, amp=val_feed.amp)
-                if bar:
-                    bar.remove_task(task)
-                if not math.isfinite(val_loss):
-                    _diverged(backbone, best_weights, ckpt, lr_now, state, cfg.optim.lr)
-                seconds = time.perf_counter() - t0
-                rec = EpochRecord(state.global_epoch, phase.name, train_loss, val_loss, val_acc, lr_now, seconds,
-                                  train_feed.cached, torch.get_num_threads())
-                result.history.append(rec)
-                # A weight-averaged phase offers only its average (at its end) as a candidate best.
-                improved = not phase.average and _improved(cfg.train.monitor, val_loss, val_acc, state)
-                if improved:
-                    state.best_val_loss, state.best_val_accuracy = val_loss, val_acc
-                    state.best_epoch, state.best_phase, state.bad_epochs = state.global_epoch, pi, 0
-                    best_weights = _state_dict(backbone)
-                    ckpt.save_best(best_weights)
-                else:
-                    state.bad_epochs += 1
-                if phase.average and e >= phase.epochs - phase.average:
-                    ckpt.average = _add_weights(ckpt.average, backbone)
-                    state.averaged += 1
-                if phase.average:
-                    ref = result.provisional
-                    if (_beats(cfg.train.monitor, val_loss, val_acc, *ref) if ref
-                            else _improved(cfg.train.monitor, val_loss, val_acc, state)):
-                        result.provisional = (val_loss, val_acc)
-                # the best epoch so far, for on_epoch_end callbacks (a search reports it to its pruner)
-                result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
-                result.best_epoch = state.best_epoch
-                state.global_epoch += 1
-                state.phase_epoch = e + 1
-                state.seconds += seconds
-                if ckpt.metrics and ckpt.write:
-                    append_jsonl(ckpt.metrics, asdict(rec))
-                ckpt.save(backbone, optimizer, state, force=False)
-                _report(console, rec, improved)
-                if bar:
-                    bar.update(total_task, advance=1)
-                stop = ""
-                if on_epoch_end is not None:
-                    try:
-                        on_epoch_end(rec, result)
-                    except CancelFit as exc:
-                        stop = str(exc) or "cancelled"
-                if any_worker(interrupt.requested):
-                    result.interrupted, result.stopped_by = True, "interrupted (Ctrl-C)"
-                    ckpt.flush(backbone, optimizer, state)
-                    break
-                if stop:
-                    result.stopped_by = stop
-                    break
-                # No early stop in the first third of a phase, nor before min_steps optimizer steps:
-                # a re-initialised network's validation loss often rises before it falls.
-                warm_steps = min(total_steps, max(0.3 * total_steps, cfg.train.min_steps))
-                warm = (e + 1) * epoch_steps >= warm_steps
-                if phase.patience is not None and warm and state.bad_epochs >= phase.patience:
-                    if bar:
-                        bar.update(total_task, advance=phase.epochs - e - 1)
-                    break
+            _run_phase(f, pi, callbacks, steps_per_epoch=steps_per_epoch, device=device)
             if result.interrupted or result.stopped_by:
                 break
-            if phase.average and state.averaged:
-                best_weights = _take_average(backbone, pipeline, cfg, ckpt, state, result, best_weights,
-                                             val_feed=val_feed, channels_last=channels_last, w=w, console=console)
+            _event(callbacks, "after_phase", f)
             # Next phase starts from the best weights found so far, not the last ones.
-            backbone.load_state_dict(best_weights)
-            state.phase_epoch = phase.epochs
+            backbone.load_state_dict(f.best_weights)
+            state.phase_epoch = f.phase.epochs
             state.bad_epochs = 0
             if pi + 1 < len(phases):
                 state.phase_index, state.phase_epoch = pi + 1, 0
-            ckpt.save(backbone, optimizer, state)
+            ckpt.save(backbone, f.optimizer, state)  # a phase boundary: always saved, the next phase's start
+        _event(callbacks, "after_fit", f)
+        best_weights = f.best_weights
 
     backbone.load_state_dict(best_weights)
     backbone.set_trainable(None)
     result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
     result.best_epoch, result.seconds = state.best_epoch, state.seconds
     return result
+
+
+def _run_phase(f: Fit, pi: int, callbacks: list[Callback], *, steps_per_epoch: int, device: Any) -> None:
+    """One phase: what trains and at which LRs, then its epochs; the callbacks decide the best, checkpoint,
+    report and stop."""
+    backbone, cfg, state, result = f.backbone, f.cfg, f.state, f.result
+    phase = f.phase = f.phases[pi]
+    f.phase_index = pi
+    if pi != state.phase_index:
+        state.phase_index, state.phase_epoch, state.bad_epochs = pi, 0, 0
+    backbone.set_trainable(phase.train_groups, freeze_bn_stats=cfg.model.bn == "frozen", select=phase.select)
+    groups = build_param_groups(backbone.layer_groups(), trainable=phase.train_groups, lr=phase.lr,
+                                head_lr=phase.head_lr, weight_decay=cfg.optim.weight_decay,
+                                layer_decay=cfg.optim.layer_decay, requires_grad_only=phase.select is not None)
+    f.optimizer = _fast_optimizer(make_optimizer(cfg.optim.name, groups, momentum=cfg.optim.momentum), cfg)
+    if f.extra.get("resume_optimizer") is not None:
+        f.optimizer.load_state_dict(f.extra.pop("resume_optimizer"))
+    f.train_feed, f.val_feed = _phase_feeds(backbone, f.pipeline, cfg, phase, channels_last=f.channels_last, w=f.w,
+                                            console=f.console)
+    scaler = grad_scaler(f.train_feed.amp, device)  # fp16 on a GPU; kept across the phase's epochs
+    f.epoch_steps = steps_per_epoch * phase.repeat
+    f.total_steps = f.epoch_steps * phase.epochs
+    planned = sum(p.epochs for p in f.phases)
+    _event(callbacks, "before_phase", f)
+    for e in range(state.phase_epoch, phase.epochs):
+        f.epoch, f.cancel, f.end_phase = e, "", False
+        t0 = time.perf_counter()
+        epoch_seed = cfg.train.seed * 100_003 + state.global_epoch
+        torch.manual_seed(epoch_seed)
+        loader = f.train_feed.make(epoch_seed, phase.repeat)
+        bar = f.bar
+        task = bar.add_task(f"epoch {state.global_epoch + 1}/{planned} [{phase.name}]",
+                            total=len(loader)) if bar else None
+        train_loss, lr_now = _train_epoch(
+            backbone, loader, f.optimizer, cfg, forward=f.train_feed.forward, amp=f.train_feed.amp, scaler=scaler,
+            step0=e * f.epoch_steps, total_steps=f.total_steps, bar=bar, task=task,
+            on_diverge=lambda lr: _diverged(backbone, f.best_weights, f.ckpt, lr, state, cfg.optim.lr), w=f.w)
+        if f.w.active:
+            sync_module(backbone)  # BatchNorm statistics of each worker's share, averaged
+        val_loss, val_acc = _validate(backbone, f.val_feed.make(0, 1), cfg, channels_last=f.channels_last, w=f.w,
+                                      forward=f.val_feed.forward, amp=f.val_feed.amp)
+        if bar:
+            bar.remove_task(task)
+        if not math.isfinite(val_loss):
+            _diverged(backbone, f.best_weights, f.ckpt, lr_now, state, cfg.optim.lr)
+        seconds = time.perf_counter() - t0
+        f.rec = EpochRecord(state.global_epoch, phase.name, train_loss, val_loss, val_acc, lr_now, seconds,
+                            f.train_feed.cached, torch.get_num_threads())
+        result.history.append(f.rec)
+        _event(callbacks, "after_validate", f)
+        state.global_epoch += 1
+        state.phase_epoch = e + 1
+        state.seconds += seconds
+        _event(callbacks, "after_epoch", f)
+        if result.interrupted:
+            break
+        if f.cancel:
+            result.stopped_by = f.cancel
+            break
+        if f.end_phase:
+            break
+
+
+def _event(callbacks: list[Callback], name: str, f: Fit) -> None:
+    for cb in callbacks:
+        getattr(cb, name)(f)
 
 
 def _fast_optimizer(optimizer: Any, cfg: RunConfig) -> Any:
@@ -299,15 +282,6 @@ def _diverged(backbone: Backbone, best: dict[str, torch.Tensor], ckpt: Checkpoin
     raise TrainingDiverged(
         f"loss became NaN/inf at epoch {state.global_epoch + 1} (LR {lr:.2g}); kept the last good weights — "
         f"try a lower LR, e.g. --set optim.lr={max(base_lr / 10, 1e-7):.0e}")
-
-
-def _report(console: Any, rec: EpochRecord, improved: bool) -> None:
-    if console is None:
-        return
-    mark = " *" if improved else ""
-    console.print(f"epoch {rec.epoch + 1:>3} [{rec.phase}] train_loss {rec.train_loss:.4f}  val_loss {rec.val_loss:.4f}"
-                  f"  val_acc {rec.val_accuracy:.4f}  lr {rec.lr:.2e}  {rec.seconds:.1f}s{mark}", markup=False,
-                  highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager

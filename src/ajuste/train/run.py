@@ -262,7 +262,7 @@ def _train_run(*, cfg: RunConfig, out: Path | None, data: Any, splits: dict | No
     # Other workers read the run directory (a checkpoint to resume) only after rank 0 has prepared it.
     distributed.barrier()
     if not w.main:
-        return _worker_run(cfg, run_dir, backbone, pipeline, strategy, fit, on_epoch_end)
+        return _worker_run(cfg, run_dir, backbone, pipeline, strategy, fit, on_epoch_end, phases)
 
     from ajuste.train.run_eval import evaluate_split, trainable_share
 
@@ -270,7 +270,7 @@ def _train_run(*, cfg: RunConfig, out: Path | None, data: Any, splits: dict | No
     with PeakMemory() as mem:
         try:
             result = fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
-                         progress=progress, console=console, on_epoch_end=on_epoch_end)
+                         progress=progress, console=console, on_epoch_end=on_epoch_end, phases=phases)
         except KeyboardInterrupt:
             write_status(run_dir, "interrupted")
             raise
@@ -333,12 +333,12 @@ def _train_run(*, cfg: RunConfig, out: Path | None, data: Any, splits: dict | No
 
 
 def _worker_run(cfg: RunConfig, run_dir: Path | None, backbone: Any, pipeline: Any, strategy: Any, fit: Callable,
-                on_epoch_end: Callable | None) -> RunResult:
+                on_epoch_end: Callable | None, phases: list) -> RunResult:
     """A data-parallel worker other than rank 0: the same fit (every collective matched), no files."""
     from ajuste.train import distributed
 
     result = fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
-                 progress=False, console=None, on_epoch_end=on_epoch_end)
+                 progress=False, console=None, on_epoch_end=on_epoch_end, phases=phases)
     w = distributed.world()
     summary = {"status": "interrupted" if result.interrupted else "complete", "worker": w.rank,
                "epochs": len(result.history), "val_loss": result.best_val_loss,
