@@ -42,6 +42,16 @@ def _image_batches(n: int, batch: int, size: int, classes: int = 10) -> list[tup
     return out
 
 
+def _timed(run, batches: list, warmup: int, device: torch.device) -> float:
+    """Examples per second of ``run`` over the batches after ``warmup`` (those run first, untimed)."""
+    run(batches[:warmup])
+    _sync(device)
+    t0 = time.perf_counter()
+    run(batches[warmup:])
+    _sync(device)
+    return sum(len(y) for _, y in batches[warmup:]) / (time.perf_counter() - t0)
+
+
 def ajuste_vision(arch: str, device: torch.device, batches: list, warmup: int) -> float:
     """Images per second of ajuste's training step (full fine-tuning)."""
     from ajuste.backbones.factory import create_backbone
@@ -71,12 +81,7 @@ def ajuste_vision(arch: str, device: torch.device, batches: list, warmup: int) -
         _train_epoch(bb, part, opt, cfg, forward=forward, amp=amp, step0=0, total_steps=len(batches), bar=None,
                      task=None, on_diverge=lambda lr: None, scaler=scaler)
 
-    run(batches[:warmup])
-    _sync(device)
-    t0 = time.perf_counter()
-    run(batches[warmup:])
-    _sync(device)
-    return sum(len(y) for _, y in batches[warmup:]) / (time.perf_counter() - t0)
+    return _timed(run, batches, warmup, device)
 
 
 def timm_vision(arch: str, device: torch.device, batches: list, warmup: int) -> float:
@@ -105,12 +110,7 @@ def timm_vision(arch: str, device: torch.device, batches: list, warmup: int) -> 
                 loss.backward()
                 opt.step()
 
-    run(batches[:warmup])
-    _sync(device)
-    t0 = time.perf_counter()
-    run(batches[warmup:])
-    _sync(device)
-    return sum(len(y) for _, y in batches[warmup:]) / (time.perf_counter() - t0)
+    return _timed(run, batches, warmup, device)
 
 
 WORDS = ["film", "great", "awful", "story", "acting", "plot", "slow", "brilliant", "dull", "music", "scene",
@@ -174,14 +174,12 @@ def ajuste_text(folder: Path, device: torch.device, texts: list[str], labels: li
         return bb(to_device_batch(inputs, device=device))
 
     batches = list(pipe.loader("train", shuffle=True, augment=False, seed=0))
-    _train_epoch(bb, batches[:warmup], opt, cfg, forward=forward, amp=amp, step0=0, total_steps=len(batches),
-                 bar=None, task=None, on_diverge=lambda lr: None, scaler=scaler)
-    _sync(device)
-    t0 = time.perf_counter()
-    _train_epoch(bb, batches[warmup:], opt, cfg, forward=forward, amp=amp, step0=0, total_steps=len(batches),
-                 bar=None, task=None, on_diverge=lambda lr: None, scaler=scaler)
-    _sync(device)
-    return sum(len(y) for _, y in batches[warmup:]) / (time.perf_counter() - t0)
+
+    def run(part: list) -> None:
+        _train_epoch(bb, part, opt, cfg, forward=forward, amp=amp, step0=0, total_steps=len(batches), bar=None,
+                     task=None, on_diverge=lambda lr: None, scaler=scaler)
+
+    return _timed(run, batches, warmup, device)
 
 
 def hf_trainer_text(folder: Path, device: torch.device, texts: list[str], labels: list[int], batch: int,
