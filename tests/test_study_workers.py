@@ -61,10 +61,12 @@ def _texts(tmp_path: Path) -> Path:
     return p
 
 
-def test_auto_workers_one_per_core_but_one_on_a_gpu_or_for_a_single_cell():
-    assert auto_workers(10, cuda=True) == 1
-    assert auto_workers(1, cuda=False) == 1
-    assert 1 <= auto_workers(10, cuda=False) <= max(1, len(os.sched_getaffinity(0)))
+def test_auto_workers_one_per_core_on_a_cpu_one_per_gpu_on_a_gpu_machine():
+    assert auto_workers(10, gpus=1) == 1
+    assert auto_workers(10, gpus=4) == 4  # one cell per GPU
+    assert auto_workers(3, gpus=4) == 3
+    assert auto_workers(1, gpus=0) == 1
+    assert 1 <= auto_workers(10, gpus=0) <= max(1, len(os.sched_getaffinity(0)))
 
 
 # ----------------------------------------------------------------------------------------- real processes
@@ -249,3 +251,12 @@ def test_a_cell_trains_on_the_same_thread_count_however_the_study_runs_and_resum
     assert redone["threads"] == want  # alone in this process, yet on the study's count
     assert redone["test_accuracy"] == last["test_accuracy"]
     assert [h["train_loss"] for h in redone["history"]] == [h["train_loss"] for h in last["history"]]
+
+
+def test_each_worker_sees_one_gpu_of_those_this_process_sees():
+    from ajuste.study.workers import worker_gpus
+
+    assert worker_gpus(2, 0, None) == [None, None]  # a CPU machine: nothing set
+    assert worker_gpus(4, 4, None) == ["0", "1", "2", "3"]
+    assert worker_gpus(3, 2, "5,7") == ["5", "7", "5"]  # the user's CUDA_VISIBLE_DEVICES is respected
+    assert worker_gpus(2, 2, "GPU-aa11, GPU-bb22") == ["GPU-aa11", "GPU-bb22"]  # UUIDs too

@@ -42,7 +42,7 @@ def compare(
     label_col: Optional[str] = typer.Option(None, "--label-col"),
     no_similarity: bool = typer.Option(False, "--no-similarity", help="Skip the domain-similarity measurement"),
     workers: int = typer.Option(0, "--workers", "-j", help="Cells trained at once, each in its own process with "
-                                "cores/workers threads (0: one per core on a CPU, 1 on a GPU machine)"),
+                                "cores/workers threads (0: one per core on a CPU, one per GPU on a GPU machine, each worker on its own GPU)"),
     share_idle_cores: bool = typer.Option(False, "--share-idle-cores",
                                           help="Give idle workers' cores to the cells still running: the last "
                                                "cells finish sooner, but their numbers then depend on timing"),

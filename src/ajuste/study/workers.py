@@ -52,16 +52,23 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def auto_workers(pending: int, *, cuda: bool | None = None) -> int:
-    """One cell per core on a CPU, capped by the cells left and by memory; one on a GPU machine (cells
-    would contend for one device)."""
+def gpu_count() -> int:
+    """CUDA GPUs this process may use (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def auto_workers(pending: int, *, gpus: int | None = None) -> int:
+    """On a GPU machine one cell per GPU (each worker sees one: `worker_gpus`); on a CPU one cell per core,
+    capped by the cells left and by memory."""
     from ajuste.data.pipeline import available_memory
 
-    if cuda is None:
-        import torch
-
-        cuda = torch.cuda.is_available()
-    if cuda or pending < 2:
+    if gpus is None:
+        gpus = gpu_count()
+    if gpus:
+        return max(1, min(gpus, pending))
+    if pending < 2:
         return 1
     n = min(usable_cores(), pending)
     mem = available_memory()
@@ -113,8 +120,21 @@ class InlineCells:
         pass
 
 
+def worker_gpus(size: int, gpus: int, visible: str | None) -> list[str | None]:
+    """The ``CUDA_VISIBLE_DEVICES`` of each of ``size`` workers: one GPU each, round robin, taken from the GPUs
+    this process sees (``visible``: its own ``CUDA_VISIBLE_DEVICES``, or None for all ``gpus``). A worker then
+    sees its GPU as cuda:0, so its cells' ``train.device: auto`` lands there and their configs (and run
+    directories) do not name a GPU: a resume on another GPU is the same run. No GPU: None for each."""
+    if not gpus:
+        return [None] * size
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(gpus)]
+    ids = ids[:gpus] or [str(i) for i in range(gpus)]
+    return [ids[i % len(ids)] for i in range(size)]
+
+
 class WorkerCells:
-    """``size`` spawned worker processes; ``wait`` returns the cells that finished (at least one)."""
+    """``size`` spawned worker processes; ``wait`` returns the cells that finished (at least one). On a GPU
+    machine each worker is given one GPU (`worker_gpus`)."""
 
     def __init__(self, size: int, *, init: dict[str, Any], threads: int, share_idle: bool = False) -> None:
         import multiprocessing as mp
@@ -133,10 +153,12 @@ class WorkerCells:
         # set by the study on Ctrl-C, read by the worker after each epoch: a flag cannot be lost the way a
         # signal can (one that arrives while the worker still starts up, before its cell begins)
         self._stop = ctx.Array("b", size, lock=False)
+        self.gpus = worker_gpus(size, gpu_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
         for i in range(size):
             parent, child = ctx.Pipe()
             p = ctx.Process(target=worker_main, daemon=True,
-                            args=(child, init, (self._threads, self._ready, self._stop), i, os.getpid()))
+                            args=(child, {**init, "gpu": self.gpus[i]}, (self._threads, self._ready, self._stop), i,
+                                  os.getpid()))
             p.start()
             child.close()
             self._procs.append(p)
@@ -146,7 +168,8 @@ class WorkerCells:
         return self.size - len(self._busy)
 
     def running(self) -> list[str]:
-        return [j.key for j in self._busy.values()]
+        """The cells in progress, each with its GPU when there are GPUs (what the progress bar shows)."""
+        return [j.key if self.gpus[i] is None else f"{j.key} (GPU {self.gpus[i]})" for i, j in self._busy.items()]
 
     def submit(self, job: Job) -> None:
         i = next(i for i in range(self.size) if i not in self._busy)
@@ -260,6 +283,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def worker_main(conn: Any, init: dict[str, Any], shares: tuple[Any, Any, Any], index: int,
                 parent_pid: int) -> None:
+    if init.get("gpu") is not None:  # before CUDA starts in this process: it reads this once
+        os.environ["CUDA_VISIBLE_DEVICES"] = init["gpu"]
     _die_with_parent(parent_pid)
     os.setpgrp()  # a terminal's Ctrl-C goes to the study process, which tells each busy worker to stop
     threads, ready, stop = shares
