@@ -202,3 +202,46 @@ def test_a_resumed_budget_counts_the_studys_wall_time_from_spent_json(tmp_path):
     res = run_study(spec=_spec(strategies=["linear-probe"], fractions=[0.1, 0.3], budget_seconds=3600),
                     study_dir=tmp_path, progress=False, similarity=False, workers=1)
     assert [s["cell"] for s in res.skipped] == ["linear-probe-f0.3-s0"]
+
+
+def test_a_cell_out_of_memory_is_retried_at_half_the_batch_with_accumulation_and_the_report_says_so(
+        tmp_path, monkeypatch):
+    """Issue 28: a cell that runs out of (GPU) memory, here after its first epoch was checkpointed, trains
+    again at half the batch size with twice the accumulation (the same effective batch); the record and the
+    report say so. Another error is not retried."""
+    import ajuste.train.run as run_mod
+    from ajuste.report.html import build_report
+
+    real = run_mod.train_run
+    calls: list[tuple[int, int]] = []
+
+    def tight_memory(*, cfg, **kw):
+        calls.append((cfg.data.batch_size, cfg.train.grad_accum))
+        if cfg.data.batch_size > 32:
+            def oom(rec, result):
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.10 GiB total)")
+            kw["on_epoch_end"] = oom
+        return real(cfg=cfg, **kw)
+
+    monkeypatch.setattr(run_mod, "train_run", tight_memory)
+    spec = _spec(strategies=["full"], fractions=[0.3], sets=[*TINY, "train.epochs=2"])
+    res = run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False, workers=1)
+    assert calls == [(64, 1), (32, 2)]
+    rec = res.records[0]
+    assert rec["oom_retry"] == {"asked_batch_size": 64, "batch_size": 32, "grad_accum": 2}
+    import yaml
+
+    ran = yaml.safe_load((tmp_path / rec["run_dir"] / "config.yaml").read_text())
+    assert ran["data"]["batch_size"] == 32 and ran["train"]["grad_accum"] == 2
+    assert rec["epochs"] == 2  # the retry trained from scratch, not from the larger batch's checkpoint
+    build_report(tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert "Retried at a smaller batch" in html and ">64<" in html and ">32<" in html
+
+    def other_error(*, cfg, **kw):
+        raise RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED")
+
+    monkeypatch.setattr(run_mod, "train_run", other_error)
+    with pytest.raises(RuntimeError, match="CUBLAS"):
+        run_study(spec=_spec(strategies=["full"], fractions=[0.1]), study_dir=tmp_path / "b", progress=False,
+                  similarity=False, workers=1)

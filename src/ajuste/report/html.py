@@ -200,6 +200,14 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
         parts.append("<h2>Skipped by the time budget</h2>")
         parts.append(_table(["cell", "estimated s", "budget left s"],
                             [[s["cell"], s["estimate_seconds"], s["left_seconds"]] for s in skipped]))
+    retried = [r for r in records if r.get("oom_retry")]
+    if retried:
+        parts.append("<h2>Retried at a smaller batch</h2><p class='muted'>these cells ran out of memory at the "
+                     "study's batch size and were trained again at a smaller one with gradient accumulation (the "
+                     "same effective batch)</p>")
+        parts.append(_table(["cell", "batch asked", "batch run", "accumulation"],
+                            [[r["cell"], r["oom_retry"]["asked_batch_size"], r["oom_retry"]["batch_size"],
+                              r["oom_retry"]["grad_accum"]] for r in retried]))
     parts.append("<h2>All runs</h2>")
     parts.append(_table(["cell", "n train", "test acc", "val acc", "epochs", "best epoch", "train s", "run"],
                         [[r["cell"], r["n_train"], f"{r['test_accuracy']:.4f}", f"{r['val_accuracy']:.4f}", r["epochs"],

@@ -292,7 +292,8 @@ def _train_cell(job: Job, data: Any, splits: dict, study_dir: Path, stop: Callab
 
     summary = read_summary(job.run_dir)  # finished but not yet recorded (killed in between)
     if summary is not None and summary.get("status") == "complete":
-        return summary
+        retried = _read_retry(job)
+        return {**summary, "oom_retry": retried} if retried else summary
     if stop is not None and stop():  # Ctrl-C before the cell began
         return {"status": "interrupted"}
 
@@ -302,9 +303,54 @@ def _train_cell(job: Job, data: Any, splits: dict, study_dir: Path, stop: Callab
 
     # Cells share frozen-layer activations (seeds, and strategies cut at the same layer) in memory and,
     # across processes and restarts, through study_dir/cache.
+    cfg, retry = job.cfg, _read_retry(job)
+    if retry is not None:  # an earlier run of the study retried this cell at a smaller batch: resume that run
+        cfg = job.cfg.override({"data.batch_size": retry["batch_size"], "train.grad_accum": retry["grad_accum"]})
+    overwrite = False
     with shared_dir(Path(study_dir) / "cache"):
-        return train_run(cfg=job.cfg, out=job.run_dir, data=data, splits=splits, progress=False,
-                         on_epoch_end=on_epoch_end if stop is not None else None).summary
+        while True:
+            try:
+                summary = train_run(cfg=cfg, out=job.run_dir, data=data, splits=splits, progress=False,
+                                    on_epoch_end=on_epoch_end if stop is not None else None,
+                                    overwrite=overwrite).summary
+                break
+            except Exception as exc:  # noqa: BLE001 - only running out of memory is retried; the rest re-raised
+                smaller = _halved(cfg, exc)
+                if smaller is None:
+                    raise
+                cfg, overwrite = smaller, True  # the larger batch's partial run is of another config
+                retry = {"asked_batch_size": job.cfg.data.batch_size, "batch_size": cfg.data.batch_size,
+                         "grad_accum": cfg.train.grad_accum}
+                atomic_write_json(_retry_path(job), retry)
+    if retry is not None:
+        summary = {**summary, "oom_retry": retry}
+    return summary
+
+
+def _halved(cfg: RunConfig, exc: BaseException) -> RunConfig | None:
+    """After running out of memory: the same effective batch as half the batch size and twice the gradient
+    accumulation, or None (another error, or a batch of one already)."""
+    from ajuste.train.run import memory_error_message
+
+    b = cfg.data.batch_size
+    if b < 2 or memory_error_message(exc, batch_size=b) is None:
+        return None
+    return cfg.override({"data.batch_size": b // 2, "train.grad_accum": cfg.train.grad_accum * 2})
+
+
+def _retry_path(job: Job) -> Path:
+    """Beside the cell's run directory (an --overwrite of the run clears what is inside it)."""
+    return Path(job.run_dir).parent / f".{Path(job.run_dir).name}.oom-retry.json"
+
+
+def _read_retry(job: Job) -> dict[str, int] | None:
+    path = _retry_path(job)
+    if not path.is_file():
+        return None
+    from ajuste.io import read_json
+
+    rec = read_json(path, "delete it: the cell then starts again at the study's batch size")
+    return rec if isinstance(rec, dict) and {"batch_size", "grad_accum"} <= set(rec) else None
 
 
 def _cell_runner(init: dict[str, Any]) -> Callable[[Job, Callable[[], bool]], dict]:
@@ -380,6 +426,8 @@ def _record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: int) -
         "best_epoch": s["best_epoch"], "planned_epochs": planned_epochs, "threads": s.get("threads"),
         "run_dir": str(Path("runs") / cell.key),
         "confusion": s["test"]["confusion"],
+        # out of GPU memory at the study's batch size: trained at a smaller one with gradient accumulation
+        "oom_retry": s.get("oom_retry"),
         "history": [{k: h[k] for k in ("epoch", "phase", "train_loss", "val_loss", "val_accuracy", "seconds")}
                     for h in hist],
     }
