@@ -153,3 +153,26 @@ def test_the_feature_cache_is_built_on_the_gpu_and_kept_on_the_cpu(digits_small)
     stored = [e.data for e in cache.REGISTRY.entries.values() if isinstance(e.data, torch.Tensor)]
     assert stored, "the head-only phase trained on cached features"
     assert all(t.device.type == "cpu" for t in stored)
+
+
+@pytest.mark.gpu
+@cuda
+def test_kill_on_the_gpu_then_resume(tmp_path):
+    """SIGKILL in the end-to-end phase of a CUDA run, then the same command: every epoch once, the run
+    completes. Losses agree to 1e-3, not bit for bit: cuDNN's backward kernels are not deterministic."""
+    import json
+
+    from test_kill import TINY, _finish, _kill_when, _lines, _start
+
+    args = [*TINY, "--strategy", "two-stage", "--epochs", "3", "--set", "strategy.head_epochs=3", "--fraction",
+            "0.3", "--set", "train.device=cuda"]
+    _finish(["train", *args, "--out", str(tmp_path / "ref")])
+    out = tmp_path / "killed"
+    proc = _start(["train", *args, "--out", str(out)])
+    _kill_when(proc, lambda: any(r["phase"] == "all" for r in _lines(out / "metrics.jsonl")))
+    _finish(["train", *args, "--out", str(out)])
+    ref, got = _lines(tmp_path / "ref" / "metrics.jsonl"), _lines(out / "metrics.jsonl")
+    assert [r["epoch"] for r in got] == list(range(len(ref)))
+    for a, b in zip(ref, got):
+        assert a["phase"] == b["phase"] and abs(a["val_loss"] - b["val_loss"]) < 1e-3
+    assert json.loads((out / "summary.json").read_text())["status"] == "complete"
