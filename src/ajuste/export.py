@@ -197,13 +197,11 @@ def _made_by_ajuste(path: Path) -> str:
         return "a study of `ajuste compare`"
     if kind == "search":
         return "a search of `ajuste tune`"
-    if (path / "status.json").exists() or (path / "checkpoint").exists() or kind == "run":
-        summary = path / "summary.json"
-        if not (path / "status.json").exists() and not (path / "checkpoint").exists() and summary.is_file():
-            rec = read_json(summary, "choose another --out")
-            if isinstance(rec, dict) and "export" in rec:
-                return "an export"
+    if (path / "status.json").exists() or (path / "checkpoint").exists():
         return "a training run"
+    if kind == "run":  # config.yaml and summary.json, no status: an ajuste-format export if it says so
+        rec = read_json(path / "summary.json", "choose another --out")
+        return "an export" if isinstance(rec, dict) and "export" in rec else "a training run"
     return "files that ajuste did not write"
 
 

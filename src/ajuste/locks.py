@@ -72,7 +72,6 @@ def hold(path: str | Path, *, what: str = "directory", wait: float = 0.0, create
             _HELD[key] -= 1
         return
     made = [p for p in (path, *path.parents) if not p.exists()]  # what mkdir creates, innermost first
-    created = bool(made)
     path.mkdir(parents=True, exist_ok=True)
     new_lock = not (path / LOCK_NAME).exists()
     lock = FileLock(path / LOCK_NAME, timeout=wait, thread_local=False, on_acquired=_write_pid)
@@ -100,7 +99,7 @@ def hold(path: str | Path, *, what: str = "directory", wait: float = 0.0, create
         if untouched:  # unlinked while held: a waiter that opened the old file notices and retries (filelock)
             (path / LOCK_NAME).unlink(missing_ok=True)
         lock.release()
-        if untouched and created and remove_if_unused:
+        if untouched and made and remove_if_unused:
             with contextlib.suppress(OSError):  # stops at the first folder something else was put into
                 for folder in made:
                     folder.rmdir()

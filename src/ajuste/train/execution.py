@@ -142,11 +142,7 @@ def grad_scaler(dtype: torch.dtype | None, device: torch.device) -> Any:
 
 
 def to_device(x: Any, device: torch.device | None) -> Any:
-    """A tensor, or a dict of tensors (a text batch), on ``device``; non-blocking from pinned memory."""
-    if device is None or device.type == "cpu":
-        return x
-    if isinstance(x, dict):
-        return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in x.items()}
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    return x
+    """A tensor, or a dict of tensors (a text batch), on ``device`` (`to_device_batch` without the layout)."""
+    from ajuste.data.pipeline import to_device_batch
+
+    return to_device_batch(x, device=device)

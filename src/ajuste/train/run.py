@@ -272,8 +272,7 @@ def _train_run(*, cfg: RunConfig, out: Path | None, data: Any, splits: dict | No
             result = fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
                          progress=progress, console=console, on_epoch_end=on_epoch_end, phases=phases)
         except KeyboardInterrupt:
-            write_status(run_dir, "interrupted")
-            raise
+            raise  # train_run records the interruption (wherever in the run it lands)
         except BaseException as exc:
             oom = memory_error_message(exc, batch_size=cfg.data.batch_size)
             write_status(run_dir, "failed", error=(oom or str(exc))[:500])

@@ -66,7 +66,9 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise AjusteError(f"{run_dir} is a search of `ajuste tune`, not a run; train its best trial with "
                           f"`ajuste train --from-study {run_dir}`")
     if missing:
-        status = _status(run_dir)
+        from ajuste.train.run import read_status
+
+        status = read_status(run_dir)
         hint = f" (status: {status}; re-run the same `ajuste train` command to finish it)" if status else ""
         if status == "failed":  # re-running the same command would fail the same way: say why it failed
             hint = f" (training failed: {_status_error(run_dir)})"
@@ -193,14 +195,6 @@ def _status_error(run_dir: Path) -> str:
         return str(json.loads((run_dir / "status.json").read_text()).get("error", "")) or "no reason recorded"
     except (OSError, ValueError):
         return "no reason recorded"
-
-
-def _status(run_dir: Path) -> str:
-    p = run_dir / "status.json"
-    try:
-        return json.loads(p.read_text()).get("status", "") if p.is_file() else ""
-    except json.JSONDecodeError:
-        return ""
 
 
 def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_col: str | None = None,
