@@ -79,6 +79,31 @@ def test_two_workers_with_learning_batchnorm_match_within_tolerance(tmp_path):
     assert abs(s2["test_accuracy"] - s1["test_accuracy"]) <= 0.06
 
 
+def test_two_workers_with_accumulation_and_uneven_shares_reproduce_one_process(tmp_path):
+    # 15-example batches: the workers' shares are 8 and 7, so DDP's plain average of the two shares' gradients
+    # would weigh an example of the smaller share more; two batches per step cover DDP's no_sync window.
+    args = TINY + ["--strategy", "two-stage", "--epochs", "2", "--set", "strategy.head_epochs=2", "--set",
+                   "data.batch_size=15", "--set", "train.grad_accum=2", "--set", "train.min_steps=0"]
+    _train(tmp_path / "one", args, workers=1)
+    _train(tmp_path / "two", args, workers=2)
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5), (a, b)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-5), (a, b)
+
+
+def test_sync_batchnorm_on_cpu_workers_is_one_clear_line(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ajuste",
+           "train", *TINY, "--strategy", "full", "--epochs", "1", "--set", "train.sync_bn=true",
+           "--out", str(tmp_path / "r")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode != 0
+    workers = proc.stderr.split("torch/distributed/elastic")[0]  # before torchrun's own report of the failure
+    assert "Traceback" not in workers
+    assert "error: train.sync_bn=true needs the workers on GPUs" in workers
+
+
 def test_a_lone_world_size_without_a_launcher_is_one_clear_line(tmp_path):
     env = dict(_env(), WORLD_SIZE="2", RANK="0")
     env.pop("MASTER_ADDR", None)

@@ -183,6 +183,9 @@ class TrainConfig:
                            "Weights and the optimizer stay fp32 (mixed precision)", default="auto")
     grad_accum: int = _help("Gradient accumulation: each optimizer step sums the gradients of this many batches of "
                             "data.batch_size (an effective batch N times larger, in the memory of one)", default=1)
+    sync_bn: bool = _help("Data-parallel training on GPUs: BatchNorm layers that learn normalise over the whole "
+                          "global batch (SyncBatchNorm); false: over each worker's share, with the running statistics "
+                          "averaged after each epoch (CUDA only)", default=False)
     bf16: str = _help("bf16 autocast: auto (where the CPU has native bf16 — AMX or AVX512-BF16 —: transformers and "
                       "frozen passes) | on | off", default="auto")
     channels_last: str = _help("channels_last memory format for convnets: auto | on | off", default="auto")

@@ -179,7 +179,7 @@ def train(
     from ajuste.train.distributed import cleanup, setup_from_env
     from ajuste.train.run import train_run
 
-    w = setup_from_env()  # under torchrun: one worker of a data-parallel run; only rank 0 prints
+    w = setup_from_env(cfg.train.device)  # under torchrun: one worker of a data-parallel run; only rank 0 prints
     con = _console(quiet=not w.main)
     run_dir = out or _default_out(cfg)
     from ajuste.strategies.base import get_strategy

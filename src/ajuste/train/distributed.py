@@ -1,27 +1,35 @@
-"""Data-parallel training under ``torchrun`` (or ``accelerate launch``): one process per worker.
+"""Data-parallel training under ``torchrun`` or ``accelerate launch``: one process per worker, through
+Hugging Face accelerate and PyTorch's ``DistributedDataParallel``.
 
-``ajuste train`` notices the launcher's environment (``WORLD_SIZE`` > 1, ``RANK``, ``MASTER_ADDR``...) and
-joins the process group: gloo on CPU, NCCL when every worker has a GPU. Each optimizer step takes the
-*same global batch* as a single process would (``data.batch_size`` examples), split between the workers,
-and the gradients are summed across workers before the step, so N workers compute what one process computes
-— only BatchNorm layers that still learn see their own share of the batch (as in PyTorch DDP without
-SyncBatchNorm). Rank 0 alone writes the run directory; every rank reads a checkpoint to resume.
+``ajuste train`` notices the launcher's environment (``WORLD_SIZE`` > 1, ``RANK``, ``MASTER_ADDR``...) and joins
+the process group through accelerate's ``PartialState``: gloo when the workers train on the CPU, NCCL when each
+has a GPU (the backend follows ``train.device``, not merely whether CUDA exists). Each phase wraps what it trains
+in ``DistributedDataParallel`` through ``Accelerator.prepare_model``; a phase that changes what trains (a
+strategy's next stage, gradual unfreezing, the head on cached features, PEFT adapters) wraps the model again,
+since DDP registers its gradient hooks for the parameters that require a gradient when it is built. The
+head-on-cached-features phase wraps the same model: its forward pass starts from the cached activations.
 
-Why not ``torch.nn.parallel.DistributedDataParallel``: a strategy changes which parameters train between
-phases, head-only phases train the head on cached features (a forward path DDP does not wrap), and PEFT
-selects parameters by name. One coalesced all-reduce of the trainable gradients after ``backward`` is
-what DDP does, without overlapping communication with the backward pass (little to gain on CPU gloo).
+Each optimizer step takes the *same global batch* as a single process would (``data.batch_size`` examples),
+split between the workers. Every worker backpropagates its share's *summed* loss, DDP averages the gradients,
+and the step multiplies them by workers / global examples: the mean over the global batch, as one process
+computes it (also when the shares differ in size, and across ``train.grad_accum`` windows, where DDP's
+``no_sync`` skips the reduction until the window's last batch). BatchNorm layers that still learn see their own
+share of the batch, and their running statistics are averaged after each epoch; ``train.sync_bn`` uses
+``SyncBatchNorm`` on GPUs instead. Rank 0 alone writes the run directory; every rank reads a checkpoint to resume.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from ajuste.errors import AjusteError
+from ajuste.errors import AjusteError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -47,8 +55,10 @@ def world() -> World:
     return World()
 
 
-def setup_from_env() -> World:
-    """Join the process group when a launcher started several workers; a no-op otherwise."""
+def setup_from_env(device: str = "auto") -> World:
+    """Join the process group when a launcher started several workers; a no-op otherwise.
+
+    ``device``: ``train.device``. Workers that train on the CPU join over gloo, workers on GPUs over NCCL."""
     import torch.distributed as dist
 
     size = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -60,8 +70,13 @@ def setup_from_env() -> World:
     if missing:
         raise AjusteError(f"WORLD_SIZE={size} but {', '.join(missing)} is not set: start the workers with "
                           f"`torchrun --nproc_per_node={size} -m ajuste train ...`")
-    backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "gloo"
-    dist.init_process_group(backend=backend)
+    from accelerate import PartialState
+
+    from ajuste.train.execution import resolve_device
+
+    with warnings.catch_warnings():  # accelerate's advice on OMP_NUM_THREADS: ajuste shares the cores out itself
+        warnings.simplefilter("ignore")
+        PartialState(cpu=resolve_device(device).type == "cpu")
     return world()
 
 
@@ -124,38 +139,82 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def sync_gradients(params: list[torch.nn.Parameter], n_local: int, loss_sum: float) -> tuple[int, float]:
-    """Turn each worker's *summed* per-example gradients into the global batch mean, on every worker.
+class _Forward(torch.nn.Module):
+    """A phase's forward pass (the whole network, or the trainable rest on cached activations) as the module that
+    DDP wraps: DDP's hooks cover ``owner``'s trainable parameters, and its forward prepares their reduction."""
 
-    One flat buffer [grads of all params..., n_local, loss_sum] is all-reduced (SUM), then the gradients
-    are divided by the global example count. A parameter without a gradient on this worker contributes
-    zeros (its slot must exist on every worker for the buffers to line up).
-    """
-    import torch.distributed as dist
+    def __init__(self, owner: torch.nn.Module, forward: Callable[[Any], torch.Tensor]) -> None:
+        super().__init__()
+        self.owner = owner
+        self._forward = forward
 
-    flat = [p.grad.reshape(-1).float() if p.grad is not None else torch.zeros(p.numel()) for p in params]
-    buf = torch.cat(flat + [torch.tensor([float(n_local), float(loss_sum)])])
-    dist.all_reduce(buf)
-    n_global, loss_global = int(round(buf[-2].item())), buf[-1].item()
-    offset = 0
-    for p in params:
-        k = p.numel()
-        g = buf[offset:offset + k].view_as(p) / max(1, n_global)
-        if p.grad is None:
-            p.grad = g.to(p.dtype)
-        else:
-            p.grad.copy_(g)
-        offset += k
-    return n_global, loss_global
+    def forward(self, inputs: Any) -> torch.Tensor:
+        return self._forward(inputs)
+
+
+@functools.lru_cache(maxsize=None)
+def _accelerator(cpu: bool) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Buffers are not broadcast before each forward pass: BatchNorm statistics are averaged after each epoch
+    # (sync_module). Unused parameters are looked for: a phase may train a parameter that its forward pass skips
+    # (a pooler, a second head), and DDP would otherwise wait for its gradient forever.
+    handler = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
+    # mixed_precision="no": precision is chosen per pass by train.precision (ajuste.train.execution)
+    return Accelerator(cpu=cpu, device_placement=False, mixed_precision="no", kwargs_handlers=[handler])
+
+
+def data_parallel(owner: torch.nn.Module, forward: Callable[[Any], torch.Tensor]) -> Any:
+    """``forward`` wrapped in DistributedDataParallel for this phase (built again for every phase)."""
+    acc = _accelerator(next(owner.parameters()).device.type == "cpu")
+    wrapped = acc.prepare_model(_Forward(owner, forward), device_placement=False)
+    models = getattr(acc, "_models", None)
+    if isinstance(models, list):  # the Accelerator keeps what it prepared; a run re-wraps each phase
+        models.clear()
+    return wrapped
+
+
+def no_sync(forward: Any, skip: bool) -> Any:
+    """DDP's ``no_sync`` while ``skip`` (a batch inside an accumulation window), else nothing."""
+    ddp = getattr(forward, "_orig_mod", forward)  # under train.compile, the DDP module inside
+    if skip and isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+        return ddp.no_sync()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def sync_batchnorm(module: torch.nn.Module, *, enabled: bool) -> Iterator[None]:
+    """``train.sync_bn``: BatchNorm layers swapped for SyncBatchNorm ones (the same parameter and statistic
+    tensors) for the block, then put back, so the model outside the fit is the one it was."""
+    if not enabled or not world().active:
+        yield
+        return
+    if next(module.parameters()).device.type != "cuda":
+        raise ConfigError("train.sync_bn=true needs the workers on GPUs: PyTorch's SyncBatchNorm runs on CUDA only "
+                          "(CPU workers average BatchNorm statistics after each epoch); remove --set train.sync_bn")
+    swapped = []
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.modules.batchnorm._BatchNorm) and \
+                    not isinstance(child, torch.nn.SyncBatchNorm):
+                sync = torch.nn.SyncBatchNorm.convert_sync_batchnorm(child)
+                setattr(parent, name, sync)
+                swapped.append((parent, name, child))
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            child.train(getattr(parent, name).training)
+            setattr(parent, name, child)
 
 
 @torch.no_grad()
 def sync_module(module: torch.nn.Module) -> None:
-    """Parameters from rank 0 (guards against any drift); learned buffers (BN statistics) averaged."""
+    """Learned buffers (BatchNorm statistics of each worker's share) averaged over the workers; the parameters
+    need nothing: DDP gives every worker the same gradients."""
     import torch.distributed as dist
 
-    for p in module.parameters():
-        dist.broadcast(p.data, src=0)
     size = dist.get_world_size()
     for b in module.buffers():
         if b.is_floating_point():

@@ -23,11 +23,11 @@ import torch
 from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline
-from ajuste.errors import ConfigError, TrainingDiverged
+from ajuste.errors import TrainingDiverged
 from ajuste.strategies.base import Phase, Strategy
 from ajuste.train.callbacks import CancelFit, Callback, Fit, standard_callbacks
 from ajuste.train.checkpoint import Checkpointer, EpochRecord, FitResult, _State, _state_dict
-from ajuste.train.distributed import any_worker, sync_module, world
+from ajuste.train.distributed import any_worker, data_parallel, sync_batchnorm, sync_module, world
 from ajuste.train.execution import grad_scaler, model_device, resolve_device
 from ajuste.train.feeds import _image_probe, _phase_feeds
 from ajuste.train.frozen_bn import folded_frozen_batchnorm
@@ -81,9 +81,6 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
         from ajuste.train.distributed import threads_per_worker
 
         torch.set_num_threads(cfg.train.threads or threads_per_worker(w))
-        if cfg.train.grad_accum > 1:
-            raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} with {w.size} data-parallel workers is not "
-                              f"supported yet; the workers already split one batch: raise data.batch_size instead")
     else:
         torch.set_num_threads(cfg.train.threads or max(1, torch.get_num_threads()))
     device = resolve_device(cfg.train.device)
@@ -92,7 +89,8 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
     small_maps = cfg.train.small_depthwise and backbone.is_convnet and device.type == "cpu"
     fold = cfg.train.fold_bn and backbone.is_convnet and pipeline.pre.modality == "image"
     with flushed_denormals(), small_map_depthwise(backbone, enabled=small_maps), \
-            folded_frozen_batchnorm(backbone.net, _image_probe(pipeline, device) if fold else None, enabled=fold):
+            folded_frozen_batchnorm(backbone.net, _image_probe(pipeline, device) if fold else None, enabled=fold), \
+            sync_batchnorm(backbone, enabled=cfg.train.sync_bn):
         return _fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
                     progress=progress, console=console, on_epoch_end=on_epoch_end, w=w, phases=phases,
                     extra_callbacks=callbacks or [])
@@ -193,6 +191,8 @@ def _run_phase(f: Fit, pi: int, callbacks: list[Callback], *, steps_per_epoch: i
         f.optimizer.load_state_dict(f.extra.pop("resume_optimizer"))
     f.train_feed, f.val_feed = _phase_feeds(backbone, f.pipeline, cfg, phase, channels_last=f.channels_last, w=f.w,
                                             console=f.console)
+    if f.w.active:  # what trains in this phase, in DDP (built again in each phase: what trains changes)
+        f.train_feed = dataclasses.replace(f.train_feed, forward=data_parallel(backbone, f.train_feed.forward))
     scaler = grad_scaler(f.train_feed.amp, device)  # fp16 on a GPU; kept across the phase's epochs
     f.epoch_steps = steps_per_epoch * phase.repeat
     f.total_steps = f.epoch_steps * phase.epochs

@@ -195,7 +195,7 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
 
     kwargs = dict(cfg=cfg, out=out, data=data, splits=splits, progress=progress, console=console,
                   overwrite=overwrite, on_epoch_end=on_epoch_end, evaluate_test=evaluate_test, warn=warn)
-    w = distributed.setup_from_env()  # under torchrun: join the workers (a no-op for one process)
+    w = distributed.setup_from_env(cfg.train.device)  # under torchrun: join the workers (no-op for one process)
     if out is None or not w.main:  # workers other than rank 0 write nothing
         return _train_run(**kwargs)
     with locks.hold(out, what="run", remove_if_unused=True):

@@ -1,4 +1,4 @@
-"""One epoch of training (mixed precision, gradient accumulation, data-parallel gradient sums), validation,
+"""One epoch of training (mixed precision, gradient accumulation, data-parallel steps through DDP), validation,
 and the weight average that ends a weight-averaged phase."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline, to_device_batch
 from ajuste.train.checkpoint import Checkpointer, FitResult, _improved, _State, _state_dict
-from ajuste.train.distributed import World, sync_gradients, sync_module
+from ajuste.train.distributed import World, all_reduce_sum, no_sync, sync_module
 from ajuste.train.execution import autocast, model_device, to_device
 from ajuste.train.feeds import _Feed
 from ajuste.train.inference import amp_for, predict_logits
@@ -44,19 +44,26 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * mult
             lr_now = max(g["lr"] for g in optimizer.param_groups)
+        step_ends = accum == 1 or (i + 1) % accum == 0 or last
         y = to_device(y, device)
-        with autocast(amp, device):
-            logits = forward(inputs)
         if w.active:
-            # Summed over this worker's share; sync_gradients divides by the global batch size, so
-            # every worker steps with the gradient one process would compute on the whole batch.
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing, reduction="sum")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            n, loss_sum = sync_gradients(params, len(y), loss.item())
+            # This worker's share, summed: DDP averages the workers' gradients (reducing only at the window's
+            # last batch) and the step below turns that into the mean over the global batch's examples.
+            with no_sync(forward, skip=not step_ends):
+                with autocast(amp, device):
+                    logits = forward(inputs)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing,
+                                       reduction="sum")
+                if accum == 1:
+                    optimizer.zero_grad(set_to_none=True)
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            n_float, loss_sum = all_reduce_sum([float(len(y)), loss.item()])  # the global batch's count and loss
+            n = int(round(n_float))
             if not math.isfinite(loss_sum):
                 on_diverge(lr_now)
         else:
+            with autocast(amp, device):
+                logits = forward(inputs)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
             if not torch.isfinite(loss):
                 on_diverge(lr_now)
@@ -66,13 +73,14 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
             (scaler.scale(backward) if scaler is not None else backward).backward()
             n, loss_sum = len(y), loss.item() * len(y)
         in_window += n
-        if accum == 1 or (i + 1) % accum == 0 or last:
+        if step_ends:
             if scaler is not None:
                 scaler.unscale_(optimizer)  # clip (and divide) the true gradients, not the scaled ones
-            if accum > 1 and not w.active:
+            if accum > 1 or w.active:
+                # summed over the window (and averaged over the workers by DDP): the mean over its examples
                 for p in params:
                     if p.grad is not None:
-                        p.grad.div_(in_window)
+                        p.grad.div_(in_window / w.size)
             if cfg.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
             if scaler is not None:
@@ -126,8 +134,6 @@ def _validate(backbone: Backbone, loader: DataLoader, cfg: RunConfig, *, channel
         amp = amp_for(cfg, backbone, training=False)
     logits, y = predict_logits(backbone, loader, amp=amp, channels_last=channels_last, forward=forward)
     if w.active:  # each worker saw its share of the validation split
-        from ajuste.train.distributed import all_reduce_sum
-
         local = [F.cross_entropy(logits, y, reduction="sum").item(), (logits.argmax(1) == y).sum().item(),
                  len(y)] if len(y) else [0.0, 0.0, 0.0]
         loss_sum, correct, n = all_reduce_sum(local)
