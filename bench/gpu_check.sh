@@ -39,4 +39,4 @@ echo "wall seconds: $(( $(date +%s) - start ))" | tee -a "$OUT/compare_digits.lo
 cp /tmp/gpu-digits/results.md "$OUT/compare_digits_results.md" 2>/dev/null
 
 echo "== throughput"
-python3 bench/gpu_throughput.py --json "$OUT/throughput.json" 2>&1 | grep -v "it/s" | tee "$OUT/throughput.log"
+python3 bench/gpu_throughput.py --compile --json "$OUT/throughput.json" 2>&1 | grep -v "it/s" | tee "$OUT/throughput.log"

@@ -52,8 +52,8 @@ def _timed(run, batches: list, warmup: int, device: torch.device) -> float:
     return sum(len(y) for _, y in batches[warmup:]) / (time.perf_counter() - t0)
 
 
-def ajuste_vision(arch: str, device: torch.device, batches: list, warmup: int) -> float:
-    """Images per second of ajuste's training step (full fine-tuning)."""
+def ajuste_vision(arch: str, device: torch.device, batches: list, warmup: int, compile: bool = False) -> float:
+    """Images per second of ajuste's training step (full fine-tuning); ``compile``: as train.compile does."""
     from ajuste.backbones.factory import create_backbone
     from ajuste.config import RunConfig
     from ajuste.train.execution import grad_scaler
@@ -76,6 +76,9 @@ def ajuste_vision(arch: str, device: torch.device, batches: list, warmup: int) -
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         return bb(to_device_batch(x, channels_last=cl, device=device))
+
+    if compile:  # the warm-up batches include the compilation
+        forward = torch.compile(forward)
 
     def run(part: list) -> None:
         _train_epoch(bb, part, opt, cfg, forward=forward, amp=amp, step0=0, total_steps=len(batches), bar=None,
@@ -220,6 +223,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--compile", action="store_true", help="also ajuste with train.compile (torch.compile)")
     ns = ap.parse_args()
     from _common import set_threads
 
@@ -236,6 +240,9 @@ def main() -> int:
         ours = ajuste_vision(arch, device, batches, warmup)
         rows.append({"model": arch, "unit": "img/s", "reference": "timm (AMP, channels_last, fused AdamW)",
                      "reference_per_s": round(ref, 1), "ajuste_per_s": round(ours, 1), "ratio": round(ours / ref, 3)})
+        if ns.compile:
+            fast = ajuste_vision(arch, device, batches, warmup, compile=True)
+            rows[-1].update(ajuste_compiled_per_s=round(fast, 1), compiled_ratio=round(fast / ref, 3))
         print(json.dumps(rows[-1]), flush=True)
     tbatch = 4 if ns.smoke else 32
     texts, labels = _texts(tbatch * (steps + warmup))

@@ -183,6 +183,9 @@ class TrainConfig:
                            "Weights and the optimizer stay fp32 (mixed precision)", default="auto")
     grad_accum: int = _help("Gradient accumulation: each optimizer step sums the gradients of this many batches of "
                             "data.batch_size (an effective batch N times larger, in the memory of one)", default=1)
+    compile: bool = _help("torch.compile the training forward pass (whole-network phases and trainable rests on "
+                          "cached activations): fused kernels on GPUs after a compile of a minute or so per phase; "
+                          "false: eager PyTorch", default=False)
     sync_bn: bool = _help("Data-parallel training on GPUs: BatchNorm layers that learn normalise over the whole "
                           "global batch (SyncBatchNorm); false: over each worker's share, with the running statistics "
                           "averaged after each epoch (CUDA only)", default=False)

@@ -193,6 +193,8 @@ def _run_phase(f: Fit, pi: int, callbacks: list[Callback], *, steps_per_epoch: i
                                             console=f.console)
     if f.w.active:  # what trains in this phase, in DDP (built again in each phase: what trains changes)
         f.train_feed = dataclasses.replace(f.train_feed, forward=data_parallel(backbone, f.train_feed.forward))
+    if cfg.train.compile and not (phase.head_only and f.train_feed.cached):  # a linear head gains nothing
+        f.train_feed = dataclasses.replace(f.train_feed, forward=torch.compile(f.train_feed.forward))
     scaler = grad_scaler(f.train_feed.amp, device)  # fp16 on a GPU; kept across the phase's epochs
     f.epoch_steps = steps_per_epoch * phase.repeat
     f.total_steps = f.epoch_steps * phase.epochs
