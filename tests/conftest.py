@@ -73,6 +73,16 @@ def text_batch(tiny_text):
 @pytest.fixture()
 def digits_small():
     """A stratified 300-example subset of the real built-in digits (fast to train on)."""
+    return _digits_subset()
+
+
+@pytest.fixture(scope="session")
+def digits_small_shared():
+    """digits_small, built once for the fixtures of wider scope (read only)."""
+    return _digits_subset()
+
+
+def _digits_subset():
     from ajuste.data.sources import load_data
 
     data = load_data("digits")

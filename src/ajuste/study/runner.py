@@ -443,6 +443,9 @@ def export_best(study_dir: Path, best_cell: str) -> Path:
     tmp = Path(study_dir) / ".best_model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint", locks.LOCK_NAME))
+    from ajuste.train import stored_weights
+
+    stored_weights.materialise(tmp)  # the model handed over stands alone: its base weights written in, in full
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
     return dst

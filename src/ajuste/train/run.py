@@ -9,7 +9,7 @@ Layout of a run directory::
     splits.json          train/val/test indices into the data source
     fingerprint.json     a hash of each example and each split's membership by content (ajuste.data.fingerprint)
     metrics.jsonl        one line per finished epoch
-    model.safetensors    best weights (by validation loss)
+    model.safetensors    best weights: what trained, plus a reference to the base weights (train.stored_weights)
     summary.json         test metrics, time, parameters, memory; written last: its presence = complete
     checkpoint/          resume state while the run is unfinished (removed when complete)
 """
@@ -322,8 +322,13 @@ def _train_run(*, cfg: RunConfig, out: Path | None, data: Any, splits: dict | No
     if run_dir is not None:
         from ajuste.train.run_eval import weights_digest, weights_metadata
 
-        atomic_save_safetensors(run_dir / "model.safetensors", backbone.state_dict(),
-                                metadata=weights_metadata(data.classes))
+        from ajuste.train import stored_weights
+
+        # the tensors it trained, plus a reference to the base weights for the rest (stored_weights)
+        ref = stored_weights.save(run_dir / "model.safetensors", backbone, weights_metadata(data.classes),
+                                  pretrained=cfg.model.pretrained and not strategy.reinitialize and not strategy.compact)
+        if ref is not None:
+            summary["weights_base"] = {k: ref[k] for k in ("model", "tensors", "bytes")}
         summary["weights_sha256"] = weights_digest(run_dir / "model.safetensors")  # load_run refuses another file
         atomic_write_json(run_dir / "summary.json", summary)
         write_status(run_dir, "complete")

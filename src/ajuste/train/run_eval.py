@@ -49,6 +49,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 
     from ajuste.backbones.factory import rebuild_backbone
     from ajuste.config import load_config
+    from ajuste.train import stored_weights
     from ajuste.data.pipeline import Preprocessing
 
     run_dir = Path(run_dir)
@@ -94,13 +95,17 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise AjusteError(f"{run_dir} is a text run but has no hf/ folder (encoder config and tokenizer); "
                           "restore it from the run or retrain")
     weights = run_dir / "model.safetensors"
-    _check_weights_file(run_dir, weights, classes, summary)
-    backbone = rebuild_backbone(desc, run_dir)
+    meta = _check_weights_file(run_dir, weights, classes, summary)
     try:
         state = load_file(weights)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError for a damaged header
         raise AjusteError(f"cannot read {weights} ({type(exc).__name__}: {str(exc)[:120]}); the file is damaged "
                           "— retrain or restore it") from None
+    ref = stored_weights.reference(meta)
+    if ref is not None:  # the trained tensors only: the rest from the base weights, checked by their hash
+        backbone, state = stored_weights.with_base(run_dir, desc, state, ref)
+    else:
+        backbone = rebuild_backbone(desc, run_dir)
     _check_state_shapes(run_dir, backbone, state)
     try:
         backbone.load_state_dict(state, strict=True)
@@ -133,9 +138,9 @@ def weights_metadata(classes: list[str]) -> dict[str, str]:
     return {"format": "pt", "ajuste": "model", "labels": json.dumps(list(classes), ensure_ascii=False)}
 
 
-def _check_weights_file(run_dir: Path, weights: Path, classes: list[str], summary: Any) -> None:
+def _check_weights_file(run_dir: Path, weights: Path, classes: list[str], summary: Any) -> dict[str, str]:
     """Refuse weights that are not this run's: the classes in the file's header (runs since the header carries
-    them) and the checksum in summary.json (when recorded)."""
+    them) and the checksum in summary.json (when recorded). Returns the header."""
     from safetensors import safe_open
 
     try:
@@ -157,6 +162,7 @@ def _check_weights_file(run_dir: Path, weights: Path, classes: list[str], summar
     if want and weights_digest(weights) != want:
         raise AjusteError(f"{weights} is not the file this run saved (its sha256 differs from summary.json); it was "
                           "replaced or damaged — restore it or retrain")
+    return meta
 
 
 def _check_state_shapes(run_dir: Path, backbone: Any, state: dict) -> None:
