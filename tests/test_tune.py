@@ -726,3 +726,29 @@ def test_every_registered_strategy_has_a_valid_default_space():
             space = default_space(s, modality=modality, default_lr=1e-4, n_body_groups=6)
             space.check(RunConfig().override({"strategy.name": s.name}), n_body_groups=6)
             assert "optim.lr" in space
+
+
+def test_jobs_0_runs_one_worker_per_gpu_sharing_the_study(tmp_path, monkeypatch, capsys):
+    """`tune -j 0` on a machine with (here: said to have) 2 GPUs: two worker processes, one GPU each, share the
+    study's budget; their trial lines are labelled with the GPU; the parent writes the outputs once."""
+    import optuna
+
+    from ajuste.cli.main import main
+    from ajuste.study import workers
+
+    monkeypatch.setattr(workers, "gpu_count", lambda: 2)  # the workers themselves, without CUDA, use the CPU
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    out = tmp_path / "search"
+    rc = main(["tune", "digits", *TINY, *_tiny_sets(), "--strategy", "full", "--epochs", "1", "--trials", "4",
+               "--pruner", "none", "-j", "0", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc in (0, None), text
+    assert "2 workers share the study: gpu 0, gpu 1" in text
+    ran = {label: text.count(f"[{label}] trial") for label in ("gpu 0", "gpu 1")}
+    assert sum(ran.values()) == 4 and all(ran.values()), text  # both GPUs ran trials, four in all
+    study = optuna.load_study(study_name=json.loads((out / "tune.json").read_text())["study"],
+                              storage=f"sqlite:///{out / 'study.db'}")
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    assert json.loads((out / "best.json").read_text())["number"] == study.best_trial.number
+    assert text.count("best trial #") == 1  # one summary, the parent's

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ajuste.cli.commands_train import DATA_HELP, _console, build_config, split_positionals
+from ajuste.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -42,6 +43,9 @@ def tune(
     text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a table"),
     label_col: Optional[str] = typer.Option(None, "--label-col", help="Label column of a table"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-trial output"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Trials at once on this machine, one worker process each "
+                                                     "sharing the study: 0 = one per GPU (1 without a GPU); on "
+                                                     "GPUs each worker takes one"),
 ) -> None:
     """Search hyperparameters of one strategy with Optuna; re-run the same command to continue."""
     from ajuste.search.runner import default_study_name, tune as run_tune
@@ -61,9 +65,30 @@ def tune(
     name = study_name or default_study_name(cfg)
     out_dir = out or Path("runs") / f"tune-{name}"
     con = _console(quiet)
+    from ajuste.search import parallel
+
+    if jobs < 0:
+        raise ConfigError(f"--jobs {jobs} must be ≥ 0 (0: one worker per GPU)")
+    n_jobs = jobs if jobs > 0 else _gpus_or_one()
+    if n_jobs > 1 and parallel.worker_label() is None:
+        from ajuste.search.storage import default_storage
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        storage = storage or default_storage(out_dir)
+        argv = [*([data] if data else []), *_flags(model=model, strategy=strategy, trials=trials, sampler=sampler, pruner=pruner,
+                                       space=space, storage=storage, study_name=name, timeout=timeout, metric=metric,
+                                       out=out_dir, config=config, fraction=fraction, epochs=epochs,
+                                       sampler_seed=seed, text_col=text_col, label_col=label_col)]
+        argv += [a for s in sets for a in ("--set", s)]
+        rc = parallel.run_workers(argv, n_jobs, console=con)
+        if rc != 0:
+            raise typer.Exit(rc)
+        # The study is complete: this process writes the outputs and prints the summary (no trial is left).
     res = run_tune(cfg=cfg, out=out_dir, trials=trials if trials is not None else (None if sampler == "grid" else 20),
                    sampler=sampler, pruner=pruner, space=space, storage=storage, study_name=name, timeout=timeout,
                    metric=metric, seed=seed, console=con, data=data_obj)
+    if parallel.worker_label() is not None:
+        return  # one worker of `tune -j N`: the parent prints the summary
     counts = ", ".join(f"{n} {k}" for k, n in sorted(res.counts.items()))
     con.print(f"study {res.study_name}: {counts} ({res.stopped_by}; {res.ran_here} run here)",
               highlight=False, soft_wrap=True)
@@ -77,3 +102,18 @@ def tune(
         con.print(f"retrain it: ajuste train --from-study {res.out}", highlight=False, soft_wrap=True)
     con.print(f"outputs in {res.out} (best.json, trials.csv, report.html); "
               f"live view: {res.dashboard}", highlight=False, soft_wrap=True)
+
+
+def _gpus_or_one() -> int:
+    from ajuste.study.workers import gpu_count
+
+    return max(1, gpu_count())
+
+
+def _flags(**options: object) -> list[str]:
+    """``--name value`` for each option that was given (None: left out), as `ajuste tune` spells them."""
+    out: list[str] = []
+    for key, value in options.items():
+        if value is not None:
+            out += [f"--{key.replace('_', '-')}", str(value)]
+    return out
