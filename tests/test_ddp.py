@@ -104,6 +104,40 @@ def test_sync_batchnorm_on_cpu_workers_is_one_clear_line(tmp_path):
     assert "error: train.sync_bn=true needs the workers on GPUs" in workers
 
 
+def test_two_workers_killed_then_resumed_match_an_uninterrupted_run(tmp_path):
+    import signal
+    import time
+
+    args = TINY + ["--strategy", "two-stage", "--epochs", "3", "--set", "strategy.head_epochs=2"]
+    _train(tmp_path / "whole", args, workers=2)
+    cut = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ajuste",
+           "train", *args, "--out", str(cut)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (cut / "metrics.jsonl").is_file() and len((cut / "metrics.jsonl").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    import psutil  # accelerate's dependency
+
+    # the launcher and both workers, mid-run (torchrun starts each worker in a session of its own)
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in tree:
+        p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(tree, timeout=30)
+    proc.wait()
+    assert not (cut / "summary.json").exists(), "the run finished before it could be killed"
+    _train(cut, args, workers=2)  # the same command resumes
+    whole, resumed = _metrics(tmp_path / "whole"), _metrics(cut)
+    assert [r["epoch"] for r in resumed] == [r["epoch"] for r in whole]
+    for a, b in zip(whole, resumed):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-5), (a, b)
+    s1 = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    s2 = json.loads((cut / "summary.json").read_text())
+    assert s2["test_accuracy"] == pytest.approx(s1["test_accuracy"], abs=1e-6)
+
+
 def test_a_lone_world_size_without_a_launcher_is_one_clear_line(tmp_path):
     env = dict(_env(), WORLD_SIZE="2", RANK="0")
     env.pop("MASTER_ADDR", None)

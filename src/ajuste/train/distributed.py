@@ -134,9 +134,18 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     """Sum a few numbers over the workers (float64)."""
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return t.tolist()
+
+
+def _comm_device() -> torch.device:
+    """Where a collective's tensor must be: NCCL reduces GPU tensors only (this worker's GPU), gloo CPU ones."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 class _Forward(torch.nn.Module):
