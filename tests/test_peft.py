@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ajuste.backbones.adapters import SELECT, merge_adapters
+from ajuste.backbones.adapters import get_method, merge_adapters
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError, ConfigError
 from ajuste.strategies.base import get_strategy, resolve_config
@@ -85,7 +85,7 @@ def test_one_step_changes_only_adapter_and_head(method, fixture, request):
     trainable = {n for n, p in bb.named_parameters() if p.requires_grad}
     adapters = trainable - head
     assert adapters and head <= trainable
-    assert all(re.search(SELECT[method], n) for n in adapters)
+    assert all(re.search(get_method(method).select, n) for n in adapters)
     if method == "bitfit":
         assert all(n.endswith(".bias") for n in adapters)
 

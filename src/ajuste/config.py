@@ -101,36 +101,91 @@ class ModelConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = _help("Fine-tuning strategy (see `ajuste strategies`)", default="two-stage")
-    unfreeze: int = _help("partial: number of top layer groups to train (besides the head)", default=2)
-    head_epochs: int | None = _help("two-stage: max epochs of the head-only phase, which ends earlier when "
-                                    "validation stops improving for train.patience epochs. auto: 100 for images "
-                                    "(the head trains on cached features, where an epoch costs little; a 15-epoch "
-                                    "cap stopped it while validation still improved: docs/results.md), 15 for "
-                                    "text", default=None)
-    stage2_lr_factor: float = _help("two-stage: LR of the end-to-end phase = the head's LR "
-                                    "(optim.lr × optim.head_lr_mult) × this", default=0.1)
-    stage2_patience: int = _help("two-stage: early-stopping patience of the end-to-end phase; 0: run its whole "
-                                 "LR schedule and keep its best epoch (as fast.ai's fine_tune does: validation "
-                                 "accuracy kept rising in the schedule's low-LR end, docs/results.md)", default=0)
-    stage2_average: float | None = _help("two-stage: share of the end-to-end phase's last epochs whose weights are "
-                                         "averaged into its result (stochastic weight averaging) instead of keeping "
-                                         "its single most accurate epoch; 0: keep that epoch. Only when the phase "
-                                         "runs its whole schedule (stage2_patience 0). auto: 0.5 for images, 0 for "
-                                         "text (docs/results.md)", default=None)
-    gradual_every: int = _help("gradual: epochs between unfreezing one more group", default=1)
+    """The ``strategy`` section: the strategy's name, then the options of every registered strategy.
 
-    def __post_init__(self) -> None:
-        if self.unfreeze < 0:
-            raise ConfigError(f"strategy.unfreeze={self.unfreeze} must be ≥ 0")
-        if self.head_epochs is not None and self.head_epochs < 1:
-            raise ConfigError(f"strategy.head_epochs={self.head_epochs} must be ≥ 1")
-        if self.gradual_every < 1:
-            raise ConfigError(f"strategy.gradual_every={self.gradual_every} must be ≥ 1")
-        _check_range("strategy.stage2_lr_factor", self.stage2_lr_factor, 0.0, 10.0, lo_open=True)
-        if self.stage2_patience < 0:
-            raise ConfigError(f"strategy.stage2_patience={self.stage2_patience} must be ≥ 0 (0: no early stop)")
-        _check_range("strategy.stage2_average", self.stage2_average, 0.0, 1.0)
+    Each strategy declares its options as a dataclass of its own (``Strategy.options``, help in field
+    metadata) and they are registered here when it is (``register_strategy_options``). The section holds them
+    side by side, flat (``strategy.unfreeze``, ``strategy.head_epochs``), so that a study's
+    ``--set strategy.head_epochs=2`` reaches its two-stage cells and leaves the others alone. The concrete
+    class, with every registered option as a field, is ``strategy_section()``.
+    """
+
+    name: str = _help("Fine-tuning strategy (see `ajuste strategies`)", default="two-stage")
+
+
+_OPTIONS: dict[str, type] = {}  # strategy name → its options dataclass
+_SECTION: dict[str, type] = {}  # the concrete section class, rebuilt when a registration changes
+
+
+def register_strategy_options(owner: str, options: type) -> None:
+    """Add a strategy's options dataclass to the ``strategy`` section (called by ``strategies.register``)."""
+    if not dataclasses.is_dataclass(options):
+        raise TypeError(f"strategy {owner!r}: options must be a dataclass, got {options!r}")
+    taken = {f.name: o for o, cls in _OPTIONS.items() if o != owner for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(options):
+        if f.name == "name" or f.name in taken:
+            other = taken.get(f.name, "the section itself")
+            raise TypeError(f"strategy {owner!r}: option {f.name!r} is already declared by {other}; rename it")
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise TypeError(f"strategy {owner!r}: option {f.name!r} needs a default")
+        if not f.metadata.get("help"):
+            raise TypeError(f"strategy {owner!r}: option {f.name!r} needs a help text "
+                            f"(field(metadata={{'help': ...}}))")
+    _OPTIONS[owner] = options
+    _SECTION.clear()
+
+
+def unregister_strategy_options(owner: str) -> None:
+    if _OPTIONS.pop(owner, None) is not None:
+        _SECTION.clear()
+
+
+def strategy_options(owner: str, section: Any) -> Any:
+    """One strategy's options, as its own dataclass, read from a ``strategy`` section."""
+    cls = _OPTIONS[owner]
+    return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
+
+
+def option_owner(key: str) -> str | None:
+    """The strategy that declares a dotted ``strategy.<option>`` key (None for any other key)."""
+    section, _, leaf = key.partition(".")
+    if section != "strategy":
+        return None
+    for f in dataclasses.fields(strategy_section()):
+        if f.name == leaf:
+            return f.metadata.get("owner")
+    return None
+
+
+def strategy_section() -> type:
+    """The ``strategy`` section's class: ``name`` plus every registered strategy's options."""
+    from ajuste.registry import load_plugins
+
+    load_plugins()
+    if "cls" not in _SECTION:
+        fields: list[tuple[str, Any, Any]] = []
+        for owner, cls in _OPTIONS.items():
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                default = ({"default": f.default} if f.default is not dataclasses.MISSING
+                           else {"default_factory": f.default_factory})
+                meta = {"help": f"{owner}: {f.metadata['help']}", "owner": owner}
+                fields.append((f.name, hints[f.name], field(metadata=meta, **default)))
+
+        def __post_init__(self: Any) -> None:  # each strategy's dataclass checks its own options
+            for owner in _OPTIONS:
+                strategy_options(owner, self)
+
+        _SECTION["cls"] = dataclasses.make_dataclass(
+            "StrategySection", fields, bases=(StrategyConfig,),
+            namespace={"__post_init__": __post_init__, "__module__": __name__})
+    return _SECTION["cls"]
+
+
+def __getattr__(name: str) -> Any:  # pickle finds the built section class by its name
+    if name == "StrategySection":
+        return strategy_section()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -284,7 +339,7 @@ class PeftConfig:
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    strategy: StrategyConfig = field(default_factory=lambda: strategy_section()())
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
@@ -336,7 +391,8 @@ def _suggest(name: str, options: dict[str, Any] | list[str]) -> str:
 
 
 def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls)
+    return {k: strategy_section() if v is StrategyConfig else v for k, v in hints.items()}
 
 
 def _coerce(value: Any, tp: Any, name: str) -> Any:

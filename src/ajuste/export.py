@@ -38,7 +38,6 @@ from ajuste.io import atomic_save_safetensors, atomic_write_json, atomic_write_t
 FORMATS = ("ajuste", "hf", "onnx", "torchscript")
 # Files a run directory needs for evaluate/predict, plus its records (summary last: it marks completion).
 _COPY = ["config.yaml", "labels.json", "preprocessing.json", "splits.json", "metrics.jsonl"]
-_NOT_PLAIN = ("prompt-tuning", "prefix-tuning")  # learned extra inputs: no plain network to export
 
 _PROBE_TEXTS = ["a probe sentence for the export check", "short", "another, rather different line of text!",
                 "free entry in a weekly prize draw"]
@@ -87,7 +86,7 @@ def export_run(*, run_dir: str | Path, out: str | Path, format: str = "ajuste", 
                overwrite: bool = False, rtol: float = 1e-3) -> ExportResult:
     """Write ``run_dir`` to ``out`` in ``format`` and check it reproduces the run's logits (|Δ| ≤ rtol ×
     max(1, max |logit|)); raise ``AjusteError`` and leave ``out`` untouched otherwise."""
-    from ajuste.backbones.adapters import merge_adapters
+    from ajuste.backbones.adapters import get_method, merge_adapters, mergeable_methods
     from ajuste.train.run_eval import load_run, weights_digest
 
     if format not in FORMATS:
@@ -99,9 +98,11 @@ def export_run(*, run_dir: str | Path, out: str | Path, format: str = "ajuste", 
     run = load_run(run_dir)
     bb = run.backbone
     method = bb.peft["method"] if bb.peft else None
-    if format != "ajuste" and method in _NOT_PLAIN:
-        raise AjusteError(f"{run_dir} is a {method} run: its learned tokens are extra inputs, so there is no plain "
-                          f"network to export as {format}; use --format ajuste (only lora and ia3 merge)")
+    peft_method = get_method(method) if method else None
+    if format != "ajuste" and peft_method and peft_method.wraps and not peft_method.mergeable:
+        raise AjusteError(f"{run_dir} is a {method} run: {peft_method.why_no_merge}, so there is no plain network "
+                          f"to export as {format}; use --format ajuste (only {' and '.join(mergeable_methods())} "
+                          f"merge)")
     probes = [probe_inputs(bb, run.preprocessing)]
     if format != "ajuste":
         probes.append(probe_inputs(bb, run.preprocessing, second=True))
@@ -109,7 +110,7 @@ def export_run(*, run_dir: str | Path, out: str | Path, format: str = "ajuste", 
     merge = merge or format != "ajuste"
     if merge:
         merge_adapters(bb)  # raises a one-line ConfigError for prompt/prefix tuning
-    merged = bool(merge and method and method != "bitfit")
+    merged = bool(merge and peft_method and peft_method.wraps)
 
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
     if stage.exists():
@@ -146,7 +147,7 @@ def export_run(*, run_dir: str | Path, out: str | Path, format: str = "ajuste", 
     main_file = {"ajuste": "model.safetensors", "hf": "model.safetensors", "onnx": "model.onnx",
                  "torchscript": "model.pt"}[format]
     return ExportResult(out=out, merged=merged, method=method, max_abs_diff=diff,
-                        peft_needed=bool(format == "ajuste" and bb.peft and bb.peft["method"] != "bitfit"),
+                        peft_needed=bool(format == "ajuste" and bb.peft and peft_method.wraps),
                         model_bytes=(out / main_file).stat().st_size, format=format, exporter=exporter,
                         files=sorted(p.name for p in out.iterdir()), modality=bb.modality)
 

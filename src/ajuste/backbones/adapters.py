@@ -20,19 +20,52 @@ from typing import Any
 from torch import nn
 
 from ajuste.errors import ConfigError
+from ajuste.registry import Registry, load_plugins
 
-METHODS = ("lora", "ia3", "prompt-tuning", "prefix-tuning", "bitfit")
-PROMPT_METHODS = ("prompt-tuning", "prefix-tuning")
-MERGEABLE = ("lora", "ia3")
-# Regex over backbone parameter names: what each method trains (besides the head). peft names its
-# adapter weights ``<module>.lora_A.<adapter>.weight``, ``<module>.ia3_l.<adapter>``, ``prompt_encoder.*``.
-SELECT = {
-    "lora": r"\.lora_(A|B|embedding_A|embedding_B)\.",
-    "ia3": r"\.ia3_l\.",
-    "prompt-tuning": r"(^|\.)prompt_encoder\.",
-    "prefix-tuning": r"(^|\.)prompt_encoder\.",
-    "bitfit": r"(^|\.)bias$",
-}
+
+class PeftMethod:
+    """One parameter-efficient method, as ajuste uses it. Its strategy module (``ajuste.strategies.lora``…)
+    defines a subclass and registers it with ``register_method``, beside the strategy that trains it.
+
+    ``select`` is a regex over backbone parameter names: what trains besides the head. peft names its adapter
+    weights ``<module>.lora_A.<adapter>.weight``, ``<module>.ia3_l.<adapter>``, ``prompt_encoder.*``.
+    """
+
+    name: str = ""
+    select: str = ""
+    mergeable: bool = False  # folds into the weights it modifies: a plain network afterwards
+    wraps: bool = True  # injects modules through peft; False: selects existing parameters (BitFit)
+    modalities: tuple[str, ...] = ("image", "text")
+    why_not: str = ""  # for a modality it does not support: the reason, in a few words
+    why_no_merge: str = "it does not change existing weights"  # when not mergeable
+
+    def resolve(self, backbone: Any, pcfg: Any) -> dict[str, Any]:
+        """The concrete spec for this backbone (targets resolved to module names), from ``cfg.peft``: it goes
+        to backbone.json, and ``build`` recreates the same adapters from it."""
+        return {"method": self.name}
+
+    def build(self, spec: dict[str, Any], task: Any) -> Any:
+        """The peft config that injects ``spec`` (peft is imported by the caller; ``task``: peft's task type)."""
+        raise NotImplementedError
+
+
+PEFT_METHODS: Registry[PeftMethod] = Registry("PEFT method")
+
+
+def register_method(cls: type[PeftMethod]) -> type[PeftMethod]:
+    PEFT_METHODS.register(cls.name, cls())
+    return cls
+
+
+def get_method(name: str) -> PeftMethod:
+    load_plugins()
+    return PEFT_METHODS.get(name)
+
+
+def mergeable_methods() -> list[str]:
+    load_plugins()
+    return [n for n in PEFT_METHODS.list() if PEFT_METHODS.get(n).mergeable]
+
 
 _ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 # Attention projections by leaf name, most common naming first: (query, key, value) or one fused module.
@@ -173,55 +206,34 @@ def match_targets(user: list[str], cands: dict[str, nn.Module], *, model: str) -
 
 def resolve_spec(backbone: Any, method: str, pcfg: Any) -> dict[str, Any]:
     """The concrete adapter spec for this backbone: ``cfg.peft`` with targets resolved to module names."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown PEFT method {method!r}: one of {', '.join(METHODS)}")
     check_modality(method, backbone.modality)
-    if method == "bitfit":
-        return {"method": method}
-    if method in PROMPT_METHODS:
-        return {"method": method, "num_virtual_tokens": int(pcfg.num_virtual_tokens)}
+    return get_method(method).resolve(backbone, pcfg)
+
+
+def user_targets(backbone: Any, pcfg: Any) -> tuple[dict[str, nn.Module], list[str] | None]:
+    """The backbone's adapter candidates, and the modules the user named in ``peft.targets`` (None: auto)."""
     cands = backbone.adapter_candidates()
     user = pcfg.target_list()
-    name = getattr(backbone, "name", type(backbone).__name__)
-    if method == "lora":
-        # auto rank (unresolved config, e.g. a library call): the modality's default; alpha auto = 2r
-        r = pcfg.r or (16 if backbone.modality == "text" else 8)
-        if user is None:
-            targets = backbone.lora_targets(r)
-        else:
-            targets = match_targets(user, cands, model=name)
-            too_small = [n for n in targets if min(layer_dims(cands[n])) < r]
-            if too_small:
-                i, o = layer_dims(cands[too_small[0]])
-                raise ConfigError(f"peft.r={r} is larger than layer {too_small[0]} ({i} in, {o} out): "
-                                  f"use peft.r ≤ {min(i, o)} or other peft.targets")
-        if not targets:
-            raise ConfigError(f"peft.targets: no module of {name} can take a LoRA adapter")
-        return {"method": method, "r": int(r), "alpha": float(pcfg.alpha or 2.0 * r), "dropout": float(pcfg.dropout),
-                "targets": patterns(targets), "target_modules": targets}
     if user is None:
-        targets, ff = backbone.ia3_targets()
-    else:
-        targets = match_targets(user, cands, model=name)
-        # A user list keeps IA3's convention: narrowing layers (feed-forward down projections) scale their input.
-        ff = [n for n in targets if layer_dims(cands[n])[0] > layer_dims(cands[n])[1]]
-    if not targets:
-        raise ConfigError(f"peft.targets: no module of {name} can take an IA3 adapter")
-    return {"method": method, "targets": patterns(targets), "target_modules": targets, "feedforward_modules": ff}
+        return cands, None
+    return cands, match_targets(user, cands, model=getattr(backbone, "name", type(backbone).__name__))
 
 
 def check_modality(method: str, modality: str) -> None:
-    if method in PROMPT_METHODS and modality != "text":
-        raise ConfigError(f"{method} is not supported for {modality} models: it prepends learned tokens to a "
-                          f"text encoder's input; use lora, ia3 or bitfit")
+    m = get_method(method)
+    if modality not in m.modalities:
+        others = [n for n in PEFT_METHODS.list() if modality in PEFT_METHODS.get(n).modalities]
+        raise ConfigError(f"{method} is not supported for {modality} models: {m.why_not}; use "
+                          f"{', '.join(others[:-1])} or {others[-1]}" if others else
+                          f"{method} is not supported for {modality} models: {m.why_not}")
 
 
 def apply_peft(backbone: Any, spec: dict[str, Any]) -> None:
     """Inject the adapters of ``spec`` (from ``resolve_spec`` or a backbone.json) into ``backbone``."""
-    method = spec["method"]
+    method = get_method(spec["method"])
     if backbone.peft is not None:
         raise ConfigError(f"this backbone already has {backbone.peft['method']} adapters")
-    if method == "bitfit":
+    if not method.wraps:
         backbone.peft = dict(spec)
         return
     import peft
@@ -229,21 +241,7 @@ def apply_peft(backbone: Any, spec: dict[str, Any]) -> None:
     # Text encoders get peft's feature-extraction wrapper: it is the one that prepends prompts/prefixes
     # (for LoRA/IA3 it just forwards). Image models get the plain wrapper.
     task = peft.TaskType.FEATURE_EXTRACTION if backbone.modality == "text" else None
-    if method == "lora":
-        config = peft.LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
-                                 target_modules=list(spec["target_modules"]), bias="none", task_type=task)
-    elif method == "ia3":
-        config = peft.IA3Config(target_modules=list(spec["target_modules"]),
-                                feedforward_modules=list(spec["feedforward_modules"]), task_type=task)
-    elif method == "prompt-tuning":
-        # Start from the embeddings of random vocabulary tokens: N(0, 1) prompts are far off the scale
-        # of a pretrained embedding table and train slowly.
-        config = peft.PromptTuningConfig(task_type=task, num_virtual_tokens=spec["num_virtual_tokens"],
-                                         prompt_tuning_init=peft.PromptTuningInit.SAMPLE_VOCAB)
-    elif method == "prefix-tuning":
-        config = peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=spec["num_virtual_tokens"])
-    else:
-        raise ConfigError(f"unknown PEFT method {method!r} in the backbone description")
+    config = method.build(spec, task)
     inner = getattr(backbone, backbone.inner_attr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -257,13 +255,13 @@ def merge_adapters(backbone: Any) -> None:
     spec = backbone.peft
     if spec is None:
         return
-    method = spec["method"]
-    if method == "bitfit":  # nothing was injected: the trained biases are ordinary weights
+    method = get_method(spec["method"])
+    if not method.wraps:  # nothing was injected: the trained parameters are ordinary weights
         backbone.peft = None
         return
-    if method not in MERGEABLE:
-        raise ConfigError(f"{method} adapters cannot be merged into the weights (learned tokens are extra "
-                          f"inputs); only lora and ia3 merge; export without --merge keeps the adapter")
+    if not method.mergeable:
+        raise ConfigError(f"{method.name} adapters cannot be merged into the weights ({method.why_no_merge}); only {' and '.join(mergeable_methods())} merge; export without --merge keeps "
+                          f"the adapter")
     inner = getattr(backbone, backbone.inner_attr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -9,12 +9,19 @@ from typing import Optional
 import typer
 
 from ajuste import locks
-from ajuste.cli.commands_train import DATA_HELP, _console, _warn, build_config, split_positionals
+from ajuste.cli.commands_train import (
+    DATA_HELP,
+    WithStrategyOptions,
+    _console,
+    _warn,
+    build_config,
+    split_positionals,
+)
 from ajuste.study.spec import DEFAULT_STRATEGIES
 
 
 def register(app: typer.Typer) -> None:
-    app.command("compare")(compare)
+    app.command("compare", cls=WithStrategyOptions)(compare)
     app.command("advise")(advise)
     app.command("report")(report)
 

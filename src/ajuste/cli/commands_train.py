@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperCommand
 
 DATA_HELP = "Data: digits (built-in), an image folder, a .npz, or a CSV/TSV/JSONL of texts"
 STRICT_HELP = "Fail on the first unreadable image or malformed row instead of skipping it with a warning"
@@ -36,10 +37,35 @@ def _esc(value) -> str:
     return escape(str(value))
 
 
+def strategy_options_help() -> str:
+    """Every registered strategy's options, for the epilog of --help (from their dataclasses' help)."""
+    from ajuste.config import RunConfig, describe_fields, option_owner
+
+    lines = ["Strategy options (--set strategy.KEY=VALUE; auto: per strategy and modality):"]
+    for key, help_text, default in describe_fields(RunConfig):
+        owner = option_owner(key)
+        if owner:
+            lines.append(f"{key} [{'auto' if default is None else default}] {help_text}")
+    return "\n\n".join(lines)
+
+
+class WithStrategyOptions(TyperCommand):
+    """A command whose --help ends with the strategy options, read from the registry when help is shown
+    (the strategies, and torch with them, are not imported to start the CLI)."""
+
+    @property
+    def epilog(self) -> str:  # type: ignore[override]
+        return strategy_options_help()
+
+    @epilog.setter
+    def epilog(self, value: str | None) -> None:
+        pass
+
+
 def register(app: typer.Typer) -> None:
     app.command("models")(models)
     app.command("strategies")(strategies)
-    app.command("train")(train)
+    app.command("train", cls=WithStrategyOptions)(train)
     app.command("evaluate")(evaluate)
     app.command("predict")(predict)
 

@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from ajuste.cli.commands_train import DATA_HELP, _console, build_config, split_positionals
+from ajuste.cli.commands_train import DATA_HELP, WithStrategyOptions, _console, build_config, split_positionals
 from ajuste.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
-    app.command("tune")(tune)
+    app.command("tune", cls=WithStrategyOptions)(tune)
 
 
 def tune(

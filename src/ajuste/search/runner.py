@@ -125,8 +125,7 @@ def _body_groups(cfg: RunConfig, n_classes: int) -> int:
 
 def _max_epochs(resolved: RunConfig, strategy: Any, n_groups: int, n_train: int, space: Any) -> int | None:
     """Most epochs a trial can run (Hyperband's max resource); None (= 'auto') when the space moves it."""
-    if any(k in space for k in ("train.epochs", "strategy.head_epochs", "strategy.gradual_every",
-                                "train.min_steps")):
+    if any(k in space for k in ("train.epochs", "train.min_steps", *getattr(strategy, "epoch_knobs", ()))):
         return None
     try:
         phases = strategy.phases(resolved, n_groups)

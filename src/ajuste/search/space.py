@@ -3,10 +3,10 @@
 A parameter is named by its dotted config key (``optim.lr``), so a trial's params are exactly the
 ``--set`` overrides that reproduce it. A space comes from three layers, later ones winning:
 
-1. the default space of the strategy (``default_space``): LR log-uniform around the strategy's own
-   default, weight decay, dropout, batch size, warmup, label smoothing, plus what the strategy has
-   (unfreeze depth for partial, layer decay for discriminative/gradual, stage-2 LR factor for two-stage);
-2. the strategy object's own ``search_space()`` when it has one (PEFT strategies: LoRA r/alpha, ...);
+1. the shared default space (``default_space``): LR log-uniform around the strategy's own default
+   (over its ``lr_span``), weight decay, dropout, batch size, warmup, label smoothing;
+2. the strategy's own ``search_space()``: its knobs (unfreeze depth for partial, layer decay for
+   discriminative/gradual, stage-2 LR factor for two-stage, LoRA r/alpha, ...), winning over layer 1;
 3. a YAML file (``--space``)::
 
        extends: default          # or "none": start from an empty space
@@ -353,12 +353,14 @@ class SearchSpace:
                 except ConfigError as exc:
                     raise ConfigError(f"space: {p.name} = {_fmt(v)} is not a valid value "
                                       f"({str(exc).removeprefix('--set: ')})") from None
-        u = self.params.get("strategy.unfreeze")
-        if u is not None and n_body_groups is not None:
-            top = max(u.choices) if u.kind == "categorical" else u.high
-            if top > n_body_groups:
-                raise ConfigError(f"space: strategy.unfreeze goes up to {top} but {base_cfg.model.name} has "
-                                  f"{n_body_groups} layer groups below the head; use high: {n_body_groups}")
+        # The strategy run, and the owner of every strategy option searched, check what they know of
+        # (partial: strategy.unfreeze against the backbone's layer groups).
+        from ajuste.config import option_owner
+        from ajuste.strategies.base import get_strategy
+
+        owners = dict.fromkeys([base_cfg.strategy.name, *filter(None, (option_owner(p.name) for p in self))])
+        for owner in owners:
+            get_strategy(owner).check_space(self, base_cfg.model.name, n_body_groups)
 
 
 def load_space(path: str | Path, base: SearchSpace) -> SearchSpace:
@@ -398,21 +400,20 @@ def load_space(path: str | Path, base: SearchSpace) -> SearchSpace:
 
 # -- default spaces ----------------------------------------------------------------------------------
 
-# LR span around the strategy's own default LR (× low, × high): a head alone tolerates larger LRs.
-_LR_SPAN = {"linear-probe": (0.1, 100.0)}
-
-
 def default_space(strategy: Any, *, modality: str, default_lr: float, n_body_groups: int | None = None) -> SearchSpace:
     """The search space a strategy gets without --space (see the module docstring).
 
     ``strategy`` is a registered Strategy object (or its name); ``default_lr`` the LR its resolved
-    config would use. A strategy with a ``search_space()`` method (PEFT) adds or overrides entries.
+    config would use. Its ``search_space()`` adds or overrides entries (its own knobs); ``lr_span`` places
+    the LR range around ``default_lr``.
     """
-    from ajuste.strategies.base import scratch_strategies
+    from ajuste.strategies.base import get_strategy
 
-    name = strategy if isinstance(strategy, str) else getattr(strategy, "name", "")
-    lo, hi = _LR_SPAN.get(name, (0.1, 10.0))
-    scratch = name in scratch_strategies()  # nothing pretrained to stay close to: more decay
+    if isinstance(strategy, str):
+        strategy = get_strategy(strategy)
+    name = getattr(strategy, "name", "")
+    lo, hi = getattr(strategy, "lr_span", (0.1, 10.0))
+    scratch = bool(getattr(strategy, "reinitialize", False))  # nothing pretrained to stay close to: more decay
     raw: dict[str, Any] = {
         "optim.lr": {"type": "float", "low": _round(default_lr * lo), "high": _round(min(default_lr * hi, 1.0)),
                      "log": True},
@@ -423,16 +424,8 @@ def default_space(strategy: Any, *, modality: str, default_lr: float, n_body_gro
         "optim.warmup": {"type": "float", "low": 0.0, "high": 0.2},
         "optim.label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
     }
-    if name == "partial":
-        top = min(4, n_body_groups) if n_body_groups else 3
-        if top > 1:
-            raw["strategy.unfreeze"] = {"type": "int", "low": 1, "high": top}
-    if name in ("discriminative", "gradual"):
-        raw["optim.layer_decay"] = {"type": "float", "low": 0.5, "high": 1.0}
-    if name == "two-stage":
-        raw["strategy.stage2_lr_factor"] = {"type": "float", "low": 0.01, "high": 1.0, "log": True}
     space = SearchSpace.from_mapping(raw, where=f"default space of {name}")
-    extra = _strategy_space(strategy, modality)
+    extra = _strategy_space(strategy, modality, n_body_groups)
     if extra:
         space = space.updated(extra, where=f"{name}.search_space()")
     return space
@@ -442,8 +435,9 @@ def _round(x: float) -> float:
     return float(f"{x:.3g}")
 
 
-def _strategy_space(strategy: Any, modality: str) -> dict[str, Any] | None:
-    """A strategy's own ``search_space()`` (optional hook), called with the modality when it takes one.
+def _strategy_space(strategy: Any, modality: str, n_body_groups: int | None) -> dict[str, Any] | None:
+    """A strategy's own ``search_space()``, called with the modality and the backbone's layer groups below
+    the head, as far as it takes them (a duck-typed strategy may take neither).
 
     It may return ``{dotted name: spec}`` with specs as in YAML, ``Param``s or optuna distributions,
     or a ``SearchSpace``.
@@ -457,12 +451,8 @@ def _strategy_space(strategy: Any, modality: str) -> dict[str, Any] | None:
                                                                    p.KEYWORD_ONLY)]
     except (TypeError, ValueError):
         takes = []
-    if not takes:
-        result = hook()
-    elif takes[0].kind == takes[0].KEYWORD_ONLY:
-        result = hook(**{takes[0].name: modality})
-    else:
-        result = hook(modality)
+    args = [modality, n_body_groups][:len(takes)]
+    result = hook(**{p.name: v for p, v in zip(takes, args)})
     if isinstance(result, SearchSpace):
         return {p.name: p for p in result}
     if result is None:

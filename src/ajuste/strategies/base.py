@@ -12,8 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ajuste.config import RunConfig
-from ajuste.registry import Registry
+from ajuste.config import RunConfig, register_strategy_options, strategy_options, unregister_strategy_options
+from ajuste.registry import Registry, load_plugins
 
 
 @dataclass
@@ -39,12 +39,30 @@ class Phase:
 
 
 class Strategy:
-    """Subclasses set ``name``/``summary`` and implement ``phases``; hooks are optional."""
+    """One fine-tuning strategy, and everything the rest of ajuste needs to know about it.
+
+    A subclass sets ``name`` and ``summary`` and implements ``phases``; the rest is optional, with defaults
+    that suit a strategy without options. Decorated with ``@register`` in a module of ``ajuste.strategies``
+    or of a package declaring the ``ajuste.strategies`` entry point, it is trainable by ``train``,
+    searchable by ``tune`` and runnable in ``compare``, and its options appear in ``--help`` and
+    docs/config.md (docs/architecture.md, "How to add a strategy").
+    """
 
     name: str = ""
     summary: str = ""
     reinitialize: bool = False  # train from scratch
     compact: bool = False  # train the modality's small network (ajuste.backbones.compact), not the backbone
+    # The strategy's own settings, as ``strategy.<field>`` keys: a dataclass whose fields have defaults and a
+    # ``field(metadata={"help": ...})``; its ``__post_init__`` rejects bad values in one ConfigError line.
+    options: type | None = None
+    # Relative cost of a training example-epoch (full fine-tuning of the backbone = 1): a study runs its cheap
+    # cells first and estimates what is left from it before any cell of the strategy is measured.
+    cost_rank: float = 1.0
+    # Config keys besides train.epochs / train.min_steps that change how many epochs a run has (a search over
+    # them leaves Hyperband's max resource to Optuna).
+    epoch_knobs: tuple[str, ...] = ()
+    # Default search range of optim.lr, as factors of the strategy's own default LR (low, high).
+    lr_span: tuple[float, float] = (0.1, 10.0)
 
     def defaults(self, modality: str) -> dict[str, Any]:
         """Auto values for config fields left at None (dotted keys)."""
@@ -53,6 +71,10 @@ class Strategy:
     def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:
         raise NotImplementedError
 
+    def planning_groups(self, cfg: RunConfig) -> int:
+        """Layer groups to assume when a study plans a cell's epochs before any model is built."""
+        return 5
+
     def prepare(self, backbone: Any, cfg: RunConfig) -> None:
         """Called once before the first phase (e.g. inject adapters, re-initialise)."""
 
@@ -60,33 +82,56 @@ class Strategy:
         """Called after training: extra summary entries; may write extra files to ``run_dir`` (or None)."""
         return {}
 
+    def search_space(self, modality: str, n_body_groups: int | None = None) -> dict[str, Any]:
+        """Ranges of the strategy's own knobs for ``ajuste tune``, on top of the shared ones (dotted keys to
+        specs as in a --space YAML file); ``n_body_groups``: the backbone's layer groups below the head, when
+        known."""
+        return {}
+
+    def check_space(self, space: Any, model: str, n_body_groups: int | None) -> None:
+        """Reject, in one ConfigError line, a search space this strategy cannot run on this backbone."""
+
+    def option_values(self, cfg: RunConfig) -> Any:
+        """This strategy's options, as its own dataclass (None without options)."""
+        return None if self.options is None else strategy_options(self.name, cfg.strategy)
+
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: make ``cls`` (one instance of it) a strategy, with its options in the config."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__}: a strategy needs a name")
     STRATEGIES.register(cls.name, cls())
+    if cls.options is not None:
+        try:
+            register_strategy_options(cls.name, cls.options)
+        except TypeError:
+            STRATEGIES.unregister(cls.name)
+            raise
     return cls
 
 
+def unregister(name: str) -> None:
+    """Remove a strategy and its options (a test's own strategy, when the test ends)."""
+    STRATEGIES.unregister(name)
+    unregister_strategy_options(name)
+
+
 def get_strategy(name: str) -> Strategy:
-    _load_builtin()
+    load_plugins()
     return STRATEGIES.get(name)
 
 
 def list_strategies() -> list[Strategy]:
-    _load_builtin()
+    load_plugins()
     return [STRATEGIES.get(n) for n in STRATEGIES.list()]
 
 
 def scratch_strategies() -> frozenset[str]:
     """Names of the strategies that start from random weights (``reinitialize``): a study's scratch arms."""
     return frozenset(s.name for s in list_strategies() if s.reinitialize)
-
-
-def _load_builtin() -> None:
-    # Importing the modules registers them (one file per strategy).
-    from ajuste.strategies import finetune, peft_methods, scratch  # noqa: F401
 
 
 # Shared auto-defaults per modality; strategies override some of them.

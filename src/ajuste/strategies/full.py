@@ -10,6 +10,7 @@ from ajuste.strategies.base import Phase, Strategy, register
 class Full(Strategy):
     name = "full"
     summary = "train all layers end to end (new head at optim.head_lr_mult × LR)"
+    cost_rank = 1.2
 
     def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:
         o = cfg.optim

@@ -12,6 +12,8 @@ from ajuste.strategies.base import Phase, Strategy, register
 class LinearProbe(Strategy):
     name = "linear-probe"
     summary = "frozen backbone, train only the new head (features cached)"
+    cost_rank = 0.05
+    lr_span = (0.1, 100.0)  # a head alone tolerates larger LRs
 
     def defaults(self, modality: str) -> dict[str, Any]:
         # The head alone trains, on cached features. Sentence-encoder features (MiniLM mean pooling) are

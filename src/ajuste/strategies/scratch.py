@@ -15,6 +15,7 @@ class Scratch(Strategy):
     name = "scratch"
     summary = "same architecture re-initialised (He/Xavier), strong regularisation"
     reinitialize = True
+    cost_rank = 2.5
 
     def defaults(self, modality: str) -> dict[str, Any]:
         common = {"optim.head_lr_mult": 1.0, "optim.weight_decay": 0.05, "optim.label_smoothing": 0.1,
@@ -41,3 +42,4 @@ class ScratchCompact(Scratch):
     name = "scratch-compact"
     summary = "a compact network (ResNet-10-T at half width; 2-layer encoder for text) trained from scratch"
     compact = True
+    cost_rank = 0.6

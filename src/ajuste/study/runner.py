@@ -30,7 +30,8 @@ from ajuste.config import RunConfig
 from ajuste.data import fingerprint
 from ajuste.errors import AjusteError, terminated
 from ajuste.io import append_jsonl, atomic_write_json, read_jsonl
-from ajuste.study.spec import COST_RANK, Cell, StudySpec
+from ajuste.strategies.base import get_strategy
+from ajuste.study.spec import Cell, StudySpec
 from ajuste.study.workers import InlineCells, Job, WorkerCells, auto_workers, usable_cores
 
 
@@ -43,6 +44,11 @@ class StudyResult:
     similarity: dict[str, Any] | None = None
     advice: dict[str, Any] | None = None
     seconds: float = 0.0
+
+
+def _cost_rank(strategy: str) -> float:
+    """Relative cost of a training example-epoch of ``strategy`` (``Strategy.cost_rank``)."""
+    return get_strategy(strategy).cost_rank
 
 
 def base_config(spec: StudySpec) -> RunConfig:
@@ -83,7 +89,7 @@ def plan_cells(spec: StudySpec, done: set[str]) -> list[Cell]:
     """Cheapest first: small fractions before large ones, cheap strategies before costly ones, seed 0 of
     every (strategy, fraction) before extra seeds — so a budget cut keeps the widest picture."""
     todo = [c for c in spec.cells() if c.key not in done]
-    return sorted(todo, key=lambda c: (c.seed > 0, c.fraction, COST_RANK.get(c.strategy, 1.0), c.seed))
+    return sorted(todo, key=lambda c: (c.seed > 0, c.fraction, _cost_rank(c.strategy), c.seed))
 
 
 class CostModel:
@@ -100,10 +106,10 @@ class CostModel:
     def estimate(self, strategy: str, n_train: int, epochs: int) -> float | None:
         if strategy in self.rates:
             return self.rates[strategy] * n_train * epochs
-        known = {s: r / COST_RANK.get(s, 1.0) for s, r in self.rates.items()}
+        known = {s: r / _cost_rank(s) for s, r in self.rates.items()}
         if not known:
             return None
-        return max(known.values()) * COST_RANK.get(strategy, 1.0) * n_train * epochs
+        return max(known.values()) * _cost_rank(strategy) * n_train * epochs
 
 
 def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress: bool = True,
@@ -382,7 +388,7 @@ def longest_first(cells: list[Cell], sizes: dict[str, tuple[int, int]]) -> list[
     study ends when its longest cell does, so that one starts at once."""
     def cost(c: Cell) -> float:
         n, epochs = sizes[c.key]
-        return COST_RANK.get(c.strategy, 1.0) * n * epochs
+        return _cost_rank(c.strategy) * n * epochs
 
     return sorted(cells, key=cost, reverse=True)
 
@@ -405,11 +411,11 @@ def _fraction_size(fraction: float, splits: dict, labels: np.ndarray, seed: int)
 
 def _planned_epochs(cfg: RunConfig, n_train: int) -> int:
     """Planned full passes over the training data (upper bound: early stopping usually cuts it)."""
-    from ajuste.strategies.base import get_strategy
     from ajuste.train.loop import stretch_phases
 
     spe = max(1, -(-n_train // cfg.data.batch_size))
-    phases = get_strategy(cfg.strategy.name).phases(cfg, 3 + max(1, cfg.strategy.unfreeze))
+    strategy = get_strategy(cfg.strategy.name)
+    phases = strategy.phases(cfg, strategy.planning_groups(cfg))
     phases = stretch_phases(phases, spe, cfg.train.min_steps)
     # Head-only phases run on cached features: nearly free next to a full pass.
     return max(1, sum(p.epochs * p.repeat for p in phases if not p.head_only))

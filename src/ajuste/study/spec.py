@@ -14,13 +14,6 @@ from ajuste.errors import AjusteError, ConfigError
 DEFAULT_STRATEGIES = ("linear-probe", "two-stage", "scratch-compact")
 DEFAULT_FRACTIONS = (0.1, 0.3, 1.0)
 
-# Relative cost per training example-epoch, used to order cells cheapest first before any is measured.
-COST_RANK = {"linear-probe": 0.05, "bitfit": 0.6, "ia3": 0.7, "lora": 0.8, "prompt-tuning": 0.7,
-             "prefix-tuning": 0.7, "partial": 0.5, "two-stage": 1.0, "gradual": 1.1, "full": 1.2,
-             "discriminative": 1.2, "scratch": 2.5,
-             "scratch-compact": 0.6}
-
-
 @dataclass(frozen=True)
 class Cell:
     strategy: str
