@@ -220,7 +220,7 @@ def _loss_and_grads(bb: Backbone, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_training_through_frozen_batchnorm_folds_it_with_the_same_loss_and_gradients(tiny_timm, channels_last):
-    from ajuste.train.frozen_bn import folded_frozen_batchnorm
+    from ajuste.backbones.frozen_bn import folded_frozen_batchnorm
 
     _randomise_bn(tiny_timm)
     tiny_timm.set_trainable(None, freeze_bn_stats=True)  # fine-tuning: every BN in eval mode, γ/β train
@@ -246,7 +246,7 @@ def test_training_through_frozen_batchnorm_folds_it_with_the_same_loss_and_gradi
 
 def test_batchnorm_that_trains_is_not_folded(tiny_timm):
     """Scratch / model.bn=train: the norms learn their statistics, so the forward stays the norm's own."""
-    from ajuste.train.frozen_bn import folded_frozen_batchnorm
+    from ajuste.backbones.frozen_bn import folded_frozen_batchnorm
 
     tiny_timm.set_trainable(None)
     tiny_timm.train()
@@ -266,7 +266,7 @@ def test_batchnorm_that_trains_is_not_folded(tiny_timm):
 
 
 def test_folding_on_the_fly_that_would_change_outputs_is_refused():
-    from ajuste.train.frozen_bn import folded_frozen_batchnorm
+    from ajuste.backbones.frozen_bn import folded_frozen_batchnorm
 
     net = _SharedConv()
     _randomise_bn(net)
@@ -277,7 +277,7 @@ def test_folding_on_the_fly_that_would_change_outputs_is_refused():
 
 def test_a_copy_made_while_folding_folds_for_good(tiny_timm):
     """The activation cache copies the model during fit: the copy must not fold twice."""
-    from ajuste.train.frozen_bn import folded_frozen_batchnorm
+    from ajuste.backbones.frozen_bn import folded_frozen_batchnorm
 
     _randomise_bn(tiny_timm)
     tiny_timm.eval()
@@ -311,7 +311,7 @@ class _InPlaceAdapter(nn.Module):
 
 
 def test_an_output_changed_in_place_before_the_norm_is_not_folded():
-    from ajuste.train.frozen_bn import find_pairs, folded_frozen_batchnorm
+    from ajuste.backbones.frozen_bn import find_pairs, folded_frozen_batchnorm
 
     net = _InPlaceAdapter()
     _randomise_bn(net)

@@ -219,7 +219,7 @@ class Backbone(nn.Module):
             return self
         import copy
 
-        from ajuste.train.frozen_bn import unfold
+        from ajuste.backbones.frozen_bn import unfold
 
         twin = copy.deepcopy(self).eval()
         unfold(twin)  # a copy made while training folds on the fly: fold it for good instead
@@ -312,9 +312,9 @@ class _ActOnly(nn.Module):
 @torch.no_grad()
 def fold_batchnorms(net: nn.Module, probe: Any) -> int:
     """Fold eval-mode BatchNorm2d into the Conv2d whose output it directly normalises, for good; returns
-    how many. Pairs as in ``ajuste.train.frozen_bn.find_pairs`` (the caller compares outputs before
+    how many. Pairs as in ``ajuste.backbones.frozen_bn.find_pairs`` (the caller compares outputs before
     trusting the result); each norm is replaced by what follows it (nothing, or timm's dropout+activation)."""
-    from ajuste.train.frozen_bn import find_pairs, folded_conv
+    from ajuste.backbones.frozen_bn import find_pairs, folded_conv
 
     parents = {id(child): (parent, name) for parent in net.modules() for name, child in parent.named_children()}
     folded = 0

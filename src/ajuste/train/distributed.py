@@ -25,7 +25,7 @@ import functools
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -99,35 +99,6 @@ def threads_per_worker(w: World) -> int:
     """Split the cores between the workers of this machine (torchrun sets LOCAL_WORLD_SIZE)."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", w.size) or 1)
     return max(1, (os.cpu_count() or 1) // max(1, local))
-
-
-class ShardedBatches:
-    """Each worker's share of every global batch of a batch sampler.
-
-    Every worker builds the same global batches (same sampler, same seed) and keeps ``batch[rank::size]``.
-    Training (``drop_short=True``) drops a global batch with fewer examples than workers — a worker with
-    nothing to compute would still have to join the step's all-reduce; at most size-1 examples of an
-    epoch's last batch are lost, as with ``DistributedSampler(drop_last=True)``. Evaluation keeps every
-    example: an empty share is simply skipped (no collective happens per evaluation batch).
-    """
-
-    def __init__(self, batches: Iterable[list[int]], w: World, *, drop_short: bool) -> None:
-        self.batches, self.w, self.drop_short = batches, w, drop_short
-
-    def _shares(self) -> Iterator[list[int]]:
-        for b in self.batches:
-            b = list(b)
-            if self.drop_short and len(b) < self.w.size:
-                continue
-            share = b[self.w.rank::self.w.size]
-            if share:
-                yield share
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return self._shares()
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self._shares())
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:

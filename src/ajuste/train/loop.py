@@ -30,7 +30,7 @@ from ajuste.train.checkpoint import Checkpointer, EpochRecord, FitResult, _State
 from ajuste.train.distributed import any_worker, data_parallel, sync_batchnorm, sync_module, world
 from ajuste.train.execution import grad_scaler, model_device, resolve_device
 from ajuste.train.feeds import _image_probe, _phase_feeds
-from ajuste.train.frozen_bn import folded_frozen_batchnorm
+from ajuste.backbones.frozen_bn import folded_frozen_batchnorm
 from ajuste.train.inference import amp_for, compute_features, predict_logits, use_channels_last
 from ajuste.train.param_groups import build_param_groups, make_optimizer
 from ajuste.train.small_depthwise import small_map_depthwise
