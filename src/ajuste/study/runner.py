@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,23 @@ from ajuste.config import RunConfig
 from ajuste.data import fingerprint
 from ajuste.errors import AjusteError, terminated
 from ajuste.io import append_jsonl, atomic_write_json, read_jsonl
-from ajuste.strategies.base import get_strategy
+from ajuste.strategies.base import resolve_config
+from ajuste.study.cells import (
+    base_config,
+    cell_config,
+    cell_record,
+    cell_runner,
+    cell_size,
+    cost_rank,
+    longest_first,
+    train_cell,
+)
+from ajuste.study.similarity import measure_similarity
 from ajuste.study.spec import Cell, StudySpec
 from ajuste.study.workers import InlineCells, Job, WorkerCells, auto_workers, usable_cores
+from ajuste.train import run as train_runs
+from ajuste.train import stored_weights
+from ajuste.train.loop import _progress as progress_bar
 
 
 @dataclass
@@ -44,25 +57,6 @@ class StudyResult:
     similarity: dict[str, Any] | None = None
     advice: dict[str, Any] | None = None
     seconds: float = 0.0
-
-
-def _cost_rank(strategy: str) -> float:
-    """Relative cost of a training example-epoch of ``strategy`` (``Strategy.cost_rank``)."""
-    return get_strategy(strategy).cost_rank
-
-
-def base_config(spec: StudySpec) -> RunConfig:
-    raw = {"data.source": spec.source, "model.name": spec.model, "data.split_seed": spec.split_seed}
-    if spec.text_col:
-        raw["data.text_col"] = spec.text_col
-    if spec.label_col:
-        raw["data.label_col"] = spec.label_col
-    return RunConfig().override(raw).override(list(spec.sets))
-
-
-def cell_config(spec: StudySpec, cell: Cell) -> RunConfig:
-    return base_config(spec).override({"strategy.name": cell.strategy, "data.fraction": cell.fraction,
-                                       "train.seed": cell.seed})
 
 
 def _check_study_dir(study_dir: Path, spec: StudySpec) -> None:
@@ -89,7 +83,7 @@ def plan_cells(spec: StudySpec, done: set[str]) -> list[Cell]:
     """Cheapest first: small fractions before large ones, cheap strategies before costly ones, seed 0 of
     every (strategy, fraction) before extra seeds — so a budget cut keeps the widest picture."""
     todo = [c for c in spec.cells() if c.key not in done]
-    return sorted(todo, key=lambda c: (c.seed > 0, c.fraction, _cost_rank(c.strategy), c.seed))
+    return sorted(todo, key=lambda c: (c.seed > 0, c.fraction, cost_rank(c.strategy), c.seed))
 
 
 class CostModel:
@@ -106,10 +100,10 @@ class CostModel:
     def estimate(self, strategy: str, n_train: int, epochs: int) -> float | None:
         if strategy in self.rates:
             return self.rates[strategy] * n_train * epochs
-        known = {s: r / _cost_rank(s) for s, r in self.rates.items()}
+        known = {s: r / cost_rank(s) for s, r in self.rates.items()}
         if not known:
             return None
-        return max(known.values()) * _cost_rank(strategy) * n_train * epochs
+        return max(known.values()) * cost_rank(strategy) * n_train * epochs
 
 
 def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress: bool = True,
@@ -130,22 +124,42 @@ def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress
 def _run_study(*, spec: StudySpec, study_dir: Path, console: Any, progress: bool, similarity: bool,
                on_cell_end: Callable[[dict], None] | None, workers: int | None,
                share_idle_cores: bool) -> StudyResult:
-    from ajuste.train.run import check_same_data, check_writable, prepare_data
-
     t0 = time.perf_counter()
     study_dir = Path(study_dir)
+    cfg0, data, splits = _open_study(study_dir, spec, console)
+    ledger = _Ledger(study_dir, console, on_cell_end)
+    planned = plan_cells(spec, ledger.done)
+    if ledger.done:
+        _say(console, f"resuming: {len(ledger.done)} finished cells kept, {len(planned)} to run")
+    # (training examples, planned epochs) of each cell to run: read by the ordering, the budget and the records.
+    sizes = {c.key: cell_size(spec, c, splits, data) for c in planned}
+    ledger.planned_epochs = {k: e for k, (_, e) in sizes.items()}
+    cells, planned = _start_cells(spec, planned, sizes, data, splits, study_dir, console, workers=workers,
+                                  share_idle_cores=share_idle_cores)
+    try:  # after the workers started: they import and load the data meanwhile
+        sim = _similarity(study_dir, spec, data, splits, cfg0, console) if similarity else None
+    except BaseException:
+        cells.close()
+        raise
+    skipped = _run_cells(cells, planned, spec, sizes, ledger, study_dir, progress=progress, console=console)
+    _report_skipped(study_dir, skipped, ledger.records, console)
+    return StudyResult(study_dir, spec, ledger.records, skipped, sim, None, time.perf_counter() - t0)
+
+
+def _open_study(study_dir: Path, spec: StudySpec, console: Any) -> tuple[RunConfig, Any, dict]:
+    """Check the study directory and every cell's config, then read the data and fix (or check) its splits."""
     _check_study_dir(study_dir, spec)
     cfg0 = base_config(spec)  # bad --set values fail here, before the study directory is made
     for cell in spec.cells():
         cell_config(spec, cell)
-    check_writable(study_dir)  # here, not in a worker: a full disk is one line before any cell starts
+    train_runs.check_writable(study_dir)  # here, not in a worker: a full disk is one line before any cell starts
     atomic_write_json(study_dir / "study.json", spec.to_dict())
 
-    data, splits = prepare_data(cfg0)
+    data, splits = train_runs.prepare_data(cfg0)
     splits_path = study_dir / "splits.json"
     if splits_path.is_file():
         # by content first: an edited row keeps the row numbers, so equal splits alone prove nothing
-        check_same_data(study_dir, data, splits, data.source, what="the study", fix="use another --out")
+        train_runs.check_same_data(study_dir, data, splits, data.source, what="the study", fix="use another --out")
         saved = {k: np.asarray(v) for k, v in json.loads(splits_path.read_text()).items()}
         if any(not np.array_equal(saved[k], splits[k]) for k in ("train", "val", "test")):
             raise AjusteError(f"{study_dir}: the data changed since the study started (splits differ); "
@@ -162,40 +176,47 @@ def _run_study(*, spec: StudySpec, study_dir: Path, console: Any, progress: bool
         n = int(round(f * len(splits["train"])))
         if n < n_classes:
             _say(console, f"fraction {f:g} gives {n} examples for {n_classes} classes: raised to one per class")
+    return cfg0, data, splits
 
-    results_path = study_dir / "results.jsonl"
-    records = read_jsonl(results_path)
-    done = {r["cell"] for r in records}
-    planned = plan_cells(spec, done)
-    cost = CostModel()
-    for r in records:
-        cost.observe(r["strategy"], r["n_train"], r["train_seconds"], r.get("planned_epochs", r["epochs"]))
-    if done:
-        _say(console, f"resuming: {len(done)} finished cells kept, {len(planned)} to run")
-    budget = spec.budget_seconds
-    # Wall time of earlier runs of this study (cells side by side overlap: their wall seconds do not add up).
-    spent_path = study_dir / "spent.json"
-    spent_before = json.loads(spent_path.read_text())["seconds"] if spent_path.is_file() else \
-        sum(r.get("wall_seconds", 0.0) for r in records)
-    skipped: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    by_key: dict[str, Cell] = {}
-    # (training examples, planned epochs) of each cell to run: read by the ordering, the budget and the records.
-    sizes = {c.key: _cell_size(spec, c, splits, data) for c in planned}
-    planned_epochs = {k: e for k, (_, e) in sizes.items()}
 
-    def take(job: Job, summary: dict[str, Any]) -> None:
-        cell = by_key[job.key]
-        rec = _record(cell, summary, job.run_dir, planned_epochs[cell.key])
-        append_jsonl(results_path, rec)
-        records.append(rec)
-        atomic_write_json(spent_path, {"seconds": round(spent_before + time.perf_counter() - started, 1)})
-        cost.observe(cell.strategy, rec["n_train"], rec["train_seconds"], planned_epochs[cell.key])
-        _say(console, f"{cell.key:<28} test acc {rec['test_accuracy']:.4f}  F1 {rec['test_macro_f1']:.4f}  "
-                      f"{rec['train_seconds']:.0f}s  ({rec['epochs']} epochs)")
-        if on_cell_end is not None:
-            on_cell_end(rec)
+class _Ledger:
+    """What the study has recorded: results.jsonl, the wall time spent (spent.json), the cost model."""
 
+    def __init__(self, study_dir: Path, console: Any, on_cell_end: Callable[[dict], None] | None) -> None:
+        self.results_path = study_dir / "results.jsonl"
+        self.spent_path = study_dir / "spent.json"
+        self.console, self.on_cell_end = console, on_cell_end
+        self.records = read_jsonl(self.results_path)
+        self.done = {r["cell"] for r in self.records}
+        self.cost = CostModel()
+        for r in self.records:
+            self.cost.observe(r["strategy"], r["n_train"], r["train_seconds"], r.get("planned_epochs", r["epochs"]))
+        # Wall time of earlier runs of this study (cells side by side overlap: their wall seconds do not add up).
+        self.spent_before = json.loads(self.spent_path.read_text())["seconds"] if self.spent_path.is_file() else \
+            sum(r.get("wall_seconds", 0.0) for r in self.records)
+        self.started = time.perf_counter()
+        self.by_key: dict[str, Cell] = {}
+        self.planned_epochs: dict[str, int] = {}
+
+    def left(self, budget: float) -> float:
+        return budget - self.spent_before - (time.perf_counter() - self.started)
+
+    def take(self, job: Job, summary: dict[str, Any]) -> None:
+        cell = self.by_key[job.key]
+        rec = cell_record(cell, summary, job.run_dir, self.planned_epochs[cell.key])
+        append_jsonl(self.results_path, rec)
+        self.records.append(rec)
+        atomic_write_json(self.spent_path, {"seconds": round(self.spent_before + time.perf_counter() - self.started, 1)})
+        self.cost.observe(cell.strategy, rec["n_train"], rec["train_seconds"], self.planned_epochs[cell.key])
+        _say(self.console, f"{cell.key:<28} test acc {rec['test_accuracy']:.4f}  F1 {rec['test_macro_f1']:.4f}  "
+                           f"{rec['train_seconds']:.0f}s  ({rec['epochs']} epochs)")
+        if self.on_cell_end is not None:
+            self.on_cell_end(rec)
+
+
+def _start_cells(spec: StudySpec, planned: list[Cell], sizes: dict, data: Any, splits: dict, study_dir: Path,
+                 console: Any, *, workers: int | None, share_idle_cores: bool) -> tuple[Any, list[Cell]]:
+    """The cells' runner (worker processes, or this process) and the order the cells go in."""
     # Every cell trains on cores/width threads, the width counted on the whole study (not on the cells left,
     # nor on which neighbours are still running): a cell's numbers then do not depend on timing or on a
     # resume (float sums over another number of threads round differently; see ajuste.study.workers).
@@ -203,23 +224,23 @@ def _run_study(*, spec: StudySpec, study_dir: Path, console: Any, progress: bool
     width = max(1, min(auto_workers(n_cells) if workers is None or workers <= 0 else workers, n_cells))
     threads = max(1, usable_cores() // width)
     workers = max(1, min(width, len(planned)))
-    if workers > 1 and budget is None:
+    if workers > 1 and spec.budget_seconds is None:
         planned = longest_first(planned, sizes)  # no budget to protect: finish soonest
     if workers > 1 and planned:
         _say(console, f"{workers} cells at a time, {threads} thread(s) each"
                       + (" (idle cores shared out)" if share_idle_cores else ""))
-        init = {"make_runner": _cell_runner, "spec": spec.to_dict(), "splits": splits, "study_dir": str(study_dir)}
-        cells = WorkerCells(workers, init=init, threads=threads, share_idle=share_idle_cores)
-    else:
-        cells = InlineCells(lambda job: _train_cell(job, data, splits, study_dir),
-                            threads=threads if width > 1 and not share_idle_cores else None)
+        init = {"make_runner": cell_runner, "spec": spec.to_dict(), "splits": splits, "study_dir": str(study_dir)}
+        return WorkerCells(workers, init=init, threads=threads, share_idle=share_idle_cores), planned
+    return InlineCells(lambda job: train_cell(job, data, splits, study_dir),
+                       threads=threads if width > 1 and not share_idle_cores else None), planned
 
-    try:  # after the workers started: they import and load the data meanwhile
-        sim = _similarity(study_dir, spec, data, splits, cfg0, console) if similarity else None
-    except BaseException:
-        cells.close()
-        raise
 
+def _run_cells(cells: Any, planned: list[Cell], spec: StudySpec, sizes: dict, ledger: _Ledger, study_dir: Path, *,
+               progress: bool, console: Any) -> list[dict[str, Any]]:
+    """Submit the cells as runners free up, skipping those the budget left cannot fit; record each that ends.
+    Returns the skipped cells."""
+    budget = spec.budget_seconds
+    skipped: list[dict[str, Any]] = []
     pending = list(planned)
     with _progress(progress, console) as bar:
         task = bar.add_task("study", total=len(planned)) if bar else None
@@ -227,11 +248,10 @@ def _run_study(*, spec: StudySpec, study_dir: Path, console: Any, progress: bool
             while pending or cells.running():
                 while pending and cells.free():
                     cell = pending.pop(0)
-                    cfg = cell_config(spec, cell)
                     n_train, epochs = sizes[cell.key]
                     if budget is not None:
-                        left = budget - spent_before - (time.perf_counter() - started)
-                        est = cost.estimate(cell.strategy, n_train, epochs)
+                        left = ledger.left(budget)
+                        est = ledger.cost.estimate(cell.strategy, n_train, epochs)
                         if est is None and cells.running():  # no cost known yet: measure one cell first
                             pending.insert(0, cell)
                             break
@@ -241,8 +261,8 @@ def _run_study(*, spec: StudySpec, study_dir: Path, console: Any, progress: bool
                             if bar:
                                 bar.update(task, advance=1)
                             continue
-                    cells.submit(Job(cell.key, cfg, study_dir / "runs" / cell.key))
-                    by_key[cell.key] = cell
+                    cells.submit(Job(cell.key, cell_config(spec, cell), study_dir / "runs" / cell.key))
+                    ledger.by_key[cell.key] = cell
                 if not cells.running():
                     continue  # every cell left was skipped by the budget
                 if bar:
@@ -250,35 +270,36 @@ def _run_study(*, spec: StudySpec, study_dir: Path, console: Any, progress: bool
                 for job, summary in cells.wait():
                     if summary.get("status") != "complete":
                         raise KeyboardInterrupt
-                    take(job, summary)
+                    ledger.take(job, summary)
                     if bar:
                         bar.update(task, advance=1)
         except KeyboardInterrupt:
             if terminated():
                 cells.terminate()
             else:
-                _finish_interrupted(cells, console, take)
+                _finish_interrupted(cells, console, ledger.take)
             raise
         finally:
             cells.close()
-    if skipped:
-        atomic_write_json(study_dir / "skipped.json", skipped)
-        first = ", ".join(s["cell"] for s in skipped[:6])
-        more = f" and {len(skipped) - 6} more" if len(skipped) > 6 else ""
-        _say(console, f"[yellow]budget:[/] skipped {len(skipped)} cells that would not fit: {first}{more}")
-        if not records:
-            need = min(s["estimate_seconds"] for s in skipped)
-            raise AjusteError(f"--budget is too small for even one cell (the cheapest needs about {need:.0f}s); "
-                              f"raise --budget")
-    return StudyResult(study_dir, spec, records, skipped, sim, None, time.perf_counter() - t0)
+    return skipped
+
+
+def _report_skipped(study_dir: Path, skipped: list[dict[str, Any]], records: list[dict], console: Any) -> None:
+    if not skipped:
+        return
+    atomic_write_json(study_dir / "skipped.json", skipped)
+    first = ", ".join(s["cell"] for s in skipped[:6])
+    more = f" and {len(skipped) - 6} more" if len(skipped) > 6 else ""
+    _say(console, f"[yellow]budget:[/] skipped {len(skipped)} cells that would not fit: {first}{more}")
+    if not records:
+        need = min(s["estimate_seconds"] for s in skipped)
+        raise AjusteError(f"--budget is too small for even one cell (the cheapest needs about {need:.0f}s); "
+                          f"raise --budget")
 
 
 def _similarity(study_dir: Path, spec: StudySpec, data: Any, splits: dict, cfg0: RunConfig,
                 console: Any) -> dict[str, Any]:
     """The domain-similarity measurement, once per study directory."""
-    from ajuste.strategies.base import resolve_config
-    from ajuste.study.similarity import measure_similarity
-
     sim_path = study_dir / "similarity.json"
     if sim_path.is_file():
         return json.loads(sim_path.read_text())
@@ -289,83 +310,6 @@ def _similarity(study_dir: Path, spec: StudySpec, data: Any, splits: dict, cfg0:
                   f"pretrained vs {sim['random']['probe_accuracy']:.3f} random; LogME "
                   f"{sim['pretrained']['logme']:.3f} vs {sim['random']['logme']:.3f} ({sim['seconds']}s)")
     return sim
-
-
-def _train_cell(job: Job, data: Any, splits: dict, study_dir: Path, stop: Callable[[], bool] | None = None) -> dict:
-    """Train one cell (or pick up its summary if it finished before the study could record it)."""
-    from ajuste.train.cache import shared_dir
-    from ajuste.train.run import read_summary, train_run
-
-    summary = read_summary(job.run_dir)  # finished but not yet recorded (killed in between)
-    if summary is not None and summary.get("status") == "complete":
-        retried = _read_retry(job)
-        return {**summary, "oom_retry": retried} if retried else summary
-    if stop is not None and stop():  # Ctrl-C before the cell began
-        return {"status": "interrupted"}
-
-    def on_epoch_end(rec: Any, result: Any) -> None:
-        if stop is not None and stop():  # the study's Ctrl-C: the loop checkpoints and stops after this epoch
-            signal.raise_signal(signal.SIGINT)
-
-    # Cells share frozen-layer activations (seeds, and strategies cut at the same layer) in memory and,
-    # across processes and restarts, through study_dir/cache.
-    cfg, retry = job.cfg, _read_retry(job)
-    if retry is not None:  # an earlier run of the study retried this cell at a smaller batch: resume that run
-        cfg = job.cfg.override({"data.batch_size": retry["batch_size"], "train.grad_accum": retry["grad_accum"]})
-    overwrite = False
-    with shared_dir(Path(study_dir) / "cache"):
-        while True:
-            try:
-                summary = train_run(cfg=cfg, out=job.run_dir, data=data, splits=splits, progress=False,
-                                    on_epoch_end=on_epoch_end if stop is not None else None,
-                                    overwrite=overwrite).summary
-                break
-            except Exception as exc:  # noqa: BLE001 - only running out of memory is retried; the rest re-raised
-                smaller = _halved(cfg, exc)
-                if smaller is None:
-                    raise
-                cfg, overwrite = smaller, True  # the larger batch's partial run is of another config
-                retry = {"asked_batch_size": job.cfg.data.batch_size, "batch_size": cfg.data.batch_size,
-                         "grad_accum": cfg.train.grad_accum}
-                atomic_write_json(_retry_path(job), retry)
-    if retry is not None:
-        summary = {**summary, "oom_retry": retry}
-    return summary
-
-
-def _halved(cfg: RunConfig, exc: BaseException) -> RunConfig | None:
-    """After running out of memory: the same effective batch as half the batch size and twice the gradient
-    accumulation, or None (another error, or a batch of one already)."""
-    from ajuste.train.run import memory_error_message
-
-    b = cfg.data.batch_size
-    if b < 2 or memory_error_message(exc, batch_size=b) is None:
-        return None
-    return cfg.override({"data.batch_size": b // 2, "train.grad_accum": cfg.train.grad_accum * 2})
-
-
-def _retry_path(job: Job) -> Path:
-    """Beside the cell's run directory (an --overwrite of the run clears what is inside it)."""
-    return Path(job.run_dir).parent / f".{Path(job.run_dir).name}.oom-retry.json"
-
-
-def _read_retry(job: Job) -> dict[str, int] | None:
-    path = _retry_path(job)
-    if not path.is_file():
-        return None
-    from ajuste.io import read_json
-
-    rec = read_json(path, "delete it: the cell then starts again at the study's batch size")
-    return rec if isinstance(rec, dict) and {"batch_size", "grad_accum"} <= set(rec) else None
-
-
-def _cell_runner(init: dict[str, Any]) -> Callable[[Job, Callable[[], bool]], dict]:
-    """In a worker process: load the data once, then train the cells it is sent."""
-    from ajuste.train.run import prepare_data
-
-    spec = StudySpec.from_dict(init["spec"])
-    data, _ = prepare_data(base_config(spec), splits=init["splits"])
-    return lambda job, stop: _train_cell(job, data, init["splits"], init["study_dir"], stop)
 
 
 def _finish_interrupted(cells: Any, console: Any, take: Callable[[Job, dict], None]) -> None:
@@ -383,62 +327,6 @@ def _finish_interrupted(cells: Any, console: Any, take: Callable[[Job, dict], No
         pass
 
 
-def longest_first(cells: list[Cell], sizes: dict[str, tuple[int, int]]) -> list[Cell]:
-    """Largest expected cost first (cost rank × examples × planned epochs): with cells side by side the
-    study ends when its longest cell does, so that one starts at once."""
-    def cost(c: Cell) -> float:
-        n, epochs = sizes[c.key]
-        return _cost_rank(c.strategy) * n * epochs
-
-    return sorted(cells, key=cost, reverse=True)
-
-
-def _cell_size(spec: StudySpec, cell: Cell, splits: dict, data: Any) -> tuple[int, int]:
-    """(training examples, planned epochs) of one cell."""
-    from ajuste.strategies.base import resolve_config
-
-    n = _fraction_size(cell.fraction, splits, data.labels, spec.split_seed)
-    return n, _planned_epochs(resolve_config(cell_config(spec, cell), data.modality), n)
-
-
-def _fraction_size(fraction: float, splits: dict, labels: np.ndarray, seed: int) -> int:
-    from ajuste.data.splits import take_fraction
-
-    if fraction == 1.0:
-        return int(len(splits["train"]))
-    return int(len(take_fraction(splits["train"], labels, fraction, seed=seed)))
-
-
-def _planned_epochs(cfg: RunConfig, n_train: int) -> int:
-    """Planned full passes over the training data (upper bound: early stopping usually cuts it)."""
-    from ajuste.train.loop import stretch_phases
-
-    spe = max(1, -(-n_train // cfg.data.batch_size))
-    strategy = get_strategy(cfg.strategy.name)
-    phases = strategy.phases(cfg, strategy.planning_groups(cfg))
-    phases = stretch_phases(phases, spe, cfg.train.min_steps)
-    # Head-only phases run on cached features: nearly free next to a full pass.
-    return max(1, sum(p.epochs * p.repeat for p in phases if not p.head_only))
-
-
-def _record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: int) -> dict[str, Any]:
-    hist = read_jsonl(run_dir / "metrics.jsonl")
-    return {
-        "cell": cell.key, "strategy": cell.strategy, "fraction": cell.fraction, "seed": cell.seed,
-        "n_train": s["n_train"], "n_val": s.get("n_val"), "test_accuracy": s["test_accuracy"], "test_macro_f1": s["test_macro_f1"],
-        "val_accuracy": s["val_accuracy"], "val_loss": s["val_loss"], "train_seconds": s["train_seconds"],
-        "wall_seconds": s["wall_seconds"], "trainable_params": s["trainable_params"],
-        "total_params": s["total_params"], "peak_memory_mb": s["peak_memory_mb"], "epochs": s["epochs"],
-        "best_epoch": s["best_epoch"], "planned_epochs": planned_epochs, "threads": s.get("threads"),
-        "run_dir": str(Path("runs") / cell.key),
-        "confusion": s["test"]["confusion"],
-        # out of GPU memory at the study's batch size: trained at a smaller one with gradient accumulation
-        "oom_retry": s.get("oom_retry"),
-        "history": [{k: h[k] for k in ("epoch", "phase", "train_loss", "val_loss", "val_accuracy", "seconds")}
-                    for h in hist],
-    }
-
-
 def export_best(study_dir: Path, best_cell: str) -> Path:
     """Copy the winning run to ``best_model/`` (a plain run directory: `ajuste predict` takes it)."""
     src = Path(study_dir) / "runs" / best_cell
@@ -449,8 +337,6 @@ def export_best(study_dir: Path, best_cell: str) -> Path:
     tmp = Path(study_dir) / ".best_model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint", locks.LOCK_NAME))
-    from ajuste.train import stored_weights
-
     stored_weights.materialise(tmp)  # the model handed over stands alone: its base weights written in, in full
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
@@ -463,6 +349,4 @@ def _say(console: Any, msg: str) -> None:
 
 
 def _progress(enabled: bool, console: Any):
-    from ajuste.train.loop import _progress as progress_bar
-
     return progress_bar(enabled, console)
