@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from ajuste.errors import AjusteError
+
 
 def _atomic(path: Path, write: Callable[[str], None]) -> None:
     path = Path(path)
@@ -99,8 +101,6 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 def read_json(path: Path, fix: str) -> Any:
     """A JSON file ajuste wrote; one line naming it, and ``fix``, when it is damaged or cannot be read."""
-    from ajuste.errors import AjusteError
-
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -16,6 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ajuste.backbones.adapters import (
+    adapter_candidates,
+    auto_ia3_targets,
+    auto_lora_targets,
+)
+from ajuste.backbones.frozen_bn import find_pairs, folded_conv, unfold
+
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
@@ -219,7 +226,6 @@ class Backbone(nn.Module):
             return self
         import copy
 
-        from ajuste.backbones.frozen_bn import unfold
 
         twin = copy.deepcopy(self).eval()
         unfold(twin)  # a copy made while training folds on the fly: fold it for good instead
@@ -265,20 +271,14 @@ class Backbone(nn.Module):
     def adapter_candidates(self) -> dict[str, nn.Module]:
         """Modules of ``net`` that can take a LoRA/IA3 adapter, by name: linear layers and ungrouped
         convolutions below the head."""
-        from ajuste.backbones.adapters import adapter_candidates
-
         return adapter_candidates(self.net, self._adapter_excluded())
 
     def lora_targets(self, r: int) -> list[str]:
         """Auto LoRA targets from the structure (attention query/value; else 1x1 convs) with rank room for ``r``."""
-        from ajuste.backbones.adapters import auto_lora_targets
-
         return auto_lora_targets(self.adapter_candidates(), r, net_modules=dict(self.net.named_modules()))
 
     def ia3_targets(self) -> tuple[list[str], list[str]]:
         """Auto IA3 targets and the feed-forward subset (whose input, not output, is rescaled)."""
-        from ajuste.backbones.adapters import auto_ia3_targets
-
         return auto_ia3_targets(self.adapter_candidates(), net_modules=dict(self.net.named_modules()))
 
     def _with_peft(self, desc: dict[str, Any]) -> dict[str, Any]:
@@ -314,8 +314,6 @@ def fold_batchnorms(net: nn.Module, probe: Any) -> int:
     """Fold eval-mode BatchNorm2d into the Conv2d whose output it directly normalises, for good; returns
     how many. Pairs as in ``ajuste.backbones.frozen_bn.find_pairs`` (the caller compares outputs before
     trusting the result); each norm is replaced by what follows it (nothing, or timm's dropout+activation)."""
-    from ajuste.backbones.frozen_bn import find_pairs, folded_conv
-
     parents = {id(child): (parent, name) for parent in net.modules() for name, child in parent.named_children()}
     folded = 0
     for conv, bn in find_pairs(net, probe):

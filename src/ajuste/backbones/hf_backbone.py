@@ -8,6 +8,7 @@ no gradient).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -15,8 +16,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-import contextlib
 
 from ajuste.backbones.base import Backbone, LayerGroup, Split, call_until
 from ajuste.errors import AjusteError

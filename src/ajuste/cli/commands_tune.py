@@ -48,7 +48,8 @@ def tune(
                                                      "GPUs each worker takes one"),
 ) -> None:
     """Search hyperparameters of one strategy with Optuna; re-run the same command to continue."""
-    from ajuste.search.runner import default_study_name, tune as run_tune
+    from ajuste.search.runner import default_study_name
+    from ajuste.search.runner import tune as run_tune
     from ajuste.search.samplers import check_names
 
     check_names(sampler, pruner)  # before loading anything

@@ -17,6 +17,7 @@ from ajuste.config.strategy_section import StrategyConfig, strategy_section
 from ajuste.errors import ConfigError
 from ajuste.io import atomic_write_text
 
+
 @dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)

@@ -10,6 +10,7 @@ from typing import Any
 from ajuste.config.sections import _help
 from ajuste.registry import load_plugins
 
+
 @dataclass
 class StrategyConfig:
     """The ``strategy`` section: the strategy's name, then the options of every registered strategy.

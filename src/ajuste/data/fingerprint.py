@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ajuste.errors import DataError
+from ajuste.io import read_json
 
 FINGERPRINT_FILE = "fingerprint.json"
 VERSION = 1
@@ -108,8 +109,6 @@ def locate(saved: dict[str, Any], data: Any, split: str) -> np.ndarray:
 
 def read(run_dir: Path) -> dict[str, Any] | None:
     """A run's stored fingerprint; None for a run made before fingerprints were kept."""
-    from ajuste.io import read_json
-
     path = Path(run_dir) / FINGERPRINT_FILE
     if not path.is_file():
         return None

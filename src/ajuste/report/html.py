@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from ajuste.errors import AjusteError
-from ajuste.io import atomic_write_text, read_json, read_jsonl
+from ajuste.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from ajuste.report import plots
+from ajuste.study.advice import aggregate, pre_post, recommend
+from ajuste.study.runner import export_best
+from ajuste.study.spec import StudySpec
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -62,8 +66,6 @@ def _table(headers: list[str], rows: list[list[str]], win_rows: set[int] | None 
 
 
 def load_study(study_dir: Path) -> tuple[Any, list[dict], dict | None, list[dict]]:
-    from ajuste.study.spec import StudySpec
-
     study_dir = Path(study_dir)
     if not study_dir.exists():
         raise AjusteError(f"{study_dir} does not exist; give the directory `ajuste compare` wrote (its --out)")
@@ -80,10 +82,6 @@ def load_study(study_dir: Path) -> tuple[Any, list[dict], dict | None, list[dict
 
 def build_report(study_dir: Path, *, export: bool = True) -> dict[str, Any]:
     """Advice, plots (PNG + embedded), tables; the best run copied to best_model/. Returns the advice."""
-    from ajuste.report import plots
-    from ajuste.study.advice import aggregate, pre_post, recommend
-    from ajuste.study.runner import export_best
-
     study_dir = Path(study_dir)
     spec, records, sim, skipped = load_study(study_dir)
     if not records:
@@ -114,7 +112,6 @@ def build_report(study_dir: Path, *, export: bool = True) -> dict[str, Any]:
 
     atomic_write_text(study_dir / "report.html", _render(spec, agg, records, advice, sim, skipped, pngs))
     atomic_write_text(study_dir / "results.md", results_markdown(agg, advice))
-    from ajuste.io import atomic_write_json
 
     atomic_write_json(study_dir / "advice.json", advice)
     return advice
@@ -143,8 +140,6 @@ def results_markdown(agg: list[dict[str, Any]], advice: dict[str, Any]) -> str:
 
 def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: dict | None, skipped: list[dict],
             pngs: dict[str, bytes]) -> str:
-    from ajuste.study.advice import pre_post
-
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
              f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>ajuste study: "
              f"{html.escape(Path(str(spec.source)).name)}</title><style>{CSS}</style></head><body>"]

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ajuste.strategies.base import scratch_strategies
+
 
 def _plt():
     import matplotlib
@@ -35,7 +37,6 @@ def _legend_outside(ax: Any) -> None:
 def _colors(strategies: list[str]) -> dict[str, Any]:
     plt = _plt()
     cmap = plt.get_cmap("tab10")
-    from ajuste.strategies.base import scratch_strategies
 
     scratch = sorted(scratch_strategies())  # greys, so any from-scratch arm reads apart from the fine-tuned ones
     ordered = sorted(s for s in strategies if s not in scratch)

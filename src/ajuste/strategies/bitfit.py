@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ajuste.backbones.adapters import PeftMethod, adapter_stats, register_method
 from ajuste.config import RunConfig
 from ajuste.errors import ConfigError
-from ajuste.backbones.adapters import PeftMethod, adapter_stats, register_method
 from ajuste.strategies.base import register
 from ajuste.strategies.peft_common import PeftStrategy
 

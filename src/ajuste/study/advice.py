@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from ajuste.strategies.base import scratch_strategies
+
 
 def _scratch_arms() -> frozenset[str]:
     # The strategies that start from random weights; every other arm starts from pretrained weights.
-    from ajuste.strategies.base import scratch_strategies
 
     return scratch_strategies()
 

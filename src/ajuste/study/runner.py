@@ -42,7 +42,13 @@ from ajuste.study.cells import (
 )
 from ajuste.study.similarity import measure_similarity
 from ajuste.study.spec import Cell, StudySpec
-from ajuste.study.workers import InlineCells, Job, WorkerCells, auto_workers, usable_cores
+from ajuste.study.workers import (
+    InlineCells,
+    Job,
+    WorkerCells,
+    auto_workers,
+    usable_cores,
+)
 from ajuste.train import run as train_runs
 from ajuste.train import stored_weights
 from ajuste.train.loop import _progress as progress_bar

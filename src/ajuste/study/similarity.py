@@ -16,6 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from ajuste.backbones.factory import create_backbone
+from ajuste.data.pipeline import Pipeline, make_preprocessing
+from ajuste.train.execution import resolve_device
+from ajuste.train.loop import amp_for, compute_features, use_channels_last
+from ajuste.train.run import check_model_modality
+
 
 def logme(features: np.ndarray, labels: np.ndarray, *, max_iter: int = 50) -> float:
     """LogME score of ``features`` (N, D) for integer ``labels`` (N,)."""
@@ -77,11 +83,6 @@ def measure_similarity(*, model: str, data: Any, splits: dict[str, np.ndarray], 
     """Features of train/val for pretrained and random weights → LogME and probe accuracies."""
     import torch
 
-    from ajuste.backbones.factory import create_backbone
-    from ajuste.data.pipeline import Pipeline, make_preprocessing
-    from ajuste.train.execution import resolve_device
-    from ajuste.train.loop import amp_for, compute_features, use_channels_last
-    from ajuste.train.run import check_model_modality
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)

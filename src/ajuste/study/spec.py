@@ -6,7 +6,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ajuste.durations import parse_duration
 from ajuste.errors import AjusteError, ConfigError
+from ajuste.io import read_json
+from ajuste.strategies.base import get_strategy
 
 # The from-scratch arm is the compact network: on digits it was the stronger from-scratch baseline
 # (0.933 vs 0.748 for re-initialised EfficientNet-Lite0 at 126 examples) at a fifth of the cost;
@@ -39,8 +42,6 @@ class StudySpec:
     split_seed: int = 0
 
     def __post_init__(self) -> None:
-        from ajuste.strategies.base import get_strategy
-
         if not self.strategies:
             raise ConfigError("--strategies is empty: name at least one, e.g. linear-probe,full,scratch")
         self.strategies = [get_strategy(s).name for s in self.strategies]
@@ -79,8 +80,6 @@ class StudySpec:
     def load(cls, path: Path) -> "StudySpec":
         """A study directory's study.json; one line naming the file when it is damaged (not JSON, or not a
         study's fields)."""
-        from ajuste.io import read_json
-
         fix = "restore it, or run `ajuste compare` again with another --out"
         try:
             return cls.from_dict(read_json(path, fix))
@@ -90,8 +89,6 @@ class StudySpec:
 
 def parse_budget(text: str | None) -> float | None:
     """``--budget``: '30m', '1h30m', '90s', '2h', or a bare number of seconds (ajuste.durations)."""
-    from ajuste.durations import parse_duration
-
     return parse_duration(text, "--budget")
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ajuste.data.pipeline import available_memory
 from ajuste.errors import AjusteError, raise_terminated
 
 # a default guess of one cell's resident memory, to cap the automatic number of workers
@@ -62,8 +63,6 @@ def gpu_count() -> int:
 def auto_workers(pending: int, *, gpus: int | None = None) -> int:
     """On a GPU machine one cell per GPU (each worker sees one: `worker_gpus`); on a CPU one cell per core,
     capped by the cells left and by memory."""
-    from ajuste.data.pipeline import available_memory
-
     if gpus is None:
         gpus = gpu_count()
     if gpus:

@@ -16,7 +16,13 @@ from typing import Any
 import torch
 
 from ajuste.backbones.base import Backbone
-from ajuste.io import atomic_save_safetensors, atomic_torch_save, atomic_write_json, read_jsonl
+from ajuste.io import (
+    atomic_save_safetensors,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+)
 
 
 @dataclass
@@ -179,7 +185,6 @@ class Checkpointer:
         """Drop metric lines of epochs after the checkpoint (a kill between the two writes)."""
         if not self.write or not self.metrics or not self.metrics.exists():
             return
-        from ajuste.io import atomic_write_text
         import json
 
         rows = [r for r in read_jsonl(self.metrics) if r.get("epoch", 10**9) < upto]

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ajuste.errors import AjusteError, ConfigError
+from ajuste.train.execution import resolve_device
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,6 @@ def setup_from_env(device: str = "auto") -> World:
                           f"`torchrun --nproc_per_node={size} -m ajuste train ...`")
     from accelerate import PartialState
 
-    from ajuste.train.execution import resolve_device
 
     with warnings.catch_warnings():  # accelerate's advice on OMP_NUM_THREADS: ajuste shares the cores out itself
         warnings.simplefilter("ignore")

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ajuste.data.pipeline import to_device_batch
 from ajuste.errors import AjusteError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -143,6 +144,4 @@ def grad_scaler(dtype: torch.dtype | None, device: torch.device) -> Any:
 
 def to_device(x: Any, device: torch.device | None) -> Any:
     """A tensor, or a dict of tensors (a text batch), on ``device`` (`to_device_batch` without the layout)."""
-    from ajuste.data.pipeline import to_device_batch
-
     return to_device_batch(x, device=device)

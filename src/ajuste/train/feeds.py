@@ -12,8 +12,15 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
-from ajuste.data.pipeline import Pipeline, batches_loader, to_device_batch
+from ajuste.data.pipeline import (
+    LengthBucketSampler,
+    Pipeline,
+    batches_loader,
+    shard_batches,
+    to_device_batch,
+)
 from ajuste.strategies.base import Phase
+from ajuste.train import cache
 from ajuste.train.distributed import World
 from ajuste.train.execution import autocast, model_device, to_device
 from ajuste.train.inference import amp_for
@@ -47,7 +54,6 @@ def _phase_feeds(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, phase: 
     cut = _cut(backbone, cfg, phase)
     if cut is None:
         return train, val
-    from ajuste.train import cache
 
     head = cut.name == "features"
     # A cut below the head pays only if the split is used more than once (or is already cached);
@@ -106,8 +112,6 @@ def _cut(backbone: Backbone, cfg: RunConfig, phase: Phase) -> Any:
 def _activations(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, cut: Any, split: str, *,
                  channels_last: bool, worth: bool, console: Any) -> Any:
     """The cache entry of ``split`` at ``cut``, computed now if ``worth`` it; None to run live."""
-    from ajuste.train import cache
-
     n = len(pipeline.splits[split])
     if n == 0:
         return None
@@ -173,8 +177,6 @@ def _cached_loader(entry: Any, labels: torch.Tensor, batch_size: int, *, seed: i
                    w: World) -> DataLoader:
     """Batches of cached rows: the same samplers as live batches of the same size (images: the shuffles of
     a plain DataLoader; text: length-bucketed, padded per batch)."""
-    from ajuste.data.pipeline import LengthBucketSampler, shard_batches
-
     def collate(idx: list[int]) -> tuple[Any, torch.Tensor]:
         return entry.batch(idx), labels[torch.as_tensor(idx, dtype=torch.long)]
 

@@ -21,17 +21,35 @@ import numpy as np
 import torch
 
 from ajuste.backbones.base import Backbone
+from ajuste.backbones.frozen_bn import folded_frozen_batchnorm
 from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline
 from ajuste.errors import TrainingDiverged
 from ajuste.strategies.base import Phase, Strategy
-from ajuste.train.callbacks import CancelFit, Callback, Fit, standard_callbacks
-from ajuste.train.checkpoint import Checkpointer, EpochRecord, FitResult, _State, _state_dict
-from ajuste.train.distributed import any_worker, data_parallel, sync_batchnorm, sync_module, world
+from ajuste.train.callbacks import Callback, CancelFit, Fit, standard_callbacks
+from ajuste.train.checkpoint import (
+    Checkpointer,
+    EpochRecord,
+    FitResult,
+    _State,
+    _state_dict,
+)
+from ajuste.train.distributed import (
+    any_worker,
+    data_parallel,
+    sync_batchnorm,
+    sync_module,
+    threads_per_worker,
+    world,
+)
 from ajuste.train.execution import grad_scaler, model_device, resolve_device
 from ajuste.train.feeds import _image_probe, _phase_feeds
-from ajuste.backbones.frozen_bn import folded_frozen_batchnorm
-from ajuste.train.inference import amp_for, compute_features, predict_logits, use_channels_last
+from ajuste.train.inference import (
+    amp_for,
+    compute_features,
+    predict_logits,
+    use_channels_last,
+)
 from ajuste.train.param_groups import build_param_groups, make_optimizer
 from ajuste.train.small_depthwise import small_map_depthwise
 from ajuste.train.steps import _add_weights, _take_average, _train_epoch, _validate
@@ -78,8 +96,6 @@ def fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: RunC
     """
     w = world()
     if w.active:
-        from ajuste.train.distributed import threads_per_worker
-
         torch.set_num_threads(cfg.train.threads or threads_per_worker(w))
     else:
         torch.set_num_threads(cfg.train.threads or max(1, torch.get_num_threads()))
@@ -291,7 +307,14 @@ def _progress(enabled: bool, console: Any):
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True) as bar:
