@@ -328,12 +328,12 @@ def test_any_image_folder_loads_or_fails_in_one_line(tree):
 
 def test_fuzz_property_catches_a_non_data_error(monkeypatch, tmp_path):
     """The harness is not vacuous: a reader bug (a raw IndexError) fails it."""
-    import ajuste.data.sources as sources
+    import ajuste.data.sources.tables as tables  # where the table loaders look _read_table up
 
     def broken(*a, **k):
         raise IndexError("list index out of range")
 
-    monkeypatch.setattr(sources, "_read_table", broken)
+    monkeypatch.setattr(tables, "_read_table", broken)
     path = _tmp_file(tmp_path, "x.csv", b"text,label\na,b\n")
     with pytest.raises(IndexError):
         check_outcome(path)
