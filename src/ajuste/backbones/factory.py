@@ -6,7 +6,13 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+from ajuste.backbones import zoo
+from ajuste.backbones.adapters import apply_peft
 from ajuste.backbones.base import Backbone
+from ajuste.backbones.compact import IMAGE_ARCH, IMAGE_ARGS, compact_name
+from ajuste.backbones.hf_backbone import build_hf
+from ajuste.backbones.timm_backbone import build_timm
+from ajuste.backbones.zoo import ZOO
 from ajuste.errors import AjusteError
 
 HF_PREFIXES = ("hf:", "hf/")
@@ -29,8 +35,6 @@ def create_backbone(name: str, *, num_classes: int, pretrained: bool = True, dro
     ``compact``: instead, the small random network of the name's modality (``ajuste.backbones.compact``;
     text keeps the name's tokenizer and architecture family).
     """
-    from ajuste.backbones.zoo import ZOO
-
     bb: Backbone
     if name in ZOO:
         bb = _from_zoo(name, num_classes=num_classes, pretrained=pretrained, pooling=pooling, compact=compact)
@@ -62,31 +66,21 @@ def create_backbone(name: str, *, num_classes: int, pretrained: bool = True, dro
 
 
 def _build_timm(arch: str, **kw: Any) -> Backbone:
-    from ajuste.backbones.timm_backbone import build_timm
-
     return build_timm(arch, **kw)
 
 
 def _build_hf(source: str, *, compact: bool = False, **kw: Any) -> Backbone:
-    from ajuste.backbones.hf_backbone import build_hf
-
     if compact:
-        from ajuste.backbones.compact import compact_name
-
         kw.update(name=compact_name(kw["name"], "text"), pretrained=False)
     return build_hf(source, compact=compact, **kw)
 
 
 def _compact_image(num_classes: int) -> Backbone:
-    from ajuste.backbones.compact import IMAGE_ARCH, IMAGE_ARGS, compact_name
-
     return _build_timm(IMAGE_ARCH, name=compact_name(IMAGE_ARCH, "image"), num_classes=num_classes,
                        pretrained=False, model_args=IMAGE_ARGS)
 
 
 def _from_zoo(name: str, *, num_classes: int, pretrained: bool, pooling: str, compact: bool = False) -> Backbone:
-    from ajuste.backbones import zoo
-
     entry = zoo.ZOO[name]
     if entry.kind == "timm":
         if compact:
@@ -160,8 +154,6 @@ def _clip(text: str, limit: int) -> str:
 
 
 def _zoo_names() -> list[str]:
-    from ajuste.backbones.zoo import ZOO
-
     return list(ZOO)
 
 
@@ -190,7 +182,5 @@ def rebuild_backbone(desc: dict[str, Any], run_dir: Path) -> Backbone:
         raise AjusteError(f"{run_dir}/backbone.json: unknown backbone kind {desc['kind']!r}")
     bb.set_dropout(desc.get("dropout", 0.0))
     if desc.get("peft"):
-        from ajuste.backbones.adapters import apply_peft
-
         apply_peft(bb, desc["peft"])
     return bb

@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from ajuste.backbones.base import Backbone, LayerGroup, Split, call_until
+from ajuste.backbones.compact import text_overrides
 from ajuste.errors import AjusteError
+from ajuste.lazy import quiet_transformers
 
 # A model folder is data from wherever the user got it, and two things in it can run code on load:
 # pickled weights (torch.load unpickles, and a pickle can call any function) and custom modelling code
@@ -313,7 +315,6 @@ def build_hf(source: str, *, name: str, num_classes: int, pretrained: bool, pool
     safetensors only, and a local folder is checked (`check_model_folder`) before transformers reads it."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from ajuste.lazy import quiet_transformers
 
     quiet_transformers()
     weights = pretrained and not compact and config_dir is None
@@ -335,7 +336,6 @@ def build_hf(source: str, *, name: str, num_classes: int, pretrained: bool, pool
         # With trust_remote_code=False transformers fell back to a built-in class: not the author's tokenizer.
         _refuse_custom_code(tokenizer.init_kwargs, f"hub model {name!r}: tokenizer_config.json")
     if compact and config_dir is None:  # a run's saved config already has the compact shape
-        from ajuste.backbones.compact import text_overrides
 
         for key, value in text_overrides(config).items():
             setattr(config, key, value)

@@ -90,6 +90,10 @@ def tune(
                    metric=metric, seed=seed, console=con, data=data_obj)
     if parallel.worker_label() is not None:
         return  # one worker of `tune -j N`: the parent prints the summary
+    _print_result(con, res)
+
+
+def _print_result(con, res) -> None:
     counts = ", ".join(f"{n} {k}" for k, n in sorted(res.counts.items()))
     con.print(f"study {res.study_name}: {counts} ({res.stopped_by}; {res.ran_here} run here)",
               highlight=False, soft_wrap=True)

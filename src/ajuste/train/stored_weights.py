@@ -19,7 +19,11 @@ from typing import Any
 
 import torch
 
+from ajuste.backbones.adapters import apply_peft
+from ajuste.backbones.factory import create_backbone
+from ajuste.backbones.zoo import ZOO
 from ajuste.errors import AjusteError
+from ajuste.io import atomic_save_safetensors, atomic_write_json
 
 BASE_KEY = "base"  # the safetensors header field that holds the reference
 MIN_SHARE = 0.5  # store by reference only when at least this share of the bytes is the base's
@@ -37,8 +41,6 @@ def tensor_digest(state: dict[str, torch.Tensor], keys: list[str]) -> str:
 
 def base_name(desc: dict[str, Any]) -> str:
     """The model name that loads this backbone's pretrained weights again (a local folder by its full path)."""
-    from ajuste.backbones.zoo import ZOO
-
     name = str(desc["name"])
     if name in ZOO or desc.get("kind") != "hf":
         return name
@@ -48,14 +50,10 @@ def base_name(desc: dict[str, Any]) -> str:
 
 def base_backbone(desc: dict[str, Any], name: str | None = None) -> Any:
     """The backbone of ``desc`` (backbone.json) with its pretrained weights and its adapters, untrained."""
-    from ajuste.backbones.factory import create_backbone
-
     with torch.random.fork_rng(devices=[]):  # a new head draws random numbers: not the caller's stream
         bb = create_backbone(name or base_name(desc), num_classes=int(desc["num_classes"]), pretrained=True,
                              dropout=float(desc.get("dropout", 0.0)), pooling=desc.get("pooling", "auto"))
         if desc.get("peft"):
-            from ajuste.backbones.adapters import apply_peft
-
             apply_peft(bb, desc["peft"])
     return bb
 
@@ -67,8 +65,6 @@ def _nbytes(t: torch.Tensor) -> int:
 def save(path: Path, backbone: Any, metadata: dict[str, str], *, pretrained: bool) -> dict[str, Any] | None:
     """Write ``backbone``'s weights to ``path``: by reference to the base when the run started from pretrained
     weights and most bytes are still the base's, else in full. Returns the reference (None: in full)."""
-    from ajuste.io import atomic_save_safetensors
-
     state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
     ref = _reference(backbone, state) if pretrained else None
     if ref is not None:
@@ -134,7 +130,6 @@ def materialise(run_dir: Path) -> bool:
     """Rewrite a run's weights in full (the model a study hands over); True when they were by reference."""
     from safetensors import safe_open
 
-    from ajuste.io import atomic_save_safetensors, atomic_write_json
     from ajuste.train.run_eval import load_run, weights_digest
 
     weights = Path(run_dir) / "model.safetensors"
