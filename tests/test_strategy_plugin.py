@@ -41,8 +41,9 @@ class HeadThenTop(Strategy):
     def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:
         o, top = cfg.optim, self.option_values(cfg).top_epochs
         head_lr = o.lr * o.head_lr_mult
-        return [Phase("head", [-1], cfg.train.epochs, o.lr, head_lr, cfg.train.patience),
-                Phase("top", [n_groups - 2, -1], top, o.lr, head_lr, None)]
+        return [Phase("head", train_groups=[-1], epochs=cfg.train.epochs, lr=o.lr, head_lr=head_lr,
+                      patience=cfg.train.patience),
+                Phase("top", train_groups=[n_groups - 2, -1], epochs=top, lr=o.lr, head_lr=head_lr, patience=None)]
 
     def search_space(self, modality: str, n_body_groups: int | None = None) -> dict[str, Any]:
         return {"strategy.top_epochs": {"type": "int", "low": 1, "high": 2}}

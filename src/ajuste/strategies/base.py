@@ -9,7 +9,7 @@ than the best one it found).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from ajuste.config import RunConfig, register_strategy_options, strategy_options, unregister_strategy_options
@@ -19,6 +19,7 @@ from ajuste.registry import Registry, load_plugins
 @dataclass
 class Phase:
     name: str
+    _: KW_ONLY
     train_groups: list[int] | None  # indices into backbone.layer_groups(); None = all; the head is -1
     epochs: int
     lr: float  # LR of the top trainable body group (lower groups may decay by optim.layer_decay)

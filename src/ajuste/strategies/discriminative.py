@@ -22,7 +22,8 @@ class Discriminative(Strategy):
 
     def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:
         o = cfg.optim
-        return [Phase("all", None, cfg.train.epochs, o.lr, o.lr * o.head_lr_mult, cfg.train.patience)]
+        return [Phase("all", train_groups=None, epochs=cfg.train.epochs, lr=o.lr, head_lr=o.lr * o.head_lr_mult,
+                      patience=cfg.train.patience)]
 
     def search_space(self, modality: str, n_body_groups: int | None = None) -> dict[str, Any]:
         return {"optim.layer_decay": dict(LAYER_DECAY_RANGE)}

@@ -14,4 +14,5 @@ class Full(Strategy):
 
     def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:
         o = cfg.optim
-        return [Phase("all", None, cfg.train.epochs, o.lr, o.lr * o.head_lr_mult, cfg.train.patience)]
+        return [Phase("all", train_groups=None, epochs=cfg.train.epochs, lr=o.lr, head_lr=o.lr * o.head_lr_mult,
+                      patience=cfg.train.patience)]

@@ -36,10 +36,12 @@ class Gradual(Strategy):
         o, every = cfg.optim, self.option_values(cfg).gradual_every
         body = n_groups - 1
         head_lr = o.lr * o.head_lr_mult
-        phases = [Phase("head", [-1], every, o.lr, head_lr, None)]
+        phases = [Phase("head", train_groups=[-1], epochs=every, lr=o.lr, head_lr=head_lr, patience=None)]
         for k in range(1, body):
-            phases.append(Phase(f"top{k}", list(range(body - k, body)) + [-1], every, o.lr, head_lr, None))
-        phases.append(Phase("all", None, cfg.train.epochs, o.lr, head_lr, cfg.train.patience))
+            phases.append(Phase(f"top{k}", train_groups=list(range(body - k, body)) + [-1], epochs=every, lr=o.lr,
+                                head_lr=head_lr, patience=None))
+        phases.append(Phase("all", train_groups=None, epochs=cfg.train.epochs, lr=o.lr, head_lr=head_lr,
+                            patience=cfg.train.patience))
         return phases
 
     def search_space(self, modality: str, n_body_groups: int | None = None) -> dict[str, Any]:

@@ -28,4 +28,5 @@ class LinearProbe(Strategy):
 
     def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:
         o = cfg.optim
-        return [Phase("head", [-1], cfg.train.epochs, o.lr, o.lr * o.head_lr_mult, cfg.train.patience + 2)]
+        return [Phase("head", train_groups=[-1], epochs=cfg.train.epochs, lr=o.lr, head_lr=o.lr * o.head_lr_mult,
+                      patience=cfg.train.patience + 2)]

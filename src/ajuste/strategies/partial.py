@@ -33,7 +33,8 @@ class Partial(Strategy):
             raise ConfigError(f"strategy.unfreeze={k} but this backbone has only {body} layer groups below the head")
         groups = list(range(body - k, body)) + [-1]
         o = cfg.optim
-        return [Phase(f"top{k}", groups, cfg.train.epochs, o.lr, o.lr * o.head_lr_mult, cfg.train.patience)]
+        return [Phase(f"top{k}", train_groups=groups, epochs=cfg.train.epochs, lr=o.lr, head_lr=o.lr * o.head_lr_mult,
+                      patience=cfg.train.patience)]
 
     def planning_groups(self, cfg: RunConfig) -> int:
         return 3 + max(1, self.option_values(cfg).unfreeze)

@@ -53,8 +53,8 @@ class PeftStrategy(Strategy):
 
     def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:
         o = cfg.optim
-        return [Phase(self.method, None, cfg.train.epochs, o.lr, o.lr * o.head_lr_mult, cfg.train.patience,
-                      select=self.peft_method.select)]
+        return [Phase(self.method, train_groups=None, epochs=cfg.train.epochs, lr=o.lr, head_lr=o.lr * o.head_lr_mult,
+                      patience=cfg.train.patience, select=self.peft_method.select)]
 
     def prepare(self, backbone: Any, cfg: RunConfig) -> None:
         apply_peft(backbone, resolve_spec(backbone, self.method, cfg.peft))

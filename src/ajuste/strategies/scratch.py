@@ -29,7 +29,8 @@ class Scratch(Strategy):
 
     def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:
         o = cfg.optim
-        return [Phase("all", None, cfg.train.epochs, o.lr, o.lr * o.head_lr_mult, cfg.train.patience + 3)]
+        return [Phase("all", train_groups=None, epochs=cfg.train.epochs, lr=o.lr, head_lr=o.lr * o.head_lr_mult,
+                      patience=cfg.train.patience + 3)]
 
 
 @register

@@ -71,8 +71,10 @@ class TwoStage(Strategy):
         epochs = cfg.train.epochs
         average = 0 if s.stage2_patience else min(epochs, round((s.stage2_average or 0.0) * epochs))
         return [
-            Phase("head", [-1], s.head_epochs, o.lr, head_lr, cfg.train.patience),
-            Phase("all", None, epochs, stage2, stage2, s.stage2_patience or None, average=average),
+            Phase("head", train_groups=[-1], epochs=s.head_epochs, lr=o.lr, head_lr=head_lr,
+                  patience=cfg.train.patience),
+            Phase("all", train_groups=None, epochs=epochs, lr=stage2, head_lr=stage2,
+                  patience=s.stage2_patience or None, average=average),
         ]
 
     def search_space(self, modality: str, n_body_groups: int | None = None) -> dict[str, Any]:
