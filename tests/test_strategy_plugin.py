@@ -157,7 +157,8 @@ class HeadShare(Strategy):
 
     def phases(self, cfg, n_groups):
         o = cfg.optim
-        return [Phase("head", [-1], cfg.train.epochs, o.lr, o.lr * o.head_lr_mult, cfg.train.patience)]
+        return [Phase("head", train_groups=[-1], epochs=cfg.train.epochs, lr=o.lr, head_lr=o.lr * o.head_lr_mult,
+                      patience=cfg.train.patience)]
 '''
 
 
@@ -171,8 +172,10 @@ def test_an_installed_package_adds_a_strategy_through_its_entry_point(tmp_path):
     code = ("from ajuste.config import RunConfig\n"
             "from ajuste.strategies.base import get_strategy\n"
             "cfg = RunConfig().override({'strategy.name': 'head-share', 'strategy.head_share': 0.25})\n"
-            "print(get_strategy('head-share').summary, cfg.strategy.head_share)\n")
+            "cfg = cfg.override({'optim.lr': 1e-3, 'optim.head_lr_mult': 10.0, 'train.epochs': 2})\n"
+            "phases = get_strategy('head-share').phases(cfg, 4)\n"
+            "print(get_strategy('head-share').summary, cfg.strategy.head_share, phases[0].epochs)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "an installed package's strategy 0.25"
+    assert proc.stdout.strip() == "an installed package's strategy 0.25 2"
