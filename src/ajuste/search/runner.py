@@ -34,9 +34,9 @@ from ajuste.config import RunConfig
 from ajuste.data import fingerprint
 from ajuste.errors import AjusteError, ConfigError
 from ajuste.io import ajuste_dir_kind, atomic_write_json, atomic_write_text
+from ajuste.search.results import (ATTR_CONFIG, ATTR_DATA, ATTR_METRIC, ATTR_SPACE, best_config, best_summary,
+                                   best_trial_or_none, objective_text, state_counts, trial_rows)
 
-ATTR_SPACE, ATTR_CONFIG, ATTR_METRIC = "ajuste.space", "ajuste.config", "ajuste.metric"
-ATTR_DATA = "ajuste.data_digest"  # the examples the trials were scored on, by content (ajuste.data.fingerprint)
 # Fields that do not change what a trial computes: a resumed study may differ in these.
 _IGNORED_FIELDS = {"train.threads"}
 MAX_CONSECUTIVE_FAILURES = 3
@@ -80,18 +80,6 @@ def _counts_against_budget(t: Any) -> bool:
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING):
         return True
     return t.state == TrialState.FAIL and bool(t.user_attrs.get("counted"))
-
-
-def study_metric(study: Any) -> str:
-    return study.user_attrs.get(ATTR_METRIC, "val_accuracy")
-
-
-def best_config(study: Any, trial: Any) -> RunConfig:
-    """The run config of a trial: the study's base config with the trial's params applied."""
-    raw = study.user_attrs.get(ATTR_CONFIG)
-    if raw is None:
-        raise AjusteError(f"study {study.study_name!r} was not created by `ajuste tune` (no base config)")
-    return RunConfig.from_dict(raw, where=f"study {study.study_name}").override(dict(trial.params))
 
 
 def _comparable_config(cfg: RunConfig) -> dict[str, Any]:
@@ -272,7 +260,7 @@ def _tune(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner
             atomic_write_json(files["tune"], {
                 "study": name, "storage": redact(url), "sampler": sampler, "pruner": pruner, "metric": metric,
                 "direction": direction, "trials": budget, "timeout_seconds": timeout_s, "max_epochs": max_epochs,
-                "space": space_obj.to_dict(), "config": cfg.to_dict(), "objective": _objective_text(metric),
+                "space": space_obj.to_dict(), "config": cfg.to_dict(), "objective": objective_text(metric),
                 "dashboard": dashboard_command(url), "data_digest": digest,
             })
         done = sum(_counts_against_budget(t) for t in study.get_trials(deepcopy=False))
@@ -316,7 +304,7 @@ def _tune(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner
             else:
                 files = write_outputs(study, out, metric=metric, url=url)
     return TuneResult(study_name=name, storage=redact(url), out=out, metric=metric, direction=direction,
-                      budget=budget, best=_best_summary(study), counts=_state_counts(study),
+                      budget=budget, best=best_summary(study), counts=state_counts(study),
                       ran_here=stats["ran"], stopped_by=stopped_by, files=files,
                       dashboard=dashboard_command(url))
 
@@ -325,11 +313,6 @@ def _in_exception() -> bool:
     import sys
 
     return sys.exc_info()[0] is not None
-
-
-def _objective_text(metric: str) -> str:
-    what = "validation accuracy" if metric == "val_accuracy" else "validation loss"
-    return f"{what} at the trial's kept epoch (the best by train.monitor: the weights fit keeps)"
 
 
 def _create_or_load(optuna: Any, st: Any, name: str, direction: str) -> tuple[Any, bool]:
@@ -486,25 +469,7 @@ def _worker() -> str:
     return worker_id()
 
 
-def _state_counts(study: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-    return counts
-
-
-def _best_summary(study: Any) -> dict[str, Any] | None:
-    from ajuste.search.storage import best_trial_or_none
-
-    best = best_trial_or_none(study)
-    if best is None:
-        return None
-    return {"number": best.number, "value": best.value, "params": dict(best.params)}
-
-
 def _print_trial(console: Any, study: Any, rec: Any, metric: str) -> None:
-    from ajuste.search.storage import best_trial_or_none
-
     leaves = [k.split(".")[-1] for k in rec.params]
     # Short names (lr=) unless two params share one (model.dropout, peft.dropout).
     params = "  ".join(f"{leaf if leaves.count(leaf) == 1 else k}={_short(v)}"
@@ -540,9 +505,8 @@ def _writing(out: Path):
 
 
 def write_outputs(study: Any, out: Path, *, metric: str, url: str) -> dict[str, Path]:
-    from ajuste.search.storage import redact
-
     from ajuste.search.report import write_report
+    from ajuste.search.storage import redact
 
     out = Path(out)
     files = {"tune": out / "tune.json", "best": out / "best.json", "trials": out / "trials.csv"}
@@ -554,13 +518,11 @@ def write_outputs(study: Any, out: Path, *, metric: str, url: str) -> dict[str, 
 
 
 def best_record(study: Any, *, metric: str, url: str, out: Path) -> dict[str, Any]:
-    from ajuste.search.storage import best_trial_or_none
-
     best = best_trial_or_none(study)
     rec: dict[str, Any] = {
         "study": study.study_name, "storage": url, "metric": metric,
-        "direction": study.direction.name.lower(), "objective": _objective_text(metric),
-        "trials": _state_counts(study),
+        "direction": study.direction.name.lower(), "objective": objective_text(metric),
+        "trials": state_counts(study),
         "number": None, "value": None, "params": None, "config": None,
         "data_digest": study.user_attrs.get(ATTR_DATA),
     }
@@ -571,36 +533,6 @@ def best_record(study: Any, *, metric: str, url: str, out: Path) -> dict[str, An
                    config=best_config(study, best).to_dict(),
                    retrain=f"ajuste train --from-study {out}")
     return rec
-
-
-def trial_rows(study: Any) -> tuple[list[str], list[dict[str, Any]]]:
-    names: list[str] = []
-    for t in study.get_trials(deepcopy=False):
-        for k in t.params:
-            if k not in names:
-                names.append(k)
-    cols = ["number", "state", "value", *names, "epochs", "best_epoch", "val_loss", "val_accuracy",
-            "pruned_at_epoch", "seconds", "worker", "rss_mb", "note", "datetime_start", "datetime_complete"]
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        ua = t.user_attrs
-        steps = sorted(t.intermediate_values)
-        row: dict[str, Any] = {
-            "number": t.number, "state": t.state.name.lower(), "value": t.value,
-            "epochs": ua.get("epochs", len(steps) or None), "best_epoch": ua.get("best_epoch"),
-            "val_loss": ua.get("val_loss"), "val_accuracy": ua.get("val_accuracy"),
-            "pruned_at_epoch": steps[-1] + 1 if t.state.name == "PRUNED" and steps else None,
-            "seconds": round(t.duration.total_seconds(), 2) if t.duration else None,
-            "worker": ua.get("worker"), "rss_mb": ua.get("rss_mb"),
-            "note": ua.get("error") or ua.get("diverged") or ("interrupted" if ua.get("interrupted") else ""),
-            "datetime_start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
-            "datetime_complete": t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else None,
-        }
-        if t.state.name == "PRUNED" and t.value is None and steps:
-            row["value"] = t.intermediate_values[steps[-1]]
-        row.update({k: t.params.get(k) for k in names})
-        rows.append(row)
-    return cols, rows
 
 
 def write_trials_csv(study: Any, path: Path) -> Path:
