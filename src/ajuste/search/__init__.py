@@ -1,6 +1,7 @@
 """Hyperparameter search with Optuna (`ajuste tune`).
 
-- ``space``: search spaces (defaults per strategy, YAML overrides, grids), params = dotted config keys.
+- ``space``: search spaces (defaults per strategy, YAML overrides, grids), params = dotted config keys;
+  ``params``: one searched field (``Param``) and how a YAML entry becomes one.
 - ``samplers``: sampler and pruner by name.
 - ``storage``: storage URLs (SQLite default, PostgreSQL for parallel workers), reachability check, study lock.
 - ``objective``: one trial = one ``train_run``; per-epoch reports for pruners; release of each trial's model.
