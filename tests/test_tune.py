@@ -492,10 +492,10 @@ def test_timeout_starts_no_new_trial(tmp_path, tiny_cfg, digits, monkeypatch):
     import itertools
     import time
 
-    import ajuste.search.runner as runner
+    import ajuste.search.trial_loop as trial_loop
 
     class Clock:
-        """The runner's `time`, with a monotonic clock that moves 1 s a read: two real readings in a row can be
+        """The trial loop's `time`, with a monotonic clock that moves 1 s a read: two real readings in a row can be
         less than the 1 µs timeout apart, and then a trial started."""
         ticks = itertools.count()
 
@@ -505,7 +505,7 @@ def test_timeout_starts_no_new_trial(tmp_path, tiny_cfg, digits, monkeypatch):
         def __getattr__(self, name):
             return getattr(time, name)
 
-    monkeypatch.setattr(runner, "time", Clock())
+    monkeypatch.setattr(trial_loop, "time", Clock())
     res = _tune(tmp_path, tiny_cfg, digits, trials=5, timeout=1e-6)
     assert res.stopped_by == "timeout" and res.ran_here == 0 and res.best is None
 

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError, TrainingDiverged
+from ajuste.train import run as training  # the module: tests substitute its train_run
 
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 # fit() counts an epoch as an improvement when val loss drops by more than this (keep in step with loop.py).
@@ -179,14 +180,14 @@ class Objective:
     def _run(self, trial: Any, params: dict[str, Any], reporter: EpochReporter) -> float:
         import optuna
 
-        from ajuste.train.cache import shared_dir
-        from ajuste.train.run import train_run
+        from ajuste.train.cache import shared_dir  # imports torch
 
         cfg = self.base_cfg.override(params)
         try:
             with shared_dir(self.cache_dir):
-                result = train_run(cfg=cfg, out=None, data=self.data, splits=self.splits, progress=False,
-                                   console=None, on_epoch_end=reporter, evaluate_test=False)
+                result = training.train_run(cfg=cfg, out=None, data=self.data, splits=self.splits,
+                                            progress=False, console=None, on_epoch_end=reporter,
+                                            evaluate_test=False)
         except TrainingDiverged as exc:
             # A diverging LR is an answer, not a crash: the trial ends as pruned with its last report.
             trial.set_user_attr("diverged", " ".join(str(exc).split()))

@@ -18,6 +18,10 @@ import sys
 import threading
 from typing import Any
 
+from rich.markup import escape
+
+from ajuste.study import workers  # the module: tests substitute its gpu_count
+
 WORKER_ENV = "AJUSTE_TUNE_WORKER"  # set in a worker: it prints its trials and leaves the summary to the parent
 
 
@@ -28,10 +32,8 @@ def worker_label() -> str | None:
 def run_workers(argv: list[str], jobs: int, *, console: Any) -> int:
     """Start ``jobs`` workers on ``argv`` (the `ajuste tune` arguments, with --storage, --study-name and --out);
     print their lines, labelled; return the first non-zero exit status (0 when all finished)."""
-    from ajuste.study.workers import gpu_count, usable_cores, worker_gpus
-
-    gpus = worker_gpus(jobs, gpu_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
-    threads = max(1, usable_cores() // jobs)
+    gpus = workers.worker_gpus(jobs, workers.gpu_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    threads = max(1, workers.usable_cores() // jobs)
     procs, readers = [], []
     lock = threading.Lock()
     for i, gpu in enumerate(gpus):
@@ -65,8 +67,6 @@ def run_workers(argv: list[str], jobs: int, *, console: Any) -> int:
 
 
 def _relay(proc: subprocess.Popen, label: str, console: Any, lock: threading.Lock) -> None:
-    from rich.markup import escape
-
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip("\n")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
+
 # (file stem, title) of the plots the report shows, in order.
 PLOTS = (
     ("history", "Optimisation history"),
@@ -24,8 +26,6 @@ def _agg() -> None:
 
 
 def _figure(ax: Any, size: tuple[float, float]):
-    import numpy as np
-
     # Some optuna plots return an array of Axes.
     if isinstance(ax, np.ndarray):
         ax = ax.flat[0]

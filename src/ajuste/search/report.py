@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ajuste.io import atomic_write_text
+from ajuste.search.plots import PLOTS, study_figures
+from ajuste.search.results import best_trial_or_none, objective_text, state_counts, trial_rows
+from ajuste.search.storage import dashboard_command
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1000px;
@@ -51,16 +54,12 @@ def _png(fig: Any) -> bytes:
 
 
 def write_report(study: Any, path: Path, *, metric: str, storage: str) -> Path:
-    from ajuste.search.plots import PLOTS, study_figures
-    from ajuste.search.runner import _objective_text, _state_counts, trial_rows
-    from ajuste.search.storage import best_trial_or_none, dashboard_command
-
     path = Path(path)
     plots_dir = path.parent / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
     figures = study_figures(study)
     best = best_trial_or_none(study)
-    counts = _state_counts(study)
+    counts = state_counts(study)
     e = html.escape
 
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -69,7 +68,7 @@ def write_report(study: Any, path: Path, *, metric: str, storage: str) -> Path:
              f"<style>{_CSS}</style></head><body>",
              f"<h1>Study {e(study.study_name)}</h1>",
              f"<p class='muted'>storage <code>{e(storage)}</code> · objective: {e(metric)} "
-             f"({e(study.direction.name.lower())}), {e(_objective_text(metric))} · trials: "
+             f"({e(study.direction.name.lower())}), {e(objective_text(metric))} · trials: "
              + ", ".join(f"{n} {e(k)}" for k, n in sorted(counts.items())) + "</p>"]
     parts.append("<h2>Best trial</h2>")
     if best is None:

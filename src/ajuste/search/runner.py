@@ -18,29 +18,34 @@ storage the study itself is ``out/study.db``: ``optuna-dashboard sqlite:///out/s
 from __future__ import annotations
 
 import contextlib
-import csv
 import gc
 import math
 import os
 import re
-import time
-import warnings
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ajuste import locks
+from ajuste import durations, locks
 from ajuste.config import RunConfig
 from ajuste.data import fingerprint
+from ajuste.data.splits import take_fraction
 from ajuste.errors import AjusteError, ConfigError
-from ajuste.io import ajuste_dir_kind, atomic_write_json, atomic_write_text
-
-ATTR_SPACE, ATTR_CONFIG, ATTR_METRIC = "ajuste.space", "ajuste.config", "ajuste.metric"
-ATTR_DATA = "ajuste.data_digest"  # the examples the trials were scored on, by content (ajuste.data.fingerprint)
-# Fields that do not change what a trial computes: a resumed study may differ in these.
-_IGNORED_FIELDS = {"train.threads"}
-MAX_CONSECUTIVE_FAILURES = 3
-WAIT_POLL_SECONDS = 2.0
+from ajuste.io import ajuste_dir_kind, atomic_write_json
+# Modules, not names: tests substitute make_pruner and ajuste.train.run's functions.
+from ajuste.search import samplers
+from ajuste.search.objective import METRICS, Objective, check_metric, release_memory
+from ajuste.search.outputs import write_outputs, writing
+from ajuste.search.results import best_summary, objective_text, state_counts
+from ajuste.search.resume import check_same_data, check_same_study, create_or_load, record_request
+from ajuste.search.space import SearchSpace, default_space, load_space
+from ajuste.search.storage import (StudyLock, check_reachable, dashboard_command, default_storage, open_storage,
+                                   redact, resolve_study_ref)
+from ajuste.search.trial_loop import TrialStats, counts_against_budget, on_trial_end, requeue_interrupted, \
+    run_trials
+from ajuste.strategies.base import get_strategy, resolve_config
+from ajuste.train import run as training
 
 
 @dataclass
@@ -59,11 +64,31 @@ class TuneResult:
     dashboard: str = ""
 
 
+@dataclass
+class _Plan:
+    """A checked request with its data and space: everything settled before the study is opened."""
+
+    cfg: RunConfig
+    out: Path
+    url: str
+    name: str
+    sampler: str
+    pruner: str
+    metric: str
+    direction: str
+    timeout_s: float | None
+    data: Any
+    splits: dict
+    digest: str
+    space: SearchSpace
+    budget: int | None
+    grid: dict[str, list] | None
+    max_epochs: int | None
+
+
 def parse_duration(text: str | float | int | None) -> float | None:
     """``--timeout``: see ajuste.durations (a bare number is seconds)."""
-    from ajuste.durations import parse_duration as parse
-
-    return parse(text, "--timeout")
+    return durations.parse_duration(text, "--timeout")
 
 
 def default_study_name(cfg: RunConfig) -> str:
@@ -74,48 +99,9 @@ def default_study_name(cfg: RunConfig) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
 
 
-def _counts_against_budget(t: Any) -> bool:
-    from optuna.trial import TrialState
-
-    if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING):
-        return True
-    return t.state == TrialState.FAIL and bool(t.user_attrs.get("counted"))
-
-
-def study_metric(study: Any) -> str:
-    return study.user_attrs.get(ATTR_METRIC, "val_accuracy")
-
-
-def best_config(study: Any, trial: Any) -> RunConfig:
-    """The run config of a trial: the study's base config with the trial's params applied."""
-    raw = study.user_attrs.get(ATTR_CONFIG)
-    if raw is None:
-        raise AjusteError(f"study {study.study_name!r} was not created by `ajuste tune` (no base config)")
-    return RunConfig.from_dict(raw, where=f"study {study.study_name}").override(dict(trial.params))
-
-
-def _comparable_config(cfg: RunConfig) -> dict[str, Any]:
-    raw = cfg.to_dict()
-    for key in _IGNORED_FIELDS:
-        section, leaf = key.split(".")
-        raw.get(section, {}).pop(leaf, None)
-    return raw
-
-
-def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) or isinstance(vb, dict):
-            out += _dict_diff(va or {}, vb or {}, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} → {vb!r}")
-    return out
-
-
 def _body_groups(cfg: RunConfig, n_classes: int) -> int:
     """Layer groups below the head of the model, from an untrained instance (no weights loaded)."""
-    from ajuste.backbones.factory import create_backbone
+    from ajuste.backbones.factory import create_backbone  # imports torch
 
     bb = create_backbone(cfg.model.name, num_classes=n_classes, pretrained=False, pooling=cfg.model.pooling)
     n = len(bb.layer_groups()) - 1
@@ -131,7 +117,7 @@ def _max_epochs(resolved: RunConfig, strategy: Any, n_groups: int, n_train: int,
         phases = strategy.phases(resolved, n_groups)
         min_steps = getattr(resolved.train, "min_steps", 0)
         try:
-            from ajuste.train.loop import stretch_phases
+            from ajuste.train.loop import stretch_phases  # imports torch
         except ImportError:
             stretch_phases = None
         if not (stretch_phases and min_steps):
@@ -145,11 +131,9 @@ def _max_epochs(resolved: RunConfig, strategy: Any, n_groups: int, n_train: int,
         return None
 
 
-def build_space(cfg: RunConfig, *, modality: str, space_file: str | Path | None, n_body_groups: int | None) -> Any:
+def build_space(cfg: RunConfig, *, modality: str, space_file: str | Path | None,
+                n_body_groups: int | None) -> SearchSpace:
     """Default space of the strategy ← its search_space() hook ← the --space YAML; validated."""
-    from ajuste.search.space import default_space, load_space
-    from ajuste.strategies.base import get_strategy, resolve_config
-
     strategy = get_strategy(cfg.strategy.name)
     resolved = resolve_config(cfg, modality)
     space = default_space(strategy, modality=modality, default_lr=resolved.optim.lr, n_body_groups=n_body_groups)
@@ -181,17 +165,16 @@ def tune(*, cfg: RunConfig, out: str | Path, trials: int | None = 20, sampler: s
 def _tune(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner: str, space: str | Path | None,
           storage: str | None, study_name: str | None, timeout: float | str | None, metric: str,
           seed: int | None, console: Any, data: Any, splits: dict | None, report: bool) -> TuneResult:
-    import optuna
+    plan = _plan(cfg=cfg, out=out, trials=trials, sampler=sampler, pruner=pruner, space=space, storage=storage,
+                 study_name=study_name, timeout=timeout, metric=metric, data=data, splits=splits)
+    return _run_study(plan, seed=seed, console=console, report=report)
 
-    from ajuste.search.objective import METRICS, Objective, check_metric, release_memory
-    from ajuste.search.samplers import check_names, make_pruner, make_sampler
-    from ajuste.search.storage import (StudyLock, check_reachable, dashboard_command, default_storage,
-                                       open_storage, redact)
-    from ajuste.strategies.base import get_strategy, resolve_config
-    from ajuste.train.run import prepare_data, resolve_model_early
 
+def _plan(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner: str, space: str | Path | None,
+          storage: str | None, study_name: str | None, timeout: float | str | None, metric: str, data: Any,
+          splits: dict | None) -> _Plan:
     # 1. Everything that can be wrong with the request, before any data or model is loaded.
-    sampler, pruner = check_names(sampler, pruner)
+    sampler, pruner = samplers.check_names(sampler, pruner)
     metric = check_metric(metric)
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials {trials} must be ≥ 1")
@@ -199,23 +182,17 @@ def _tune(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner
     strategy = get_strategy(cfg.strategy.name)
     cfg = cfg.override({"strategy.name": strategy.name})
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise AjusteError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()) \
-            and not any((out / marker).exists() for marker in ("tune.json", "study.db", "best.json")):
-        what = {"run": "holds a training run", "study": "holds a study of `ajuste compare`"}.get(
-            ajuste_dir_kind(out), "is not empty and is not an `ajuste tune` directory")
-        raise AjusteError(f"--out {out} {what}; use another --out")
+    _check_out(out)
     url = storage or default_storage(out)
     if storage is None:
         out.mkdir(parents=True, exist_ok=True)
     check_reachable(url)
-    cfg, data = resolve_model_early(cfg, data)
+    cfg, data = training.resolve_model_early(cfg, data)
     name = study_name or default_study_name(cfg)
 
     # 2. Data once for all trials (the training fraction is drawn inside each run, the same every time).
     if splits is None:
-        data, splits = prepare_data(cfg.override({"data.fraction": 1.0}), data=data)
+        data, splits = training.prepare_data(cfg.override({"data.fraction": 1.0}), data=data)
     modality = data.modality
     digest = fingerprint.data_digest(data)
     n_body = _body_groups(cfg, len(data.classes))
@@ -226,38 +203,47 @@ def _tune(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner
         grid = space_obj.grid()
         size = space_obj.grid_size()
         budget = size if trials is None else min(trials, size)
-    resolved = resolve_config(cfg, modality)
-    from ajuste.data.splits import take_fraction
-
     n_train = len(take_fraction(splits["train"], data.labels, cfg.data.fraction, seed=cfg.data.split_seed)) \
         if cfg.data.fraction != 1.0 else len(splits["train"])
-    max_epochs = _max_epochs(resolved, strategy, n_body + 1, n_train, space_obj)
+    max_epochs = _max_epochs(resolve_config(cfg, modality), strategy, n_body + 1, n_train, space_obj)
     out.mkdir(parents=True, exist_ok=True)
+    return _Plan(cfg=cfg, out=out, url=url, name=name, sampler=sampler, pruner=pruner, metric=metric,
+                 direction=METRICS[metric], timeout_s=timeout_s, data=data, splits=splits, digest=digest,
+                 space=space_obj, budget=budget, grid=grid, max_epochs=max_epochs)
 
-    direction = METRICS[metric]
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise AjusteError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()) \
+            and not any((out / marker).exists() for marker in ("tune.json", "study.db", "best.json")):
+        what = {"run": "holds a training run", "study": "holds a study of `ajuste compare`"}.get(
+            ajuste_dir_kind(out), "is not empty and is not an `ajuste tune` directory")
+        raise AjusteError(f"--out {out} {what}; use another --out")
+
+
+def _run_study(plan: _Plan, *, seed: int | None, console: Any, report: bool) -> TuneResult:
+    import optuna
+
     say = console.print if console is not None else (lambda *a, **k: None)
     previous_verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # ajuste prints one line per trial instead
-    lock = StudyLock(url, name)
+    lock = StudyLock(plan.url, plan.name)
     study: Any = None
-    files: dict[str, Path] = {"tune": out / "tune.json"}
-    stats = {"ran": 0, "failures": 0, "last_error": ""}
+    files: dict[str, Path] = {"tune": plan.out / "tune.json"}
+    stats = TrialStats()
     stopped_by = "interrupted"
     try:
         # 3. Create or load the study under the lock: the first worker writes the space and config;
         #    any later one (or a resume) must match them.
         with lock.hold():
-            st = open_storage(url)
-            study, created = _create_or_load(optuna, st, name, direction)
+            study, created = create_or_load(open_storage(plan.url), plan.name, plan.direction)
             if created:
-                study.set_user_attr(ATTR_SPACE, space_obj.to_dict())
-                study.set_user_attr(ATTR_CONFIG, cfg.to_dict())
-                study.set_user_attr(ATTR_METRIC, metric)
-                study.set_user_attr(ATTR_DATA, digest)
+                record_request(study, space=plan.space, cfg=plan.cfg, metric=plan.metric, digest=plan.digest)
             else:
                 try:
-                    _check_same_study(study, name, redact(url), space_obj, cfg, metric)
-                    _check_same_data(study, name, redact(url), digest, cfg.data.source)
+                    check_same_study(study, plan.name, redact(plan.url), plan.space, plan.cfg, plan.metric)
+                    check_same_data(study, plan.name, redact(plan.url), plan.digest, plan.cfg.data.source)
                 except AjusteError:
                     study = None  # not ours to report on
                     raise
@@ -266,44 +252,25 @@ def _tune(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner
         # first run would re-draw the points already tried.
         worker_seed = None if seed is None else \
             (seed * 1_000_003 + n_existing * 7919 + (0 if created else os.getpid())) % 2**31
-        study.sampler = make_sampler(sampler, seed=worker_seed, budget=budget, grid=grid)
-        study.pruner = make_pruner(pruner, max_epochs=max_epochs)
-        with _writing(out):
-            atomic_write_json(files["tune"], {
-                "study": name, "storage": redact(url), "sampler": sampler, "pruner": pruner, "metric": metric,
-                "direction": direction, "trials": budget, "timeout_seconds": timeout_s, "max_epochs": max_epochs,
-                "space": space_obj.to_dict(), "config": cfg.to_dict(), "objective": _objective_text(metric),
-                "dashboard": dashboard_command(url), "data_digest": digest,
-            })
-        done = sum(_counts_against_budget(t) for t in study.get_trials(deepcopy=False))
-        say(f"{'starting' if created else 'continuing'} study {name} in {redact(url)}: "
-            f"{done}/{budget if budget else '∞'} trials so far · sampler {sampler} · pruner {pruner} · "
-            f"{metric} ({direction}) · {len(space_obj)} params: {', '.join(space_obj.params)}", highlight=False,
-            soft_wrap=True)
+        study.sampler = samplers.make_sampler(plan.sampler, seed=worker_seed, budget=plan.budget, grid=plan.grid)
+        study.pruner = samplers.make_pruner(plan.pruner, max_epochs=plan.max_epochs)
+        _write_request(plan, files["tune"])
+        _say_start(say, study, plan, created)
 
         # 4. The trial loop.
-        def on_end(rec: Any) -> None:
-            stats["ran"] += 1
-            if rec.state == "FAIL" and rec.note != "interrupted":
-                stats["failures"] += 1
-                stats["last_error"] = rec.note
-            elif rec.state != "FAIL":
-                stats["failures"] = 0
-            if console is not None:
-                _print_trial(console, study, rec, metric)
-
-        objective = Objective(base_cfg=cfg, space=space_obj, data=data, splits=splits, metric=metric,
-                              on_start=lambda trial: lock.release(), on_end=on_end)
+        objective = Objective(base_cfg=plan.cfg, space=plan.space, data=plan.data, splits=plan.splits,
+                              metric=plan.metric, on_start=lambda trial: lock.release(),
+                              on_end=on_trial_end(stats, study, console, plan.metric))
         # Move the long-lived objects (modules, data) out of the collector's sight: the full collection
         # after each trial then only walks what the trial created (0.3 s → milliseconds here).
         gc.collect()
         gc.freeze()
-        stopped_by = _loop(optuna, study, objective, lock, budget=budget, timeout_s=timeout_s, say=say,
-                           stats=stats, grid=sampler == "grid")
+        stopped_by = run_trials(study, objective, lock, budget=plan.budget, timeout_s=plan.timeout_s, say=say,
+                                stats=stats, grid=plan.sampler == "grid")
         del objective
         release_memory()
     except KeyboardInterrupt:
-        _requeue_interrupted(study)
+        requeue_interrupted(study)
         raise
     finally:
         gc.unfreeze()
@@ -312,313 +279,40 @@ def _tune(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner
         if study is not None and report:
             if _in_exception():
                 with contextlib.suppress(Exception):
-                    files = write_outputs(study, out, metric=metric, url=url)
+                    files = write_outputs(study, plan.out, metric=plan.metric, url=plan.url)
             else:
-                files = write_outputs(study, out, metric=metric, url=url)
-    return TuneResult(study_name=name, storage=redact(url), out=out, metric=metric, direction=direction,
-                      budget=budget, best=_best_summary(study), counts=_state_counts(study),
-                      ran_here=stats["ran"], stopped_by=stopped_by, files=files,
-                      dashboard=dashboard_command(url))
+                files = write_outputs(study, plan.out, metric=plan.metric, url=plan.url)
+    return TuneResult(study_name=plan.name, storage=redact(plan.url), out=plan.out, metric=plan.metric,
+                      direction=plan.direction, budget=plan.budget, best=best_summary(study),
+                      counts=state_counts(study), ran_here=stats.ran, stopped_by=stopped_by, files=files,
+                      dashboard=dashboard_command(plan.url))
+
+
+def _write_request(plan: _Plan, path: Path) -> None:
+    """``tune.json``: what this worker was asked for."""
+    with writing(plan.out):
+        atomic_write_json(path, {
+            "study": plan.name, "storage": redact(plan.url), "sampler": plan.sampler, "pruner": plan.pruner,
+            "metric": plan.metric, "direction": plan.direction, "trials": plan.budget,
+            "timeout_seconds": plan.timeout_s, "max_epochs": plan.max_epochs, "space": plan.space.to_dict(),
+            "config": plan.cfg.to_dict(), "objective": objective_text(plan.metric),
+            "dashboard": dashboard_command(plan.url), "data_digest": plan.digest,
+        })
+
+
+def _say_start(say: Any, study: Any, plan: _Plan, created: bool) -> None:
+    done = sum(counts_against_budget(t) for t in study.get_trials(deepcopy=False))
+    say(f"{'starting' if created else 'continuing'} study {plan.name} in {redact(plan.url)}: "
+        f"{done}/{plan.budget if plan.budget else '∞'} trials so far · sampler {plan.sampler} · pruner "
+        f"{plan.pruner} · {plan.metric} ({plan.direction}) · {len(plan.space)} params: "
+        f"{', '.join(plan.space.params)}", highlight=False, soft_wrap=True)
 
 
 def _in_exception() -> bool:
-    import sys
-
     return sys.exc_info()[0] is not None
-
-
-def _objective_text(metric: str) -> str:
-    what = "validation accuracy" if metric == "val_accuracy" else "validation loss"
-    return f"{what} at the trial's kept epoch (the best by train.monitor: the weights fit keeps)"
-
-
-def _create_or_load(optuna: Any, st: Any, name: str, direction: str) -> tuple[Any, bool]:
-    try:
-        return optuna.create_study(study_name=name, storage=st, direction=direction), True
-    except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(study_name=name, storage=st), False
-
-
-def _check_same_data(study: Any, name: str, where: str, digest: str, source: Any) -> None:
-    """Trials scored on other examples cannot be compared with these: refuse to add to such a study."""
-    stored = study.user_attrs.get(ATTR_DATA)
-    if stored is not None and stored != digest:
-        raise AjusteError(f"study {name} in {where} was started on other data: {source} changed since (its "
-                          f"examples differ, not only their order); restore the data, or start another study "
-                          f"(--study-name or another --out)")
-
-
-def _check_same_study(study: Any, name: str, where: str, space: Any, cfg: RunConfig, metric: str) -> None:
-    from ajuste.search.space import SearchSpace
-
-    attrs = study.user_attrs
-    if ATTR_SPACE not in attrs or ATTR_CONFIG not in attrs:
-        raise AjusteError(f"study {name!r} in {where} was not created by `ajuste tune`; use another --study-name")
-    stored_metric = attrs.get(ATTR_METRIC, "val_accuracy")
-    if stored_metric != metric:
-        raise AjusteError(f"study {name!r} optimises {stored_metric}, not {metric}: resume with "
-                          f"--metric {stored_metric}, or use another --study-name")
-    stored_space = SearchSpace.from_mapping(attrs[ATTR_SPACE], where=f"study {name}")
-    if stored_space != space:
-        raise AjusteError(f"refusing to resume study {name!r} with a different search space "
-                          f"({stored_space.diff(space)}); use the same --space and strategy, or another "
-                          f"--study-name")
-    old = _comparable_config(RunConfig.from_dict(attrs[ATTR_CONFIG], where=f"study {name}"))
-    diff = _dict_diff(old, _comparable_config(cfg))
-    if diff:
-        raise AjusteError(f"refusing to resume study {name!r} with different fixed settings "
-                          f"({'; '.join(diff)}); use the same options, or another --study-name")
-
-
-def _fail_stale(optuna: Any, study: Any) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optuna.storages.fail_stale_trials(study)
-
-
-def _loop(optuna: Any, study: Any, objective: Any, lock: Any, *, budget: int | None, timeout_s: float | None,
-          say: Any, stats: dict, grid: bool) -> str:
-    from ajuste.search.objective import TrialFailed
-
-    start = time.monotonic()
-    waiting_said = False
-    while True:
-        if timeout_s is not None and time.monotonic() - start >= timeout_s:
-            return "timeout"
-        lock.acquire()
-        try:
-            _fail_stale(optuna, study)
-            _fail_dead_local_workers(study, locked=lock.kind in ("sqlite", "postgresql"))
-            trials = study.get_trials(deepcopy=False)
-            counted = [t for t in trials if _counts_against_budget(t)]
-            exhausted = grid and study.sampler.is_exhausted(study)
-            waiting = any(t.state.name == "WAITING" for t in counted)
-            if ((budget is not None and len(counted) >= budget) or exhausted) and not waiting:
-                running = [t.number for t in counted if t.state.name == "RUNNING"]
-                lock.release()
-                if not running:
-                    return "grid exhausted" if exhausted and (budget is None or len(counted) < budget) \
-                        else "budget reached"
-                # Other workers still run the last trials: wait for them (or for their heartbeat to
-                # go stale, which re-queues the slot), so the report covers every trial.
-                if not waiting_said:
-                    say(f"budget reached; waiting for {len(running)} trial(s) still running elsewhere "
-                        f"(#{', #'.join(map(str, running))})", highlight=False, soft_wrap=True)
-                    waiting_said = True
-                time.sleep(WAIT_POLL_SECONDS)
-                continue
-            # Keep the lock: the objective releases it once study.ask() has created our trial.
-            study.optimize(objective, n_trials=1, catch=(TrialFailed,))
-        finally:
-            lock.release()
-        if stats["failures"] >= MAX_CONSECUTIVE_FAILURES:
-            raise AjusteError(f"{stats['failures']} trials in a row failed; last: {stats['last_error']} "
-                              f"(AJUSTE_DEBUG=1 shows the traceback)")
-
-
-def _fail_dead_local_workers(study: Any, *, locked: bool) -> None:
-    """A RUNNING trial whose worker was a process of this machine that no longer exists (killed, crashed)
-    is failed and re-queued with the same parameters at once — a re-run after a kill need not wait for
-    the heartbeat to go stale (that path remains for workers on other machines).
-
-    ``locked``: the caller holds the study lock. Workers record themselves on a new trial before they
-    release that lock, so a RUNNING trial with no worker recorded was left by a worker that died holding
-    it — between ``study.ask()`` and its first heartbeat, where Optuna's stale-trial check never looks
-    (such a trial stayed RUNNING forever and the re-run waited for it)."""
-    import socket
-
-    from optuna.trial import TrialState, create_trial
-
-    host = socket.gethostname()
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
-    for t in trials:
-        if t.state != TrialState.RUNNING:
-            continue
-        if "worker" not in t.user_attrs:
-            if not locked:
-                continue
-        else:
-            w_host, _, pid = str(t.user_attrs["worker"]).rpartition(":")
-            if w_host != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
-                continue
-        with contextlib.suppress(Exception):  # another worker may have failed it a moment ago
-            study._storage.set_trial_user_attr(t._trial_id, "worker_died", True)
-            if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                continue
-            if t.number not in retried:
-                study.add_trial(create_trial(state=TrialState.WAITING, params=t.params,
-                                             distributions=t.distributions,
-                                             system_attrs={**t.system_attrs, "failed_trial": t.number}))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _requeue_interrupted(study: Any) -> None:
-    """Re-queue (WAITING, same params) the trial this process left interrupted, so a re-run redoes it.
-    The same as Optuna's RetryHeartbeatStaleTrialCallback does for a worker that died."""
-    if study is None:
-        return
-    from optuna.trial import TrialState, create_trial
-
-    with contextlib.suppress(Exception):
-        trials = study.get_trials(deepcopy=False)
-        retried = {t.system_attrs.get("failed_trial") for t in trials}
-        for t in trials:
-            if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and \
-                    t.user_attrs.get("worker") == _worker() and t.number not in retried:
-                system_attrs = {**t.system_attrs, "failed_trial": t.number}
-                study.add_trial(create_trial(state=TrialState.WAITING, params=t.params,
-                                             distributions=t.distributions, system_attrs=system_attrs))
-
-
-def _worker() -> str:
-    from ajuste.search.objective import worker_id
-
-    return worker_id()
-
-
-def _state_counts(study: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-    return counts
-
-
-def _best_summary(study: Any) -> dict[str, Any] | None:
-    from ajuste.search.storage import best_trial_or_none
-
-    best = best_trial_or_none(study)
-    if best is None:
-        return None
-    return {"number": best.number, "value": best.value, "params": dict(best.params)}
-
-
-def _print_trial(console: Any, study: Any, rec: Any, metric: str) -> None:
-    from ajuste.search.storage import best_trial_or_none
-
-    leaves = [k.split(".")[-1] for k in rec.params]
-    # Short names (lr=) unless two params share one (model.dropout, peft.dropout).
-    params = "  ".join(f"{leaf if leaves.count(leaf) == 1 else k}={_short(v)}"
-                       for leaf, (k, v) in zip(leaves, rec.params.items()))
-    best = best_trial_or_none(study)  # finished trials: this one is told to the study after this line
-    best_txt = f" · best {best.value:.4f} (#{best.number})" if best is not None else ""
-    if rec.state == "COMPLETE":
-        maximize = study.direction.name == "MAXIMIZE"
-        if best is None or (rec.value > best.value if maximize else rec.value < best.value):
-            best_txt = " · new best"
-        what = f"[green]{metric} {rec.value:.4f}[/]"
-    elif rec.state == "PRUNED":
-        what = f"[yellow]{rec.note or 'pruned'}[/]"
-    else:
-        what = f"[red]failed[/] ({rec.note})"
-    console.print(f"trial {rec.number:>3} {what}{best_txt} · {rec.epochs} ep · {rec.seconds:.1f}s · {params}",
-                  highlight=False, soft_wrap=True)
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
-
-
-# -- outputs -------------------------------------------------------------------------------------------
-
-
-def _writing(out: Path):
-    """``out``'s lock while this worker writes there: a no-op when it holds it already (default storage);
-    with a shared server, a worker finishing at the same moment as another on this machine waits its turn."""
-    return locks.hold(out, what="search", wait=120)
-
-
-def write_outputs(study: Any, out: Path, *, metric: str, url: str) -> dict[str, Path]:
-    from ajuste.search.storage import redact
-
-    from ajuste.search.report import write_report
-
-    out = Path(out)
-    files = {"tune": out / "tune.json", "best": out / "best.json", "trials": out / "trials.csv"}
-    with _writing(out):
-        atomic_write_json(files["best"], best_record(study, metric=metric, url=redact(url), out=out))
-        write_trials_csv(study, files["trials"])
-        files["report"] = write_report(study, out / "report.html", metric=metric, storage=redact(url))
-    return files
-
-
-def best_record(study: Any, *, metric: str, url: str, out: Path) -> dict[str, Any]:
-    from ajuste.search.storage import best_trial_or_none
-
-    best = best_trial_or_none(study)
-    rec: dict[str, Any] = {
-        "study": study.study_name, "storage": url, "metric": metric,
-        "direction": study.direction.name.lower(), "objective": _objective_text(metric),
-        "trials": _state_counts(study),
-        "number": None, "value": None, "params": None, "config": None,
-        "data_digest": study.user_attrs.get(ATTR_DATA),
-    }
-    if best is not None:
-        rec.update(number=best.number, value=best.value, params=dict(best.params),
-                   epochs=best.user_attrs.get("epochs"), best_epoch=best.user_attrs.get("best_epoch"),
-                   val_loss=best.user_attrs.get("val_loss"), val_accuracy=best.user_attrs.get("val_accuracy"),
-                   config=best_config(study, best).to_dict(),
-                   retrain=f"ajuste train --from-study {out}")
-    return rec
-
-
-def trial_rows(study: Any) -> tuple[list[str], list[dict[str, Any]]]:
-    names: list[str] = []
-    for t in study.get_trials(deepcopy=False):
-        for k in t.params:
-            if k not in names:
-                names.append(k)
-    cols = ["number", "state", "value", *names, "epochs", "best_epoch", "val_loss", "val_accuracy",
-            "pruned_at_epoch", "seconds", "worker", "rss_mb", "note", "datetime_start", "datetime_complete"]
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        ua = t.user_attrs
-        steps = sorted(t.intermediate_values)
-        row: dict[str, Any] = {
-            "number": t.number, "state": t.state.name.lower(), "value": t.value,
-            "epochs": ua.get("epochs", len(steps) or None), "best_epoch": ua.get("best_epoch"),
-            "val_loss": ua.get("val_loss"), "val_accuracy": ua.get("val_accuracy"),
-            "pruned_at_epoch": steps[-1] + 1 if t.state.name == "PRUNED" and steps else None,
-            "seconds": round(t.duration.total_seconds(), 2) if t.duration else None,
-            "worker": ua.get("worker"), "rss_mb": ua.get("rss_mb"),
-            "note": ua.get("error") or ua.get("diverged") or ("interrupted" if ua.get("interrupted") else ""),
-            "datetime_start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
-            "datetime_complete": t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else None,
-        }
-        if t.state.name == "PRUNED" and t.value is None and steps:
-            row["value"] = t.intermediate_values[steps[-1]]
-        row.update({k: t.params.get(k) for k in names})
-        rows.append(row)
-    return cols, rows
-
-
-def write_trials_csv(study: Any, path: Path) -> Path:
-    import io
-
-    cols, rows = trial_rows(study)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
-    return path
 
 
 def retrain_config(ref: str) -> tuple[RunConfig, dict[str, Any]]:
     """``ajuste train --from-study REF``: the best trial's config, and where it came from."""
-    from ajuste.search.storage import resolve_study_ref
-
     info = resolve_study_ref(ref)
     return RunConfig.from_dict(info["config"], where=f"--from-study {ref}"), info

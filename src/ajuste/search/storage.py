@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ajuste.errors import AjusteError
+from ajuste.search.results import ATTR_DATA, best_config, best_trial_or_none, study_metric
 
 CONNECT_TIMEOUT = 5  # seconds, for PostgreSQL connections
 SQLITE_BUSY_TIMEOUT = 60  # seconds a SQLite writer waits for the file lock (optuna #820)
@@ -268,20 +269,9 @@ def resolve_study_ref(ref: str) -> dict[str, Any]:
     if name not in names:
         raise AjusteError(f"--from-study: no study {name!r} in {redact(url)} (it has: {', '.join(names) or 'none'})")
     study = optuna.load_study(study_name=name, storage=storage)
-    from ajuste.search.runner import best_config, study_metric
-
     best = best_trial_or_none(study)
     if best is None:
         raise AjusteError(f"--from-study: study {name!r} has no finished trial yet")
-    from ajuste.search.runner import ATTR_DATA
-
     return {"config": best_config(study, best).to_dict(), "study": name, "number": best.number,
             "value": best.value, "metric": study_metric(study), "data_digest": study.user_attrs.get(ATTR_DATA)}
 
-
-def best_trial_or_none(study: Any) -> Any:
-    from optuna.trial import TrialState
-
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return None
-    return study.best_trial
