@@ -33,6 +33,8 @@ from typing import Any, Callable
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError, TrainingDiverged
 from ajuste.train import run as training  # the module: tests substitute its train_run
+from ajuste.train.cache import shared_dir
+from ajuste.train.loop import CancelFit
 
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 # fit() counts an epoch as an improvement when val loss drops by more than this (keep in step with loop.py).
@@ -86,8 +88,6 @@ class EpochReporter:
         return self.best_acc if self.metric == "val_accuracy" else self.best_loss
 
     def __call__(self, rec: Any, result: Any) -> None:
-        from ajuste.train.loop import CancelFit
-
         self.epochs = rec.epoch + 1
         if result is not None and result.provisional is not None:
             # a weight-averaged phase: its best epoch so far stands in for the average, validated at its end
@@ -179,8 +179,6 @@ class Objective:
 
     def _run(self, trial: Any, params: dict[str, Any], reporter: EpochReporter) -> float:
         import optuna
-
-        from ajuste.train.cache import shared_dir  # imports torch
 
         cfg = self.base_cfg.override(params)
         try:

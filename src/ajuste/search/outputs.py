@@ -15,8 +15,7 @@ from typing import Any
 from ajuste import locks
 from ajuste.io import atomic_write_json, atomic_write_text
 from ajuste.search.report import write_report
-from ajuste.search.results import ATTR_DATA, best_config, best_trial_or_none, objective_text, state_counts, \
-    trial_rows
+from ajuste.search.results import ATTR_DATA, best_config, best_trial_or_none, objective_text, state_counts, trial_rows
 from ajuste.search.storage import redact
 
 

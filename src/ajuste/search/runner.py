@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from ajuste import durations, locks
+from ajuste.backbones.factory import create_backbone
 from ajuste.config import RunConfig
 from ajuste.data import fingerprint
 from ajuste.data.splits import take_fraction
 from ajuste.errors import AjusteError, ConfigError
 from ajuste.io import ajuste_dir_kind, atomic_write_json
+
 # Modules, not names: tests substitute make_pruner and ajuste.train.run's functions.
 from ajuste.search import samplers
 from ajuste.search.objective import METRICS, Objective, check_metric, release_memory
@@ -40,12 +42,19 @@ from ajuste.search.outputs import write_outputs, writing
 from ajuste.search.results import best_summary, objective_text, state_counts
 from ajuste.search.resume import check_same_data, check_same_study, create_or_load, record_request
 from ajuste.search.space import SearchSpace, default_space, load_space
-from ajuste.search.storage import (StudyLock, check_reachable, dashboard_command, default_storage, open_storage,
-                                   redact, resolve_study_ref)
-from ajuste.search.trial_loop import TrialStats, counts_against_budget, on_trial_end, requeue_interrupted, \
-    run_trials
+from ajuste.search.storage import (
+    StudyLock,
+    check_reachable,
+    dashboard_command,
+    default_storage,
+    open_storage,
+    redact,
+    resolve_study_ref,
+)
+from ajuste.search.trial_loop import TrialStats, counts_against_budget, on_trial_end, requeue_interrupted, run_trials
 from ajuste.strategies.base import get_strategy, resolve_config
 from ajuste.train import run as training
+from ajuste.train.loop import stretch_phases
 
 
 @dataclass
@@ -101,8 +110,6 @@ def default_study_name(cfg: RunConfig) -> str:
 
 def _body_groups(cfg: RunConfig, n_classes: int) -> int:
     """Layer groups below the head of the model, from an untrained instance (no weights loaded)."""
-    from ajuste.backbones.factory import create_backbone  # imports torch
-
     bb = create_backbone(cfg.model.name, num_classes=n_classes, pretrained=False, pooling=cfg.model.pooling)
     n = len(bb.layer_groups()) - 1
     del bb
@@ -116,11 +123,7 @@ def _max_epochs(resolved: RunConfig, strategy: Any, n_groups: int, n_train: int,
     try:
         phases = strategy.phases(resolved, n_groups)
         min_steps = getattr(resolved.train, "min_steps", 0)
-        try:
-            from ajuste.train.loop import stretch_phases  # imports torch
-        except ImportError:
-            stretch_phases = None
-        if not (stretch_phases and min_steps):
+        if not min_steps:
             return sum(p.epochs for p in phases)
         batch = space.params.get("data.batch_size")
         sizes = [resolved.data.batch_size] if batch is None else (
