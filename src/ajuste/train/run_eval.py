@@ -12,6 +12,9 @@ import torch
 
 from ajuste.errors import AjusteError
 from ajuste.io import ajuste_dir_kind, read_json
+from ajuste.train.prepare import prepare_data
+from ajuste.train.run_dir import read_status, status_error, weights_digest
+from ajuste.train.run_dir import weights_metadata  # noqa: F401 - callers import it from here
 
 
 def trainable_share(backbone: Any, phases: list[Any]) -> int:
@@ -67,12 +70,10 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise AjusteError(f"{run_dir} is a search of `ajuste tune`, not a run; train its best trial with "
                           f"`ajuste train --from-study {run_dir}`")
     if missing:
-        from ajuste.train.run import read_status
-
         status = read_status(run_dir)
         hint = f" (status: {status}; re-run the same `ajuste train` command to finish it)" if status else ""
         if status == "failed":  # re-running the same command would fail the same way: say why it failed
-            hint = f" (training failed: {_status_error(run_dir)})"
+            hint = f" (training failed: {status_error(run_dir)})"
         elif (run_dir / "summary.json").is_file():  # finished, then damaged: re-running would refuse
             hint = " (the run had finished; a file was moved or deleted — retrain with `ajuste train ... --overwrite`)"
         raise AjusteError(f"{run_dir} is not a finished run: missing {', '.join(missing)}{hint}")
@@ -120,22 +121,6 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise AjusteError(f"{run_dir}/preprocessing.json is not a preprocessing record ({exc}); restore it "
                           "or retrain") from None
     return LoadedRun(run_dir, backbone, classes, pre, load_config(run_dir / "config.yaml"), summary)
-
-
-def weights_digest(path: Path) -> str:
-    """sha256 of a weights file: summary.json records it, so a swapped or damaged file is refused on load."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weights_metadata(classes: list[str]) -> dict[str, str]:
-    """The safetensors header of a run's model.safetensors: the classes travel with the weights."""
-    return {"format": "pt", "ajuste": "model", "labels": json.dumps(list(classes), ensure_ascii=False)}
 
 
 def _check_weights_file(run_dir: Path, weights: Path, classes: list[str], summary: Any) -> dict[str, str]:
@@ -196,13 +181,6 @@ def _short(items: Any, limit: int = 6) -> str:
     return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
 
 
-def _status_error(run_dir: Path) -> str:
-    try:
-        return str(json.loads((run_dir / "status.json").read_text()).get("error", "")) or "no reason recorded"
-    except (OSError, ValueError):
-        return "no reason recorded"
-
-
 def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_col: str | None = None,
                  label_col: str | None = None, warn: Any = None, strict: bool = False) -> dict[str, Any]:
     """Metrics of a run on its own test split (default) or on another labelled source. ``warn`` receives the
@@ -212,7 +190,6 @@ def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_co
     from ajuste.data.sources import load_data
     from ajuste.metrics import classification_metrics
     from ajuste.train.loop import amp_for, predict_logits, use_channels_last
-    from ajuste.train.run import prepare_data
 
     run = load_run(run_dir)
     cfg = run.config
