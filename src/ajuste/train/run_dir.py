@@ -14,7 +14,7 @@ Layout of a run directory::
     summary.json         test metrics, time, parameters, memory; written last: its presence = complete
     checkpoint/          resume state while the run is unfinished (removed when complete)
 
-Training (``ajuste.train.run``) and loading (``ajuste.train.run_eval``) both read these files, so they live
+Training (``ajuste.train.run``) and loading (``ajuste.train.run_load``) both read these files, so they live
 below both.
 """
 
