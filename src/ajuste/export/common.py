@@ -1,0 +1,99 @@
+"""What the export formats share: the probe batches an export's logits are compared on, the positional form of
+the backbone that exporters and tracers take, the files written beside a bare model (labels, preprocessing,
+tokenizer), and the silence that exporters and loaders are kept in."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ajuste.io import atomic_write_json
+from ajuste.lazy import quiet_transformers
+
+_PROBE_TEXTS = ["a probe sentence for the export check", "short", "another, rather different line of text!",
+                "free entry in a weekly prize draw"]
+# A second batch of another size and length: catches shapes a trace or an exporter baked in. The long
+# text is cut at the run's max_length, so truncation is checked too.
+_PROBE_TEXTS_2 = ["ok", "the second probe batch has a different size and a much longer sequence than the first "
+                  * 20, "third", "fourth line", "fifth, the last one"]
+
+
+def probe_inputs(backbone: Any, preprocessing: Any, n: int = 4, *, second: bool = False) -> Any:
+    """A small fixed batch in the model's input format (images: noise at the input size). ``second``:
+    another batch of a different size (and sequence length)."""
+    g = torch.Generator().manual_seed(1 if second else 0)
+    if backbone.modality == "image":
+        size = preprocessing.image_size
+        return torch.randn(n + 3 if second else n, 3, size, size, generator=g)
+    return dict(backbone.tokenizer(probe_texts(n, second), padding=True, truncation=True,
+                                   max_length=preprocessing.max_length, return_tensors="pt"))
+
+
+def probe_texts(n: int = 4, second: bool = False) -> list[str]:
+    return list(_PROBE_TEXTS_2) if second else _PROBE_TEXTS[:n]
+
+
+@torch.no_grad()
+def probe_logits(backbone: Any, inputs: Any) -> torch.Tensor:
+    backbone.eval()
+    return backbone(inputs).float()
+
+
+def probe_shape(p: Any) -> list[int]:
+    return list((p["input_ids"] if isinstance(p, dict) else p).shape)
+
+
+class Positional(torch.nn.Module):
+    """The backbone with positional tensor inputs (the form exporters and tracers take)."""
+
+    def __init__(self, backbone: Any, names: list[str]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.names = names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        if self.names == ["pixel_values"]:
+            return self.backbone(tensors[0])
+        return self.backbone(dict(zip(self.names, tensors)))
+
+
+def input_names(probe: Any) -> list[str]:
+    return list(probe) if isinstance(probe, dict) else ["pixel_values"]
+
+
+def as_args(probe: Any, names: list[str]) -> tuple[torch.Tensor, ...]:
+    return tuple(probe[n] for n in names) if isinstance(probe, dict) else (probe,)
+
+
+def save_tokenizer(bb: Any, run: Any, folder: Path) -> None:
+    """The run's tokenizer, truncating at the run's max_length by default (as `ajuste predict` does)."""
+    tok = bb.tokenizer
+    old = tok.model_max_length
+    tok.model_max_length = int(run.preprocessing.max_length)
+    try:
+        tok.save_pretrained(folder)
+    finally:
+        tok.model_max_length = old
+
+
+def write_sidecars(bb: Any, run: Any, stage: Path, names: list[str]) -> None:
+    atomic_write_json(stage / "labels.json", list(run.classes))
+    pre = run.preprocessing.to_dict()
+    pre["inputs"] = names
+    atomic_write_json(stage / "preprocessing.json", pre)
+    if bb.modality == "text":
+        save_tokenizer(bb, run, stage)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Exporters and loaders print progress and deprecation notes; the CLI prints one summary line."""
+    quiet_transformers()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield

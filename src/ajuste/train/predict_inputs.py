@@ -1,0 +1,152 @@
+"""What ``ajuste predict`` is given, turned into what the model classifies: image files from files, folders, globs
+and stdin; texts from tables, text files, globs, stdin and the command line. Unreadable images are skipped or
+refused with the reasons `ajuste train` gives; input of the wrong modality is refused in one line."""
+
+from __future__ import annotations
+
+import glob
+import sys
+from pathlib import Path
+from typing import Any
+
+from ajuste.data.sources import _decode, _listing, check_images, load_texts
+from ajuste.errors import AjusteError, DataError
+
+_IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_TEXT_EXT = {".csv", ".tsv", ".jsonl", ".txt"}
+
+
+_FILE_EXT = _IMAGE_EXT | _TEXT_EXT | {".json", ".npz", ".npy", ".parquet", ".xlsx", ".xls", ".pdf", ".docx"}
+
+
+def _looks_like_a_file(item: str) -> bool:
+    """One word ending in a file suffix ("reviews.csv", "data/*.tsv"): meant as a path, not as a text."""
+    return not any(ch.isspace() for ch in item) and Path(item).suffix.lower() in _FILE_EXT
+
+
+def read_stdin(stdin: Any) -> list[str]:
+    stream = sys.stdin if stdin is None else stdin
+    if getattr(stream, "isatty", lambda: False)():
+        raise AjusteError("- reads inputs from stdin, but stdin is a terminal; pipe them in "
+                          "(e.g. `ls shots/*.jpg | ajuste predict RUN -`)")
+    return stream.read().splitlines()
+
+
+def _is_glob(item: str) -> bool:
+    return glob.has_magic(item) and not Path(item).exists()
+
+
+def _glob(item: str) -> list[Path]:
+    return [Path(m) for m in sorted(glob.glob(str(Path(item).expanduser()), recursive=True))
+            if not Path(m).name.startswith(".")]
+
+
+def _images_in(folder: Path) -> list[str]:
+    return sorted(str(f) for f in folder.rglob("*") if f.suffix.lower() in _IMAGE_EXT
+                  and not f.name.startswith(".") and f.is_file())
+
+
+def expand_image_inputs(inputs: list[str], stdin_lines: list[str] = ()) -> list[str]:
+    files: list[str] = []
+    for item in inputs:
+        if item == "-":
+            paths = [ln.strip() for ln in stdin_lines if ln.strip()]
+            if not paths:
+                raise AjusteError("- (stdin) gave no image paths; pipe one path per line")
+            for ln in paths:
+                if not Path(ln).is_file():
+                    raise AjusteError(f"stdin names {ln}, which is not an image file; pipe one image path per line")
+            files.extend(paths)
+            continue
+        p = Path(item)
+        if _is_glob(item):
+            matched = _glob(item)
+            found = [str(m) for m in matched if m.is_file() and m.suffix.lower() in _IMAGE_EXT]
+            for m in matched:
+                if m.is_dir():
+                    found.extend(_images_in(m))
+            if not found:
+                raise AjusteError(f"{item}: no image files match this pattern (extensions "
+                                  f"{', '.join(sorted(_IMAGE_EXT))})")
+            files.extend(found)
+        elif p.is_dir():
+            files.extend(_images_in(p))
+        elif p.is_file():
+            if p.suffix.lower() in _TEXT_EXT:
+                raise AjusteError(f"{item} is a text table but the run is an image model; give image files or folders")
+            files.append(str(p))
+        else:
+            raise AjusteError(f"{item}: no such image file or folder")
+    if not files:
+        raise AjusteError(f"no images found in {', '.join(inputs)}")
+    return files
+
+
+def readable_images(files: list[str], *, strict: bool, warn: Any) -> list[str]:
+    """``files`` less those that do not decode (with the reasons `ajuste train` gives when it skips them)."""
+    problems = check_images([Path(f) for f in files])
+    bad = [i for i, p in enumerate(problems) if p is not None]
+    if not bad:
+        return files
+    first = f"{files[bad[0]]} cannot be read ({problems[bad[0]]}); replace or remove it"
+    if strict or len(files) == 1:
+        raise DataError(first)
+    if len(bad) == len(files):
+        raise DataError(f"none of the {len(files)} images could be read (e.g. {files[0]}: {problems[0]}); check "
+                        "that the files are real, complete images")
+    if warn is not None:
+        warn(f"skipped {len(bad)} unreadable image{'s' if len(bad) > 1 else ''} of {len(files)}: "
+             f"{_listing(f'{files[i]} ({problems[i]})' for i in bad)}")
+    return [f for f, p in zip(files, problems) if p is None]
+
+
+def expand_text_inputs(inputs: list[str], text_col: str | None, stdin_lines: list[str] = (), *,
+                       strict: bool = False, warn: Any = None) -> tuple[list[str], list[str]]:
+    names: list[str] = []
+    texts: list[str] = []
+
+    def add_file(p: Path, label: str) -> None:
+        if p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
+            rows, lines = load_texts(p, text_col=text_col, strict=strict, warn=warn)
+            names.extend(f"{label}:{line}" for line in lines)
+            texts.extend(rows)
+        else:
+            numbered = [(no, ln) for no, ln in enumerate(_decode(p).splitlines(), start=1) if ln.strip()]
+            names.extend(f"{label}:{no}" for no, _ in numbered)
+            texts.extend(ln for _, ln in numbered)
+
+    for item in inputs:
+        if item == "-":
+            numbered = [(no, ln) for no, ln in enumerate(stdin_lines, start=1) if ln.strip()]
+            names.extend(f"stdin:{no}" for no, _ in numbered)
+            texts.extend(ln for _, ln in numbered)
+            continue
+        p = Path(item)
+        # a text model would happily "classify" the file name of an image: refuse instead
+        if p.is_dir() or (p.is_file() and p.suffix.lower() in _IMAGE_EXT):
+            raise AjusteError(f"{item} is an image {'folder' if p.is_dir() else 'file'} but the run is a text "
+                              f"model; give texts, or a .csv/.tsv/.jsonl/.txt file of texts")
+        if _is_glob(item):
+            # A pattern that matches text files is a glob; anything else ("why?") is a text to classify.
+            matched = [m for m in _glob(item) if m.is_file()]
+            if matched and all(m.suffix.lower() in _TEXT_EXT for m in matched):
+                for m in matched:
+                    add_file(m, str(m))
+                continue
+            if matched and any(m.suffix.lower() in _IMAGE_EXT for m in matched):
+                raise AjusteError(f"{item} matches image files but the run is a text model; give texts, or "
+                                  f".csv/.tsv/.jsonl/.txt files of texts")
+        if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".txt", ""):
+            add_file(p, p.name)
+        elif p.is_file():
+            raise AjusteError(f"{item}: a text model reads texts from .csv/.tsv/.jsonl/.txt files, not "
+                              f"{p.suffix} files; convert it, or pass the texts themselves")
+        elif _looks_like_a_file(item):
+            raise AjusteError(f"{item}: {'no file matches this pattern' if _is_glob(item) else 'no such file'}"
+                              f"; check the path (a text to classify that looks like a file name: add a word)")
+        else:
+            names.append(item if len(item) <= 60 else item[:57] + "...")
+            texts.append(item)
+    if not texts:
+        raise AjusteError("nothing to predict: no text found in the inputs")
+    return names, texts
