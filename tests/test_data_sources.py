@@ -612,7 +612,7 @@ def test_explicit_columns_skip_the_headerless_guess(tmp_path):
 def test_builtin_digits_read_without_scikit_learn_equal_load_digits():
     from sklearn.datasets import load_digits
 
-    from ajuste.data.sources import _digits_arrays
+    from ajuste.data.sources.digits import _digits_arrays
 
     images, target = _digits_arrays()
     ref = load_digits()

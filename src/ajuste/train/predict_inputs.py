@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ajuste.data.sources import _decode, _listing, check_images, load_texts
+from ajuste.data.sources import check_images, load_texts
+from ajuste.data.sources.common import _listing
+from ajuste.data.sources.table_read import _decode
 from ajuste.errors import AjusteError, DataError
 
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

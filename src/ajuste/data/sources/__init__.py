@@ -19,14 +19,11 @@ Every user-facing failure is a `DataError` whose message is one line: what is wr
 
 from __future__ import annotations
 
-from ajuste.data.sources.common import BUILTIN_SOURCES, IMAGE_EXTENSIONS, TEXT_EXTENSIONS, _listing
-from ajuste.data.sources.digits import _digits_arrays
+from ajuste.data.sources.common import BUILTIN_SOURCES, IMAGE_EXTENSIONS, TEXT_EXTENSIONS
 from ajuste.data.sources.images import check_images
 from ajuste.data.sources.load import load_data
 from ajuste.data.sources.records import LabelledData
-from ajuste.data.sources.table_read import _decode
 from ajuste.data.sources.tables import load_texts
 
 __all__ = ["LabelledData", "load_data", "load_texts", "check_images", "BUILTIN_SOURCES", "IMAGE_EXTENSIONS",
            "TEXT_EXTENSIONS"]
-# _listing, _decode and _digits_arrays are private, but train/run_eval.py and the tests import them from here.
