@@ -62,9 +62,9 @@ def check_model_modality(model: str, modality: str | None, data: Any, source: An
         entry = zoo.ZOO.get(model)
         modality = entry.modality if entry is not None else None
     if modality is not None and modality != data.modality:
-        raise AjusteError(f"model {model!r} is {_a(modality)} model but {source} holds {data.modality} data; "
-                          f"pick {_a(data.modality)} model (`ajuste models`)")
+        raise AjusteError(f"model {model!r} is {_with_article(modality)} model but {source} holds "
+                          f"{data.modality} data; pick {_with_article(data.modality)} model (`ajuste models`)")
 
 
-def _a(modality: str) -> str:
+def _with_article(modality: str) -> str:
     return f"an {modality}" if modality[:1] in "aeiou" else f"a {modality}"
