@@ -38,6 +38,7 @@ class PeftMethod:
     modalities: tuple[str, ...] = ("image", "text")
     why_not: str = ""  # for a modality it does not support: the reason, in a few words
     why_no_merge: str = "it does not change existing weights"  # when not mergeable
+    prepends_tokens: bool = False  # learned tokens before a text encoder's input (prompt and prefix tuning)
 
     def resolve(self, backbone: Any, pcfg: Any) -> dict[str, Any]:
         """The concrete spec for this backbone (targets resolved to module names), from ``cfg.peft``: it goes

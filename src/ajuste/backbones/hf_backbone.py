@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ajuste.backbones.adapters import get_method
 from ajuste.backbones.base import Backbone, LayerGroup, Split, call_until
 from ajuste.backbones.compact import text_overrides
 from ajuste.errors import AjusteError
@@ -65,7 +66,7 @@ class HFBackbone(Backbone):
 
     def features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         n_tokens = inputs["input_ids"].shape[1]
-        if self.peft and self.peft["method"] in ("prompt-tuning", "prefix-tuning"):
+        if self.peft and get_method(self.peft["method"]).prepends_tokens:
             # peft drops token type ids for prompt learning (with a warning per call); single-segment
             # inputs have all-zero ids, the encoder's default.
             inputs = {k: v for k, v in inputs.items() if k != "token_type_ids"}

@@ -25,14 +25,16 @@ def export(
     from rich.console import Console
     from rich.markup import escape
 
+    from ajuste.backbones.adapters import get_method, mergeable_methods
     from ajuste.export import export_run
 
     res = export_run(run_dir=run_dir, out=out, format=fmt, merge=merge, overwrite=overwrite)
     con = Console(highlight=False, soft_wrap=True)
     if res.merged:
         what = f"{res.method} adapters merged into the weights"
-    elif res.method and res.method != "bitfit":
-        what = f"{res.method} adapters kept" + ("" if merge else " (--merge folds lora/ia3 into the weights)")
+    elif res.method and get_method(res.method).wraps:
+        folds = "/".join(mergeable_methods())
+        what = f"{res.method} adapters kept" + ("" if merge else f" (--merge folds {folds} into the weights)")
     else:
         what = "plain weights"
     text = res.modality == "text"

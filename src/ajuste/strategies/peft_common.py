@@ -32,6 +32,7 @@ class VirtualTokens(PeftMethod):
     modalities = ("text",)
     why_not = "it prepends learned tokens to a text encoder's input"
     why_no_merge = "learned tokens are extra inputs"
+    prepends_tokens = True
 
     def resolve(self, backbone: Any, pcfg: Any) -> dict[str, Any]:
         return {"method": self.name, "num_virtual_tokens": int(pcfg.num_virtual_tokens)}
