@@ -209,10 +209,12 @@ def test_samplers_and_pruners_by_name():
         assert make_sampler(name, seed=0, budget=20, grid={"optim.lr": [1e-3]}) is not None
     for name in PRUNERS:
         assert make_pruner(name, max_epochs=9) is not None
+    assert type(make_pruner("auto", max_epochs=9)).__name__ == "SuccessiveHalvingPruner"
+    assert type(make_pruner("hyperband", max_epochs=9)).__name__ == "HyperbandPruner"
     with pytest.raises(ConfigError, match="unknown sampler 'bayes': valid samplers are tpe, random, grid, gp, "
                                           "cmaes, nsga2"):
         make_sampler("bayes", seed=0, budget=5)
-    with pytest.raises(ConfigError, match="unknown pruner 'asha': valid pruners are hyperband, sha, median, none"):
+    with pytest.raises(ConfigError, match="unknown pruner 'asha': valid pruners are auto, sha, hyperband, median, none"):
         make_pruner("asha")
 
 
@@ -628,8 +630,7 @@ def test_cli_tune_outputs_and_retrain(tmp_path, capsys):
     out = tmp_path / "t"
     space = _space_file(tmp_path, SMALL_SPACE)
     rc, stdout, err = _cli(capsys, "tune", "digits", *TINY, *_tiny_sets(), "--strategy", "linear-probe",
-                           "--epochs", "2", "--trials", "2", "--sampler", "tpe", "--pruner", "hyperband",
-                           "--space", space, "--out", out)
+                           "--epochs", "2", "--trials", "2", "--sampler", "tpe", "--space", space, "--out", out)
     assert rc == 0, err
     assert "best trial #" in stdout and f"ajuste train --from-study {out}" in stdout
     best = json.loads((out / "best.json").read_text())
@@ -642,6 +643,7 @@ def test_cli_tune_outputs_and_retrain(tmp_path, capsys):
     assert (out / "plots" / "history.png").stat().st_size > 1000
     tune_info = json.loads((out / "tune.json").read_text())
     assert tune_info["storage"].endswith("study.db") and tune_info["sampler"] == "tpe"
+    assert tune_info["pruner"] == "sha"  # --pruner auto, the default: successive halving
 
     rc, stdout, err = _cli(capsys, "train", "--from-study", out, "--epochs", "1", "--out", tmp_path / "best", "-q")
     assert rc == 0, err
@@ -663,7 +665,7 @@ def test_cli_tune_outputs_and_retrain(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--sampler", "bayes"], "unknown sampler 'bayes': valid samplers are tpe, random, grid, gp, cmaes, nsga2"),
-    (["--pruner", "asha"], "unknown pruner 'asha': valid pruners are hyperband, sha, median, none"),
+    (["--pruner", "asha"], "unknown pruner 'asha': valid pruners are auto, sha, hyperband, median, none"),
     (["--sampler", "grid"], "--sampler grid needs a finite grid, but optim.lr"),
     (["--space", "EMPTY"], "the search space is empty"),
     (["--space", "INVERTED"], "low (0.1) must be < high (0.01)"),

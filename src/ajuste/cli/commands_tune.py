@@ -24,7 +24,7 @@ def tune(
                                          help="Trials in the study in total, across re-runs and workers "
                                               "(default 20; grid: the grid size)"),
     sampler: str = typer.Option("tpe", "--sampler", help="grid | random | tpe | gp | cmaes | nsga2"),
-    pruner: str = typer.Option("hyperband", "--pruner", help="hyperband | sha | median | none"),
+    pruner: str = typer.Option("auto", "--pruner", help="auto (successive halving) | sha | hyperband | median | none"),
     space: Optional[Path] = typer.Option(None, "--space", help="YAML search space (on top of the strategy's "
                                                                "default space; see docs/tune.md)"),
     storage: Optional[str] = typer.Option(None, "--storage",

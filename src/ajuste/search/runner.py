@@ -147,7 +147,7 @@ def build_space(cfg: RunConfig, *, modality: str, space_file: str | Path | None,
 
 
 def tune(*, cfg: RunConfig, out: str | Path, trials: int | None = 20, sampler: str = "tpe",
-         pruner: str = "hyperband", space: str | Path | None = None, storage: str | None = None,
+         pruner: str = "auto", space: str | Path | None = None, storage: str | None = None,
          study_name: str | None = None, timeout: float | str | None = None, metric: str = "val_accuracy",
          seed: int | None = 0, console: Any = None, data: Any = None, splits: dict | None = None,
          report: bool = True) -> TuneResult:
