@@ -130,6 +130,34 @@ def test_crossover_measured_and_not_reached():
     assert c.get("extrapolated_n", 0) > 1000  # scratch's error falls faster: it would catch up later
 
 
+@pytest.mark.parametrize("scratch_errors, words", [
+    ((0.5, 0.2), "catch up at about 2943 training examples, within the 5320 you have: the full-data cells would"),
+    ((0.5, 0.25), "catch up at about 5892 training examples (1.1× the 5320 you have)"),
+])
+def test_crossover_is_worded_against_the_data_the_user_has(scratch_errors, words):
+    """A budget skipped the full-data cells (fractions 0.1 and 0.3 of 5,320 examples ran): an extrapolated
+    crossover is compared with the 5,320 examples, not with the 1,596 of the largest cell run."""
+    recs = [_rec("full", 0.1, 532, 0.85), _rec("full", 0.3, 1596, 0.87),
+            _rec("scratch-compact", 0.1, 532, 1 - scratch_errors[0]),
+            _rec("scratch-compact", 0.3, 1596, 1 - scratch_errors[1])]
+    c = crossover(aggregate(recs), "full", "scratch-compact")
+    assert c["status"] == "not-reached"
+    assert c["text"].startswith("not within the sizes run (up to 1596 of your 5320 training examples)")
+    assert words in c["text"]
+
+
+def test_a_tie_as_printed_picks_the_cheaper_arm_and_says_so():
+    expensive = {**_rec("two-stage", 1.0, 5000, acc=0.985, val=0.9831), "train_seconds": 10.0}
+    cheap = {**_rec("scratch-compact", 1.0, 5000, acc=0.981, val=0.9829), "train_seconds": 2.0}
+    adv = recommend([expensive, cheap])
+    assert adv["winner"] == "scratch-compact"
+    assert ("tied on validation with two-stage (0.983 each), the cheaper arm is chosen (two-stage took 5.0× "
+            "longer to train; test 0.985)") in adv["text"]
+    assert "ahead on validation" not in adv["text"]
+    apart = recommend([{**expensive, "val_accuracy": 0.9861}, cheap])  # 0.986 vs 0.983: no tie
+    assert apart["winner"] == "two-stage" and "tied" not in apart["text"]
+
+
 def test_recommendation_selects_on_validation_not_test():
     recs = [_rec("full", 1.0, 1000, acc=0.99, val=0.90), _rec("two-stage", 1.0, 1000, acc=0.95, val=0.93)]
     adv = recommend(recs)

@@ -58,9 +58,16 @@ def best_scratch_arm(agg: list[dict[str, Any]]) -> str | None:
     return max((r for r in rows if r["fraction"] == top), key=lambda r: r["val_accuracy"])["strategy"]
 
 
+def full_size(agg: list[dict[str, Any]]) -> int:
+    """Training examples of the whole training split, from the cells run (a budget may have skipped the
+    full-data ones): a fraction's cell has about fraction × that many."""
+    top = max(agg, key=lambda r: (r["fraction"], r["n_train"]))
+    return int(top["n_train"]) if top["fraction"] >= 1 else int(round(top["n_train"] / top["fraction"]))
+
+
 def crossover(agg: list[dict[str, Any]], finetuned: str, scratch: str = "scratch") -> dict[str, Any]:
     """Where (if anywhere) the from-scratch arm ``scratch`` catches up with the fine-tuned arm,
-    measured or extrapolated."""
+    measured or extrapolated (against the training examples the user has, not only the sizes run)."""
     by = {(r["strategy"], r["fraction"]): r for r in agg}
     fractions = sorted({r["fraction"] for r in agg if r["strategy"] == scratch} &
                        {r["fraction"] for r in agg if r["strategy"] == finetuned})
@@ -79,14 +86,23 @@ def crossover(agg: list[dict[str, Any]], finetuned: str, scratch: str = "scratch
     ns = np.array([by[(scratch, f)]["n_train"] for f in fractions], dtype=float)
     fs = _power_fit(ns, np.array([by[(scratch, f)]["test_accuracy"] for f in fractions]))
     ft = _power_fit(ns, np.array([by[(finetuned, f)]["test_accuracy"] for f in fractions]))
-    text = "not within the data you have"
+    have = max(full_size(agg), int(ns.max()))
+    text = "not within the data you have" if ns.max() >= have else \
+        f"not within the sizes run (up to {int(ns.max())} of your {have} training examples)"
     out: dict[str, Any] = {"status": "not-reached", "text": text}
     if fs and ft and fs[1] > ft[1] + 1e-6:
         n_star = (fs[0] / ft[0]) ** (1.0 / (fs[1] - ft[1]))
         if math.isfinite(n_star) and n_star > ns.max():
             out["extrapolated_n"] = float(n_star)
-            out["text"] = (f"{text}; extrapolating the learning curves, {scratch} would catch up at about "
-                           f"{_human(n_star)} training examples ({n_star / ns.max():.0f}× what you have)")
+            if n_star > have:
+                times = n_star / have
+                out["text"] = (f"{text}; extrapolating the learning curves, {scratch} would catch up at about "
+                               f"{_human(n_star)} training examples ({times:.{0 if times >= 10 else 1}f}× the "
+                               f"{have} you have)")
+            else:
+                out["text"] = (f"{text}; extrapolating the learning curves, {scratch} would catch up at about "
+                               f"{_human(n_star)} training examples, within the {have} you have: the full-data "
+                               f"cells would measure it")
     elif fs and ft:
         out["text"] = f"{text}; on the measured curves {scratch} is not closing the gap"
     return out
@@ -125,6 +141,9 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
     arms = sorted((r for r in agg if r["fraction"] == top_fraction), key=lambda r: -r["val_accuracy"])
     win, tie = one_standard_error_choice(arms)
     runner = next((r for r in arms if r is not win), None)
+    level = bool(runner) and not tie and f"{win['val_accuracy']:.3f}" == f"{runner['val_accuracy']:.3f}"
+    if level and runner["train_seconds"] < win["train_seconds"]:
+        win, runner = runner, win  # equal as far as the advice prints: the cheaper arm
     reasons: list[str] = []
     margin = (win["test_accuracy"] - runner["test_accuracy"]) if runner else 0.0
     val_margin = (win["val_accuracy"] - runner["val_accuracy"]) if runner else 0.0
@@ -134,6 +153,11 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
             + f" with {win['n_train']} training examples")
     if tie:
         text += tie
+    elif level:
+        slower = runner["train_seconds"] / max(win["train_seconds"], 1e-3)
+        text += (f"; tied on validation with {runner['strategy']} ({win['val_accuracy']:.3f} each), the cheaper arm "
+                 f"is chosen ({runner['strategy']} took {slower:.1f}× longer to train; test "
+                 f"{runner['test_accuracy']:.3f})")
     elif runner:
         if margin >= 0:
             text += f", {100 * margin:+.1f} points over {runner['strategy']} ({runner['test_accuracy']:.3f})"
