@@ -273,3 +273,30 @@ def test_a_cell_out_of_memory_is_retried_at_half_the_batch_with_accumulation_and
     with pytest.raises(RuntimeError, match="CUBLAS"):
         run_study(spec=_spec(strategies=["full"], fractions=[0.1]), study_dir=tmp_path / "b", progress=False,
                   similarity=False, workers=1)
+
+
+def test_an_arm_costs_its_frozen_passes_also_when_another_cell_computed_them(tmp_path):
+    """linear-probe and two-stage's head phase train on the same cached features: the cell that runs second
+    finds them computed, and its standalone cost still counts what computing them took."""
+    spec = _spec(strategies=["linear-probe", "two-stage"], fractions=[0.3])
+    res = run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False, workers=1)
+    first, second = res.records  # inline: one after the other, cheapest first
+    assert first["strategy"] == "linear-probe" and second["strategy"] == "two-stage"
+    summary = json.loads((tmp_path / first["run_dir"] / "summary.json").read_text())
+    assert summary["cache_seconds"] > 0 and summary["cache_reused_seconds"] == 0
+    assert first["shared_seconds"] == 0
+    assert second["shared_seconds"] == pytest.approx(summary["cache_seconds"], abs=0.02)
+    for r in res.records:
+        s = json.loads((tmp_path / r["run_dir"] / "summary.json").read_text())
+        assert r["cost_seconds"] == pytest.approx(s["train_seconds"] + s["cache_seconds"] + s["cache_reused_seconds"],
+                                                  abs=0.02)
+        assert r["cost_seconds"] > r["train_seconds"]
+
+
+def test_advice_compares_standalone_costs_and_says_what_sharing_saved():
+    probe = {**_rec("linear-probe", 1.0, 1000, acc=0.90, val=0.90), "train_seconds": 0.7, "cost_seconds": 73.0}
+    full = {**_rec("full", 1.0, 1000, acc=0.95, val=0.95), "train_seconds": 146.0, "cost_seconds": 146.0,
+            "shared_seconds": 72.3}
+    adv = recommend([probe, full])
+    assert "linear-probe reaches 95% of its accuracy 2× faster" in " ".join(adv["reasons"])  # not 209×
+    assert "cells sharing frozen-layer activations saved this study 72s" in " ".join(adv["reasons"])

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ajuste.strategies.base import scratch_strategies
+from ajuste.study.advice import cost
 
 
 def _plt():
@@ -93,14 +94,14 @@ def accuracy_vs_time(agg: list[dict[str, Any]]):
     top = max(r["fraction"] for r in agg)
     for s in strategies:
         rows = [r for r in agg if r["strategy"] == s]
-        ax.scatter([max(r["train_seconds"], 0.1) for r in rows], [r["test_accuracy"] for r in rows],
+        ax.scatter([max(cost(r), 0.1) for r in rows], [r["test_accuracy"] for r in rows],
                    s=[15 + 110 * r["fraction"] / top for r in rows], color=colors[s], label=s, alpha=0.8,
                    edgecolors="white", linewidths=0.5)
     ax.set_xscale("log")
     _plain_log_axis(ax.xaxis)
-    ax.set_xlabel("training time, seconds (log scale; marker size = data fraction)")
+    ax.set_xlabel("seconds on its own: training and its frozen passes (log scale; marker size = data fraction)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("Accuracy vs training time")
+    ax.set_title("Accuracy vs cost")
     ax.grid(True, which="major", alpha=0.3)
     _legend_outside(ax)
     fig.tight_layout()

@@ -29,8 +29,9 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (strategy, fraction), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         row: dict[str, Any] = {"strategy": strategy, "fraction": fraction, "seeds": len(rs),
                                "n_train": int(np.mean([r["n_train"] for r in rs]))}
-        for key in ("test_accuracy", "test_macro_f1", "val_accuracy", "train_seconds", "peak_memory_mb"):
-            vals = np.array([r[key] for r in rs], dtype=float)
+        for key in ("test_accuracy", "test_macro_f1", "val_accuracy", "train_seconds", "cost_seconds",
+                    "peak_memory_mb"):
+            vals = np.array([cost(r) if key == "cost_seconds" else r[key] for r in rs], dtype=float)
             row[key] = float(vals.mean())
             row[key + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
         row["n_val"] = rs[0].get("n_val")
@@ -38,6 +39,12 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["total_params"] = int(rs[0]["total_params"])
         rows.append(row)
     return rows
+
+
+def cost(record: dict[str, Any]) -> float:
+    """What a cell's arm costs on its own: training plus the frozen passes that filled its activation cache,
+    also when another cell computed them (records from before cost_seconds: training only)."""
+    return float(record.get("cost_seconds", record["train_seconds"]))
 
 
 def _power_fit(ns: np.ndarray, accs: np.ndarray) -> tuple[float, float] | None:
@@ -142,7 +149,7 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
     win, tie = one_standard_error_choice(arms)
     runner = next((r for r in arms if r is not win), None)
     level = bool(runner) and not tie and f"{win['val_accuracy']:.3f}" == f"{runner['val_accuracy']:.3f}"
-    if level and runner["train_seconds"] < win["train_seconds"]:
+    if level and runner["cost_seconds"] < win["cost_seconds"]:
         win, runner = runner, win  # equal as far as the advice prints: the cheaper arm
     reasons: list[str] = []
     margin = (win["test_accuracy"] - runner["test_accuracy"]) if runner else 0.0
@@ -154,7 +161,7 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
     if tie:
         text += tie
     elif level:
-        slower = runner["train_seconds"] / max(win["train_seconds"], 1e-3)
+        slower = runner["cost_seconds"] / max(win["cost_seconds"], 1e-3)
         text += (f"; tied on validation with {runner['strategy']} ({win['val_accuracy']:.3f} each), the cheaper arm "
                  f"is chosen ({runner['strategy']} took {slower:.1f}× longer to train; test "
                  f"{runner['test_accuracy']:.3f})")
@@ -183,6 +190,10 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
     if cross:
         reasons.append(f"fine-tuned vs scratch: {cross['text']}")
     reasons.append(_compute_reason(arms, win))
+    shared = sum(r.get("shared_seconds", 0.0) for r in records)
+    if shared >= 1:
+        reasons.append(f"cells sharing frozen-layer activations saved this study {shared:.0f}s; each arm's time "
+                       f"above counts them, as if it ran alone")
     more = more_data(agg, win["strategy"])
     reasons.append(more)
     return {"winner": win["strategy"], "fraction": top_fraction, "margin": margin, "val_margin": val_margin,
@@ -207,23 +218,23 @@ def one_standard_error_choice(arms: list[dict[str, Any]]) -> tuple[dict[str, Any
     tied = [r for r in arms if p - r["val_accuracy"] <= se]
     if len(tied) < 2:
         return best, ""
-    cheapest = min(tied, key=lambda r: r["train_seconds"])
+    cheapest = min(tied, key=lambda r: r["cost_seconds"])
     if cheapest is best:
         return best, ""
     others = ", ".join(f"{r['strategy']} (test {r['test_accuracy']:.3f})" for r in tied if r is not cheapest)
-    slower = best["train_seconds"] / max(cheapest["train_seconds"], 1e-3)
+    slower = best["cost_seconds"] / max(cheapest["cost_seconds"], 1e-3)
     return cheapest, (f"; tied on validation with {others} (within one standard error, ±{se:.3f} on "
                       f"{n_val} validation examples) and the cheapest of them ({best['strategy']}, the "
                       f"nominal best, took {slower:.1f}× longer to train)")
 
 
 def _compute_reason(arms: list[dict[str, Any]], win: dict[str, Any]) -> str:
-    cheap = min(arms, key=lambda r: r["train_seconds"])
-    parts = [f"{win['strategy']} trained in {win['train_seconds']:.0f}s with {win['trainable_params']:,} "
-             f"trainable parameters, peak memory {win['peak_memory_mb']:.0f} MB"]
+    cheap = min(arms, key=lambda r: r["cost_seconds"])
+    parts = [f"{win['strategy']} takes {win['cost_seconds']:.0f}s on its own (its frozen passes included) with "
+             f"{win['trainable_params']:,} trainable parameters, peak memory {win['peak_memory_mb']:.0f} MB"]
     if cheap["strategy"] != win["strategy"] and win["test_accuracy"] > 0:
         share = cheap["test_accuracy"] / win["test_accuracy"]
-        speed = win["train_seconds"] / max(cheap["train_seconds"], 1e-3)
+        speed = win["cost_seconds"] / max(cheap["cost_seconds"], 1e-3)
         parts.append(f"{cheap['strategy']} reaches {100 * share:.0f}% of its accuracy {speed:.0f}× faster")
     return "; ".join(parts)
 

@@ -146,6 +146,9 @@ def cell_record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: in
         "cell": cell.key, "strategy": cell.strategy, "fraction": cell.fraction, "seed": cell.seed,
         "n_train": s["n_train"], "n_val": s.get("n_val"), "test_accuracy": s["test_accuracy"], "test_macro_f1": s["test_macro_f1"],
         "val_accuracy": s["val_accuracy"], "val_loss": s["val_loss"], "train_seconds": s["train_seconds"],
+        # what the arm costs on its own (frozen passes included, whoever computed them), and what sharing saved
+        "cost_seconds": s.get("cost_seconds", s["train_seconds"]),
+        "shared_seconds": s.get("cache_reused_seconds", 0.0),
         "wall_seconds": s["wall_seconds"], "trainable_params": s["trainable_params"],
         "total_params": s["total_params"], "peak_memory_mb": s["peak_memory_mb"], "epochs": s["epochs"],
         "best_epoch": s["best_epoch"], "planned_epochs": planned_epochs, "threads": s.get("threads"),

@@ -212,7 +212,8 @@ class _Ledger:
         rec = cell_record(cell, summary, job.run_dir, self.planned_epochs[cell.key])
         append_jsonl(self.results_path, rec)
         self.records.append(rec)
-        atomic_write_json(self.spent_path, {"seconds": round(self.spent_before + time.perf_counter() - self.started, 1)})
+        spent = self.spent_before + time.perf_counter() - self.started
+        atomic_write_json(self.spent_path, {"seconds": round(spent, 1)})
         self.cost.observe(cell.strategy, rec["n_train"], rec["train_seconds"], self.planned_epochs[cell.key])
         _say(self.console, f"{cell.key:<28} test acc {rec['test_accuracy']:.4f}  F1 {rec['test_macro_f1']:.4f}  "
                            f"{rec['train_seconds']:.0f}s  ({rec['epochs']} epochs)")

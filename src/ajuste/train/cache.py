@@ -45,6 +45,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,6 +261,7 @@ def build(key: str, settings: Settings, batches: Iterator[tuple[torch.Tensor, np
     """Store the activations ``batches`` yields — (B, ...) tensors in row order, with their examples'
     token counts for ragged (text) activations — as entry ``key``. Raises ``CacheTooLarge`` before
     storing anything when the entry would exceed the size limit."""
+    t0 = time.perf_counter()
     ragged = lengths is not None
     writer: Writer | None = None
     data: Any = None
@@ -295,7 +297,8 @@ def build(key: str, settings: Settings, batches: Iterator[tuple[torch.Tensor, np
             row += len(block)
         header = {"format": FORMAT, "key": key, "kind": "ragged" if ragged else "dense",
                   "dtype": {v: k for k, v in DTYPES.items()}[settings.dtype], "shape": [row, *row_shape],
-                  "row_shape": list(row_shape), "lengths": None if not ragged else [int(x) for x in lengths]}
+                  "row_shape": list(row_shape), "lengths": None if not ragged else [int(x) for x in lengths],
+                  "seconds": round(time.perf_counter() - t0, 3)}
         if writer is not None:
             writer.finish(header)
     except BaseException:
@@ -307,7 +310,7 @@ def build(key: str, settings: Settings, batches: Iterator[tuple[torch.Tensor, np
         entry = load_file(writer.path, key, in_memory=False)
     else:
         entry = Entry(key, header["kind"], data, settings.dtype, row_shape, lengths,
-                      path=writer.path if writer else None, in_memory=True)
+                      path=writer.path if writer else None, in_memory=True, seconds=header["seconds"])
     REGISTRY.put(entry)
     return entry
 

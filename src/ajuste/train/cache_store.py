@@ -30,8 +30,10 @@ class Entry:
     """Activations of one split at one cut, rows in the split's order."""
 
     def __init__(self, key: str, kind: str, data: Any, dtype: torch.dtype, row_shape: tuple[int, ...],
-                 lengths: np.ndarray | None, *, path: Path | None = None, in_memory: bool = True) -> None:
+                 lengths: np.ndarray | None, *, path: Path | None = None, in_memory: bool = True,
+                 seconds: float = 0.0) -> None:
         self.key = key
+        self.seconds = seconds  # what computing it took: a run that finds it computed saved that much
         self.kind = kind  # "dense" | "ragged"
         self.data = data  # torch tensor (memory) or numpy memmap (disk), storage dtype
         self.dtype = dtype
@@ -176,4 +178,5 @@ def load_file(path: Path, key: str, *, in_memory: bool) -> Entry:
         data = np.memmap(path, dtype=np_dtype, mode="r", offset=len(MAGIC), shape=shape)
     lengths = np.asarray(header["lengths"], dtype=np.int64) if header["kind"] == "ragged" else None
     row_shape = tuple(header["row_shape"])
-    return Entry(key, header["kind"], data, dtype, row_shape, lengths, path=path, in_memory=in_memory)
+    return Entry(key, header["kind"], data, dtype, row_shape, lengths, path=path, in_memory=in_memory,
+                 seconds=float(header.get("seconds", 0.0)))

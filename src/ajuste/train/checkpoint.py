@@ -55,6 +55,9 @@ class FitResult:
     # kept best; the average is validated once, at the phase's end, so meanwhile a search's pruner judges
     # the phase by this (None outside such a phase)
     provisional: tuple[float, float] | None = None
+    # Frozen activations the run used, by cache key: (seconds computing them took, computed by this run). The
+    # ones another run computed are part of what this arm costs on its own, and what sharing saved.
+    cache_costs: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
 
 @dataclass

@@ -37,9 +37,11 @@ class _Feed:
 
 
 def _phase_feeds(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, phase: Phase, *, channels_last: bool,
-                 w: World = World(), console: Any = None) -> tuple[_Feed, _Feed]:
+                 w: World = World(), console: Any = None,
+                 costs: dict[str, tuple[float, bool]] | None = None) -> tuple[_Feed, _Feed]:
     """Train and validation feeds of a phase: live batches through the whole network, or activations of
-    the frozen prefix from the cache (ajuste.train.cache) through the trainable rest."""
+    the frozen prefix from the cache (ajuste.train.cache) through the trainable rest. ``costs`` collects,
+    per cache entry used, what computing it took and whether this run computed it."""
     device = model_device(backbone)
 
     def live(inputs: Any) -> torch.Tensor:
@@ -61,13 +63,13 @@ def _phase_feeds(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, phase: 
     train_entry = val_entry = None
     if head or not pipeline.augmenting:
         train_entry = _activations(backbone, pipeline, cfg, cut, "train", channels_last=channels_last,
-                                   worth=head or phase.epochs * phase.repeat > 1, console=console)
+                                   worth=head or phase.epochs * phase.repeat > 1, console=console, costs=costs)
     else:
         cache.notice_once(f"data.augment={cfg.data.augment}: augmented inputs change the frozen layers' output "
                           f"every epoch, so training runs them live (validation still uses the activation cache; "
                           f"data.augment=none caches training too)", console)
     val_entry = _activations(backbone, pipeline, cfg, cut, "val", channels_last=channels_last,
-                             worth=head or phase.epochs > 1, console=console)
+                             worth=head or phase.epochs > 1, console=console, costs=costs)
 
     def from_cache(acts: Any) -> torch.Tensor:
         acts = to_device(acts, device)  # the cache lives on the CPU (or on disk)
@@ -110,8 +112,18 @@ def _cut(backbone: Backbone, cfg: RunConfig, phase: Phase) -> Any:
 
 
 def _activations(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, cut: Any, split: str, *,
-                 channels_last: bool, worth: bool, console: Any) -> Any:
+                 channels_last: bool, worth: bool, console: Any,
+                 costs: dict[str, tuple[float, bool]] | None = None) -> Any:
     """The cache entry of ``split`` at ``cut``, computed now if ``worth`` it; None to run live."""
+    builds = cache.REGISTRY.stats["builds"]
+    entry = _entry(backbone, pipeline, cfg, cut, split, channels_last=channels_last, worth=worth, console=console)
+    if entry is not None and costs is not None and entry.key not in costs:
+        costs[entry.key] = (entry.seconds, cache.REGISTRY.stats["builds"] > builds)
+    return entry
+
+
+def _entry(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, cut: Any, split: str, *,
+           channels_last: bool, worth: bool, console: Any) -> Any:
     n = len(pipeline.splits[split])
     if n == 0:
         return None

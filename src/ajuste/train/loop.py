@@ -206,7 +206,7 @@ def _run_phase(f: Fit, pi: int, callbacks: list[Callback], *, steps_per_epoch: i
     if f.extra.get("resume_optimizer") is not None:
         f.optimizer.load_state_dict(f.extra.pop("resume_optimizer"))
     f.train_feed, f.val_feed = _phase_feeds(backbone, f.pipeline, cfg, phase, channels_last=f.channels_last, w=f.w,
-                                            console=f.console)
+                                            console=f.console, costs=result.cache_costs)
     if f.w.active:  # what trains in this phase, in DDP (built again in each phase: what trains changes)
         f.train_feed = dataclasses.replace(f.train_feed, forward=data_parallel(backbone, f.train_feed.forward))
     if cfg.train.compile and not (phase.head_only and f.train_feed.cached):  # a linear head gains nothing

@@ -176,6 +176,8 @@ def _fit(cfg: RunConfig, backbone: Any, pipeline: Any, strategy: Any, run_dir: P
 
 def _summary(cfg: RunConfig, strategy: Any, data: Any, splits: dict, result: Any, backbone: Any, *,
              trainable: int, peak: int) -> dict[str, Any]:
+    built = sum(seconds for seconds, here in result.cache_costs.values() if here)
+    reused = sum(seconds for seconds, here in result.cache_costs.values() if not here)
     return {
         "status": "complete",
         "model": cfg.model.name,
@@ -196,6 +198,11 @@ def _summary(cfg: RunConfig, strategy: Any, data: Any, splits: dict, result: Any
         # kept weights that average the last epochs of a phase (strategy.stage2_average), with their validation
         "averaged": result.averaged,
         "train_seconds": round(result.seconds, 2),
+        # the frozen layers' passes that filled the activation cache: computed here, or found computed by another
+        # run (a study's cells share them); cost_seconds is what this run would take on its own
+        "cache_seconds": round(built, 2),
+        "cache_reused_seconds": round(reused, 2),
+        "cost_seconds": round(result.seconds + built + reused, 2),
         # a run repeats bit for bit only at the same thread count (one count unless a study shared idle cores)
         "threads": sorted({h.threads for h in result.history}),
         "trainable_params": trainable,
