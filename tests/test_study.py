@@ -278,6 +278,9 @@ def test_a_cell_out_of_memory_is_retried_at_half_the_batch_with_accumulation_and
 def test_an_arm_costs_its_frozen_passes_also_when_another_cell_computed_them(tmp_path):
     """linear-probe and two-stage's head phase train on the same cached features: the cell that runs second
     finds them computed, and its standalone cost still counts what computing them took."""
+    from ajuste.train import cache
+
+    cache.clear()  # entries of earlier tests in this process would count as computed by another run
     spec = _spec(strategies=["linear-probe", "two-stage"], fractions=[0.3])
     res = run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False, workers=1)
     first, second = res.records  # inline: one after the other, cheapest first
@@ -300,3 +303,22 @@ def test_advice_compares_standalone_costs_and_says_what_sharing_saved():
     adv = recommend([probe, full])
     assert "linear-probe reaches 95% of its accuracy 2× faster" in " ".join(adv["reasons"])  # not 209×
     assert "cells sharing frozen-layer activations saved this study 72s" in " ".join(adv["reasons"])
+
+
+def test_the_handed_over_model_is_the_best_on_validation_of_all_finished_cells():
+    """AG News under a budget: the full-data two-stage cell was skipped, and two-stage at 30% (val 0.891) beat
+    the linear probe at full data (val 0.884), which the hand-over used to pick."""
+    from ajuste.study.advice import handed_over, handed_over_text
+
+    recs = [{**_rec("linear-probe", 1.0, 5320, acc=0.878, val=0.884), "cell": "linear-probe-f1-s0"},
+            {**_rec("linear-probe", 0.3, 1596, acc=0.86, val=0.870), "cell": "linear-probe-f0.3-s0"},
+            {**_rec("two-stage", 0.3, 1596, acc=0.895, val=0.891), "cell": "two-stage-f0.3-s0"}]
+    adv = recommend(recs)
+    assert adv["winner"] == "linear-probe" and adv["fraction"] == 1.0  # the advice at the largest fraction run
+    best = handed_over(recs, adv)
+    assert best["cell"] == "two-stage-f0.3-s0"
+    assert handed_over_text(best, adv).startswith("two-stage trained on 1596 examples (fraction 0.3), validation "
+                                                  "accuracy 0.891; handed over as the most accurate on validation")
+    recs[0]["val_accuracy"] = 0.891  # a tie: the recommended arm's, with more data
+    assert handed_over(recs, adv)["cell"] == "linear-probe-f1-s0"
+    assert "handed over as" not in handed_over_text(handed_over(recs, adv), adv)

@@ -85,6 +85,8 @@ def compare(
     con.print(f"[bold green]{advice['text']}[/]", highlight=False)
     for r in advice["reasons"]:
         con.print(f"  • {r}", highlight=False)
+    if advice.get("best_model"):
+        con.print(f"  • best_model/: {advice['best_model']}", highlight=False)
     con.print(f"report: {study_dir / 'report.html'}   best model: {study_dir / 'best_model'}   "
               f"({res.seconds:.0f}s)")
 

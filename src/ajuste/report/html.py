@@ -13,7 +13,7 @@ from typing import Any
 from ajuste.errors import AjusteError
 from ajuste.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from ajuste.report import plots
-from ajuste.study.advice import aggregate, cost, pre_post, recommend
+from ajuste.study.advice import aggregate, cost, handed_over, handed_over_text, pre_post, recommend
 from ajuste.study.runner import export_best
 from ajuste.study.spec import StudySpec
 
@@ -90,9 +90,9 @@ def build_report(study_dir: Path, *, export: bool = True) -> dict[str, Any]:
     advice = recommend(records, sim)
     best_rec = None
     if advice["winner"]:
-        cands = [r for r in records if r["strategy"] == advice["winner"] and r["fraction"] == advice["fraction"]]
-        best_rec = max(cands, key=lambda r: r["val_accuracy"])
+        best_rec = handed_over(records, advice)
         advice["best_cell"] = best_rec["cell"]
+        advice["best_model"] = handed_over_text(best_rec, advice)
         if export:
             export_best(study_dir, best_rec["cell"])
     classes = _classes(study_dir, best_rec)
@@ -149,8 +149,10 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
                  f" · fractions {', '.join(f'{f:g}' for f in spec.fractions)} · seeds {spec.seeds} · "
                  f"{len(records)} finished runs</p>")
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in advice["reasons"])
-    best = (f"<p>Best model: <code>best_model/</code> (from <code>runs/{html.escape(advice.get('best_cell', ''))}</code>)"
-            f" — <code>ajuste predict STUDY_DIR/best_model INPUT...</code></p>" if advice.get("best_cell") else "")
+    cell = html.escape(advice.get("best_cell", ""))
+    best = (f"<p>Best model: <code>best_model/</code> (from <code>runs/{cell}</code>: "
+            f"{html.escape(advice.get('best_model', ''))}) — <code>ajuste predict STUDY_DIR/best_model INPUT...</code>"
+            f"</p>" if cell else "")
     parts.append(f"<h2>Recommendation</h2><div class='rec'><b>{html.escape(advice['text'])}</b>"
                  f"<ul>{reasons}</ul></div>{best}")
     parts.append("<h2>Data efficiency</h2>" + _img(pngs["data_efficiency"], "data-efficiency curve"))

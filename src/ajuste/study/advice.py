@@ -201,6 +201,27 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
             "reasons": reasons, "crossover": cross, "best_finetuned": best_ft}
 
 
+def handed_over(records: list[dict[str, Any]], advice: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished cell whose model the study hands over: the most accurate on validation of them all. A cell
+    trained on a fraction counts: a budget may have skipped its arm's full-data cell, or that one may be worse
+    (the validation split is the same for every cell). Ties go to the recommended arm, then to more data, then
+    to the cheaper cell."""
+    if not records:
+        return None
+    return max(records, key=lambda r: (r["val_accuracy"], r["strategy"] == advice.get("winner"), r["fraction"],
+                                       -cost(r)))
+
+
+def handed_over_text(cell: dict[str, Any], advice: dict[str, Any]) -> str:
+    """Which run best_model/ is, in a sentence: its arm, the share of the training data it saw, and why."""
+    text = (f"{cell['strategy']} trained on {cell['n_train']} examples (fraction {cell['fraction']:g}), validation "
+            f"accuracy {cell['val_accuracy']:.3f}")
+    if cell["strategy"] != advice.get("winner") or cell["fraction"] != advice.get("fraction"):
+        text += ("; handed over as the most accurate on validation of all finished cells (the recommendation "
+                 "weighs cost, at the largest fraction run)")
+    return text
+
+
 def one_standard_error_choice(arms: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     """The one-standard-error rule (Breiman et al.; Hastie et al., ESL 7.10): among the arms whose
     validation accuracy is within one standard error of the best, take the cheapest to train. A
