@@ -322,3 +322,20 @@ def test_the_handed_over_model_is_the_best_on_validation_of_all_finished_cells()
     recs[0]["val_accuracy"] = 0.891  # a tie: the recommended arm's, with more data
     assert handed_over(recs, adv)["cell"] == "linear-probe-f1-s0"
     assert "handed over as" not in handed_over_text(handed_over(recs, adv), adv)
+
+
+def test_similarity_within_a_budget_measures_fewer_examples():
+    """A study's --budget caps the similarity measurement: the pilot pass sets the examples per split (never
+    fewer than MIN_EXAMPLES); without a budget the default subsample stands."""
+    from ajuste.config import RunConfig
+    from ajuste.study.similarity import MIN_EXAMPLES, measure_similarity
+    from ajuste.train.prepare import prepare_data
+
+    cfg = RunConfig().override({"data.source": "digits", "model.name": "timm/test_efficientnet",
+                                "model.pretrained": False, "data.image_size": 32, "train.threads": 1})
+    data, splits = prepare_data(cfg)
+    free = measure_similarity(model=cfg.model.name, data=data, splits=splits, cfg=cfg)
+    assert free["n_train"] == len(splits["train"]) and "budget_seconds" not in free
+    tight = measure_similarity(model=cfg.model.name, data=data, splits=splits, cfg=cfg, seconds=0.01)
+    assert tight["n_train"] == MIN_EXAMPLES and tight["n_val"] == min(MIN_EXAMPLES, len(splits["val"]))
+    assert tight["budget_seconds"] == 0.0 and tight["similarity"] in ("low", "medium", "high")

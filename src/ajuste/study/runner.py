@@ -40,7 +40,7 @@ from ajuste.study.cells import (
     longest_first,
     train_cell,
 )
-from ajuste.study.similarity import measure_similarity
+from ajuste.study.similarity import BUDGET_SHARE, measure_similarity
 from ajuste.study.spec import Cell, StudySpec
 from ajuste.study.workers import (
     InlineCells,
@@ -310,12 +310,17 @@ def _similarity(study_dir: Path, spec: StudySpec, data: Any, splits: dict, cfg0:
     sim_path = study_dir / "similarity.json"
     if sim_path.is_file():
         return json.loads(sim_path.read_text())
-    _say(console, "measuring domain similarity (pretrained vs random features)...")
-    sim = measure_similarity(model=spec.model, data=data, splits=splits, cfg=resolve_config(cfg0, data.modality))
+    # Under a --budget it takes a share of it at most (fewer examples), like any other use of the time.
+    seconds = None if spec.budget_seconds is None else BUDGET_SHARE * spec.budget_seconds
+    _say(console, "measuring domain similarity (pretrained vs random features)"
+                  + (f", within {seconds:.0f}s of the budget" if seconds else "") + "...")
+    sim = measure_similarity(model=spec.model, data=data, splits=splits,
+                             cfg=resolve_config(cfg0, data.modality), seconds=seconds)
     atomic_write_json(sim_path, sim)
     _say(console, f"similarity {sim['similarity']}: probe accuracy {sim['pretrained']['probe_accuracy']:.3f} "
                   f"pretrained vs {sim['random']['probe_accuracy']:.3f} random; LogME "
-                  f"{sim['pretrained']['logme']:.3f} vs {sim['random']['logme']:.3f} ({sim['seconds']}s)")
+                  f"{sim['pretrained']['logme']:.3f} vs {sim['random']['logme']:.3f} "
+                  f"({sim['n_train']}/{sim['n_val']} train/val examples, {sim['seconds']}s)")
     return sim
 
 

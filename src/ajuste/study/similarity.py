@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 
 from ajuste.backbones.factory import create_backbone
 from ajuste.data.pipeline import Pipeline, make_preprocessing
@@ -78,18 +79,19 @@ def similarity_label(gain: float) -> str:
     return "low"
 
 
+# With a study's --budget, the measurement takes at most this share of it; and never fewer examples per split.
+BUDGET_SHARE = 0.1
+MIN_EXAMPLES = 200
+_PILOT = 64
+
+
 def measure_similarity(*, model: str, data: Any, splits: dict[str, np.ndarray], cfg: Any,
-                       max_examples: int = 1500, seed: int = 0) -> dict[str, Any]:
-    """Features of train/val for pretrained and random weights → LogME and probe accuracies."""
-    import torch
+                       max_examples: int = 1500, seed: int = 0, seconds: float | None = None) -> dict[str, Any]:
+    """Features of train/val for pretrained and random weights → LogME and probe accuracies.
 
-
+    ``seconds`` (a study's share of its --budget): the examples per split are cut to what fits, from a pilot
+    pass of the pretrained model over a few of them (at least MIN_EXAMPLES, at most ``max_examples``)."""
     t0 = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    sub = {}
-    for split in ("train", "val"):
-        idx = np.asarray(splits[split])
-        sub[split] = np.sort(rng.choice(idx, max_examples, replace=False)) if len(idx) > max_examples else idx
     out: dict[str, Any] = {}
     pipe = None
     for kind in ("pretrained", "random"):
@@ -99,20 +101,28 @@ def measure_similarity(*, model: str, data: Any, splits: dict[str, np.ndarray], 
         check_model_modality(model, bb.modality, data, data.source)
         if kind == "random":
             bb.reinitialize(seed=seed)
-        if pipe is None:
-            pre = make_preprocessing(data, bb, image_size=cfg.data.image_size, max_length=cfg.data.max_length)
-            pipe = Pipeline(data, sub, pre, tokenizer=getattr(bb, "tokenizer", None), augment="none",
-                            batch_size=64)
         bb.to(resolve_device(cfg.train.device))  # computed on the device; the features come back to the CPU
         cl = use_channels_last(cfg, bb)
         if cl:
             bb.to(memory_format=torch.channels_last)
         amp = amp_for(cfg, bb, training=False)  # forward-only; emulated bf16 is many times slower
+        if pipe is None:
+            pre = make_preprocessing(data, bb, image_size=cfg.data.image_size, max_length=cfg.data.max_length)
+            tokenizer = getattr(bb, "tokenizer", None)
+            if seconds is not None:
+                built = time.perf_counter() - t0
+                per_example = _pilot_seconds(bb, data, splits, pre, tokenizer, amp=amp, channels_last=cl)
+                left = seconds - (time.perf_counter() - t0) - built  # the random model is still to build
+                max_examples = int(min(max_examples, max(MIN_EXAMPLES, left / (4 * per_example))))
+                out["budget_seconds"] = round(seconds, 1)
+            pipe = Pipeline(data, _subsample(splits, max_examples, seed), pre, tokenizer=tokenizer, augment="none",
+                            batch_size=64)
         feats = {s: compute_features(bb, pipe.loader(s), amp=amp, channels_last=cl) for s in ("train", "val")}
         tx, ty = feats["train"][0].numpy(), feats["train"][1].numpy()
         vx, vy = feats["val"][0].numpy(), feats["val"][1].numpy()
         out[kind] = {"logme": logme(tx, ty), "probe_accuracy": probe_accuracy(tx, ty, vx, vy)}
         del bb
+    sub = pipe.splits
     pre_acc, rand_acc = out["pretrained"]["probe_accuracy"], out["random"]["probe_accuracy"]
     gain = (pre_acc - rand_acc) / max(1e-6, 1.0 - rand_acc)
     out["gain"] = float(gain)
@@ -120,3 +130,23 @@ def measure_similarity(*, model: str, data: Any, splits: dict[str, np.ndarray], 
     out["n_train"], out["n_val"] = int(len(sub["train"])), int(len(sub["val"]))
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+def _subsample(splits: dict[str, np.ndarray], n: int, seed: int) -> dict[str, np.ndarray]:
+    """At most ``n`` examples of train and of val, drawn once per seed (sorted, as the splits are)."""
+    rng = np.random.default_rng(seed)
+    sub = {}
+    for split in ("train", "val"):
+        idx = np.asarray(splits[split])
+        sub[split] = np.sort(rng.choice(idx, n, replace=False)) if len(idx) > n else idx
+    return sub
+
+
+def _pilot_seconds(bb: Any, data: Any, splits: dict[str, np.ndarray], pre: Any, tokenizer: Any, *, amp: Any,
+                   channels_last: bool) -> float:
+    """Seconds per example of one feature pass (decoding included), timed on a few training examples."""
+    pilot = {"train": np.asarray(splits["train"])[:_PILOT]}
+    t = time.perf_counter()
+    pipe = Pipeline(data, pilot, pre, tokenizer=tokenizer, augment="none", batch_size=64)
+    compute_features(bb, pipe.loader("train"), amp=amp, channels_last=channels_last)
+    return (time.perf_counter() - t) / max(1, len(pilot["train"]))
