@@ -15,12 +15,13 @@ from __future__ import annotations
 import fnmatch
 import re
 import warnings
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ajuste.errors import ConfigError
 from ajuste.registry import Registry, load_plugins
+
+if TYPE_CHECKING:  # torch is imported where a model is looked at: listing the strategies (--help) needs none
+    from torch import nn
 
 
 class PeftMethod:
@@ -68,7 +69,6 @@ def mergeable_methods() -> list[str]:
     return [n for n in PEFT_METHODS.list() if PEFT_METHODS.get(n).mergeable]
 
 
-_ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 # Attention projections by leaf name, most common naming first: (query, key, value) or one fused module.
 _QKV_NAMES = [("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"),
               ("q", "k", "v"), ("query_key_value",), ("qkv",), ("Wqkv",), ("c_attn",), ("in_proj",)]
@@ -80,13 +80,15 @@ _QKV_NAMES = [("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin
 def adapter_candidates(net: nn.Module, excluded: set[int]) -> dict[str, nn.Module]:
     """Linear layers and ungrouped convolutions of ``net`` (names as peft sees them), minus ``excluded``.
     Grouped/depthwise convolutions are left out: a low-rank update of a per-channel filter saves nothing."""
+    from torch import nn
+
     out: dict[str, nn.Module] = {}
     for name, m in net.named_modules():
         if id(m) in excluded or not name:
             continue
         if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups != 1:
             continue
-        if isinstance(m, _ADAPTABLE) or type(m).__name__ == "Conv1D":  # GPT-2's transposed linear
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) or type(m).__name__ == "Conv1D":  # GPT-2's transposed linear
             out[name] = m
     return out
 
@@ -102,6 +104,8 @@ def patterns(names: list[str]) -> list[str]:
 
 
 def layer_dims(m: nn.Module) -> tuple[int, int]:
+    from torch import nn
+
     if isinstance(m, nn.Linear):
         return m.in_features, m.out_features
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
@@ -117,6 +121,8 @@ def _leaf(name: str) -> str:
 def _attention(cands: dict[str, nn.Module], roles: str) -> list[str]:
     """Attention projections for ``roles`` ("qv" or "kv") by the first naming scheme the model uses;
     a fused projection serves every role."""
+    from torch import nn
+
     linear = [n for n, m in cands.items() if not isinstance(m, (nn.Conv1d, nn.Conv2d))]
     leaves = {_leaf(n) for n in linear}
     index = {"q": 0, "k": 1, "v": 2}
@@ -136,11 +142,15 @@ def _is_gate(name: str, net_modules: dict[str, nn.Module]) -> bool:
 
 def _pointwise(cands: dict[str, nn.Module]) -> list[str]:
     """1x1 convolutions (expand / project / head convs of MobileNet-style and ResNet blocks)."""
+    from torch import nn
+
     return [n for n, m in cands.items() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
 
 
 def _ffn_down(cands: dict[str, nn.Module]) -> list[str]:
     """Feed-forward down projections: the linear layers with the widest input that narrow it."""
+    from torch import nn
+
     linear = {n: layer_dims(m) for n, m in cands.items() if not isinstance(m, (nn.Conv1d, nn.Conv2d))}
     if not linear:
         return []

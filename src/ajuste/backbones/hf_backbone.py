@@ -337,7 +337,6 @@ def build_hf(source: str, *, name: str, num_classes: int, pretrained: bool, pool
         # With trust_remote_code=False transformers fell back to a built-in class: not the author's tokenizer.
         _refuse_custom_code(tokenizer.init_kwargs, f"hub model {name!r}: tokenizer_config.json")
     if compact and config_dir is None:  # a run's saved config already has the compact shape
-
         for key, value in text_overrides(config).items():
             setattr(config, key, value)
         encoder = AutoModel.from_config(config)

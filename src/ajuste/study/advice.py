@@ -16,7 +16,6 @@ from ajuste.strategies.base import scratch_strategies
 
 def _scratch_arms() -> frozenset[str]:
     # The strategies that start from random weights; every other arm starts from pretrained weights.
-
     return scratch_strategies()
 
 
