@@ -63,10 +63,9 @@ def option_owner(key: str) -> str | None:
     section, _, leaf = key.partition(".")
     if section != "strategy":
         return None
-    for f in dataclasses.fields(strategy_section()):
-        if f.name == leaf:
-            return f.metadata.get("owner")
-    return None
+    load_plugins()
+    return next((owner for owner, cls in _OPTIONS.items() if leaf in {f.name for f in dataclasses.fields(cls)}),
+                None)
 
 
 def strategy_section() -> type:
@@ -79,7 +78,7 @@ def strategy_section() -> type:
             for f in dataclasses.fields(cls):
                 default = ({"default": f.default} if f.default is not dataclasses.MISSING
                            else {"default_factory": f.default_factory})
-                meta = {"help": f"{owner}: {f.metadata['help']}", "owner": owner}
+                meta = {"help": f"{owner}: {f.metadata['help']}"}
                 fields.append((f.name, hints[f.name], field(metadata=meta, **default)))
 
         def __post_init__(self: Any) -> None:  # each strategy's dataclass checks its own options

@@ -14,6 +14,7 @@ from ajuste.config import RunConfig
 from ajuste.data.splits import take_fraction
 from ajuste.io import atomic_write_json, read_json, read_jsonl
 from ajuste.strategies.base import get_strategy, resolve_config
+from ajuste.study.advice import cost
 from ajuste.study.spec import Cell, StudySpec
 from ajuste.study.workers import Job
 from ajuste.train import run as train_runs
@@ -147,7 +148,7 @@ def cell_record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: in
         "n_train": s["n_train"], "n_val": s.get("n_val"), "test_accuracy": s["test_accuracy"], "test_macro_f1": s["test_macro_f1"],
         "val_accuracy": s["val_accuracy"], "val_loss": s["val_loss"], "train_seconds": s["train_seconds"],
         # what the arm costs on its own (frozen passes included, whoever computed them), and what sharing saved
-        "cost_seconds": s.get("cost_seconds", s["train_seconds"]),
+        "cost_seconds": cost(s),
         "shared_seconds": s.get("cache_reused_seconds", 0.0),
         "wall_seconds": s["wall_seconds"], "trainable_params": s["trainable_params"],
         "total_params": s["total_params"], "peak_memory_mb": s["peak_memory_mb"], "epochs": s["epochs"],
