@@ -22,7 +22,8 @@ def _cfg(strategy: str, modality: str) -> RunConfig:
 
 def test_registry_lists_all_strategies():
     peft = ["lora", "ia3", "bitfit", "prompt-tuning", "prefix-tuning"]  # tests/test_peft.py
-    assert sorted(s.name for s in list_strategies()) == sorted(STRATEGIES + peft)
+    own_model = ["classical"]  # tests/test_classical.py
+    assert sorted(s.name for s in list_strategies()) == sorted(STRATEGIES + peft + own_model)
 
 
 @pytest.mark.parametrize("model_fixture", MODELS)

@@ -129,6 +129,10 @@ class Backbone(nn.Module):
     def forward(self, inputs: Any) -> torch.Tensor:
         return self.classify(self.features(inputs))
 
+    def why_not_format(self, format: str) -> str | None:
+        """Why this model cannot be exported in ``format`` (with the format to use instead), or None."""
+        return None
+
     def set_dropout(self, p: float) -> None:
         self.head_dropout.p = float(p)
 

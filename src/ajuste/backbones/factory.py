@@ -6,7 +6,7 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from ajuste.backbones import zoo
+from ajuste.backbones import classical, zoo
 from ajuste.backbones.adapters import apply_peft
 from ajuste.backbones.base import Backbone
 from ajuste.backbones.compact import IMAGE_ARCH, IMAGE_ARGS, compact_name
@@ -178,6 +178,8 @@ def rebuild_backbone(desc: dict[str, Any], run_dir: Path) -> Backbone:
     elif desc["kind"] == "hf":
         bb = _build_hf(desc["source"], name=desc["name"], num_classes=desc["num_classes"], pretrained=False,
                        pooling=desc["pooling"], config_dir=run_dir / "hf")
+    elif desc["kind"] == "classical":
+        bb = classical.rebuild(desc)
     else:
         raise AjusteError(f"{run_dir}/backbone.json: unknown backbone kind {desc['kind']!r}")
     bb.set_dropout(desc.get("dropout", 0.0))

@@ -210,8 +210,12 @@ def train(
     run_dir = out or _default_out(cfg)
     from ajuste.strategies.base import get_strategy
 
-    what = (f"a compact network from scratch ({_esc(cfg.strategy.name)}, in place of {_esc(cfg.model.name)})"
-            if get_strategy(cfg.strategy.name).compact else f"{_esc(cfg.model.name)} with {_esc(cfg.strategy.name)}")
+    strategy = get_strategy(cfg.strategy.name)
+    what = f"{_esc(cfg.model.name)} with {_esc(cfg.strategy.name)}"
+    if strategy.compact:
+        what = f"a compact network from scratch ({_esc(cfg.strategy.name)}, in place of {_esc(cfg.model.name)})"
+    elif strategy.builds_backbone:
+        what = f"{_esc(strategy.name)} ({_esc(strategy.summary)}; no {_esc(cfg.model.name)})"
     con.print(f"training {what} on {_esc(cfg.data.source)} → {_esc(run_dir)}")
     res = train_run(cfg=cfg, out=run_dir, data=data_obj, progress=not quiet, console=None if quiet else con,
                     overwrite=overwrite, warn=_warn)

@@ -83,6 +83,9 @@ def export_run(*, run_dir: str | Path, out: str | Path, format: str = "ajuste", 
         raise AjusteError(f"{run_dir} is a {method} run: {peft_method.why_no_merge}, so there is no plain network "
                           f"to export as {format}; use --format ajuste (only {' and '.join(mergeable_methods())} "
                           f"merge)")
+    why_not = bb.why_not_format(format)
+    if why_not:
+        raise AjusteError(f"{run_dir} cannot be exported as {format}: {why_not}")
     probes = [probe_inputs(bb, run.preprocessing)]
     if format != "ajuste":
         probes.append(probe_inputs(bb, run.preprocessing, second=True))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import KW_ONLY, dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from ajuste.config import RunConfig, register_strategy_options, strategy_options, unregister_strategy_options
 from ajuste.registry import Registry, load_plugins
@@ -53,6 +53,11 @@ class Strategy:
     summary: str = ""
     reinitialize: bool = False  # train from scratch
     compact: bool = False  # train the modality's small network (ajuste.backbones.compact), not the backbone
+    # the strategy makes its own model (``build_backbone``) instead of loading the configured one
+    builds_backbone: bool = False
+    # a reference arm without deep learning (classical): a study's report draws it as the floor of every plot,
+    # and the advice compares the deep arms with it rather than counting it among them
+    baseline: bool = False
     # The strategy's own settings, as ``strategy.<field>`` keys: a dataclass whose fields have defaults and a
     # ``field(metadata={"help": ...})``; its ``__post_init__`` rejects bad values in one ConfigError line.
     options: type | None = None
@@ -75,6 +80,22 @@ class Strategy:
     def planning_groups(self, cfg: RunConfig) -> int:
         """Layer groups to assume when a study plans a cell's epochs before any model is built."""
         return 5
+
+    def build_backbone(self, cfg: RunConfig, data: Any, splits: dict) -> Any:
+        """With ``builds_backbone``: the strategy's own model for this data (fitted on ``splits["train"]`` where
+        it needs fitting, e.g. a vocabulary), in place of ``model.name``."""
+        raise NotImplementedError
+
+    def direct_fit(self, backbone: Any, pipeline: Any, cfg: RunConfig) -> Iterator[dict[str, Any]] | None:
+        """A strategy that trains without gradient steps (a closed-form or scikit-learn fit): one dict per
+        candidate it tries (``phase``, ``train_loss``, ``val_loss``, ``val_accuracy``, ``seconds``, and ``best``:
+        whether the backbone now holds this candidate), each recorded as an epoch. None: the training loop
+        trains the strategy's phases."""
+        return None
+
+    def starts_pretrained(self, cfg: RunConfig) -> bool:
+        """Whether the model starts from the configured pretrained weights (not random, not its own)."""
+        return bool(cfg.model.pretrained) and not (self.reinitialize or self.compact or self.builds_backbone)
 
     def prepare(self, backbone: Any, cfg: RunConfig) -> None:
         """Called once before the first phase (e.g. inject adapters, re-initialise)."""
@@ -133,6 +154,11 @@ def list_strategies() -> list[Strategy]:
 def scratch_strategies() -> frozenset[str]:
     """Names of the strategies that start from random weights (``reinitialize``): a study's scratch arms."""
     return frozenset(s.name for s in list_strategies() if s.reinitialize)
+
+
+def baseline_strategies() -> frozenset[str]:
+    """Names of the reference arms without deep learning (``baseline``): a study's floor."""
+    return frozenset(s.name for s in list_strategies() if s.baseline)
 
 
 # Shared auto-defaults per modality; strategies override some of them.

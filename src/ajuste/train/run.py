@@ -26,6 +26,7 @@ from ajuste.errors import AjusteError
 from ajuste.io import atomic_write_json
 from ajuste.strategies.base import get_strategy, resolve_config
 from ajuste.train import distributed, loop, stored_weights
+from ajuste.train.direct import fit_direct
 from ajuste.train.memory import PeakMemory, memory_error_message
 from ajuste.train.prepare import check_model_modality, prepare_data, resolve_model
 from ajuste.train.prepare import resolve_model_early  # noqa: F401 - callers import it from here
@@ -141,10 +142,15 @@ def _build(cfg: RunConfig, strategy: Any, data: Any, splits: dict) -> tuple[Any,
     strategy's phases."""
     check_model_modality(cfg.model.name, None, data, cfg.data.source)
     _seed_everything(cfg.train.seed)
-    backbone = create_backbone(cfg.model.name, num_classes=len(data.classes),
-                               pretrained=cfg.model.pretrained and not strategy.reinitialize,
-                               dropout=cfg.model.dropout or 0.0, pooling=cfg.model.pooling,
-                               compact=strategy.compact)
+    t0 = time.perf_counter()
+    if strategy.builds_backbone:
+        backbone = strategy.build_backbone(cfg, data, splits)
+    else:
+        backbone = create_backbone(cfg.model.name, num_classes=len(data.classes),
+                                   pretrained=cfg.model.pretrained and not strategy.reinitialize,
+                                   dropout=cfg.model.dropout or 0.0, pooling=cfg.model.pooling,
+                                   compact=strategy.compact)
+    backbone.build_seconds = time.perf_counter() - t0 if strategy.builds_backbone else 0.0  # a fit (a vocabulary)
     check_model_modality(cfg.model.name, backbone.modality, data, cfg.data.source)
     pre = make_preprocessing(data, backbone, image_size=cfg.data.image_size, max_length=cfg.data.max_length)
     pipeline = Pipeline(data, splits, pre, tokenizer=getattr(backbone, "tokenizer", None),
@@ -160,9 +166,13 @@ def _fit(cfg: RunConfig, backbone: Any, pipeline: Any, strategy: Any, run_dir: P
     batch size to try, raised as one line)."""
     with PeakMemory() as mem:
         try:
-            # loop.fit looked up at call time: tests replace it
-            result = loop.fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
-                              progress=progress, console=console, on_epoch_end=on_epoch_end, phases=phases)
+            steps = strategy.direct_fit(backbone, pipeline, cfg)
+            if steps is not None:  # no gradient steps: the strategy's own fit, recorded as the loop would
+                result = fit_direct(steps, run_dir=run_dir, console=console if progress else None,
+                                    on_epoch_end=on_epoch_end, seconds_before=backbone.build_seconds)
+            else:  # loop.fit looked up at call time: tests replace it
+                result = loop.fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
+                                  progress=progress, console=console, on_epoch_end=on_epoch_end, phases=phases)
         except KeyboardInterrupt:
             raise  # train_run records the interruption (wherever in the run it lands)
         except BaseException as exc:
@@ -180,7 +190,7 @@ def _summary(cfg: RunConfig, strategy: Any, data: Any, splits: dict, result: Any
     reused = sum(seconds for seconds, here in result.cache_costs.values() if not here)
     return {
         "status": "complete",
-        "model": cfg.model.name,
+        "model": backbone.name if strategy.builds_backbone else cfg.model.name,
         "strategy": strategy.name,
         "modality": data.modality,
         "source": str(cfg.data.source),
@@ -217,7 +227,7 @@ def _save(run_dir: Path, cfg: RunConfig, strategy: Any, backbone: Any, classes: 
     goes last."""
     # the tensors it trained, plus a reference to the base weights for the rest (stored_weights)
     ref = stored_weights.save(run_dir / "model.safetensors", backbone, weights_metadata(classes),
-                              pretrained=cfg.model.pretrained and not strategy.reinitialize and not strategy.compact)
+                              pretrained=strategy.starts_pretrained(cfg))
     if ref is not None:
         summary["weights_base"] = {k: ref[k] for k in ("model", "tensors", "bytes")}
     summary["weights_sha256"] = weights_digest(run_dir / "model.safetensors")  # load_run refuses another file

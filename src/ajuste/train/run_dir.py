@@ -162,7 +162,7 @@ def write_run_files(run_dir: Path, cfg: RunConfig, data: Any, splits: dict, pre:
     atomic_write_json(run_dir / "backbone.json", backbone.describe())
     atomic_write_json(run_dir / "splits.json", {k: np.asarray(v).tolist() for k, v in splits.items()})
     atomic_write_json(run_dir / fingerprint.FINGERPRINT_FILE, fingerprint.fingerprint(data, splits))
-    if backbone.modality == "text":
+    if hasattr(backbone, "save_pretrained_parts"):  # a Hugging Face encoder's config and tokenizer
         backbone.save_pretrained_parts(run_dir / "hf")
 
 
