@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ajuste.strategies.base import scratch_strategies
+from ajuste.strategies.base import baseline_strategies, scratch_strategies
 from ajuste.study.advice import cost
 
 
@@ -43,13 +43,32 @@ def _colors(strategies: list[str]) -> dict[str, Any]:
     ordered = sorted(s for s in strategies if s not in scratch)
     out = {s: cmap(i % 10) for i, s in enumerate(ordered)}
     out.update({s: _SCRATCH_GREYS[i % len(_SCRATCH_GREYS)] for i, s in enumerate(scratch)})
+    out.update({s: _FLOOR_COLOUR for s in strategies if s in baseline_strategies()})
     return out
+
+
+_FLOOR_COLOUR = "saddlebrown"
+
+
+def _floor_line(ax: Any, rows: list[dict[str, Any]], key: str, what: str) -> None:
+    """The classical floor across the plot: ``key`` of the floor arm at the largest fraction it ran (the mean
+    over its seeds there), labelled with its value."""
+    floors = [r for r in rows if r["strategy"] in baseline_strategies()]
+    if not floors:
+        return
+    top = max(r["fraction"] for r in floors)
+    at_top = [r for r in floors if r["fraction"] == top]
+    value = float(np.mean([r[key] for r in at_top]))
+    ax.axhline(value, color=_FLOOR_COLOUR, linestyle=":", linewidth=1.2,
+               label=f"{at_top[0]['strategy']} floor ({what} {value:.3f})")
 
 
 _SCRATCH_GREYS = ("black", "dimgrey", "grey", "darkgrey")
 
 
 def _scratch_style(strategy: str) -> str:
+    if strategy in baseline_strategies():
+        return ":"
     return {"scratch": "--", "scratch-compact": "-."}.get(strategy, "-")
 
 
@@ -72,6 +91,7 @@ def data_efficiency(agg: list[dict[str, Any]], *, crossover: dict[str, Any] | No
         how = "level or ahead from here" if crossover.get("from_start") else "catches up"
         ax.axvline(crossover["n_train"], color="grey", linestyle=":",
                    label=f"{crossover.get('scratch', 'scratch')} {how}")
+    _floor_line(ax, agg, "test_accuracy", "test")
     ax.set_xscale("log")
     # Ticks at the measured sizes only: those are the rows of the results tables.
     _plain_log_axis(ax.xaxis, [r["n_train"] for r in agg])
@@ -97,6 +117,7 @@ def accuracy_vs_time(agg: list[dict[str, Any]]):
         ax.scatter([max(cost(r), 0.1) for r in rows], [r["test_accuracy"] for r in rows],
                    s=[15 + 110 * r["fraction"] / top for r in rows], color=colors[s], label=s, alpha=0.8,
                    edgecolors="white", linewidths=0.5)
+    _floor_line(ax, agg, "test_accuracy", "test")
     ax.set_xscale("log")
     _plain_log_axis(ax.xaxis)
     ax.set_xlabel("seconds on its own: training and its frozen passes (log scale; marker size = data fraction)")
@@ -113,7 +134,9 @@ def learning_curves(records: list[dict[str, Any]], *, fraction: float | None = N
     plt = _plt()
     if fraction is None:
         fraction = max(r["fraction"] for r in records)
-    rows = sorted((r for r in records if r["fraction"] == fraction and r["seed"] == 0), key=lambda r: r["strategy"])
+    at = [r for r in records if r["fraction"] == fraction and r["seed"] == 0]
+    # the floor arm has no epochs (its "history" is the regularisation strengths it tried): a line, not a panel
+    rows = sorted((r for r in at if r["strategy"] not in baseline_strategies()), key=lambda r: r["strategy"])
     n = max(1, len(rows))
     cols = 2 if n == 4 else min(3, n)  # 2×2 rather than 3 + 1: wider panels at the report's width
     nrows = (n + cols - 1) // cols
@@ -134,6 +157,7 @@ def learning_curves(records: list[dict[str, Any]], *, fraction: float | None = N
         ax.xaxis.get_major_locator().set_params(integer=True)
         if len(h) == 1:  # else matplotlib pads a single x into ticks 0.96 … 1.04
             ax.set_xticks(ep)
+        _floor_line(ax, at, "val_loss", "val loss")
         ax.ticklabel_format(axis="y", useOffset=False)  # no "+2.302" offset above flat losses
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ajuste.strategies.base import scratch_strategies
+from ajuste.strategies.base import baseline_strategies, scratch_strategies
 
 
 def _scratch_arms() -> frozenset[str]:
@@ -176,13 +176,18 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
     if win["strategy"] in scratch_arms and win["n_train"] < 100_000:
         # the rule of thumb and the measurement disagree: say so rather than contradict the advice
         size += f"; here, though, {win['strategy']} matched the fine-tuned arms on your data (measured below)"
+    elif win["strategy"] in baseline_strategies():
+        size += f"; here, though, {win['strategy']} (no deep network) matched the deep arms on your data (below)"
     reasons.append(size)
     if similarity:
         p, r = similarity["pretrained"], similarity["random"]
         reasons.append(f"domain similarity is {similarity['similarity']}: a linear probe on pretrained features "
                        f"scores {p['probe_accuracy']:.3f} vs {r['probe_accuracy']:.3f} on random features "
                        f"(LogME {p['logme']:.2f} vs {r['logme']:.2f})")
-    ft_arms = [r for r in arms if r["strategy"] not in scratch_arms]
+    floor = floor_reason(arms, win)
+    if floor:
+        reasons.append(floor)
+    ft_arms = [r for r in arms if r["strategy"] not in scratch_arms | baseline_strategies()]
     best_ft = ft_arms[0]["strategy"] if ft_arms else None
     scratch = best_scratch_arm(agg)
     cross = crossover(agg, best_ft, scratch) if best_ft and scratch else None
@@ -233,8 +238,7 @@ def one_standard_error_choice(arms: list[dict[str, Any]]) -> tuple[dict[str, Any
     if not n_val or len(arms) < 2:
         return best, ""
     p = best["val_accuracy"]
-    se = max(math.sqrt(max(p * (1 - p), 1e-12) / n_val), 1.0 / n_val,
-             best.get("val_accuracy_std", 0.0) / math.sqrt(max(1, best.get("seeds", 1))))
+    se = standard_error(best)
     tied = [r for r in arms if p - r["val_accuracy"] <= se]
     if len(tied) < 2:
         return best, ""
@@ -246,6 +250,46 @@ def one_standard_error_choice(arms: list[dict[str, Any]]) -> tuple[dict[str, Any
     return cheapest, (f"; tied on validation with {others} (within one standard error, ±{se:.3f} on "
                       f"{n_val} validation examples) and the cheapest of them ({best['strategy']}, the "
                       f"nominal best, took {slower:.1f}× longer to train)")
+
+
+def floor_reason(arms: list[dict[str, Any]], win: dict[str, Any]) -> str | None:
+    """The deep arms against the classical floor at the largest fraction run: what they gain over it, or that it
+    is within noise of them (one standard error of the best deep arm's validation accuracy) at a fraction of
+    their cost, which the user should know. None without a floor arm or a deep arm."""
+    floors = [r for r in arms if r["strategy"] in baseline_strategies()]
+    deep = [r for r in arms if r["strategy"] not in baseline_strategies()]
+    if not floors or not deep:
+        return None
+    floor = max(floors, key=lambda r: r["val_accuracy"])
+    best = max(deep, key=lambda r: r["val_accuracy"])
+    p, se = best["val_accuracy"], standard_error(best)
+    ratio = best["cost_seconds"] / max(floor["cost_seconds"], 1e-3)
+    name = floor["strategy"]
+    if floor["val_accuracy"] - p > standard_error(floor):
+        return (f"the {name} floor (no deep network) beats every deep arm on validation ({floor['val_accuracy']:.3f} "
+                f"vs {p:.3f} for {best['strategy']}; test {floor['test_accuracy']:.3f} vs "
+                f"{best['test_accuracy']:.3f}) at 1/{ratio:.0f} of the best one's cost: these features suit this "
+                f"data better than the pretrained ones")
+    if p - floor["val_accuracy"] <= se:
+        return (f"the {name} floor (no deep network) is within noise of the best deep arm, {best['strategy']}: "
+                f"validation {floor['val_accuracy']:.3f} vs {p:.3f} (±{se:.3f}), test {floor['test_accuracy']:.3f} "
+                f"vs {best['test_accuracy']:.3f}, at 1/{ratio:.0f} of its cost"
+                + ("; it is the recommended model" if win is floor else ""))
+    gain = best["test_accuracy"] - floor["test_accuracy"]
+    return (f"over the {name} floor (no deep network: test {floor['test_accuracy']:.3f} in "
+            f"{floor['cost_seconds']:.0f}s), {best['strategy']} gains {100 * gain:+.1f} points at {ratio:.0f}× "
+            f"the cost")
+
+
+def standard_error(arm: dict[str, Any]) -> float:
+    """The noise of an arm's validation accuracy: binomial on its validation split, at least one example's worth,
+    or the spread over its seeds when larger (0 without a validation size)."""
+    n_val = arm.get("n_val")
+    if not n_val:
+        return 0.0
+    p = arm["val_accuracy"]
+    return max(math.sqrt(max(p * (1 - p), 1e-12) / n_val), 1.0 / n_val,
+               arm.get("val_accuracy_std", 0.0) / math.sqrt(max(1, arm.get("seeds", 1))))
 
 
 def _compute_reason(arms: list[dict[str, Any]], win: dict[str, Any]) -> str:
@@ -282,7 +326,7 @@ def pre_post(agg: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for f in sorted({r["fraction"] for r in agg}):
         rows = [r for r in agg if r["fraction"] == f]
         lp = next((r for r in rows if r["strategy"] == "linear-probe"), None)
-        ft = [r for r in rows if r["strategy"] not in _scratch_arms() | {"linear-probe"}]
+        ft = [r for r in rows if r["strategy"] not in _scratch_arms() | baseline_strategies() | {"linear-probe"}]
         if lp is None or not ft:
             continue
         best = max(ft, key=lambda r: r["val_accuracy"])

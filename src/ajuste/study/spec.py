@@ -14,7 +14,9 @@ from ajuste.strategies.base import get_strategy
 # The from-scratch arm is the compact network: on digits it was the stronger from-scratch baseline
 # (0.933 vs 0.748 for re-initialised EfficientNet-Lite0 at 126 examples) at a fifth of the cost;
 # add `scratch` to ask whether pretraining helps the backbone itself (docs/results.md).
-DEFAULT_STRATEGIES = ("linear-probe", "two-stage", "scratch-compact")
+# The classical arm (TF-IDF or HOG + colour with a logistic regression) is the floor every study shows: it
+# costs seconds, and a deep arm that does not beat it is not worth its cost.
+DEFAULT_STRATEGIES = ("classical", "linear-probe", "two-stage", "scratch-compact")
 DEFAULT_FRACTIONS = (0.1, 0.3, 1.0)
 
 @dataclass(frozen=True)
