@@ -136,4 +136,4 @@ def test_the_study_default_runs_the_compact_net_as_its_scratch_arm():
     from ajuste.study.spec import StudySpec
 
     assert StudySpec(source="digits", model="efficientnet_lite0").strategies == \
-        ["linear-probe", "two-stage", "scratch-compact"]
+        ["classical", "linear-probe", "two-stage", "scratch-compact"]
