@@ -104,19 +104,6 @@ def strategies() -> None:
     _console().print(table)
 
 
-def _default_out(cfg) -> Path:
-    name = Path(str(cfg.data.source).rstrip("/")).name or "data"
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}-{cfg.model.name}-{cfg.strategy.name}-s{cfg.train.seed}")
-    if cfg.data.fraction != 1.0:
-        stem += f"-f{cfg.data.fraction:g}"
-    base = Path("runs") / stem
-    # Re-running the same command resumes an unfinished run; a finished one gets a fresh sibling.
-    candidate, k = base, 2
-    while (candidate / "summary.json").is_file():
-        candidate, k = Path(f"{base}-{k}"), k + 1
-    return candidate
-
-
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*\.[\w.-]+=")
 
 
@@ -207,7 +194,9 @@ def train(
 
     w = setup_from_env(cfg.train.device)  # under torchrun: one worker of a data-parallel run; only rank 0 prints
     con = _console(quiet=not w.main)
-    run_dir = out or _default_out(cfg)
+    from ajuste.api import default_run_dir
+
+    run_dir = out or default_run_dir(cfg)
     from ajuste.strategies.base import get_strategy
 
     strategy = get_strategy(cfg.strategy.name)

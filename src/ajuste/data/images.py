@@ -25,8 +25,9 @@ def _interp(name: str):
     return getattr(InterpolationMode, _INTERP.get(name, "BILINEAR"))
 
 
-def load_image_file(path: str, pre: Preprocessing) -> torch.Tensor:
-    """Decode one image file to uint8 (3, H, W) with the shorter side at ``pre.base_size``.
+def load_image_file(path: Any, pre: Preprocessing) -> torch.Tensor:
+    """Decode one image file (or take a PIL image in memory) to uint8 (3, H, W) with the shorter side at
+    ``pre.base_size``.
 
     Upright (EXIF orientation applied), first frame of an animation, any PIL mode (16-bit, CMYK, palette) to RGB.
     """
@@ -34,8 +35,11 @@ def load_image_file(path: str, pre: Preprocessing) -> torch.Tensor:
         # PIL only warns between MAX_IMAGE_PIXELS and twice that (then decodes hundreds of MB): refuse instead
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im = to_rgb(ImageOps.exif_transpose(im))
+            if isinstance(path, Image.Image):
+                im = to_rgb(ImageOps.exif_transpose(path))
+            else:
+                with Image.open(path) as im:
+                    im = to_rgb(ImageOps.exif_transpose(im))
         w, h = im.size
         scale = pre.base_size / min(w, h)
         size = (max(pre.base_size, round(w * scale)), max(pre.base_size, round(h * scale)))

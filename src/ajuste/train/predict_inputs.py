@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ajuste.data.sources import check_images, load_texts
 from ajuste.data.sources.common import _listing
 from ajuste.data.sources.table_read import _decode
@@ -152,3 +154,73 @@ def expand_text_inputs(inputs: list[str], text_col: str | None, stdin_lines: lis
     if not texts:
         raise AjusteError("nothing to predict: no text found in the inputs")
     return names, texts
+
+
+# --- inputs given in memory (the Python API) ---------------------------------------------------------------
+
+
+def in_memory_items(inputs: Any, run: Any) -> tuple[Any, bool]:
+    """What ``run_eval.predict_items`` takes for inputs given in memory (the Python API's ``Run.predict``): texts,
+    image paths, PIL images or numpy arrays, one or a list; and whether ``inputs`` was one item."""
+    if run.backbone.modality == "text":
+        if isinstance(inputs, str):
+            return [inputs], True
+        texts = list(inputs)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise AjusteError("a text model predicts strings: give one, or a non-empty list of them")
+        return texts, False
+    stack = run.preprocessing.square  # trained on arrays: arrays are resized whole, as they were
+    if isinstance(inputs, np.ndarray):
+        if inputs.ndim == 4 or (inputs.ndim == 3 and inputs.shape[-1] not in (3, 4)):
+            return _image_arrays(list(inputs), stack), False
+        return _image_arrays([inputs], stack), True
+    if isinstance(inputs, (str, Path)) or _is_pil(inputs):
+        return [_image_item(inputs)], True
+    items = list(inputs)
+    if not items:
+        raise AjusteError("nothing to predict: give an image, a path, an array or a non-empty list of them")
+    if all(isinstance(x, np.ndarray) for x in items):
+        return _image_arrays(items, stack), False
+    return [_image_item(x) for x in items], False
+
+
+def _is_pil(x: Any) -> bool:
+    return type(x).__module__.startswith("PIL.")
+
+
+def _image_item(x: Any) -> Any:
+    if isinstance(x, (str, Path)):
+        if not Path(x).is_file():
+            raise AjusteError(f"image {x} does not exist")
+        return str(x)
+    if _is_pil(x):
+        return x
+    if isinstance(x, np.ndarray):
+        from PIL import Image
+
+        return Image.fromarray(_uint8(x))
+    raise AjusteError(f"cannot predict a {type(x).__name__}: give image paths, PIL images or numpy arrays")
+
+
+def _image_arrays(arrays: list[np.ndarray], stack: bool) -> Any:
+    images = [_uint8(a) for a in arrays]
+    if not stack:
+        return [_image_item(a) for a in images]
+    if len({a.shape for a in images}) > 1:
+        raise AjusteError("the arrays differ in shape; give images of one shape (the model resizes them)")
+    return np.stack(images)
+
+
+def _uint8(a: np.ndarray) -> np.ndarray:
+    """An image array as uint8 0–255: uint8 as it is, floats in [0, 1] scaled; anything else refused (a silent
+    guess at its range would give confident nonsense)."""
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 3, 4)):
+        raise AjusteError(f"an image array has shape (H, W) or (H, W, C) with C 1, 3 or 4; got {a.shape}")
+    if a.dtype == np.uint8:
+        return a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a
+    if np.issubdtype(a.dtype, np.floating) and a.size and 0.0 <= float(a.min()) and float(a.max()) <= 1.0:
+        return _uint8(np.rint(a * 255.0).astype(np.uint8))
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    raise AjusteError(f"an image array of {a.dtype} with values {lo:g}..{hi:g}: give uint8 0–255 or floats in "
+                      f"[0, 1], scaled as the training images were (scikit-learn's digits, 0..16: "
+                      f"(images * 255 / 16).round().astype('uint8'))")

@@ -132,6 +132,18 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
     else:
         names, items = expand_text_inputs(inputs, text_col or run.config.data.text_col, stdin_lines,
                                           strict=strict, warn=warn)
+    probs = predict_items(run, items)
+    out = []
+    for name, p in zip(names, probs):
+        k = int(p.argmax())
+        out.append({"input": name, "label": run.classes[k], "probability": float(p[k])})
+    return out
+
+
+def predict_items(run: LoadedRun, items: Any) -> np.ndarray:
+    """Class probabilities, (N, classes), of a loaded run for ``items`` already in memory: texts for a text run;
+    for an image run, image files or PIL images (resized and centre-cropped as in training), or one uint8
+    (N, H, W[, C]) array when the run was trained on arrays (resized whole, as they were)."""
     data = LabelledData(modality=run.backbone.modality, inputs=items, labels=np.zeros(len(items), dtype=np.int64),
                         classes=run.classes, splits={}, source="predict", warnings=[])
     pipe = Pipeline(data, {"test": np.arange(len(items))}, run.preprocessing,
@@ -139,9 +151,4 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
     logits, _ = predict_logits(run.backbone, pipe.loader("test", batch_size=64),
                                amp=amp_for(run.config, run.backbone, training=False),
                                channels_last=use_channels_last(run.config, run.backbone))
-    probs = torch.softmax(logits, 1).numpy()
-    out = []
-    for name, p in zip(names, probs):
-        k = int(p.argmax())
-        out.append({"input": name, "label": run.classes[k], "probability": float(p[k])})
-    return out
+    return torch.softmax(logits.float(), 1).numpy()
