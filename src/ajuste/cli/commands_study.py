@@ -82,9 +82,9 @@ def compare(
                         similarity=not no_similarity, workers=workers, share_idle_cores=share_idle_cores)
         advice = build_report(study_dir)
         if res.mlflow_run_id:  # the report goes to the study's MLflow run, beside its cells' runs
-            from ajuste.train import tracking
+            from ajuste.train import tracking_store
 
-            tracking.log_to_run(res.mlflow_run_id, files=[study_dir / "report.html", study_dir / "results.md"],
+            tracking_store.log_to_run(res.mlflow_run_id, files=[study_dir / "report.html", study_dir / "results.md"],
                                 tags={"ajuste.recommendation": advice["text"],
                                       "ajuste.best_cell": advice.get("best_cell", "")})
     con.print("")

@@ -34,7 +34,7 @@ from typing import Any, Callable
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError, TrainingDiverged
 from ajuste.train import run as training  # the module: tests substitute its train_run
-from ajuste.train import tracking
+from ajuste.train import tracking, tracking_store
 from ajuste.train.cache import shared_dir
 from ajuste.train.loop import CancelFit
 
@@ -181,7 +181,7 @@ class Objective:
             release_memory()
             trial.set_user_attr("rss_mb", round(rss_mb(), 1))
             # the trial's MLflow run (ended by its training) gets the trial's outcome
-            tracking.log_to_run(track.mlflow_run_id, metrics={"objective": record.value},
+            tracking_store.log_to_run(track.mlflow_run_id, metrics={"objective": record.value},
                                 tags={"optuna.state": record.state, "optuna.note": record.note})
             if self.on_end is not None:
                 self.on_end(record)

@@ -54,7 +54,7 @@ from ajuste.search.storage import (
 from ajuste.search.trial_loop import TrialStats, counts_against_budget, on_trial_end, requeue_interrupted, run_trials
 from ajuste.strategies.base import get_strategy, resolve_config
 from ajuste.train import run as training
-from ajuste.train import tracking
+from ajuste.train import tracking_store
 from ajuste.train.loop import stretch_phases
 
 
@@ -183,7 +183,7 @@ def _plan(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials {trials} must be ≥ 1")
     timeout_s = parse_duration(timeout)
-    tracking.require(cfg.train.log_to)
+    tracking_store.require(cfg.train.log_to)
     strategy = get_strategy(cfg.strategy.name)
     cfg = cfg.override({"strategy.name": strategy.name})
     out = Path(out)

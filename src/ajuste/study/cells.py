@@ -18,7 +18,7 @@ from ajuste.study.advice import cost
 from ajuste.study.spec import Cell, StudySpec
 from ajuste.study.workers import Job
 from ajuste.train import run as train_runs
-from ajuste.train import tracking
+from ajuste.train import tracking, tracking_store
 from ajuste.train.cache import shared_dir
 from ajuste.train.loop import stretch_phases
 
@@ -86,7 +86,7 @@ def cell_tracking(job: Job, study_dir: Path) -> tracking.TrackingContext:
     (read from the study directory: a cell in a worker process logs itself)."""
     study_dir = Path(study_dir).resolve()
     return tracking.TrackingContext(experiment=study_dir.name, run_name=job.key,
-                                    parent_run_id=tracking.saved_run_id(study_dir),
+                                    parent_run_id=tracking_store.saved_run_id(study_dir),
                                     tags={"ajuste.study": str(study_dir), "ajuste.cell": job.key})
 
 

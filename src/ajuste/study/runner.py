@@ -50,7 +50,7 @@ from ajuste.study.workers import (
     usable_cores,
 )
 from ajuste.train import run as train_runs
-from ajuste.train import stored_weights, tracking
+from ajuste.train import stored_weights, tracking, tracking_store
 from ajuste.train.loop import _progress as progress_bar
 
 
@@ -149,8 +149,9 @@ def _run_study(*, spec: StudySpec, study_dir: Path, console: Any, progress: bool
         cells.close()
         raise
     # The cells' MLflow runs are nested in the study's, in the experiment named after its directory
-    with tracking.parent_run(cfg0.train.log_to, study_dir, params=_tracked_spec(spec), files=("results.jsonl",),
-                             tags={"model": spec.model, "data": str(spec.source), "ajuste.kind": "study"}) as parent:
+    tags = {"model": spec.model, "data": str(spec.source), "ajuste.kind": "study"}
+    with tracking_store.parent_run(cfg0.train.log_to, study_dir, params=_tracked_spec(spec), tags=tags,
+                                   files=("results.jsonl",)) as parent:
         skipped = _run_cells(cells, planned, spec, sizes, ledger, study_dir, progress=progress, console=console)
         _report_skipped(study_dir, skipped, ledger.records, console)
     return StudyResult(study_dir, spec, ledger.records, skipped, sim, None, time.perf_counter() - t0, parent)
@@ -166,7 +167,7 @@ def _open_study(study_dir: Path, spec: StudySpec, console: Any) -> tuple[RunConf
     """Check the study directory and every cell's config, then read the data and fix (or check) its splits."""
     _check_study_dir(study_dir, spec)
     cfg0 = base_config(spec)  # bad --set values fail here, before the study directory is made
-    tracking.require(cfg0.train.log_to)  # so does a tracker that is not installed
+    tracking_store.require(cfg0.train.log_to)  # so does a tracker that is not installed
     for cell in spec.cells():
         cell_config(spec, cell)
     train_runs.check_writable(study_dir)  # here, not in a worker: a full disk is one line before any cell starts
@@ -361,7 +362,7 @@ def export_best(study_dir: Path, best_cell: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     # the cell's trackers stay with the cell: best_model/ is a model to hand over
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint", locks.LOCK_NAME, tracking.TENSORBOARD_DIR,
-                                                            tracking.RUN_FILE))
+                                                            tracking_store.RUN_FILE))
     stored_weights.materialise(tmp)  # the model handed over stands alone: its base weights written in, in full
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)

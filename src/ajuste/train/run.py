@@ -25,7 +25,7 @@ from ajuste.data.pipeline import Pipeline, make_preprocessing
 from ajuste.errors import AjusteError
 from ajuste.io import atomic_write_json
 from ajuste.strategies.base import get_strategy, resolve_config
-from ajuste.train import distributed, loop, stored_weights, tracking
+from ajuste.train import distributed, loop, stored_weights, tracking, tracking_store
 from ajuste.train.memory import PeakMemory, memory_error_message
 from ajuste.train.prepare import check_model_modality, prepare_data, resolve_model
 from ajuste.train.prepare import resolve_model_early  # noqa: F401 - callers import it from here
@@ -79,7 +79,7 @@ def _train_run(*, cfg: RunConfig, out: Path | None, data: Any, splits: dict | No
     if not w.main:  # workers other than rank 0 train silently, write nothing and log nowhere
         progress, console, warn = False, None, (lambda _msg: None)
     else:
-        tracking.require(cfg.train.log_to)  # a tracker not installed: one line before the data is read
+        tracking_store.require(cfg.train.log_to)  # a tracker not installed: one line before the data is read
     strategy = get_strategy(cfg.strategy.name)
     cfg, data, splits = _load_data(cfg, data, splits, console, warn)
     resuming = check_run_dir(Path(out), cfg, overwrite) if out is not None and w.main else False

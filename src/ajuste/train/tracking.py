@@ -15,59 +15,33 @@ SIGTERM) or FAILED.
 
 A study (`ajuste compare`) and a search (`ajuste tune`) give each of their runs a `TrackingContext`: the experiment
 named after their directory, the study's parent run, the tags of a cell or a trial. The libraries are imported
-when a run asks for them (`require`), never at import (``ajuste --help`` stays fast); a missing one is one line
-naming what to install. A tracker that fails in the middle of a run is dropped with a warning: the training goes on.
+when a run asks for them (``tracking_store.require``), never at import (``ajuste --help`` stays fast); a missing
+one is one line naming what to install. A tracker that fails in the middle of a run is dropped with a warning:
+the training goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
-import math
-import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ajuste.errors import AjusteError
 from ajuste.io import atomic_write_json
+from ajuste.train import tracking_store as store
 from ajuste.train.callbacks import Callback, Fit
 
-INSTALL = "pip install 'ajuste[tracking]'"
-RUN_FILE = "mlflow.json"  # in a run or study directory: the MLflow run it logs to
 TENSORBOARD_DIR = "tensorboard"
-# tracker → (module imported, package that provides it)
-_MODULES = {"mlflow": ("mlflow", "mlflow-skinny"), "tensorboard": ("torch.utils.tensorboard", "tensorboard")}
 # What MLflow shows of an epoch, from its EpochRecord field; TensorBoard groups the same under these tags.
 EPOCH_METRICS = {"train_loss": "loss/train", "val_loss": "loss/val", "val_accuracy": "accuracy/val", "lr": "lr",
                  "epoch_seconds": "epoch_seconds"}
 _FINAL = ("val_loss", "val_accuracy", "epochs", "best_epoch", "train_seconds", "wall_seconds", "trainable_params",
           "peak_memory_mb")
 _ARTIFACTS = ("metrics.jsonl", "summary.json", "config.yaml")
-
-
-def require(log_to: list[str]) -> None:
-    """Import the trackers ``train.log_to`` names, now, before anything is trained."""
-    for tracker in log_to:
-        _import(tracker)
-
-
-def _import(tracker: str) -> Any:
-    module, package = _MODULES[tracker]
-    try:
-        loaded = importlib.import_module(module)
-    except ImportError as exc:
-        raise AjusteError(f"train.log_to includes {tracker}, but {package} is not installed ({exc}); install it "
-                          f"with {INSTALL}, or leave {tracker} out of train.log_to") from None
-    if tracker == "mlflow":  # its store's set-up chatter would break the progress bar
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    return loaded
-
 
 @dataclass
 class TrackingContext:
@@ -111,9 +85,10 @@ class Tracking(Callback):
 
     def finish(self, summary: dict[str, Any]) -> None:
         """A complete run: its test and summary metrics, its files, status FINISHED."""
-        metrics = {f"test_{k}": v for k, v in (summary.get("test") or {}).items() if _number(v) and k != "n"}
+        metrics = {f"test_{k}": v for k, v in (summary.get("test") or {}).items()
+                   if store.is_number(v) and k != "n"}
         metrics.update({f"best_{k}" if k.startswith("val_") else k: summary[k] for k in _FINAL
-                        if _number(summary.get(k))})
+                        if store.is_number(summary.get(k))})
         if self.writer is not None:
             tests = {f"test/{k[5:]}": v for k, v in metrics.items() if k.startswith("test_")}
             self._guard("tensorboard", lambda: self._scalars(tests, int(summary.get("epochs", 0))))
@@ -151,7 +126,7 @@ class Tracking(Callback):
         if folder is None:
             self._warn("tensorboard: this run has no directory to write event files to; not logged")
             return
-        summary_writer = _import("tensorboard").SummaryWriter
+        summary_writer = store.import_tracker("tensorboard").SummaryWriter
         earlier = any(Path(folder).glob("events.out.tfevents.*"))
         # A resumed run: events of epochs after its checkpoint are hidden (those epochs train again)
         self.writer = summary_writer(str(folder), purge_step=start_epoch if earlier and start_epoch else None)
@@ -162,28 +137,23 @@ class Tracking(Callback):
     # -- MLflow -----------------------------------------------------------------------------------------
 
     def _open_mlflow(self, history: list) -> None:
-        mlflow = _import("mlflow")
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient()
-        uri = _redact(mlflow.get_tracking_uri())
+        client, uri = store.open_client()
         try:
-            run_id = _saved_run(client, self.run_dir, uri)
+            run_id = store.saved_run(client, self.run_dir, uri)
             if run_id is None:
-                run_id = client.create_run(experiment_id(client, self.context.experiment), run_name=self._name(),
-                                           tags=self._tags()).info.run_id
+                run_id = client.create_run(store.experiment_id(client, self.context.experiment),
+                                           run_name=self._name(), tags=self._tags()).info.run_id
                 if self.run_dir is not None:
-                    atomic_write_json(self.run_dir / RUN_FILE, {"run_id": run_id, "tracking_uri": uri})
+                    atomic_write_json(self.run_dir / store.RUN_FILE, {"run_id": run_id, "tracking_uri": uri})
             else:
                 client.update_run(run_id, status="RUNNING")
                 self.logged = {m.step for m in client.get_metric_history(run_id, "val_loss")}
             have = client.get_run(run_id).data.params
-            _log_params(client, run_id, {k: v for k, v in flat_params(self.cfg).items() if k not in have})
+            store.log_params(client, run_id, {k: v for k, v in flat_params(self.cfg).items() if k not in have})
         except AjusteError:
             raise
         except Exception as exc:  # noqa: BLE001 - an unreachable server, a bad URI: one line, before training
-            raise AjusteError(f"MLflow at {uri}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}; check "
-                              f"MLFLOW_TRACKING_URI, or leave mlflow out of train.log_to") from None
+            raise store.store_error(uri, exc) from None
         self.client, self.context.mlflow_run_id = client, run_id
         self._say(f"mlflow: run {run_id} in {uri}")
         self._epochs(history, tensorboard=False)  # those of the epochs done before that it lacks
@@ -225,7 +195,7 @@ class Tracking(Callback):
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
-            if _number(value):
+            if store.is_number(value):
                 self.writer.add_scalar(tag, value, step)
         self.writer.flush()  # a killed run keeps its epochs (the writer flushes every 2 minutes by itself)
 
@@ -235,7 +205,8 @@ class Tracking(Callback):
         now = int(time.time() * 1000)
         # one batch: an epoch is in MLflow whole or not at all (a resume checks val_loss alone)
         self.client.log_batch(self.context.mlflow_run_id,
-                              metrics=[Metric(k, float(v), now, step) for k, v in values.items() if _number(v)])
+                              metrics=[Metric(k, float(v), now, step) for k, v in values.items()
+                                       if store.is_number(v)])
         self.logged.add(step)
 
     def _guard(self, tracker: str, call: Any) -> None:
@@ -258,52 +229,6 @@ class Tracking(Callback):
             self.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
-def experiment_id(client: Any, name: str | None) -> str:
-    """The MLflow experiment ``name`` (created when missing); without a name, the one MLflow's own environment
-    variables name, else its default experiment."""
-    if name is None:
-        if os.environ.get("MLFLOW_EXPERIMENT_ID"):
-            return os.environ["MLFLOW_EXPERIMENT_ID"]
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
-        if not name:
-            return "0"  # MLflow's "Default" experiment
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        try:
-            return client.create_experiment(name)
-        except Exception:  # noqa: BLE001 - another worker of the study created it meanwhile
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-    if exp.lifecycle_stage != "active":
-        raise AjusteError(f"the MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) or "
-                          f"remove it for good (mlflow gc)")
-    return exp.experiment_id
-
-
-def _saved_run(client: Any, folder: Path | None, uri: str) -> str | None:
-    """The MLflow run ``folder`` logged to before, when it is in this store and not deleted."""
-    try:
-        saved = json.loads((Path(folder) / RUN_FILE).read_text()) if folder is not None else None
-    except (OSError, ValueError):
-        return None
-    if not isinstance(saved, dict) or saved.get("tracking_uri") != uri:
-        return None
-    try:
-        run = client.get_run(saved["run_id"])
-    except Exception:  # noqa: BLE001 - gone from the store: a new run
-        return None
-    return run.info.run_id if run.info.lifecycle_stage == "active" else None
-
-
-def saved_run_id(folder: Path) -> str | None:
-    """The MLflow run id kept in ``folder``'s mlflow.json (a study's parent run, for its cells), or None."""
-    try:
-        return str(json.loads((Path(folder) / RUN_FILE).read_text())["run_id"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def flat_params(cfg: Any) -> dict[str, str]:
     """The resolved config as dotted keys (``optim.lr``), but where it is logged."""
     out: dict[str, str] = {}
@@ -320,71 +245,3 @@ def flat_params(cfg: Any) -> dict[str, str]:
     return out
 
 
-def _log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
-    from mlflow.entities import Param
-
-    items = [Param(k, str(v)) for k, v in params.items()]
-    for i in range(0, len(items), 100):  # MLflow takes 100 params per batch
-        client.log_batch(run_id, params=items[i:i + 100])
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _redact(uri: str) -> str:
-    """A tracking URI without its password (it is written in the run directory)."""
-    return re.sub(r"//([^/@:]+):[^/@]*@", r"//\1:***@", str(uri))
-
-
-@contextlib.contextmanager
-def parent_run(log_to: list[str], folder: Path, *, params: dict[str, Any], tags: dict[str, str],
-               files: tuple[str, ...] = ()) -> Iterator[Any]:
-    """A study's own MLflow run, in the experiment named after ``folder``, that its cells' runs are nested under
-    (MLflow has no artifacts of an experiment: the report goes here). Its id is kept in ``folder``/mlflow.json,
-    so a resumed study goes on in it; its status follows the block: FINISHED (with ``files`` of ``folder`` as
-    artifacts), KILLED or FAILED. Yields the run id, or None when mlflow is not in ``log_to``."""
-    if "mlflow" not in log_to:
-        yield None
-        return
-    mlflow = _import("mlflow")
-    from mlflow.tracking import MlflowClient
-
-    client, uri, folder = MlflowClient(), _redact(mlflow.get_tracking_uri()), Path(folder)
-    run_id = _saved_run(client, folder, uri)
-    if run_id is None:
-        run_id = client.create_run(experiment_id(client, folder.resolve().name), run_name=folder.resolve().name,
-                                   tags=tags).info.run_id
-        _log_params(client, run_id, params)
-        atomic_write_json(folder / RUN_FILE, {"run_id": run_id, "tracking_uri": uri})
-    else:
-        client.update_run(run_id, status="RUNNING")
-    try:
-        yield run_id
-    except BaseException as exc:
-        client.set_terminated(run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    log_to_run(run_id, files=[folder / name for name in files])
-    client.set_terminated(run_id, status="FINISHED")
-
-
-def log_to_run(run_id: str | None, *, metrics: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
-               files: list[Path] = ()) -> None:
-    """Add to an MLflow run after its training: a trial's objective and state, a study's report. A failure is a
-    warning: what was trained and written stands."""
-    if run_id is None:
-        return
-    _import("mlflow")
-    from mlflow.entities import Metric, RunTag
-    from mlflow.tracking import MlflowClient
-
-    try:
-        client, now = MlflowClient(), int(time.time() * 1000)
-        client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()],
-                         metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if _number(v)])
-        for path in files:
-            if Path(path).is_file():
-                client.log_artifact(run_id, str(path))
-    except Exception as exc:  # noqa: BLE001
-        logging.getLogger("ajuste").warning(f"mlflow: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}; "
-                                            f"run {run_id} lacks what came after its training")
