@@ -43,6 +43,7 @@ _FINAL = ("val_loss", "val_accuracy", "epochs", "best_epoch", "train_seconds", "
           "peak_memory_mb")
 _ARTIFACTS = ("metrics.jsonl", "summary.json", "config.yaml")
 
+
 @dataclass
 class TrackingContext:
     """Where a run is logged, as the study or search that starts it says (a plain run needs none)."""

@@ -153,27 +153,29 @@ def parent_run(log_to: list[str], folder: Path, *, params: dict[str, Any], tags:
     try:
         yield run_id
     except BaseException as exc:
-        client.set_terminated(run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        with contextlib.suppress(Exception):  # the study's own error is the one to see
+            client.set_terminated(run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
-    log_to_run(run_id, files=[folder / name for name in files])
-    client.set_terminated(run_id, status="FINISHED")
+    log_to_run(run_id, files=[folder / name for name in files], status="FINISHED")
 
 
 def log_to_run(run_id: str | None, *, metrics: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
-               files: list[Path] = ()) -> None:
-    """Add to an MLflow run after its training: a trial's objective and state, a study's report. A failure is a
-    warning: what was trained and written stands."""
+               files: list[Path] = (), status: str | None = None) -> None:
+    """Add to an MLflow run after its training (a trial's objective and state, a study's report), then set its
+    ``status`` if given. A failure is a warning: what was trained and written stands."""
     if run_id is None:
         return
-    client, now = open_client()[0], int(time.time() * 1000)
-    from mlflow.entities import Metric, RunTag
-
     try:
+        client, now = open_client()[0], int(time.time() * 1000)
+        from mlflow.entities import Metric, RunTag
+
         client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()],
                          metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if is_number(v)])
         for path in files:
             if Path(path).is_file():
                 client.log_artifact(run_id, str(path))
+        if status is not None:
+            client.set_terminated(run_id, status=status)
     except Exception as exc:  # noqa: BLE001
         logging.getLogger("ajuste").warning(f"mlflow: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}; "
                                             f"run {run_id} lacks what came after its training")
