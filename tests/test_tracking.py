@@ -241,6 +241,19 @@ def test_tune_logs_each_trial_with_its_params_and_objective(tmp_path, digits_sma
         assert run.data.metrics["objective"] == pytest.approx(trial.value)
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 1
     assert len(_scalars(res.out / "tensorboard" / "trial-0001")["loss/val"]) == 1
+    # where trials are logged is no setting of the study: it resumes without tracking
+    again = tune(cfg=cfg.override({"train.log_to": []}), out=tmp_path / "my-search", trials=2, sampler="random",
+                 pruner="none", space=space, data=digits_small, report=False)
+    assert again.ran_here == 0 and again.stopped_by == "budget reached"
+
+
+def test_a_study_resumes_with_logging_turned_on_or_off():
+    from ajuste.study.spec import StudySpec
+
+    plain = StudySpec(source="digits", model="m", strategies=["linear-probe"], sets=["train.epochs=1"])
+    logged = StudySpec(source="digits", model="m", strategies=["linear-probe"],
+                       sets=["train.epochs=1", "train.log_to=mlflow"])
+    assert plain.identity() == logged.identity()
 
 
 @pytest.mark.parametrize("tracker,module", [("mlflow", "mlflow"), ("tensorboard", "torch.utils.tensorboard")])
