@@ -81,6 +81,12 @@ def compare(
         res = run_study(spec=spec, study_dir=study_dir, console=con, progress=not quiet,
                         similarity=not no_similarity, workers=workers, share_idle_cores=share_idle_cores)
         advice = build_report(study_dir)
+        if res.mlflow_run_id:  # the report goes to the study's MLflow run, beside its cells' runs
+            from ajuste.train import tracking_store
+
+            tracking_store.log_to_run(res.mlflow_run_id, files=[study_dir / "report.html", study_dir / "results.md"],
+                                tags={"ajuste.recommendation": advice["text"],
+                                      "ajuste.best_cell": advice.get("best_cell", "")})
     con.print("")
     con.print(f"[bold green]{advice['text']}[/]", highlight=False)
     for r in advice["reasons"]:

@@ -16,6 +16,7 @@ from ajuste.config.run_config import (
 )
 from ajuste.config.sections import (
     AUGMENT_LEVELS,
+    TRACKERS,
     DataConfig,
     ModelConfig,
     OptimConfig,
@@ -32,5 +33,5 @@ from ajuste.config.strategy_section import (
 )
 
 __all__ = ["AUGMENT_LEVELS", "DataConfig", "ModelConfig", "OptimConfig", "PeftConfig", "RunConfig", "StrategyConfig",
-           "TrainConfig", "_suggest", "describe_fields", "load_config", "option_owner", "register_strategy_options",
+           "TRACKERS", "TrainConfig", "_suggest", "describe_fields", "load_config", "option_owner", "register_strategy_options",
            "save_config", "strategy_options", "strategy_section", "unregister_strategy_options"]

@@ -105,11 +105,25 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name}={value!r}: expected a number") from None
+    if origin is list:
+        return _coerce_list(value, typing.get_args(tp)[0], name)
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{name}={value!r}: expected a string")
         return str(value)
     return value
+
+
+def _coerce_list(value: Any, item: type, name: str) -> list:
+    """A list from YAML (``[mlflow, tensorboard]``) or from ``--set key=a,b`` (a comma-separated string; null
+    or an empty string is the empty list)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [x.strip() for x in value.split(",") if x.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{name}={value!r}: expected a list, e.g. {name}=a,b or {name}=[a, b]")
+    return [_coerce(v, item, name) for v in value]
 
 
 def _build(cls: type, raw: dict[str, Any], *, prefix: str, where: str) -> Any:
@@ -176,5 +190,6 @@ def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, 
         if dataclasses.is_dataclass(tp):
             out.extend(describe_fields(tp, f"{prefix}{f.name}."))
         else:
-            out.append((prefix + f.name, f.metadata.get("help", ""), f.default))
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out.append((prefix + f.name, f.metadata.get("help", ""), default))
     return out

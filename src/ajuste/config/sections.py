@@ -12,6 +12,7 @@ from typing import Any
 from ajuste.errors import ConfigError
 
 AUGMENT_LEVELS = ("auto", "none", "light", "strong")
+TRACKERS = ("tensorboard", "mlflow")  # train.log_to (ajuste.train.tracking)
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -177,6 +178,10 @@ class TrainConfig:
                               default="auto")
     image_memory: str = _help("Decoded, resized images: auto (kept in memory while they fit in half of the "
                               "available memory) | off (decoded again in every batch)", default="auto")
+    log_to: list[str] = _help("Experiment trackers a run also logs to: tensorboard (event files in the run "
+                              "directory's tensorboard/) and/or mlflow (MLFLOW_TRACKING_URI, else MLflow's default "
+                              "store), e.g. --set train.log_to=mlflow,tensorboard; needs pip install "
+                              "'ajuste[tracking]' (docs/tracking.md)", default_factory=list)
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 1:
@@ -202,6 +207,12 @@ class TrainConfig:
                               ("text_batches", ("auto", "random", "max_length"))):
             if getattr(self, name) not in options:
                 raise ConfigError(f"train.{name}={getattr(self, name)!r} is not one of {', '.join(options)}")
+        unknown = [t for t in self.log_to if t not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"train.log_to: {unknown[0]!r} is not a tracker; give a list of "
+                              f"{' and/or '.join(TRACKERS)}, e.g. --set train.log_to=mlflow,tensorboard")
+        if len(set(self.log_to)) != len(self.log_to):
+            raise ConfigError(f"train.log_to={','.join(self.log_to)} lists a tracker twice")
         if not self.cache_max_gb > 0:
             raise ConfigError(f"train.cache_max_gb={self.cache_max_gb!r} must be > 0 (train.cache=off turns the "
                               f"cache off)")

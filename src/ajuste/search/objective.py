@@ -28,11 +28,13 @@ import socket
 import time
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError, TrainingDiverged
 from ajuste.train import run as training  # the module: tests substitute its train_run
+from ajuste.train import tracking, tracking_store
 from ajuste.train.cache import shared_dir
 from ajuste.train.loop import CancelFit
 
@@ -123,7 +125,8 @@ class Objective:
 
     def __init__(self, *, base_cfg: RunConfig, space: Any, data: Any, splits: dict, metric: str,
                  on_start: Callable[[Any], None] | None = None,
-                 on_end: Callable[[TrialRecord], None] | None = None, cache_dir: Any = None) -> None:
+                 on_end: Callable[[TrialRecord], None] | None = None, cache_dir: Any = None,
+                 out: Any = None) -> None:
         self.base_cfg = base_cfg
         self.space = space
         self.data = data
@@ -134,6 +137,8 @@ class Objective:
         # Trials in this process share frozen-layer activations in memory (ajuste.train.cache); with a
         # directory, workers in other processes and re-runs share them too.
         self.cache_dir = cache_dir
+        # train.log_to: each trial is a run in the experiment named after the search directory
+        self.out = out
         # Weak reference to the last trial's backbone: tests check that it is gone after the trial.
         self.last_model_ref: weakref.ref | None = None
 
@@ -148,9 +153,10 @@ class Objective:
         t0 = time.perf_counter()
         reporter = EpochReporter(trial, self.metric)
         record = TrialRecord(trial.number, "FAIL", None, {}, 0, 0.0)
+        track = self._tracking(trial)
         try:
             record.params = params = self.space.suggest(trial)
-            value = self._run(trial, params, reporter)
+            value = self._run(trial, params, reporter, track)
             record.state, record.value = "COMPLETE", value
             return value
         except optuna.TrialPruned as exc:
@@ -174,10 +180,21 @@ class Objective:
             record.seconds = time.perf_counter() - t0
             release_memory()
             trial.set_user_attr("rss_mb", round(rss_mb(), 1))
+            # the trial's MLflow run (ended by its training) gets the trial's outcome
+            tracking_store.log_to_run(track.mlflow_run_id, metrics={"objective": record.value},
+                                tags={"optuna.state": record.state, "optuna.note": record.note})
             if self.on_end is not None:
                 self.on_end(record)
 
-    def _run(self, trial: Any, params: dict[str, Any], reporter: EpochReporter) -> float:
+    def _tracking(self, trial: Any) -> tracking.TrackingContext:
+        out = Path(self.out).resolve() if self.out is not None else None
+        return tracking.TrackingContext(
+            experiment=out.name if out is not None else None, run_name=f"trial-{trial.number}",
+            tags={"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number)},
+            tensorboard_dir=out / "tensorboard" / f"trial-{trial.number:04d}" if out is not None else None)
+
+    def _run(self, trial: Any, params: dict[str, Any], reporter: EpochReporter,
+             track: tracking.TrackingContext) -> float:
         import optuna
 
         cfg = self.base_cfg.override(params)
@@ -185,7 +202,7 @@ class Objective:
             with shared_dir(self.cache_dir):
                 result = training.train_run(cfg=cfg, out=None, data=self.data, splits=self.splits,
                                             progress=False, console=None, on_epoch_end=reporter,
-                                            evaluate_test=False)
+                                            evaluate_test=False, track=track)
         except TrainingDiverged as exc:
             # A diverging LR is an answer, not a crash: the trial ends as pruned with its last report.
             trial.set_user_attr("diverged", " ".join(str(exc).split()))

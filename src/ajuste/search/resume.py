@@ -15,7 +15,7 @@ from ajuste.search.results import ATTR_CONFIG, ATTR_DATA, ATTR_METRIC, ATTR_SPAC
 from ajuste.search.space import SearchSpace
 
 # Fields that do not change what a trial computes: a resumed study may differ in these.
-_IGNORED_FIELDS = {"train.threads"}
+_IGNORED_FIELDS = {"train.threads", "train.log_to"}
 
 
 def create_or_load(storage: Any, name: str, direction: str) -> tuple[Any, bool]:

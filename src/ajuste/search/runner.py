@@ -54,6 +54,7 @@ from ajuste.search.storage import (
 from ajuste.search.trial_loop import TrialStats, counts_against_budget, on_trial_end, requeue_interrupted, run_trials
 from ajuste.strategies.base import get_strategy, resolve_config
 from ajuste.train import run as training
+from ajuste.train import tracking_store
 from ajuste.train.loop import stretch_phases
 
 
@@ -182,6 +183,7 @@ def _plan(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials {trials} must be ≥ 1")
     timeout_s = parse_duration(timeout)
+    tracking_store.require(cfg.train.log_to)
     strategy = get_strategy(cfg.strategy.name)
     cfg = cfg.override({"strategy.name": strategy.name})
     out = Path(out)
@@ -263,7 +265,7 @@ def _run_study(plan: _Plan, *, seed: int | None, console: Any, report: bool) -> 
         # 4. The trial loop.
         objective = Objective(base_cfg=plan.cfg, space=plan.space, data=plan.data, splits=plan.splits,
                               metric=plan.metric, on_start=lambda trial: lock.release(),
-                              on_end=on_trial_end(stats, study, console, plan.metric))
+                              on_end=on_trial_end(stats, study, console, plan.metric), out=plan.out)
         # Move the long-lived objects (modules, data) out of the collector's sight: the full collection
         # after each trial then only walks what the trial created (0.3 s → milliseconds here).
         gc.collect()

@@ -18,6 +18,7 @@ from ajuste.study.advice import cost
 from ajuste.study.spec import Cell, StudySpec
 from ajuste.study.workers import Job
 from ajuste.train import run as train_runs
+from ajuste.train import tracking, tracking_store
 from ajuste.train.cache import shared_dir
 from ajuste.train.loop import stretch_phases
 
@@ -65,7 +66,7 @@ def train_cell(job: Job, data: Any, splits: dict, study_dir: Path, stop: Callabl
             try:
                 summary = train_runs.train_run(cfg=cfg, out=job.run_dir, data=data, splits=splits, progress=False,
                                     on_epoch_end=on_epoch_end if stop is not None else None,
-                                    overwrite=overwrite).summary
+                                    overwrite=overwrite, track=cell_tracking(job, study_dir)).summary
                 break
             except Exception as exc:  # noqa: BLE001 - only running out of memory is retried; the rest re-raised
                 smaller = _halved(cfg, exc)
@@ -78,6 +79,15 @@ def train_cell(job: Job, data: Any, splits: dict, study_dir: Path, stop: Callabl
     if retry is not None:
         summary = {**summary, "oom_retry": retry}
     return summary
+
+
+def cell_tracking(job: Job, study_dir: Path) -> tracking.TrackingContext:
+    """A cell's run in MLflow: in the study's experiment (named after its directory), nested in the study's run
+    (read from the study directory: a cell in a worker process logs itself)."""
+    study_dir = Path(study_dir).resolve()
+    return tracking.TrackingContext(experiment=study_dir.name, run_name=job.key,
+                                    parent_run_id=tracking_store.saved_run_id(study_dir),
+                                    tags={"ajuste.study": str(study_dir), "ajuste.cell": job.key})
 
 
 def _halved(cfg: RunConfig, exc: BaseException) -> RunConfig | None:

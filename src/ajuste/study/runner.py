@@ -50,7 +50,7 @@ from ajuste.study.workers import (
     usable_cores,
 )
 from ajuste.train import run as train_runs
-from ajuste.train import stored_weights
+from ajuste.train import stored_weights, tracking, tracking_store
 from ajuste.train.loop import _progress as progress_bar
 
 
@@ -63,6 +63,7 @@ class StudyResult:
     similarity: dict[str, Any] | None = None
     advice: dict[str, Any] | None = None
     seconds: float = 0.0
+    mlflow_run_id: str | None = None  # the study's own MLflow run (train.log_to: mlflow), its cells nested in it
 
 
 def _check_study_dir(study_dir: Path, spec: StudySpec) -> None:
@@ -147,15 +148,26 @@ def _run_study(*, spec: StudySpec, study_dir: Path, console: Any, progress: bool
     except BaseException:
         cells.close()
         raise
-    skipped = _run_cells(cells, planned, spec, sizes, ledger, study_dir, progress=progress, console=console)
-    _report_skipped(study_dir, skipped, ledger.records, console)
-    return StudyResult(study_dir, spec, ledger.records, skipped, sim, None, time.perf_counter() - t0)
+    # The cells' MLflow runs are nested in the study's, in the experiment named after its directory
+    tags = {"model": spec.model, "data": str(spec.source), "ajuste.kind": "study"}
+    with tracking_store.parent_run(cfg0.train.log_to, study_dir, params=_tracked_spec(spec), tags=tags,
+                                   files=("results.jsonl",)) as parent:
+        skipped = _run_cells(cells, planned, spec, sizes, ledger, study_dir, progress=progress, console=console)
+        _report_skipped(study_dir, skipped, ledger.records, console)
+    return StudyResult(study_dir, spec, ledger.records, skipped, sim, None, time.perf_counter() - t0, parent)
+
+
+def _tracked_spec(spec: StudySpec) -> dict[str, str]:
+    """What a study's MLflow run shows of it (its cells' runs have each config in full)."""
+    return {"strategies": ",".join(spec.strategies), "fractions": ",".join(f"{f:g}" for f in spec.fractions),
+            "seeds": str(spec.seeds), "budget_seconds": str(spec.budget_seconds), "sets": " ".join(spec.sets)}
 
 
 def _open_study(study_dir: Path, spec: StudySpec, console: Any) -> tuple[RunConfig, Any, dict]:
     """Check the study directory and every cell's config, then read the data and fix (or check) its splits."""
     _check_study_dir(study_dir, spec)
     cfg0 = base_config(spec)  # bad --set values fail here, before the study directory is made
+    tracking_store.require(cfg0.train.log_to)  # so does a tracker that is not installed
     for cell in spec.cells():
         cell_config(spec, cell)
     train_runs.check_writable(study_dir)  # here, not in a worker: a full disk is one line before any cell starts
@@ -348,7 +360,9 @@ def export_best(study_dir: Path, best_cell: str) -> Path:
     dst = Path(study_dir) / "best_model"
     tmp = Path(study_dir) / ".best_model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint", locks.LOCK_NAME))
+    # the cell's trackers stay with the cell: best_model/ is a model to hand over
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint", locks.LOCK_NAME, tracking.TENSORBOARD_DIR,
+                                                            tracking_store.RUN_FILE))
     stored_weights.materialise(tmp)  # the model handed over stands alone: its base weights written in, in full
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)

@@ -68,7 +68,9 @@ class StudySpec:
 
     def identity(self) -> dict[str, Any]:
         """What must not change between runs of one study directory (results would not be comparable)."""
-        return {"source": self.source, "model": self.model, "sets": sorted(self.sets), "text_col": self.text_col,
+        # where the cells are logged (train.log_to) changes no result: a study may resume with it on or off
+        sets = sorted(s for s in self.sets if s.split("=", 1)[0].strip() != "train.log_to")
+        return {"source": self.source, "model": self.model, "sets": sets, "text_col": self.text_col,
                 "label_col": self.label_col, "split_seed": self.split_seed}
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from ajuste.data.pipeline import Pipeline, make_preprocessing
 from ajuste.errors import AjusteError
 from ajuste.io import atomic_write_json
 from ajuste.strategies.base import get_strategy, resolve_config
-from ajuste.train import distributed, loop, stored_weights
+from ajuste.train import distributed, loop, stored_weights, tracking, tracking_store
 from ajuste.train.direct import fit_direct
 from ajuste.train.memory import PeakMemory, memory_error_message
 from ajuste.train.prepare import check_model_modality, prepare_data, resolve_model
@@ -48,15 +48,18 @@ class RunResult:
 def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, splits: dict | None = None,
               progress: bool = True, console: Any = None, overwrite: bool = False,
               on_epoch_end: Callable | None = None, evaluate_test: bool = True,
-              warn: Callable[[str], None] | None = None) -> RunResult:
+              warn: Callable[[str], None] | None = None,
+              track: tracking.TrackingContext | None = None) -> RunResult:
     """Train one model. ``data``/``splits`` may be passed in (a study shares them across runs).
 
     ``warn`` receives data warnings (skipped files, dropped rows); without it they go to ``console``.
+    ``track``: where a study or a search has the run logged, when ``train.log_to`` names trackers.
     The process that writes ``out`` holds its lock from before the directory is read (resume or overwrite) to
     the last file: a second process given the same ``out`` is refused in one line (`ajuste.locks`).
     """
     kwargs = dict(cfg=cfg, out=out, data=data, splits=splits, progress=progress, console=console,
-                  overwrite=overwrite, on_epoch_end=on_epoch_end, evaluate_test=evaluate_test, warn=warn)
+                  overwrite=overwrite, on_epoch_end=on_epoch_end, evaluate_test=evaluate_test, warn=warn,
+                  track=track)
     w = distributed.setup_from_env(cfg.train.device)  # under torchrun: join the workers (no-op for one process)
     if out is None or not w.main:  # workers other than rank 0 write nothing
         return _train_run(**kwargs)
@@ -71,11 +74,13 @@ def train_run(*, cfg: RunConfig, out: Path | None = None, data: Any = None, spli
 
 def _train_run(*, cfg: RunConfig, out: Path | None, data: Any, splits: dict | None, progress: bool, console: Any,
                overwrite: bool, on_epoch_end: Callable | None, evaluate_test: bool,
-               warn: Callable[[str], None] | None) -> RunResult:
+               warn: Callable[[str], None] | None, track: tracking.TrackingContext | None) -> RunResult:
     t_start = time.perf_counter()
     w = distributed.world()
-    if not w.main:  # workers other than rank 0 train silently and write nothing
+    if not w.main:  # workers other than rank 0 train silently, write nothing and log nowhere
         progress, console, warn = False, None, (lambda _msg: None)
+    else:
+        tracking_store.require(cfg.train.log_to)  # a tracker not installed: one line before the data is read
     strategy = get_strategy(cfg.strategy.name)
     cfg, data, splits = _load_data(cfg, data, splits, console, warn)
     resuming = check_run_dir(Path(out), cfg, overwrite) if out is not None and w.main else False
@@ -97,13 +102,24 @@ def _train_run(*, cfg: RunConfig, out: Path | None, data: Any, splits: dict | No
         return _worker_run(cfg, run_dir, backbone, pipeline, strategy, on_epoch_end, phases)
 
     trainable = trainable_share(backbone, phases)
-    result, peak = _fit(cfg, backbone, pipeline, strategy, run_dir, progress=progress, console=console,
-                        on_epoch_end=on_epoch_end, phases=phases)
-    if result.interrupted:
-        write_status(run_dir, "interrupted")
-        summary = {"status": "interrupted", "epochs": len(result.history)}
-        return RunResult(run_dir, cfg, summary, backbone, pipeline)
+    with tracking.Tracking(cfg, run_dir, track) as tracker:  # an exception ends its MLflow run FAILED or KILLED
+        result, peak = _fit(cfg, backbone, pipeline, strategy, run_dir, progress=progress, console=console,
+                            on_epoch_end=on_epoch_end, phases=phases, callbacks=[tracker])
+        if result.interrupted:
+            write_status(run_dir, "interrupted")
+            tracker.end("KILLED")
+            summary = {"status": "interrupted", "epochs": len(result.history)}
+            return RunResult(run_dir, cfg, summary, backbone, pipeline)
+        summary = _finish(cfg, strategy, data, splits, result, backbone, pipeline, run_dir, trainable=trainable,
+                          peak=peak, evaluate_test=evaluate_test, t_start=t_start)
+        tracker.finish(summary)
+    return RunResult(run_dir, cfg, summary, backbone, pipeline)
 
+
+def _finish(cfg: RunConfig, strategy: Any, data: Any, splits: dict, result: Any, backbone: Any, pipeline: Any,
+            run_dir: Path | None, *, trainable: int, peak: int, evaluate_test: bool, t_start: float) -> dict:
+    """The summary of a complete run (test metrics unless told not to), saved with its weights."""
+    w = distributed.world()
     summary = _summary(cfg, strategy, data, splits, result, backbone, trainable=trainable, peak=peak)
     if w.active:
         summary["distributed"] = distributed.describe(w)
@@ -116,7 +132,7 @@ def _train_run(*, cfg: RunConfig, out: Path | None, data: Any, splits: dict | No
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     if run_dir is not None:
         _save(run_dir, cfg, strategy, backbone, data.classes, summary)
-    return RunResult(run_dir, cfg, summary, backbone, pipeline)
+    return summary
 
 
 def _load_data(cfg: RunConfig, data: Any, splits: dict | None, console: Any,
@@ -161,7 +177,7 @@ def _build(cfg: RunConfig, strategy: Any, data: Any, splits: dict) -> tuple[Any,
 
 
 def _fit(cfg: RunConfig, backbone: Any, pipeline: Any, strategy: Any, run_dir: Path | None, *, progress: bool,
-         console: Any, on_epoch_end: Callable | None, phases: list) -> tuple[Any, int]:
+         console: Any, on_epoch_end: Callable | None, phases: list, callbacks: list) -> tuple[Any, int]:
     """The fit and the peak memory it took; a failure is recorded in status.json (an allocation failure as the
     batch size to try, raised as one line)."""
     with PeakMemory() as mem:
@@ -172,7 +188,8 @@ def _fit(cfg: RunConfig, backbone: Any, pipeline: Any, strategy: Any, run_dir: P
                                     on_epoch_end=on_epoch_end, seconds_before=backbone.build_seconds)
             else:  # loop.fit looked up at call time: tests replace it
                 result = loop.fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
-                                  progress=progress, console=console, on_epoch_end=on_epoch_end, phases=phases)
+                                  progress=progress, console=console, on_epoch_end=on_epoch_end, phases=phases,
+                                  callbacks=callbacks)
         except KeyboardInterrupt:
             raise  # train_run records the interruption (wherever in the run it lands)
         except BaseException as exc:

@@ -13,6 +13,8 @@ Layout of a run directory::
     model.safetensors    best weights: what trained, plus a reference to the base weights (train.stored_weights)
     summary.json         test metrics, time, parameters, memory; written last: its presence = complete
     checkpoint/          resume state while the run is unfinished (removed when complete)
+    tensorboard/         TensorBoard event files (train.log_to: tensorboard)
+    mlflow.json          the MLflow run it logs to (train.log_to: mlflow): a resume continues that run
 
 Training (``ajuste.train.run``) and loading (``ajuste.train.run_load``) both read these files, so they live
 below both.
@@ -108,17 +110,25 @@ def check_run_dir(out: Path, cfg: RunConfig, overwrite: bool) -> bool:
     old_cfg = out / "config.yaml"
     if not old_cfg.is_file():
         raise AjusteError(f"{out} is not empty and is not an ajuste run directory; use another --out")
-    old = load_config(old_cfg)
-    if old.to_dict() != cfg.to_dict():
+    old, new = _resumable(load_config(old_cfg)), _resumable(cfg)
+    if old != new:
         if _nothing_trained(out):
             # Stopped before its first epoch was saved (an error in its settings, a Ctrl-C while loading):
             # nothing would be lost, and refusing would leave the corrected command nowhere to go.
             locks.clear(out)
             return False
-        diff = _diff(old.to_dict(), cfg.to_dict())
+        diff = _diff(old, new)
         raise AjusteError(f"{out} holds an unfinished run with a different config ({diff}); "
                           f"use the same settings to resume, or --overwrite")
     return True
+
+
+def _resumable(cfg: RunConfig) -> dict[str, Any]:
+    """What must not change for a run to resume: everything but where it is logged (train.log_to), which a
+    resumed run may turn on or off."""
+    raw = cfg.to_dict()
+    raw["train"].pop("log_to", None)
+    return raw
 
 
 def check_same_data(folder: Path, data: Any, splits: dict, source: Any, *, what: str = "the unfinished run",
