@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -24,11 +23,6 @@ def register(app: typer.Typer) -> None:
     app.command("compare", cls=WithStrategyOptions)(compare)
     app.command("advise")(advise)
     app.command("report")(report)
-
-
-def _default_study_dir(data: str, model: str) -> Path:
-    name = Path(str(data).rstrip("/")).name or "data"
-    return Path("studies") / re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}-{model}")
 
 
 def compare(
@@ -56,8 +50,7 @@ def compare(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Fine-tune vs train from scratch: strategies × data fractions × seeds, a recommendation and a report."""
-    from ajuste.report.html import build_report
-    from ajuste.study.runner import run_study
+    from ajuste.api import default_study_dir, run_compare
     from ajuste.study.spec import StudySpec, parse_budget, parse_list
 
     data, sets = split_positionals(data, sets, default="digits")
@@ -73,20 +66,12 @@ def compare(
     spec = StudySpec(source=data, model=model, strategies=parse_list(strategies),
                      fractions=parse_list(fractions, float), seeds=seeds, budget_seconds=parse_budget(budget),
                      sets=list(sets), text_col=text_col, label_col=label_col)
-    study_dir = out or _default_study_dir(data, model)
+    study_dir = out or default_study_dir(data, model)
     con = _console(quiet)
     con.print(f"{len(spec.cells())} cells: {', '.join(spec.strategies)} × fractions "
               f"{', '.join(f'{f:g}' for f in spec.fractions)} × {spec.seeds} seed(s) → {study_dir}")
-    with locks.hold(study_dir, what="study", remove_if_unused=True):  # the report and best_model/ too
-        res = run_study(spec=spec, study_dir=study_dir, console=con, progress=not quiet,
-                        similarity=not no_similarity, workers=workers, share_idle_cores=share_idle_cores)
-        advice = build_report(study_dir)
-        if res.mlflow_run_id:  # the report goes to the study's MLflow run, beside its cells' runs
-            from ajuste.train import tracking_store
-
-            tracking_store.log_to_run(res.mlflow_run_id, files=[study_dir / "report.html", study_dir / "results.md"],
-                                tags={"ajuste.recommendation": advice["text"],
-                                      "ajuste.best_cell": advice.get("best_cell", "")})
+    _, advice, seconds = run_compare(spec, study_dir, console=con, progress=not quiet, similarity=not no_similarity,
+                                     workers=workers, share_idle_cores=share_idle_cores)
     con.print("")
     con.print(f"[bold green]{advice['text']}[/]", highlight=False)
     for r in advice["reasons"]:
@@ -94,7 +79,7 @@ def compare(
     if advice.get("best_model"):
         con.print(f"  • best_model/: {advice['best_model']}", highlight=False)
     con.print(f"report: {study_dir / 'report.html'}   best model: {study_dir / 'best_model'}   "
-              f"({res.seconds:.0f}s)")
+              f"({seconds:.0f}s)")
 
 
 def advise(

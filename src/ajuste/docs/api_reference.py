@@ -21,7 +21,14 @@ HEADER = ("# Python API", "",
 def _signature(doc: Any, name: str, method: bool) -> str:
     sig = str(doc.signature_without_self if method else doc.signature)
     sig = " ".join(sig.split()).replace("( ", "(").replace(", )", ")").replace(" )", ")")
-    return f"{name}{sig}".replace("ajuste.api.", "").replace("ajuste.config.run_config.", "")
+    return _short(f"{name}{sig}")
+
+
+def _short(text: str) -> str:
+    """Type names as a user writes them (Run, RunConfig), not by the module that defines them."""
+    for prefix in ("ajuste.api.results.", "ajuste.api.", "ajuste.config.run_config."):
+        text = text.replace(prefix, "")
+    return text
 
 
 def _member(doc: Any, title: str, level: str) -> list[str]:
@@ -29,7 +36,7 @@ def _member(doc: Any, title: str, level: str) -> list[str]:
     if kind == "Function":
         head = _signature(doc, title, method=level == "###")
     elif kind == "Variable":
-        annotation = doc.annotation_str.replace("ajuste.api.", "").replace("ajuste.config.run_config.", "")
+        annotation = _short(doc.annotation_str)
         head = f"{title}{annotation}"
     else:
         head = f"class {title}"
@@ -49,7 +56,7 @@ def render() -> str:
         for member_name, member in doc.members.items():
             if member_name.startswith("_"):
                 continue
-            if member.taken_from[0] != "ajuste.api":  # inherited from list, object...
+            if not member.taken_from[0].startswith("ajuste.api"):  # inherited from list, object...
                 continue
             lines += _member(member, f"{name}.{member_name}", "###")
     return "\n".join(lines).rstrip() + "\n"
