@@ -40,7 +40,7 @@ def cpu_description() -> str:
     except OSError:
         pass
     have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags.split()]
-    from ajuste.train.execution import native_bf16
+    from ajuste.training.execution import native_bf16
 
     return f"{model} ({os.cpu_count()} cores; {', '.join(have) or 'no AVX2'}; native bf16: {native_bf16()})"
 
@@ -69,7 +69,7 @@ def subset_splits(data: Any, splits: dict, *, train: int | None, val: int | None
 def load_subset(cfg: Any, args: Any, *, test: int | None = None) -> tuple[Any, dict]:
     """The data of ``cfg``, its splits cut to ``args.train`` / ``args.val`` (0: all) and ``test`` examples,
     and the CPU line every benchmark prints first."""
-    from ajuste.train.run import prepare_data
+    from ajuste.training.run import prepare_data
 
     data, splits = prepare_data(cfg)
     splits = subset_splits(data, splits, train=args.train or None, val=args.val or None, test=test)

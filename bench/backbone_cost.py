@@ -39,7 +39,7 @@ def main() -> None:
 
     from ajuste.config import RunConfig
     from ajuste.io import read_jsonl
-    from ajuste.train.run import train_run
+    from ajuste.training.run import train_run
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     base = RunConfig().override({"data.source": str(C.dataset("clothing-small")), "train.threads": args.threads,

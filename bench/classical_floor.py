@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     set_threads(args.threads)
     from ajuste.config import RunConfig
-    from ajuste.train.run import train_run
+    from ajuste.training.run import train_run
 
     print(f"CPU: {cpu_description()}, {args.threads} threads")
     print("| set | features | n train | test accuracy | test macro-F1 | chosen C | cost s | wall s |")

@@ -47,7 +47,7 @@ def main() -> None:
     from sklearn.preprocessing import StandardScaler
 
     from ajuste.backbones.factory import create_backbone
-    from ajuste.train.execution import native_bf16
+    from ajuste.training.execution import native_bf16
 
     root = C.dataset(args.data)
     classes = sorted(p.name for p in (root / args.train_split).iterdir() if p.is_dir())

@@ -41,7 +41,7 @@ def main() -> None:
 
     from ajuste.config import RunConfig
     from ajuste.io import read_jsonl
-    from ajuste.train.run import train_run
+    from ajuste.training.run import train_run
 
     source = C.dataset("clothing-small")
     cfg = RunConfig().override({"data.source": str(source), "model.name": "efficientnet_lite0",

@@ -56,11 +56,11 @@ def ajuste_vision(arch: str, device: torch.device, batches: list, warmup: int, c
     """Images per second of ajuste's training step (full fine-tuning); ``compile``: as train.compile does."""
     from ajuste.backbones.factory import create_backbone
     from ajuste.config import RunConfig
-    from ajuste.train.execution import grad_scaler
-    from ajuste.train.inference import amp_for, use_channels_last
-    from ajuste.train.loop import _fast_optimizer
-    from ajuste.train.steps import _train_epoch
-    from ajuste.train.param_groups import build_param_groups, make_optimizer
+    from ajuste.training.execution import grad_scaler
+    from ajuste.training.inference import amp_for, use_channels_last
+    from ajuste.training.loop import _fast_optimizer
+    from ajuste.training.steps import _train_epoch
+    from ajuste.training.param_groups import build_param_groups, make_optimizer
 
     cfg = RunConfig().override({"train.device": str(device), "optim.label_smoothing": 0.0, "optim.grad_clip": 0.0})
     bb = create_backbone(f"timm/{arch}", num_classes=10, pretrained=False).to(device)
@@ -153,11 +153,11 @@ def ajuste_text(folder: Path, device: torch.device, texts: list[str], labels: li
     from ajuste.config import RunConfig
     from ajuste.data.pipeline import Pipeline, make_preprocessing
     from ajuste.data.sources import LabelledData
-    from ajuste.train.execution import grad_scaler
-    from ajuste.train.inference import amp_for
-    from ajuste.train.loop import _fast_optimizer
-    from ajuste.train.steps import _train_epoch
-    from ajuste.train.param_groups import build_param_groups, make_optimizer
+    from ajuste.training.execution import grad_scaler
+    from ajuste.training.inference import amp_for
+    from ajuste.training.loop import _fast_optimizer
+    from ajuste.training.steps import _train_epoch
+    from ajuste.training.param_groups import build_param_groups, make_optimizer
 
     data = LabelledData(modality="text", inputs=texts, labels=np.asarray(labels), classes=["neg", "pos"])
     n = len(texts)

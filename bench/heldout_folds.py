@@ -60,9 +60,9 @@ def train_fold(source: str, folds: int, seed: int, fold: int, path: Path, sets: 
                strategy: str = "two-stage") -> None:
     import torch
 
-    import ajuste.train.loop as L
+    import ajuste.training.loop as L
     from ajuste.config import RunConfig
-    from ajuste.train.run import train_run
+    from ajuste.training.run import train_run
 
     snaps: dict[str, dict[str, torch.Tensor]] = {}
     real_fit, real_average = L.fit, L._take_average

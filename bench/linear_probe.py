@@ -41,8 +41,8 @@ def main() -> None:
     from ajuste.backbones.factory import create_backbone
     from ajuste.config import RunConfig
     from ajuste.data.pipeline import load_image_file, make_preprocessing
-    from ajuste.train.execution import autocast, native_bf16
-    from ajuste.train.run import train_run
+    from ajuste.training.execution import autocast, native_bf16
+    from ajuste.training.run import train_run
 
     source = C.dataset("clothing-small")
     cfg = RunConfig().override({"data.source": str(source), "model.name": "efficientnet_lite0",

@@ -42,8 +42,8 @@ def main() -> None:
 
     from ajuste.config import RunConfig
     from ajuste.io import read_jsonl
-    from ajuste.train import cache
-    from ajuste.train.run import train_run
+    from ajuste.training import cache
+    from ajuste.training.run import train_run
 
     if args.text:
         source, model, what = C.dataset("sms-spam") / "SMSSpamCollection", "minilm-l6", "sms-spam texts, MiniLM-L6"

@@ -4,7 +4,7 @@
 
 For each study directory: the total on disk (every file, as `du --apparent-size` counts), then per run the size
 of its directory and of its `model.safetensors`, whether the weights are stored by reference to a base model
-(`ajuste.train.stored_weights`), and the bytes of the tensors the file leaves to the base. Run it on the same
+(`ajuste.training.stored_weights`), and the bytes of the tensors the file leaves to the base. Run it on the same
 study made before and after a change to compare the two.
 """
 

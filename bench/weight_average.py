@@ -32,9 +32,9 @@ import _common as C  # noqa: E402
 def train_and_snapshot(source: str, seed: int, fraction: float, path: Path) -> None:
     import torch
 
-    import ajuste.train.loop as L
+    import ajuste.training.loop as L
     from ajuste.config import RunConfig
-    from ajuste.train.run import train_run
+    from ajuste.training.run import train_run
 
     snaps: list[dict[str, torch.Tensor]] = []
     real_fit = L.fit

@@ -386,7 +386,7 @@ def test_a_config_file_that_is_not_utf8_or_not_a_file(tmp_path, capsys):
 
 
 def test_predict_checks_its_output_before_predicting(partly_corrupt, capsys, monkeypatch):
-    import ajuste.train.run_eval as run_eval
+    import ajuste.training.run_eval as run_eval
 
     root, run, _, _ = partly_corrupt
     calls = []

@@ -9,10 +9,10 @@ import torch
 
 from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline, make_preprocessing
-from ajuste.train import cache
-from ajuste.train.feeds import _activations, _cut, _phase_feeds
-from ajuste.train.inference import use_channels_last
-from ajuste.train.run import train_run
+from ajuste.training import cache
+from ajuste.training.feeds import _activations, _cut, _phase_feeds
+from ajuste.training.inference import use_channels_last
+from ajuste.training.run import train_run
 
 TINY = {"model.name": "timm/test_efficientnet", "model.pretrained": False, "data.image_size": 32,
         "data.batch_size": 64, "train.min_steps": 0, "train.threads": 1, "data.augment": "none"}

@@ -15,9 +15,9 @@ from ajuste.backbones.classical import HogColourBackbone, TfidfBackbone, colour_
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError, ConfigError
 from ajuste.strategies.base import list_strategies
-from ajuste.train.run import train_run
-from ajuste.train.run_eval import evaluate_run, predict_inputs
-from ajuste.train.run_load import load_run
+from ajuste.training.run import train_run
+from ajuste.training.run_eval import evaluate_run, predict_inputs
+from ajuste.training.run_load import load_run
 
 SPAM = ["win a free prize now", "free cash prize claim now", "claim your free entry", "urgent prize waiting call now",
         "you won cash call now", "free entry win cash"]

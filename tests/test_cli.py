@@ -248,7 +248,7 @@ def test_evaluate_text_run_on_a_labelled_csv(text_run, text_csv, capsys):
 
 def test_rerun_resumes_an_unfinished_run(image_folder, tmp_path, capsys, monkeypatch):
     """A Ctrl-C after the first epoch (the loop's graceful path), then the same command again."""
-    import ajuste.train.run as run_mod
+    import ajuste.training.run as run_mod
 
     out = tmp_path / "run"
     args = ["train", str(image_folder), *TINY_IMAGE, "--strategy", "full", "--epochs", "2",

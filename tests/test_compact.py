@@ -16,7 +16,7 @@ BASE = {"train.epochs": 1, "train.min_steps": 0, "train.bf16": "off", "strategy.
 
 
 def _train(out: Path, **over):
-    from ajuste.train.run import train_run
+    from ajuste.training.run import train_run
 
     return train_run(cfg=RunConfig().override({**BASE, **over}), out=out, progress=False)
 
@@ -43,7 +43,7 @@ def test_image_run_reloads_and_exports_as_plain_timm(image_run, tmp_path):
     import timm
 
     from ajuste.export import export_run
-    from ajuste.train.run_eval import load_run
+    from ajuste.training.run_eval import load_run
 
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -54,7 +54,7 @@ def test_reversed_rows_are_the_same_data_and_evaluate_scores_the_same_test_examp
         was = load_data(_copy(original, tmp_path)).inputs
         now = load_data(csv_path).inputs
         assert [was[i] for i in saved] != [now[i] for i in saved]
-        from ajuste.train.run_eval import _own_test_split
+        from ajuste.training.run_eval import _own_test_split
 
         located = _own_test_split(out, load_data(csv_path), csv_path)
         assert sorted(now[i] for i in located) == sorted(was[i] for i in saved)  # the same texts, found anew

@@ -150,7 +150,7 @@ def test_a_lone_world_size_without_a_launcher_is_one_clear_line(tmp_path):
 
 def test_sharded_batches_cover_every_example_once():
     from ajuste.data.batches import ShardedBatches
-    from ajuste.train.distributed import World
+    from ajuste.training.distributed import World
 
     batches = [[0, 1, 2, 3], [4, 5, 6], [7]]
     shares = [list(ShardedBatches(batches, World(r, 2), drop_short=False)) for r in range(2)]

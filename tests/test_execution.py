@@ -9,7 +9,7 @@ import torch
 
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError, ConfigError
-from ajuste.train import execution
+from ajuste.training import execution
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -76,7 +76,7 @@ def test_precision_auto_per_device(monkeypatch):
 
 
 def _tiny_run(digits_small, strategy: str, **sets):
-    from ajuste.train.run import train_run
+    from ajuste.training.run import train_run
 
     cfg = RunConfig().override({"data.source": "digits", "model.name": "timm/test_efficientnet",
                                 "model.pretrained": False, "data.image_size": 32, "strategy.name": strategy,
@@ -98,7 +98,7 @@ def test_two_batches_accumulated_equal_one_batch_twice_as_large(tiny_timm):
     """train.grad_accum=2 at batch 8 steps with the gradient of one batch of 16 (the mean over its examples)."""
     import copy
 
-    from ajuste.train.steps import _train_epoch
+    from ajuste.training.steps import _train_epoch
 
     torch.manual_seed(0)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 3, (16,))
@@ -172,7 +172,7 @@ def test_train_compile_on_cuda_trains_as_eager_does(digits_small):
 @pytest.mark.gpu
 @cuda
 def test_the_feature_cache_is_built_on_the_gpu_and_kept_on_the_cpu(digits_small):
-    from ajuste.train import cache
+    from ajuste.training import cache
 
     cache.REGISTRY.entries.clear()
     res = _tiny_run(digits_small, "linear-probe", **{"train.device": "cuda"})

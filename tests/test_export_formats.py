@@ -50,7 +50,7 @@ def images(tmp_path_factory) -> Path:
 
 
 def _train(out: Path, **over) -> Path:
-    from ajuste.train.run import train_run
+    from ajuste.training.run import train_run
 
     base = {"train.epochs": 1, "train.min_steps": 0, "train.bf16": "off", "strategy.head_epochs": 1}
     train_run(cfg=RunConfig().override({**base, **over}), out=out, progress=False)
@@ -89,7 +89,7 @@ def text_run(request, tiny_bert_dir, text_csv, tmp_path_factory) -> Path:
 
 
 def _ajuste_text_logits(run_dir: Path, texts: list[str]) -> torch.Tensor:
-    from ajuste.train.run_eval import load_run
+    from ajuste.training.run_eval import load_run
 
     run = load_run(run_dir)
     enc = run.backbone.tokenizer(texts, padding=True, truncation=True, max_length=run.preprocessing.max_length,
@@ -99,7 +99,7 @@ def _ajuste_text_logits(run_dir: Path, texts: list[str]) -> torch.Tensor:
 
 
 def _ajuste_image_logits(run_dir: Path, x: torch.Tensor) -> torch.Tensor:
-    from ajuste.train.run_eval import load_run
+    from ajuste.training.run_eval import load_run
 
     with torch.no_grad():
         return load_run(run_dir).backbone.eval()(x).float()
@@ -112,7 +112,7 @@ def test_hf_text_loads_with_transformers_and_matches(text_run, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     from ajuste.export import export_run
-    from ajuste.train.run_eval import predict_inputs
+    from ajuste.training.run_eval import predict_inputs
 
     res = export_run(run_dir=text_run, out=tmp_path / "hf", format="hf")
     assert res.max_abs_diff < 1e-4
@@ -151,7 +151,7 @@ def test_hf_image_is_a_plain_timm_checkpoint(image_run, images, tmp_path):
     from safetensors.torch import load_file
 
     from ajuste.export import export_run
-    from ajuste.train.run_eval import predict_inputs
+    from ajuste.training.run_eval import predict_inputs
 
     res = export_run(run_dir=image_run, out=tmp_path / "hf", format="hf")
     assert res.max_abs_diff < 1e-5 and sorted(res.files) == ["config.json", "export.json", "model.safetensors"]
@@ -267,7 +267,7 @@ def test_torchscript_text_reloads_with_the_same_logits(text_run, tmp_path):
 
 def test_default_format_keeps_the_run_directory_export(image_lora_run, tmp_path):
     from ajuste.export import export_run
-    from ajuste.train.run_eval import load_run
+    from ajuste.training.run_eval import load_run
 
     res = export_run(run_dir=image_lora_run, out=tmp_path / "plain")
     assert res.format == "ajuste" and not res.merged and res.peft_needed

@@ -11,7 +11,7 @@ from torch import nn
 from ajuste.backbones.base import Backbone, fold_batchnorms
 from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline, make_preprocessing
-from ajuste.train.loop import use_channels_last
+from ajuste.training.loop import use_channels_last
 
 
 def _randomise_bn(model: nn.Module) -> None:
@@ -82,8 +82,8 @@ def test_folding_that_would_change_outputs_is_refused():
 
 
 def test_fold_switch_is_part_of_the_cache_key(digits_small):
-    from ajuste.train import cache
-    from ajuste.train.run import train_run
+    from ajuste.training import cache
+    from ajuste.training.run import train_run
 
     base = {"model.name": "timm/test_efficientnet", "model.pretrained": False, "data.image_size": 32,
             "strategy.name": "linear-probe", "train.epochs": 1, "train.min_steps": 0, "train.threads": 1}
@@ -172,7 +172,7 @@ def test_decoded_images_are_kept_unless_switched_off(tmp_path, tiny_timm):
 
 
 def test_fit_sets_the_configured_threads(digits_small):
-    from ajuste.train.run import train_run
+    from ajuste.training.run import train_run
 
     before = torch.get_num_threads()
     try:
@@ -186,8 +186,8 @@ def test_fit_sets_the_configured_threads(digits_small):
 
 
 def test_fused_adamw_makes_the_same_steps_and_can_be_switched_off():
-    from ajuste.train.loop import _fast_optimizer
-    from ajuste.train.param_groups import make_optimizer
+    from ajuste.training.loop import _fast_optimizer
+    from ajuste.training.param_groups import make_optimizer
 
     torch.manual_seed(0)
     nets = [nn.Linear(6, 4) for _ in range(2)]

@@ -19,7 +19,7 @@ LAYERS = [
     ("config", {"config"}),
     ("data and backbones", {"data", "backbones"}),
     ("strategies", {"strategies"}),
-    ("train", {"train"}),
+    ("training", {"training"}),
     ("export", {"export"}),
     ("search and study", {"search", "study"}),
     ("report", {"report"}),
@@ -30,7 +30,7 @@ RANK = {part: i for i, (_, parts) in enumerate(LAYERS) for part in parts}
 # Imports of ajuste modules that stay inside functions, with the reason. The CLI (cli/) keeps all of its
 # own lazy: `ajuste --help` must not import torch, optuna or transformers (DESIGN: start-up time).
 LAZY = {
-    ("ajuste.train.stored_weights", "ajuste.train.run_eval"):
+    ("ajuste.training.stored_weights", "ajuste.training.run_eval"):
         "run_eval loads runs through stored_weights; materialising a run reads it back through run_eval",
     ("ajuste.search", "ajuste.search.runner"):
         "the package's lazy attributes: `import ajuste.search` must not import optuna",
@@ -177,8 +177,8 @@ def test_the_checks_see_a_violation(tmp_path, monkeypatch):
     """The import reader finds an upward import inside a function (what the tests above would reject)."""
     fake = tmp_path / "ajuste" / "data" / "reach_up.py"
     fake.parent.mkdir(parents=True)
-    fake.write_text("def f():\n    from ajuste.train.loop import fit\n    return fit\n", encoding="utf-8")
+    fake.write_text("def f():\n    from ajuste.training.loop import fit\n    return fit\n", encoding="utf-8")
     monkeypatch.setitem(MODULES, "ajuste.data.reach_up", fake)
     edges = [e for e in _imports() if e[0] == "ajuste.data.reach_up"]
-    assert edges == [("ajuste.data.reach_up", "ajuste.train.loop", 2, True)]
-    assert _layer("ajuste.train.loop") > _layer("ajuste.data.reach_up")
+    assert edges == [("ajuste.data.reach_up", "ajuste.training.loop", 2, True)]
+    assert _layer("ajuste.training.loop") > _layer("ajuste.data.reach_up")

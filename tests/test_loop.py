@@ -11,7 +11,7 @@ import torch
 from ajuste.config import RunConfig
 from ajuste.errors import TrainingDiverged
 from ajuste.io import read_jsonl
-from ajuste.train.run import train_run
+from ajuste.training.run import train_run
 
 
 def _cfg(**over) -> RunConfig:
@@ -57,13 +57,13 @@ def test_a_kill_after_the_weights_but_before_state_json_resumes_consistently(tmp
                                                                              die_at):
     """The window the SIGKILL test in CI once hit: new weights on disk, loop state not yet. The resumed run
     must still equal an uninterrupted one (it used to continue from epoch N's weights with epoch N-1's state)."""
-    import ajuste.train.loop as loop
+    import ajuste.training.loop as loop
 
     # every epoch saves: otherwise a save is skipped while the last took long next to the epochs (timing),
     # and the state.json write this test counts on may never come
     monkeypatch.setattr(loop.Checkpointer, "SKIP_WINDOW", 0)
     full = train_run(cfg=_cfg(), out=tmp_path / "a", data=digits_small, progress=False)
-    import ajuste.train.checkpoint as checkpoint
+    import ajuste.training.checkpoint as checkpoint
 
     real = checkpoint.atomic_write_json
     writes = {"n": 0}
@@ -127,7 +127,7 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, digits_small):
     assert res.summary["best_epoch"] == best["epoch"] + 1
     assert res.summary["val_loss"] == pytest.approx(best["val_loss"])
     # The saved model is the best epoch's: re-validating it gives the best val loss.
-    from ajuste.train.steps import _validate
+    from ajuste.training.steps import _validate
 
     cfg = res.config
     loss, _ = _validate(res.backbone, res.pipeline.loader("val", batch_size=64), cfg, channels_last=False)
@@ -164,7 +164,7 @@ def test_linear_probe_caches_features_and_never_touches_the_backbone(tmp_path, d
 
 
 def test_monitor_val_accuracy_keeps_the_most_accurate_epoch_and_breaks_ties_by_loss():
-    from ajuste.train.checkpoint import _improved, _State
+    from ajuste.training.checkpoint import _improved, _State
 
     s = _State(best_val_loss=0.5, best_val_accuracy=0.80, best_epoch=2)
     assert _improved("val_accuracy", 0.9, 0.81, s)  # higher accuracy wins despite a higher loss
@@ -175,7 +175,7 @@ def test_monitor_val_accuracy_keeps_the_most_accurate_epoch_and_breaks_ties_by_l
 
 
 def test_a_later_phase_replaces_an_earlier_phases_best_only_when_more_accurate():
-    from ajuste.train.checkpoint import _improved, _State
+    from ajuste.training.checkpoint import _improved, _State
 
     # best from phase 0 (head only); now in phase 1 (end to end)
     s = _State(best_val_loss=0.5, best_val_accuracy=0.80, best_epoch=2, best_phase=0, phase_index=1)
@@ -192,7 +192,7 @@ def test_two_stage_keeps_the_head_phase_when_validation_cannot_tell_the_phases_a
     """A saturated validation split (every image right in both phases) with a loss that keeps falling:
     the end-to-end phase's epochs and its weight average never replace the head-only phase's best, unless
     the loss is what is monitored."""
-    import ajuste.train.loop as loop
+    import ajuste.training.loop as loop
 
     calls = {"n": 0}
 
@@ -200,7 +200,7 @@ def test_two_stage_keeps_the_head_phase_when_validation_cannot_tell_the_phases_a
         calls["n"] += 1
         return 1.0 / calls["n"], 1.0
 
-    import ajuste.train.steps as steps
+    import ajuste.training.steps as steps
 
     monkeypatch.setattr(loop, "_validate", saturated)  # the epochs' validation
     monkeypatch.setattr(steps, "_validate", saturated)  # the weight average's
@@ -265,8 +265,8 @@ def test_bf16_auto_only_where_the_cpu_has_native_bf16(native, monkeypatch, tiny_
     """Emulated bf16 (AVX2-only CPUs) ran 17-18x slower than fp32: auto must not pick it there."""
     import torch
 
-    import ajuste.train.execution as execution
-    import ajuste.train.loop as loop
+    import ajuste.training.execution as execution
+    import ajuste.training.loop as loop
 
     monkeypatch.setattr(execution, "native_bf16", lambda: native)
     cfg = RunConfig()
@@ -283,7 +283,7 @@ def test_bf16_auto_only_where_the_cpu_has_native_bf16(native, monkeypatch, tiny_
 
 
 def test_quick_epochs_skip_checkpoints_a_flush_writes_the_latest_and_resume_equals_a_full_run(tmp_path, digits_small):
-    from ajuste.train.loop import Checkpointer, _State
+    from ajuste.training.loop import Checkpointer, _State
 
     net = torch.nn.Linear(64, 10)
     opt = torch.optim.AdamW(net.parameters())
@@ -318,7 +318,7 @@ def test_quick_epochs_skip_checkpoints_a_flush_writes_the_latest_and_resume_equa
 def test_two_stage_keeps_the_mean_of_its_last_epochs_weights(tmp_path, digits_small, monkeypatch):
     """strategy.stage2_average: the kept weights are the mean of the end-to-end phase's last epochs (here 2 of
     4), validated once more; the per-epoch history is unchanged and no single epoch of that phase is kept."""
-    import ajuste.train.loop as loop
+    import ajuste.training.loop as loop
 
     seen = []
     real = loop._add_weights
@@ -377,7 +377,7 @@ def test_a_kill_inside_the_averaging_window_resumes_to_the_same_average(tmp_path
 def test_averaged_weights_get_batchnorm_statistics_of_their_own_when_batchnorm_trains(digits_small, monkeypatch):
     """model.bn=train: the epochs' running statistics belong to the epochs' weights, not to their mean; the
     average's are recomputed over the training split (mean of per-batch means, as momentum=None does)."""
-    import ajuste.train.steps as steps
+    import ajuste.training.steps as steps
 
     checked = []
     real = steps._refresh_batchnorm
@@ -408,7 +408,7 @@ def test_averaged_weights_get_batchnorm_statistics_of_their_own_when_batchnorm_t
 def test_a_callback_sees_every_event_in_order_with_the_epoch_and_its_best(digits_small):
     """The loop is an engine with events (fastai/Lightning shape): a callback given to fit sees them all, in
     order, with the epoch's record and whether it was the best so far (what a tracker logs)."""
-    from ajuste.train.callbacks import Callback
+    from ajuste.training.callbacks import Callback
 
     class Spy(Callback):
         def __init__(self):
@@ -435,7 +435,7 @@ def test_a_callback_sees_every_event_in_order_with_the_epoch_and_its_best(digits
     from ajuste.data.pipeline import Pipeline, make_preprocessing
     from ajuste.data.splits import make_splits
     from ajuste.strategies.base import get_strategy, resolve_config
-    from ajuste.train.loop import fit
+    from ajuste.training.loop import fit
 
     cfg = resolve_config(cfg, "image")
     splits = make_splits(digits_small, seed=0)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ajuste.backbones.base import LayerGroup
-from ajuste.train.param_groups import build_param_groups
-from ajuste.train.schedules import warmup_cosine, warmup_constant
+from ajuste.training.param_groups import build_param_groups
+from ajuste.training.schedules import warmup_cosine, warmup_constant
 
 
 def _groups():

@@ -15,7 +15,7 @@ from ajuste.backbones.adapters import get_method, merge_adapters
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError, ConfigError
 from ajuste.strategies.base import get_strategy, resolve_config
-from ajuste.train.param_groups import build_param_groups
+from ajuste.training.param_groups import build_param_groups
 
 PEFT = ["lora", "ia3", "bitfit", "prompt-tuning", "prefix-tuning"]
 CASES = [(m, f) for m in PEFT for f in ("tiny_timm", "tiny_text") if not (m.endswith("-tuning") and f == "tiny_timm")]
@@ -181,15 +181,15 @@ def text_csv(tmp_path):
 
 
 def _test_logits(backbone, pipeline):
-    from ajuste.train.loop import predict_logits
+    from ajuste.training.loop import predict_logits
 
     return predict_logits(backbone, pipeline.loader("test", batch_size=64), amp=None)[0]
 
 
 def test_lora_run_saves_loads_and_exports_merged(tmp_path, digits_small):
     from ajuste.export import export_run
-    from ajuste.train.run import train_run
-    from ajuste.train.run_eval import load_run
+    from ajuste.training.run import train_run
+    from ajuste.training.run_eval import load_run
 
     res = train_run(cfg=_image_run_cfg("lora"), out=tmp_path / "run", data=digits_small, progress=False)
     s = res.summary
@@ -225,8 +225,8 @@ def test_lora_run_saves_loads_and_exports_merged(tmp_path, digits_small):
 @pytest.mark.parametrize("method", ["lora", "prefix-tuning"])
 def test_text_run_reloads_with_the_same_predictions(method, tmp_path, tiny_bert_dir, text_csv):
     from ajuste.export import export_run
-    from ajuste.train.run import train_run
-    from ajuste.train.run_eval import load_run, predict_inputs
+    from ajuste.training.run import train_run
+    from ajuste.training.run_eval import load_run, predict_inputs
 
     cfg = RunConfig().override({"model.name": str(tiny_bert_dir), "strategy.name": method, "train.epochs": 1,
                                 "train.min_steps": 0, "data.source": str(text_csv), "data.batch_size": 16})

@@ -183,7 +183,7 @@ def run_copy(runs, tmp_path):
 
 
 def _refused(run: Path, capsys) -> str:
-    from ajuste.train.run_eval import load_run
+    from ajuste.training.run_eval import load_run
 
     with pytest.raises(AjusteError) as info:
         load_run(run)
@@ -196,7 +196,7 @@ def _refused(run: Path, capsys) -> str:
 
 
 def test_a_finished_run_loads_and_records_its_weights(runs):
-    from ajuste.train.run_eval import load_run, weights_digest
+    from ajuste.training.run_eval import load_run, weights_digest
 
     run = load_run(runs[0])
     assert len(run.classes) == 10 and run.summary["weights_sha256"] == weights_digest(runs[0] / "model.safetensors")
@@ -299,7 +299,7 @@ COMMANDS = {
 @pytest.fixture()
 def no_epochs(monkeypatch):
     """Fails the test if any training starts: resource errors must come before the first epoch."""
-    import ajuste.train.loop as loop
+    import ajuste.training.loop as loop
 
     calls = []
 
@@ -410,7 +410,7 @@ ALLOC_FAIL = ("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't 
 
 @pytest.mark.parametrize("error", [RuntimeError(ALLOC_FAIL), MemoryError(), RuntimeError("not enough memory")])
 def test_out_of_memory_names_the_batch_size_to_try(error, tmp_path, monkeypatch, capsys):
-    import ajuste.train.loop as loop
+    import ajuste.training.loop as loop
 
     def fit(**kwargs):
         raise error
@@ -426,7 +426,7 @@ def test_out_of_memory_names_the_batch_size_to_try(error, tmp_path, monkeypatch,
 
 
 def test_other_runtime_errors_are_not_called_out_of_memory(tmp_path, monkeypatch, capsys):
-    import ajuste.train.loop as loop
+    import ajuste.training.loop as loop
 
     def fit(**kwargs):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x2)")
@@ -440,7 +440,7 @@ def test_other_runtime_errors_are_not_called_out_of_memory(tmp_path, monkeypatch
 def test_a_tune_trial_that_runs_out_of_memory_records_the_batch_size_to_try(tmp_path, monkeypatch, capsys):
     import optuna
 
-    import ajuste.train.loop as loop
+    import ajuste.training.loop as loop
 
     def fit(**kwargs):
         raise RuntimeError(ALLOC_FAIL)

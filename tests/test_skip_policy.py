@@ -163,7 +163,7 @@ def test_load_texts_for_predict_warns_once_or_fails_strictly(tmp_path):
 
 
 def test_predict_text_inputs_follow_the_same_rule(tmp_path):
-    from ajuste.train.run_eval import _expand_text_inputs
+    from ajuste.training.run_eval import _expand_text_inputs
 
     f = write_jsonl(tmp_path / "new.jsonl", ['{"text": "one"}', "{oops", '{"text": "two"}'])
     notes: list[str] = []

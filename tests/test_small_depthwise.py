@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ajuste.train.small_depthwise import SmallMapDepthwiseConv2d, small_map_depthwise
+from ajuste.training.small_depthwise import SmallMapDepthwiseConv2d, small_map_depthwise
 
 
 @pytest.mark.parametrize("size,kernel,stride,dilation,bias,channels_last", [

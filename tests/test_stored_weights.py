@@ -15,7 +15,7 @@ from ajuste.errors import AjusteError
 
 
 def _run(digits_small, out, strategy: str):
-    from ajuste.train.run import train_run
+    from ajuste.training.run import train_run
 
     cfg = RunConfig().override({"data.source": "digits", "model.name": "efficientnet_lite0", "data.image_size": 32,
                                 "strategy.name": strategy, "train.epochs": 1, "strategy.head_epochs": 1,
@@ -35,7 +35,7 @@ def probe(digits_small_shared, tmp_path_factory):
 
 
 def test_a_linear_probe_stores_its_head_and_a_reference_to_the_base(probe):
-    from ajuste.train.run_eval import load_run
+    from ajuste.training.run_eval import load_run
 
     res, out = probe
     meta, keys = _header(out / "model.safetensors")
@@ -55,7 +55,7 @@ def test_a_linear_probe_stores_its_head_and_a_reference_to_the_base(probe):
 
 def test_changed_base_weights_are_refused_in_one_line(probe, monkeypatch):
     from ajuste.backbones import zoo
-    from ajuste.train.run_eval import load_run
+    from ajuste.training.run_eval import load_run
 
     _, out = probe
     real = zoo.efficientnet_lite_state_dict
@@ -74,7 +74,7 @@ def test_changed_base_weights_are_refused_in_one_line(probe, monkeypatch):
 
 def test_a_base_that_does_not_load_says_how_to_get_a_standalone_model(probe, monkeypatch):
     from ajuste.backbones import zoo
-    from ajuste.train.run_eval import load_run
+    from ajuste.training.run_eval import load_run
 
     _, out = probe
 
@@ -98,7 +98,7 @@ def test_the_model_a_study_hands_over_stands_alone(probe, tmp_path, monkeypatch)
 
     from ajuste.backbones import zoo
     from ajuste.study.runner import export_best
-    from ajuste.train.run_eval import load_run
+    from ajuste.training.run_eval import load_run
 
     res, out = probe
     shutil.copytree(out, tmp_path / "study" / "runs" / "linear-probe")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ajuste.config import RunConfig
 from ajuste.strategies.base import get_strategy, list_strategies, resolve_config
-from ajuste.train.param_groups import build_param_groups
+from ajuste.training.param_groups import build_param_groups
 
 STRATEGIES = ["linear-probe", "partial", "full", "two-stage", "gradual", "discriminative", "scratch",
               "scratch-compact"]

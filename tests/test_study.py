@@ -188,7 +188,7 @@ def test_report_has_recommendation_first_and_all_plots(tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 5000
     assert (tmp_path / "best_model" / "model.safetensors").is_file()
     assert advice["winner"] in spec.strategies
-    from ajuste.train.run_eval import predict_inputs  # the exported best model predicts
+    from ajuste.training.run_eval import predict_inputs  # the exported best model predicts
 
     from PIL import Image
 
@@ -237,7 +237,7 @@ def test_a_cell_out_of_memory_is_retried_at_half_the_batch_with_accumulation_and
     """Issue 28: a cell that runs out of (GPU) memory, here after its first epoch was checkpointed, trains
     again at half the batch size with twice the accumulation (the same effective batch); the record and the
     report say so. Another error is not retried."""
-    import ajuste.train.run as run_mod
+    import ajuste.training.run as run_mod
     from ajuste.report.html import build_report
 
     real = run_mod.train_run
@@ -278,7 +278,7 @@ def test_a_cell_out_of_memory_is_retried_at_half_the_batch_with_accumulation_and
 def test_an_arm_costs_its_frozen_passes_also_when_another_cell_computed_them(tmp_path):
     """linear-probe and two-stage's head phase train on the same cached features: the cell that runs second
     finds them computed, and its standalone cost still counts what computing them took."""
-    from ajuste.train import cache
+    from ajuste.training import cache
 
     cache.clear()  # entries of earlier tests in this process would count as computed by another run
     spec = _spec(strategies=["linear-probe", "two-stage"], fractions=[0.3])
@@ -329,7 +329,7 @@ def test_similarity_within_a_budget_measures_fewer_examples():
     fewer than MIN_EXAMPLES); without a budget the default subsample stands."""
     from ajuste.config import RunConfig
     from ajuste.study.similarity import MIN_EXAMPLES, measure_similarity
-    from ajuste.train.prepare import prepare_data
+    from ajuste.training.prepare import prepare_data
 
     cfg = RunConfig().override({"data.source": "digits", "model.name": "timm/test_efficientnet",
                                 "model.pretrained": False, "data.image_size": 32, "train.threads": 1})

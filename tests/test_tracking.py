@@ -19,7 +19,7 @@ import pytest
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError, ConfigError
 from ajuste.io import read_jsonl
-from ajuste.train.run import train_run
+from ajuste.training.run import train_run
 
 pytest.importorskip("mlflow")
 pytest.importorskip("tensorboard")

@@ -53,7 +53,7 @@ def tiny_cfg() -> RunConfig:
 
 @pytest.fixture(scope="module")
 def digits(tiny_cfg):
-    from ajuste.train.run import prepare_data
+    from ajuste.training.run import prepare_data
 
     return prepare_data(tiny_cfg.override({"data.fraction": 1.0}))
 
@@ -364,7 +364,7 @@ class _FakeTrial:
 
 
 def _rec(epoch, val_loss, val_acc):
-    from ajuste.train.loop import EpochRecord
+    from ajuste.training.loop import EpochRecord
 
     return EpochRecord(epoch, "all", 1.0, val_loss, val_acc, 1e-3, 0.1, False)
 
@@ -387,7 +387,7 @@ def test_objective_is_best_epoch_not_last_nor_max():
 
 def test_pruner_decision_stops_fit_via_cancelfit():
     from ajuste.search.objective import EpochReporter
-    from ajuste.train.loop import CancelFit
+    from ajuste.training.loop import CancelFit
 
     rep = EpochReporter(_FakeTrial(prune_at=1), "val_accuracy")
     rep(_rec(0, 1.0, 0.5), None)
@@ -529,7 +529,7 @@ def test_resume_refuses_a_different_space_or_config(tmp_path, tiny_cfg, digits):
 
 
 def test_interrupted_trial_is_requeued_and_rerun(tmp_path, tiny_cfg, digits, monkeypatch):
-    import ajuste.train.run as run_mod
+    import ajuste.training.run as run_mod
 
     real = run_mod.train_run
     calls = {"n": 0}
@@ -570,7 +570,7 @@ def test_a_trial_orphaned_before_its_worker_was_recorded_is_failed_not_waited_fo
 
 
 def test_failing_trials_stop_the_study_with_the_error(tmp_path, tiny_cfg, digits, monkeypatch):
-    import ajuste.train.run as run_mod
+    import ajuste.training.run as run_mod
 
     def broken(**kw):
         raise RuntimeError("boom in the data pipeline")
@@ -581,7 +581,7 @@ def test_failing_trials_stop_the_study_with_the_error(tmp_path, tiny_cfg, digits
 
 
 def test_diverged_trial_is_pruned_not_failed(tmp_path, tiny_cfg, digits, monkeypatch):
-    import ajuste.train.run as run_mod
+    import ajuste.training.run as run_mod
     from ajuste.errors import TrainingDiverged
 
     def diverge(**kw):
@@ -614,7 +614,7 @@ def _one_error_line(err: str) -> str:
 def test_cli_tune_checks_the_storage_before_reading_the_data(tmp_path, capsys, monkeypatch):
     """`model.name: auto` reads the data to pick a backbone (the study is named after it): an unreachable
     --storage must fail first, in one line, without that wait."""
-    import ajuste.train.run as run
+    import ajuste.training.run as run
 
     def no_read(*args, **kw):
         raise AssertionError("the data was read before the storage was checked")

@@ -154,7 +154,7 @@ def test_auto_model_follows_modality_and_size() -> None:
 
 def test_auto_is_resolved_from_the_data_and_only_auto_loads_it() -> None:
     from ajuste.config import RunConfig
-    from ajuste.train.run import resolve_model, resolve_model_early
+    from ajuste.training.run import resolve_model, resolve_model_early
 
     explicit = RunConfig().override({"model.name": "timm/test_efficientnet"})
     assert resolve_model_early(explicit) == (explicit, None)  # named: nothing to load

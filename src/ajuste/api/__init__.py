@@ -79,7 +79,7 @@ def train(data: str | Path = "digits", *, model: str = "auto", strategy: str = "
     ``"auto"`` (two-stage) or a name of ``ajuste strategies``. ``out``: the run directory (default
     runs/<data>-<model>-<strategy>-s<seed>); an unfinished run there resumes. Returns the finished ``Run``.
     """
-    from ajuste.train.run import resolve_model_early, train_run
+    from ajuste.training.run import resolve_model_early, train_run
 
     cfg = _config(data, config=config, overrides=overrides,
                   **{"model.name": model, "strategy.name": None if strategy == "auto" else strategy})
@@ -109,7 +109,7 @@ def compare(data: str | Path = "digits", *, model: str = "auto", models: Sequenc
     unfinished study in ``out`` resumes. Returns the ``Study``.
     """
     from ajuste.study.spec import DEFAULT_FRACTIONS, DEFAULT_STRATEGIES, StudySpec, parse_budget
-    from ajuste.train.run import resolve_model_early
+    from ajuste.training.run import resolve_model_early
 
     if models is not None:
         if isinstance(models, str) or len(models) != 1:
@@ -142,7 +142,7 @@ def run_compare(spec: Any, study_dir: Path, *, console: Any, progress: bool, sim
                         workers=workers, share_idle_cores=share_idle_cores)
         advice = build_report(study_dir)
         if res.mlflow_run_id:  # the report goes to the study's MLflow run, beside its cells' runs
-            from ajuste.train import tracking_store
+            from ajuste.training import tracking_store
 
             tracking_store.log_to_run(res.mlflow_run_id, files=[study_dir / "report.html", study_dir / "results.md"],
                                       tags={"ajuste.recommendation": advice["text"],
@@ -163,7 +163,7 @@ def tune(data: str | Path = "digits", *, strategy: str, trials: int = 20, sample
     from ajuste.search.runner import tune as run_tune
     from ajuste.search.samplers import check_names
     from ajuste.search.storage import default_storage
-    from ajuste.train.run import resolve_model_early
+    from ajuste.training.run import resolve_model_early
 
     check_names(sampler, pruner)
     cfg = _config(data, overrides=overrides, **{"model.name": model, "strategy.name": strategy})

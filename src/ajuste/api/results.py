@@ -39,10 +39,10 @@ class Run:
 
     @property
     def loaded(self) -> Any:
-        """The rebuilt model and its preprocessing (``ajuste.train.run_load.LoadedRun``), loaded once."""
+        """The rebuilt model and its preprocessing (``ajuste.training.run_load.LoadedRun``), loaded once."""
         if self._loaded is None:
-            from ajuste.train.run_eval import inference_device
-            from ajuste.train.run_load import load_run
+            from ajuste.training.run_eval import inference_device
+            from ajuste.training.run_load import load_run
 
             self._loaded = load_run(self.path)
             self._loaded.backbone.to(inference_device(self._loaded.config))
@@ -72,8 +72,8 @@ class Run:
         """Labels and probabilities. ``inputs``: one item or a list of them — texts for a text model; for an
         image model, image paths, PIL images or numpy arrays (uint8 0–255, or floats in [0, 1]; (H, W) or
         (H, W, C), or a stack (N, H, W[, C])). One item gives one ``Prediction``, a list or a stack a list."""
-        from ajuste.train.predict_inputs import in_memory_items
-        from ajuste.train.run_eval import predict_items
+        from ajuste.training.predict_inputs import in_memory_items
+        from ajuste.training.run_eval import predict_items
 
         items, single = in_memory_items(inputs, self.loaded)
         probs = predict_items(self.loaded, items)
@@ -84,7 +84,7 @@ class Run:
     def evaluate(self, data: str | Path | None = None, *, text_col: str | None = None,
                  label_col: str | None = None) -> dict[str, Any]:
         """Metrics on ``data`` (a folder or table with the run's classes), or on the run's own test split."""
-        from ajuste.train.run_eval import evaluate_run
+        from ajuste.training.run_eval import evaluate_run
 
         return evaluate_run(self.path, None if data is None else str(data), text_col=text_col, label_col=label_col)
 

@@ -176,7 +176,7 @@ class Backbone(nn.Module):
         chosen = set(range(len(groups))) if group_indices is None else {i % len(groups) for i in group_indices}
         return [p for i in sorted(chosen) for _, p in groups[i].params]
 
-    # --- split forward (frozen-prefix cache, ajuste.train.cache) --------------------------------
+    # --- split forward (frozen-prefix cache, ajuste.training.cache) --------------------------------
     def split(self, group: int) -> Split | None:
         """The cut at the input of layer group ``group`` (negative counts from the head), or None where
         this backbone cannot cut there. At the head the activations are the pooled features."""

@@ -58,7 +58,7 @@ def compare(
         from ajuste.errors import ConfigError
 
         raise ConfigError(f"--workers {workers}: give a number of cells trained at once (0: one per core)")
-    from ajuste.train.run import resolve_model_early
+    from ajuste.training.run import resolve_model_early
 
     # The study (and its default directory) is named after the backbone that `auto` stands for on this data.
     model = resolve_model_early(build_config(data, None, [], model=model, text_col=text_col,
@@ -94,7 +94,7 @@ def advise(
     from ajuste.strategies.base import resolve_config
     from ajuste.study.advice import data_size_reason
     from ajuste.study.similarity import measure_similarity
-    from ajuste.train.run import check_model_modality, prepare_data, resolve_model_early
+    from ajuste.training.run import check_model_modality, prepare_data, resolve_model_early
 
     t0 = time.perf_counter()
     cfg, d = resolve_model_early(build_config(data, None, [], model=model, text_col=text_col, label_col=label_col))

@@ -175,7 +175,7 @@ def train(
     cfg = build_config(data, config, sets, base=base, model=model, strategy=strategy, fraction=fraction, seed=seed,
                        epochs=epochs, unfreeze=unfreeze, lr=lr, text_col=text_col, label_col=label_col,
                        strict=strict or None)  # no --strict: data.strict from --config/--set stands
-    from ajuste.train.run import prepare_data, resolve_model_early
+    from ajuste.training.run import prepare_data, resolve_model_early
 
     cfg, data_obj = resolve_model_early(cfg)  # the run directory is named after the backbone
     if tuned.get("data_digest") and data is None:  # the search's own data: it must still be what was tuned on
@@ -189,8 +189,8 @@ def train(
             _warn(note)
         typer.echo(yaml.safe_dump(resolve_config(cfg, data_obj.modality).to_dict(), sort_keys=False), nl=False)
         return
-    from ajuste.train.distributed import cleanup, setup_from_env
-    from ajuste.train.run import train_run
+    from ajuste.training.distributed import cleanup, setup_from_env
+    from ajuste.training.run import train_run
 
     w = setup_from_env(cfg.train.device)  # under torchrun: one worker of a data-parallel run; only rank 0 prints
     con = _console(quiet=not w.main)
@@ -244,7 +244,7 @@ def _check_tuned_data(cfg, data_obj, info: dict, ref: str):
     since the search (the tuned values were chosen on other data). Returns the data, loaded once."""
     from ajuste.data.fingerprint import data_digest
     from ajuste.errors import DataError
-    from ajuste.train.run import prepare_data
+    from ajuste.training.run import prepare_data
 
     if data_obj is None:
         data_obj, _ = prepare_data(cfg)
@@ -264,7 +264,7 @@ def evaluate(
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> None:
     """Accuracy, macro-F1, per-class table and confusion matrix of a trained run."""
-    from ajuste.train.run_eval import evaluate_run
+    from ajuste.training.run_eval import evaluate_run
 
     m = evaluate_run(run_dir, data, text_col=text_col, label_col=label_col, warn=_warn, strict=strict)
     if as_json:
@@ -326,7 +326,7 @@ def predict(
     import sys
 
     from ajuste.errors import AjusteError
-    from ajuste.train.run_eval import predict_inputs
+    from ajuste.training.run_eval import predict_inputs
 
     if fmt not in ("table", "csv", "jsonl"):
         raise AjusteError(f"--format {fmt!r} is not one of table, csv, jsonl")

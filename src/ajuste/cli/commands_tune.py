@@ -60,7 +60,7 @@ def tune(
     data, sets = split_positionals(data, sets)
     cfg = build_config(data, config, sets, model=model, strategy=strategy, fraction=fraction, epochs=epochs,
                        text_col=text_col, label_col=label_col)
-    from ajuste.train.run import resolve_model_early
+    from ajuste.training.run import resolve_model_early
 
     cfg, data_obj = resolve_model_early(cfg)  # the study is named after the backbone
     name = study_name or default_study_name(cfg)

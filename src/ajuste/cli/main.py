@@ -105,7 +105,7 @@ def _main(argv: list[str] | None) -> int:
 def describe_resource_error(exc: BaseException) -> str | None:
     """One line for the machine's limits, whoever hit them (a write under --out, sqlite, an allocation):
     out of memory, disk full, read-only file system, permission denied. None for anything else."""
-    from ajuste.train.memory import memory_error_message  # no torch: any error, even a broken install, gets here
+    from ajuste.training.memory import memory_error_message  # no torch: any error, even a broken install, gets here
 
     mem = memory_error_message(exc, batch_size=None)
     if mem is not None:

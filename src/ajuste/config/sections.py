@@ -12,7 +12,7 @@ from typing import Any
 from ajuste.errors import ConfigError
 
 AUGMENT_LEVELS = ("auto", "none", "light", "strong")
-TRACKERS = ("tensorboard", "mlflow")  # train.log_to (ajuste.train.tracking)
+TRACKERS = ("tensorboard", "mlflow")  # train.log_to (ajuste.training.tracking)
 
 
 def _help(text: str, **kw: Any) -> Any:

@@ -117,7 +117,7 @@ class Pipeline:
     def labels(self, split: str) -> np.ndarray:
         return self.data.labels[self.splits[split]]
 
-    # --- identity of what the model sees (keys of the frozen-prefix cache, ajuste.train.cache) --------
+    # --- identity of what the model sees (keys of the frozen-prefix cache, ajuste.training.cache) --------
     def fingerprint(self, split: str) -> str:
         """Digest of the inputs of ``split`` in order: for text the token ids themselves (covering the
         tokenizer and max_length); for images the source (file paths with size and mtime, or array

@@ -38,8 +38,8 @@ from ajuste.export.common import probe_inputs, probe_logits, probe_shape
 from ajuste.export.output import check_out, check_tree
 from ajuste.export.output import inside as _inside  # noqa: F401 - its name before export became a package
 from ajuste.io import atomic_write_json
-from ajuste.train.run_dir import weights_digest
-from ajuste.train.run_load import load_run
+from ajuste.training.run_dir import weights_digest
+from ajuste.training.run_load import load_run
 
 FORMATS = ("ajuste", "hf", "onnx", "torchscript")
 # Each format's writer and checker. export_run looks the pair up here when it runs (tests swap one in).

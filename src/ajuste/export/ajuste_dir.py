@@ -12,8 +12,8 @@ from ajuste.errors import AjusteError
 from ajuste.export.common import probe_logits
 from ajuste.export.output import copy_file, inside
 from ajuste.io import atomic_save_safetensors, atomic_write_json
-from ajuste.train.run_dir import weights_metadata
-from ajuste.train.run_load import load_run
+from ajuste.training.run_dir import weights_metadata
+from ajuste.training.run_load import load_run
 
 # Files a run directory needs for evaluate/predict, plus its records (summary last: it marks completion).
 _COPY = ["config.yaml", "labels.json", "preprocessing.json", "splits.json", "metrics.jsonl"]

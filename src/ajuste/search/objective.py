@@ -33,10 +33,10 @@ from typing import Any, Callable
 
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError, TrainingDiverged
-from ajuste.train import run as training  # the module: tests substitute its train_run
-from ajuste.train import tracking, tracking_store
-from ajuste.train.cache import shared_dir
-from ajuste.train.loop import CancelFit
+from ajuste.training import run as training  # the module: tests substitute its train_run
+from ajuste.training import tracking, tracking_store
+from ajuste.training.cache import shared_dir
+from ajuste.training.loop import CancelFit
 
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 # fit() counts an epoch as an improvement when val loss drops by more than this (keep in step with loop.py).
@@ -134,7 +134,7 @@ class Objective:
         self.metric = check_metric(metric)
         self.on_start = on_start
         self.on_end = on_end
-        # Trials in this process share frozen-layer activations in memory (ajuste.train.cache); with a
+        # Trials in this process share frozen-layer activations in memory (ajuste.training.cache); with a
         # directory, workers in other processes and re-runs share them too.
         self.cache_dir = cache_dir
         # train.log_to: each trial is a run in the experiment named after the search directory

@@ -35,7 +35,7 @@ from ajuste.data.splits import take_fraction
 from ajuste.errors import AjusteError, ConfigError
 from ajuste.io import ajuste_dir_kind, atomic_write_json
 
-# Modules, not names: tests substitute make_pruner and ajuste.train.run's functions.
+# Modules, not names: tests substitute make_pruner and ajuste.training.run's functions.
 from ajuste.search import samplers
 from ajuste.search.objective import METRICS, Objective, check_metric, release_memory
 from ajuste.search.outputs import write_outputs, writing
@@ -53,9 +53,9 @@ from ajuste.search.storage import (
 )
 from ajuste.search.trial_loop import TrialStats, counts_against_budget, on_trial_end, requeue_interrupted, run_trials
 from ajuste.strategies.base import get_strategy, resolve_config
-from ajuste.train import run as training
-from ajuste.train import tracking_store
-from ajuste.train.loop import stretch_phases
+from ajuste.training import run as training
+from ajuste.training import tracking_store
+from ajuste.training.loop import stretch_phases
 
 
 @dataclass

@@ -17,10 +17,10 @@ from ajuste.strategies.base import get_strategy, resolve_config
 from ajuste.study.advice import cost
 from ajuste.study.spec import Cell, StudySpec
 from ajuste.study.workers import Job
-from ajuste.train import run as train_runs
-from ajuste.train import tracking, tracking_store
-from ajuste.train.cache import shared_dir
-from ajuste.train.loop import stretch_phases
+from ajuste.training import run as train_runs
+from ajuste.training import tracking, tracking_store
+from ajuste.training.cache import shared_dir
+from ajuste.training.loop import stretch_phases
 
 
 def cost_rank(strategy: str) -> float:

@@ -9,7 +9,7 @@ Study directory::
     results.jsonl     one line per finished cell (appended, fsynced); finished cells are skipped on resume
     spent.json        wall seconds the study has run so far (what a --budget counts on resume)
     runs/<cell>/      each cell's run directory (an unfinished one resumes from its checkpoint)
-    cache/            frozen-layer activations shared by the cells (ajuste.train.cache; safe to delete)
+    cache/            frozen-layer activations shared by the cells (ajuste.training.cache; safe to delete)
     report.html, *.png, results.md, best_model/ (a copy of the winning run, usable by `ajuste predict`)
 """
 
@@ -49,9 +49,9 @@ from ajuste.study.workers import (
     auto_workers,
     usable_cores,
 )
-from ajuste.train import run as train_runs
-from ajuste.train import stored_weights, tracking, tracking_store
-from ajuste.train.loop import _progress as progress_bar
+from ajuste.training import run as train_runs
+from ajuste.training import stored_weights, tracking, tracking_store
+from ajuste.training.loop import _progress as progress_bar
 
 
 @dataclass

@@ -19,9 +19,9 @@ import torch
 
 from ajuste.backbones.factory import create_backbone
 from ajuste.data.pipeline import Pipeline, make_preprocessing
-from ajuste.train.execution import resolve_device
-from ajuste.train.loop import amp_for, compute_features, use_channels_last
-from ajuste.train.run import check_model_modality
+from ajuste.training.execution import resolve_device
+from ajuste.training.loop import amp_for, compute_features, use_channels_last
+from ajuste.training.run import check_model_modality
 
 
 def logme(features: np.ndarray, labels: np.ndarray, *, max_iter: int = 50) -> float:

@@ -12,8 +12,8 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ajuste.io import append_jsonl
-from ajuste.train.callbacks import CancelFit
-from ajuste.train.checkpoint import EpochRecord, FitResult
+from ajuste.training.callbacks import CancelFit
+from ajuste.training.checkpoint import EpochRecord, FitResult
 
 
 def fit_direct(steps: Iterator[dict[str, Any]], *, run_dir: Path | None, console: Any,

@@ -1,6 +1,6 @@
 """The training loop's events and the callbacks on them, in the shape of fastai's and Lightning's.
 
-`fit` (train/loop.py) owns what every run does: phases, the optimizer of each, the epochs, their records
+`fit` (training/loop.py) owns what every run does: phases, the optimizer of each, the epochs, their records
 and counters. What a run may or may not want is a callback on one of its events, each seeing the `Fit` (the
 loop's state):
 
@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from ajuste.io import append_jsonl
-from ajuste.train.checkpoint import EpochRecord, FitResult, _beats, _improved, _state_dict
+from ajuste.training.checkpoint import EpochRecord, FitResult, _beats, _improved, _state_dict
 
 
 class CancelFit(Exception):

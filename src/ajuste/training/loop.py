@@ -26,15 +26,15 @@ from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline
 from ajuste.errors import TrainingDiverged
 from ajuste.strategies.base import Phase, Strategy
-from ajuste.train.callbacks import Callback, CancelFit, Fit, standard_callbacks
-from ajuste.train.checkpoint import (
+from ajuste.training.callbacks import Callback, CancelFit, Fit, standard_callbacks
+from ajuste.training.checkpoint import (
     Checkpointer,
     EpochRecord,
     FitResult,
     _State,
     _state_dict,
 )
-from ajuste.train.distributed import (
+from ajuste.training.distributed import (
     any_worker,
     data_parallel,
     sync_batchnorm,
@@ -42,19 +42,19 @@ from ajuste.train.distributed import (
     threads_per_worker,
     world,
 )
-from ajuste.train.execution import grad_scaler, model_device, resolve_device
-from ajuste.train.feeds import _image_probe, _phase_feeds
-from ajuste.train.inference import (
+from ajuste.training.execution import grad_scaler, model_device, resolve_device
+from ajuste.training.feeds import _image_probe, _phase_feeds
+from ajuste.training.inference import (
     amp_for,
     compute_features,
     predict_logits,
     use_channels_last,
 )
-from ajuste.train.param_groups import build_param_groups, make_optimizer
-from ajuste.train.small_depthwise import small_map_depthwise
-from ajuste.train.steps import _add_weights, _take_average, _train_epoch, _validate
+from ajuste.training.param_groups import build_param_groups, make_optimizer
+from ajuste.training.small_depthwise import small_map_depthwise
+from ajuste.training.steps import _add_weights, _take_average, _train_epoch, _validate
 
-# The loop's public names; the records, inference and steps live in their own modules (train/checkpoint.py,
+# The loop's public names; the records, inference and steps live in their own modules (training/checkpoint.py,
 # inference.py, feeds.py, steps.py) and are re-exported here for the callers that import them from the loop.
 __all__ = ["Callback", "CancelFit", "Checkpointer", "EpochRecord", "FitResult", "amp_for", "compute_features", "fit",
            "predict_logits", "stretch_phases", "use_channels_last"]

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
 from ajuste.data.pipeline import to_device_batch
-from ajuste.train.execution import amp_dtype, autocast, model_device
+from ajuste.training.execution import amp_dtype, autocast, model_device
 
 
 def amp_for(cfg: RunConfig, backbone: Backbone, *, training: bool) -> torch.dtype | None:

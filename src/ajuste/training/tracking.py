@@ -1,6 +1,6 @@
 """Runs that show up in TensorBoard and MLflow (``train.log_to``), as a callback on the training loop.
 
-`Tracking` holds one run's trackers. ``fit`` calls it on its events (train/callbacks.py): before_fit opens the
+`Tracking` holds one run's trackers. ``fit`` calls it on its events (training/callbacks.py): before_fit opens the
 TensorBoard writer and the MLflow run, after_epoch logs the epoch's record with step = the run's global epoch
 (the numbering of metrics.jsonl); ``train_run`` then hands it the summary (the test metrics; metrics.jsonl,
 summary.json and config.yaml as artifacts) or the way the run ended: MLflow status FINISHED, KILLED (Ctrl-C,
@@ -11,7 +11,7 @@ SIGTERM) or FAILED.
 - MLflow: ``MLFLOW_TRACKING_URI``, else MLflow's own default store. The run's id is kept in ``<run>/mlflow.json``:
   re-running an interrupted command continues the same MLflow run (in the same store), and logs only the epochs
   that run lacks.
-- Under data parallelism only rank 0 gets here (the other workers return before: train/run.py).
+- Under data parallelism only rank 0 gets here (the other workers return before: training/run.py).
 
 A study (`ajuste compare`) and a search (`ajuste tune`) give each of their runs a `TrackingContext`: the experiment
 named after their directory, the study's parent run, the tags of a cell or a trial. The libraries are imported
@@ -32,8 +32,8 @@ from typing import Any
 
 from ajuste.errors import AjusteError
 from ajuste.io import atomic_write_json
-from ajuste.train import tracking_store as store
-from ajuste.train.callbacks import Callback, Fit
+from ajuste.training import tracking_store as store
+from ajuste.training.callbacks import Callback, Fit
 
 TENSORBOARD_DIR = "tensorboard"
 # What MLflow shows of an epoch, from its EpochRecord field; TensorBoard groups the same under these tags.

@@ -13,12 +13,12 @@ from torch.utils.data import DataLoader
 from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline, to_device_batch
-from ajuste.train.checkpoint import Checkpointer, FitResult, _improved, _State, _state_dict
-from ajuste.train.distributed import World, all_reduce_sum, no_sync, sync_module
-from ajuste.train.execution import autocast, model_device, to_device
-from ajuste.train.feeds import _Feed
-from ajuste.train.inference import amp_for, predict_logits
-from ajuste.train.schedules import lr_multiplier
+from ajuste.training.checkpoint import Checkpointer, FitResult, _improved, _State, _state_dict
+from ajuste.training.distributed import World, all_reduce_sum, no_sync, sync_module
+from ajuste.training.execution import autocast, model_device, to_device
+from ajuste.training.feeds import _Feed
+from ajuste.training.inference import amp_for, predict_logits
+from ajuste.training.schedules import lr_multiplier
 
 
 def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: RunConfig, *,

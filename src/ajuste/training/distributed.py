@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ajuste.errors import AjusteError, ConfigError
-from ajuste.train.execution import resolve_device
+from ajuste.training.execution import resolve_device
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def _accelerator(cpu: bool) -> Any:
     # (sync_module). Unused parameters are looked for: a phase may train a parameter that its forward pass skips
     # (a pooler, a second head), and DDP would otherwise wait for its gradient forever.
     handler = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
-    # mixed_precision="no": precision is chosen per pass by train.precision (ajuste.train.execution)
+    # mixed_precision="no": precision is chosen per pass by train.precision (ajuste.training.execution)
     return Accelerator(cpu=cpu, device_placement=False, mixed_precision="no", kwargs_handlers=[handler])
 
 

@@ -130,7 +130,7 @@ def materialise(run_dir: Path) -> bool:
     """Rewrite a run's weights in full (the model a study hands over); True when they were by reference."""
     from safetensors import safe_open
 
-    from ajuste.train.run_eval import load_run, weights_digest
+    from ajuste.training.run_eval import load_run, weights_digest
 
     weights = Path(run_dir) / "model.safetensors"
     with safe_open(str(weights), framework="pt") as fh:

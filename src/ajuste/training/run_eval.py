@@ -1,7 +1,7 @@
 """Evaluate and predict with a trained backbone or a run directory.
 
-A run directory is loaded by ``ajuste.train.run_load``, and what ``ajuste predict`` is given is read by
-``ajuste.train.predict_inputs``; the names callers imported from here before those modules existed still are.
+A run directory is loaded by ``ajuste.training.run_load``, and what ``ajuste predict`` is given is read by
+``ajuste.training.predict_inputs``; the names callers imported from here before those modules existed still are.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from ajuste.data.pipeline import Pipeline
 from ajuste.data.sources import LabelledData, load_data
 from ajuste.errors import AjusteError
 from ajuste.metrics import classification_metrics
-from ajuste.train.execution import resolve_device
-from ajuste.train.inference import amp_for, predict_logits, use_channels_last
-from ajuste.train.predict_inputs import expand_image_inputs, expand_text_inputs, read_stdin, readable_images
-from ajuste.train.prepare import prepare_data
-from ajuste.train.run_dir import weights_digest, weights_metadata  # noqa: F401 - callers import them from here
-from ajuste.train.run_load import LoadedRun, load_run, read_run_json  # noqa: F401 - LoadedRun: likewise
+from ajuste.training.execution import resolve_device
+from ajuste.training.inference import amp_for, predict_logits, use_channels_last
+from ajuste.training.predict_inputs import expand_image_inputs, expand_text_inputs, read_stdin, readable_images
+from ajuste.training.prepare import prepare_data
+from ajuste.training.run_dir import weights_digest, weights_metadata  # noqa: F401 - callers import them from here
+from ajuste.training.run_load import LoadedRun, load_run, read_run_json  # noqa: F401 - LoadedRun: likewise
 
 _expand_text_inputs = expand_text_inputs  # the name tests import from here
 

@@ -1,7 +1,7 @@
-"""One training run end to end, in a self-contained run directory (its files: ``ajuste.train.run_dir``).
+"""One training run end to end, in a self-contained run directory (its files: ``ajuste.training.run_dir``).
 
-``train_run`` holds the directory's lock, loads and splits the data (``ajuste.train.prepare``), builds the
-backbone, fits it (``ajuste.train.loop``), scores the test split and writes the summary last. Callers import
+``train_run`` holds the directory's lock, loads and splits the data (``ajuste.training.prepare``), builds the
+backbone, fits it (``ajuste.training.loop``), scores the test split and writes the summary last. Callers import
 the run directory's, the data's and the memory's helpers from here too: they are re-exported below.
 """
 
@@ -25,15 +25,15 @@ from ajuste.data.pipeline import Pipeline, make_preprocessing
 from ajuste.errors import AjusteError
 from ajuste.io import atomic_write_json
 from ajuste.strategies.base import get_strategy, resolve_config
-from ajuste.train import distributed, loop, stored_weights, tracking, tracking_store
-from ajuste.train.direct import fit_direct
-from ajuste.train.memory import PeakMemory, memory_error_message
-from ajuste.train.prepare import check_model_modality, prepare_data, resolve_model
-from ajuste.train.prepare import resolve_model_early  # noqa: F401 - callers import it from here
-from ajuste.train.run_dir import (check_run_dir, check_same_data, epochs_done, read_status, weights_digest,
+from ajuste.training import distributed, loop, stored_weights, tracking, tracking_store
+from ajuste.training.direct import fit_direct
+from ajuste.training.memory import PeakMemory, memory_error_message
+from ajuste.training.prepare import check_model_modality, prepare_data, resolve_model
+from ajuste.training.prepare import resolve_model_early  # noqa: F401 - callers import it from here
+from ajuste.training.run_dir import (check_run_dir, check_same_data, epochs_done, read_status, weights_digest,
                                   weights_metadata, write_run_files, write_status)
-from ajuste.train.run_dir import check_writable, read_summary  # noqa: F401 - callers import them from here
-from ajuste.train.run_eval import evaluate_split, trainable_share
+from ajuste.training.run_dir import check_writable, read_summary  # noqa: F401 - callers import them from here
+from ajuste.training.run_eval import evaluate_split, trainable_share
 
 
 @dataclass

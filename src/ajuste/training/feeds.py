@@ -1,5 +1,5 @@
 """What a phase's epochs are fed: live batches through the whole network, or the frozen prefix's activations
-from the cache (`ajuste.train.cache`) through the trainable rest, with the same shuffles either way."""
+from the cache (`ajuste.training.cache`) through the trainable rest, with the same shuffles either way."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from ajuste.data.pipeline import (
     to_device_batch,
 )
 from ajuste.strategies.base import Phase
-from ajuste.train import cache
-from ajuste.train.distributed import World
-from ajuste.train.execution import autocast, model_device, to_device
-from ajuste.train.inference import amp_for
+from ajuste.training import cache
+from ajuste.training.distributed import World
+from ajuste.training.execution import autocast, model_device, to_device
+from ajuste.training.inference import amp_for
 
 
 @dataclass
@@ -40,7 +40,7 @@ def _phase_feeds(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, phase: 
                  w: World = World(), console: Any = None,
                  costs: dict[str, tuple[float, bool]] | None = None) -> tuple[_Feed, _Feed]:
     """Train and validation feeds of a phase: live batches through the whole network, or activations of
-    the frozen prefix from the cache (ajuste.train.cache) through the trainable rest. ``costs`` collects,
+    the frozen prefix from the cache (ajuste.training.cache) through the trainable rest. ``costs`` collects,
     per cache entry used, what computing it took and whether this run computed it."""
     device = model_device(backbone)
 

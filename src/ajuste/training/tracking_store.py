@@ -1,4 +1,4 @@
-"""What ajuste does with the trackers' libraries and MLflow's store, below the run's callback (train/tracking.py):
+"""What ajuste does with the trackers' libraries and MLflow's store, below the run's callback (training/tracking.py):
 importing them when asked (a missing one is one line naming what to install), the store and its experiments,
 the run a directory logged to (``mlflow.json``: a resume continues it), a study's own run, and what a study or a
 search adds to a run after its training."""

@@ -3,7 +3,7 @@ the file format that carries it between processes — ``MAGIC | data | header JS
 written under a temporary name and renamed when complete, read back only after its frame, key, size and BLAKE2b
 checksum check out (``CorruptCache`` otherwise).
 
-Which entries exist, where they live and when one is built is ``ajuste.train.cache``'s business.
+Which entries exist, where they live and when one is built is ``ajuste.training.cache``'s business.
 """
 
 from __future__ import annotations

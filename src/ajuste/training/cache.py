@@ -31,7 +31,7 @@ Text (per-token activations of variable length) is stored *ragged*: each example
 concatenated, with their lengths; a batch is re-padded to its own longest example. Padding values do
 not matter: attention masks padded keys, and pooling masks padded positions.
 
-An entry and its file format are ``ajuste.train.cache_store``'s; this module decides which entries exist,
+An entry and its file format are ``ajuste.training.cache_store``'s; this module decides which entries exist,
 where they live and when one is built.
 """
 
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from ajuste.data.pipeline import available_memory
-from ajuste.train.cache_store import (DTYPES, FORMAT, MAGIC, CorruptCache, Entry, Writer, entry_path,  # noqa: F401
+from ajuste.training.cache_store import (DTYPES, FORMAT, MAGIC, CorruptCache, Entry, Writer, entry_path,  # noqa: F401
                                       load_file, read_header)  # MAGIC: callers read it from here
 
 # Share of (available + already cached) memory the in-memory entries may take together: the decoded

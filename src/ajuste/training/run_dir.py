@@ -16,7 +16,7 @@ Layout of a run directory::
     tensorboard/         TensorBoard event files (train.log_to: tensorboard)
     mlflow.json          the MLflow run it logs to (train.log_to: mlflow): a resume continues that run
 
-Training (``ajuste.train.run``) and loading (``ajuste.train.run_load``) both read these files, so they live
+Training (``ajuste.training.run``) and loading (``ajuste.training.run_load``) both read these files, so they live
 below both.
 """
 

@@ -16,8 +16,8 @@ from ajuste.config import load_config
 from ajuste.data.pipeline import Preprocessing
 from ajuste.errors import AjusteError
 from ajuste.io import ajuste_dir_kind, read_json
-from ajuste.train import stored_weights
-from ajuste.train.run_dir import read_status, status_error, weights_digest
+from ajuste.training import stored_weights
+from ajuste.training.run_dir import read_status, status_error, weights_digest
 
 
 @dataclass
