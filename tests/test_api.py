@@ -24,6 +24,12 @@ def digits_run(tmp_path_factory):
                         overrides={**TINY, "data.fraction": 0.2}, progress=False)
 
 
+def test_the_api_names_survive_importing_the_library():
+    import ajuste.training.run  # noqa: F401 - a submodule import sets attributes on its parent packages
+
+    assert callable(ajuste.train) and callable(ajuste.compare) and callable(ajuste.tune)
+
+
 def test_import_is_light_and_every_public_name_is_documented():
     code = "import sys, ajuste; assert 'torch' not in sys.modules, 'import ajuste loaded torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
