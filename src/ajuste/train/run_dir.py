@@ -109,7 +109,7 @@ def check_run_dir(out: Path, cfg: RunConfig, overwrite: bool) -> bool:
     if not old_cfg.is_file():
         raise AjusteError(f"{out} is not empty and is not an ajuste run directory; use another --out")
     old = load_config(old_cfg)
-    if old.to_dict() != cfg.to_dict():
+    if _without_limit(old.to_dict()) != _without_limit(cfg.to_dict()):
         if _nothing_trained(out):
             # Stopped before its first epoch was saved (an error in its settings, a Ctrl-C while loading):
             # nothing would be lost, and refusing would leave the corrected command nowhere to go.
@@ -118,7 +118,25 @@ def check_run_dir(out: Path, cfg: RunConfig, overwrite: bool) -> bool:
         diff = _diff(old.to_dict(), cfg.to_dict())
         raise AjusteError(f"{out} holds an unfinished run with a different config ({diff}); "
                           f"use the same settings to resume, or --overwrite")
+    if old.train.max_seconds != cfg.train.max_seconds:
+        save_config(cfg, old_cfg)  # a new time limit, as Lightning's max_time, may be given to a resumed run
     return True
+
+
+def _without_limit(cfg: dict) -> dict:
+    """A config as a resume compares it: the time limit changes when the run stops, not what it trains (a study
+    under --budget gives a resumed cell the time left then)."""
+    return {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "max_seconds"}}
+
+
+def seconds_trained(run_dir: Path) -> float:
+    """The epoch seconds an unfinished run's checkpoint holds (what its time limit counts of earlier sessions);
+    0 when it has none."""
+    try:
+        saved = json.loads((Path(run_dir) / "checkpoint" / "state.json").read_text())
+        return float(saved.get("state", saved)["seconds"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0.0
 
 
 def check_same_data(folder: Path, data: Any, splits: dict, source: Any, *, what: str = "the unfinished run",
