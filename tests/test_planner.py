@@ -89,6 +89,25 @@ def test_successive_halving_runs_the_arms_that_could_still_win_before_the_rest_o
     assert order[7:] == ["scratch-compact-f0.3-s0", "scratch-compact-f1-s0"]
 
 
+def test_with_several_workers_an_arm_goes_on_only_when_the_finished_cells_rank_it_in_their_better_half():
+    sim = Sim(_spec(), FakeCost())
+    sim.records += [_rec("linear-probe", 1.0, 0.9), _rec("scratch-compact", 0.1, 0.10)]
+    busy = {"two-stage-f0.1-s0", "linear-probe-f0.1-s0"}
+
+    def promoted():
+        return [c.key for c, why in sim.planner.candidates(busy) if why.startswith("could still be the best")]
+
+    assert promoted() == []  # one finished of three: nothing promoted yet (a free worker fills in the curve)
+    sim.records.append(_rec("linear-probe", 0.1, 0.20))
+    busy.discard("linear-probe-f0.1-s0")
+    # two of three: the better one goes on, not the worst of the three (0.10) with it
+    assert promoted() == ["linear-probe-f0.3-s0"]
+    assert sim.planner.next(busy).cell.key == "linear-probe-f0.3-s0"
+    sim.records.append(_rec("two-stage", 0.1, 0.30))
+    busy.discard("two-stage-f0.1-s0")
+    assert promoted() == ["two-stage-f0.3-s0", "linear-probe-f0.3-s0"]  # all three in: the better half
+
+
 def test_two_arms_within_noise_at_full_data_get_more_seeds_paired_up_to_three():
     vals = {"linear-probe": 0.90, "two-stage": 0.905, "scratch-compact": 0.40,
             "scratch-compact-f0.1-s0": 0.40}
@@ -166,8 +185,12 @@ def test_skipped_cells_say_why():
 def test_kept_is_the_better_half_or_within_noise_whichever_keeps_more():
     r = {s: {"val": v, "std": 0.0, "seeds": 1} for s, v in
          {"a": 0.90, "b": 0.89, "c": 0.88, "d": 0.70, "e": 0.60, "f": 0.50}.items()}
-    assert kept(r, 6, 400) == ["a", "b", "c"]  # half of six
-    assert kept(r, 6, 20) == ["a", "b", "c", "d"]  # 20 validation examples: 0.70 is within noise of 0.90
+    assert kept(r, 400) == ["a", "b", "c"]  # half of six
+    assert kept(r, 20) == ["a", "b", "c", "d"]  # 20 validation examples: 0.70 is within noise of 0.90
+    # while some arms still run at that fraction (several workers): the better half of those finished, rounded
+    # down, as ASHA does; the noise margin waits for the rest
+    assert kept(r, 20, complete=False) == ["a", "b", "c"]
+    assert kept({"a": r["a"]}, 400, complete=False) == []
     assert within_noise(r["a"], r["b"], 400) and not within_noise(r["a"], r["d"], 400)
     spread = {"val": 0.85, "std": 0.10, "seeds": 3}  # a wide spread over seeds widens the margin
     assert within_noise(r["a"], spread, 10_000) and not within_noise(r["a"], r["c"], 10_000)

@@ -48,8 +48,8 @@ SEEDS_WHEN_CLOSE = 3
 
 class CostModel:
     """Wall seconds of a cell by strategy: ``fixed + rate × (training examples × planned epochs)``, fitted to the
-    finished cells of the strategy (least squares once two sizes were run; through the origin from one, which
-    over-estimates larger cells rather than under). A strategy not run yet borrows the highest rate of those
+    finished cells of the strategy (least squares once two sizes were run; else through the origin from the
+    largest cell run, which over-estimates larger cells rather than under). A strategy not run yet borrows the highest rate of those
     run, scaled by the strategies' ``cost_rank``. A cell its time limit stopped early is a lower bound only: it
     teaches its strategy's rate only while nothing else does. ``overhead`` is what a cell typically takes
     outside its fit (building the model, the test pass; the median over the cells), kept back from a cell's time
@@ -92,7 +92,10 @@ class CostModel:
             rate, fixed = np.polyfit(xs, ys, 1)
             if rate > 0 and fixed >= 0:
                 return float(fixed), float(rate)
-        return 0.0, float(max(ys / np.maximum(xs, 1.0)))
+        # Through the origin from the largest cell (the slowest per example of those): a small cell's rate
+        # holds its start-up costs, the first cell of a process its warm-up, which a larger one spreads.
+        top = xs == xs.max()
+        return 0.0, float(max(ys[top] / max(xs.max(), 1.0)))
 
     def estimate(self, strategy: str, n_train: int, epochs: int) -> float | None:
         x = n_train * max(1, epochs)
@@ -128,14 +131,18 @@ def within_noise(a: dict[str, Any], b: dict[str, Any], n_val: int | None) -> boo
     return abs(a["val"] - b["val"]) <= NOISE_Z * se
 
 
-def kept(results: dict[str, dict[str, Any]], n_arms: int, n_val: int | None) -> list[str]:
-    """Successive halving's cut at one fraction: the arms (best first) among the better half of ``n_arms`` or
-    within noise of the best of ``results`` (arm → its ``val``, ``std``, ``seeds`` there)."""
+def kept(results: dict[str, dict[str, Any]], n_val: int | None, *, complete: bool = True) -> list[str]:
+    """Successive halving's cut at one fraction, the arms that go on (best first), from ``results`` (arm → its
+    ``val``, ``std``, ``seeds`` there). Once every arm expected there has finished: the better half (rounded up)
+    or within noise of the best, whichever keeps more. While some still run (several workers), ASHA's rule: the
+    better half of those finished, rounded down (one finished cell promotes nothing yet)."""
     order = sorted(results, key=lambda s: -results[s]["val"])
+    if not complete:
+        return order[:len(order) // 2]
     if not order:
         return []
     best = results[order[0]]
-    half = math.ceil(n_arms / 2)
+    half = math.ceil(len(order) / 2)
     return [s for i, s in enumerate(order) if i < half or within_noise(results[s], best, n_val)]
 
 
@@ -167,12 +174,13 @@ class Planner:
     def _halving(self, busy: set[str]) -> list[tuple[Cell, str]]:
         fractions = sorted(self.spec.fractions)
         out = [(Cell(s, fractions[0], 0), f"all arms at fraction {fractions[0]:g}") for s in self.arms]
+        expected = set(self.arms)  # the arms that run at this fraction: all at the first, then those kept
         for lo, hi in zip(fractions, fractions[1:]):
             results = self._results(lo)
-            started = {s for s in self.arms if Cell(s, lo, 0).key in busy} | set(results)
-            n_arms = len(self.arms) if lo == fractions[0] else len(started)
-            for s in kept(results, n_arms, self.n_val):
-                out.append((Cell(s, hi, 0), f"could still be the best at fraction {lo:g}"))
+            expected |= set(results) | {s for s in self.arms if Cell(s, lo, 0).key in busy}
+            keep = kept(results, self.n_val, complete=expected <= set(results))
+            out += [(Cell(s, hi, 0), f"could still be the best at fraction {lo:g}") for s in keep]
+            expected = set(keep)
         return out
 
     def _seeds(self, busy: set[str]) -> list[tuple[Cell, str]]:
@@ -237,7 +245,7 @@ class Planner:
             reason = "no time left"
             i = fractions.index(cell.fraction)
             below = self._results(fractions[i - 1]) if i > 0 else {}
-            if cell.strategy in below and cell.strategy not in kept(below, len(below), self.n_val):
+            if cell.strategy in below and cell.strategy not in kept(below, self.n_val):
                 reason = f"dropped by successive halving at fraction {fractions[i - 1]:g}, then no time left"
             out.append({"cell": cell.key, "estimate_seconds": None if est is None else round(est, 1),
                         "left_seconds": round(max(0.0, left), 1), "reason": reason})
