@@ -153,6 +153,11 @@ def results_markdown(agg: list[dict[str, Any]], advice: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _early_count(records: list[dict]) -> str:
+    n = sum(stopped_early(r) for r in records)
+    return f" ({n} {EARLY} by the budget's time limit)" if n else ""
+
+
 def _skipped(skipped: list[dict]) -> list[str]:
     if not skipped:
         return []
@@ -171,7 +176,7 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
     parts.append(f"<h1>Fine-tune or train from scratch? — {html.escape(Path(str(spec.source)).name)}</h1>")
     parts.append(f"<p class='muted'>model {html.escape(spec.model)} · strategies {html.escape(', '.join(spec.strategies))}"
                  f" · fractions {', '.join(f'{f:g}' for f in spec.fractions)} · seeds {spec.seeds} · "
-                 f"{len(records)} finished runs</p>")
+                 f"{len(records)} runs{_early_count(records)}</p>")
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in advice["reasons"])
     cell = html.escape(advice.get("best_cell", ""))
     best = (f"<p>Best model: <code>best_model/</code> (from <code>runs/{cell}</code>: "

@@ -194,12 +194,14 @@ class Planner:
         for s in sorted((a, b), key=lambda s: results[s]["seeds"]):
             seed = results[s]["seeds"]
             if seed < self.max_seeds:
-                out.append((Cell(s, self.top, seed), f"within noise of {b if s == a else a} at full data"))
+                out.append((Cell(s, self.top, seed), f"within noise of {b if s == a else a} at fraction "
+                                                              f"{self.top:g}: another seed"))
         return out
 
     def candidates(self, busy: set[str]) -> list[tuple[Cell, str]]:
         """Every cell that may run now, most useful first, with why."""
-        anchor = [(Cell(self.arms[0], self.top, 0), "a full-data model first")]
+        anchor = [(Cell(self.arms[0], self.top, 0), "a full-data model first" if self.top == 1.0 else
+                   f"a model on the largest fraction ({self.top:g}) first")]
         fill = sorted(self.spec.cells(), key=lambda c: (c.seed > 0, c.fraction, cost_rank(c.strategy), c.seed))
         ordered = anchor + self._halving(busy) + self._seeds(busy) + [(c, "the data-efficiency curve") for c in fill]
         taken = {r["cell"] for r in self.records} | set(busy)
