@@ -35,8 +35,11 @@ def compare(
     fractions: str = typer.Option("0.1,0.3,1", "--fractions", help="Shares of the training split"),
     seeds: int = typer.Option(1, "--seeds", help="Seeds per (strategy, fraction)"),
     budget: Optional[str] = typer.Option(None, "--budget", help="Time budget, e.g. 30m, 1h30m or 90s (a bare "
-                                                               "number is seconds): cells that would not fit "
-                                                               "are skipped (cheapest run first)"),
+                                                               "number is seconds): a full-data model first, "
+                                                               "then the arms that could still win (successive "
+                                                               "halving), more seeds of two close ones, then the "
+                                                               "rest; a cell that would not fit whole stops early "
+                                                               "at the time left"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Study directory (default: studies/<data>-<model>)"),
     sets: list[str] = typer.Option([], "--set", help="Dotted override for every cell (repeatable)"),
     text_col: Optional[str] = typer.Option(None, "--text-col"),

@@ -124,6 +124,11 @@ class OptimConfig:
 class TrainConfig:
     epochs: int | None = _help("Max epochs of the main phase (auto per strategy and modality)", default=None)
     patience: int = _help("Early stopping: epochs without improvement of train.monitor before stopping", default=3)
+    max_seconds: float | None = _help("Time limit of the fit in seconds, as Lightning's max_time (auto: none). After "
+                                      "each epoch the run ends when the next epoch, as long as the last one, would "
+                                      "pass it; it keeps its best epoch so far, is tested as usual and records "
+                                      "stopped_by: time limit. A resumed run counts the training seconds of its "
+                                      "earlier sessions. A study under --budget sets it per cell", default=None)
     monitor: str = _help("What picks the best epoch (kept weights) and drives early stopping: auto | val_loss | "
                          "val_accuracy (auto: val_accuracy, the most accurate epoch, ties broken by the loss within a "
                          "phase; a later phase, such as two-stage's end-to-end one, must be more accurate to replace "
@@ -190,6 +195,8 @@ class TrainConfig:
             raise ConfigError(f"train.min_steps={self.min_steps} must be ≥ 0")
         if self.patience < 1:
             raise ConfigError(f"train.patience={self.patience} must be ≥ 1")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ConfigError(f"train.max_seconds={self.max_seconds!r} must be > 0 (none: no time limit)")
         if self.monitor not in ("auto", "val_loss", "val_accuracy"):
             raise ConfigError(f"train.monitor={self.monitor!r} is not one of auto, val_loss, val_accuracy")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):

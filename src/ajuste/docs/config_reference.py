@@ -43,7 +43,7 @@ def render() -> str:
     auto_keys = [k for k in auto_keys if k.split(".")[0] in ("optim", "train", "model", "data")
                  and k not in ("data.text_col", "data.label_col", "data.image_size", "data.max_length",
                                "model.name", "model.pooling", "train.threads", "data.hflip", "train.bf16",
-                               "train.channels_last")]
+                               "train.channels_last", "train.max_seconds")]
     lines += ["", "## What *auto* resolves to", "",
               "Per strategy, for images / texts (fields not listed depend on the data or the machine: "
               "`model.name` from the data's modality and size, `data.image_size` from the backbone and the images, `data.max_length` from the texts, "

@@ -13,7 +13,7 @@ from typing import Any
 from ajuste.errors import AjusteError
 from ajuste.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from ajuste.report import plots
-from ajuste.study.advice import aggregate, cost, handed_over, handed_over_text, pre_post, recommend
+from ajuste.study.advice import aggregate, cost, handed_over, handed_over_text, pre_post, recommend, stopped_early
 from ajuste.study.runner import export_best
 from ajuste.study.spec import StudySpec
 
@@ -126,17 +126,46 @@ def _classes(study_dir: Path, best_rec: dict | None) -> list[str]:
     return [str(i) for i in range(len(best_rec["confusion"]))]
 
 
+EARLY = "stopped early"  # the mark of a cell (or an arm's seeds) a budget's time limit cut short
+
+
+def _arm(r: dict[str, Any]) -> str:
+    """An aggregated row's strategy, marked when a time limit cut any of its seeds short."""
+    if not r.get("stopped_early"):
+        return r["strategy"]
+    seeds = f" ({r['stopped_early']} of {r['seeds']} seeds)" if r["seeds"] > 1 else ""
+    return f"{r['strategy']} ({EARLY}{seeds})"
+
+
 def results_markdown(agg: list[dict[str, Any]], advice: dict[str, Any]) -> str:
     lines = ["| fraction | n train | strategy | test acc | macro-F1 | seconds alone | trainable params | peak MB "
              "| seeds |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in agg:
-        lines.append(f"| {r['fraction']:g} | {r['n_train']} | {r['strategy']} | "
+        lines.append(f"| {r['fraction']:g} | {r['n_train']} | {_arm(r)} | "
                      f"{_fmt(r['test_accuracy'], r['test_accuracy_std'], r['seeds'])} | "
                      f"{_fmt(r['test_macro_f1'], r['test_macro_f1_std'], r['seeds'])} | {r['cost_seconds']:.0f} | "
                      f"{r['trainable_params']:,} | {r['peak_memory_mb']:.0f} | {r['seeds']} |")
+    if any(r.get("stopped_early") for r in agg):
+        lines += ["", f"*{EARLY}*: the budget's time limit ended its training before its planned epochs "
+                      f"(train.max_seconds); its best epoch so far was kept and tested."]
     lines += ["", f"**Recommendation**: {advice['text']}", ""] + [f"- {x}" for x in advice["reasons"]]
     return "\n".join(lines) + "\n"
+
+
+def _early_count(records: list[dict]) -> str:
+    n = sum(stopped_early(r) for r in records)
+    return f" ({n} {EARLY} by the budget's time limit)" if n else ""
+
+
+def _skipped(skipped: list[dict]) -> list[str]:
+    if not skipped:
+        return []
+    return ["<h2>Skipped by the time budget</h2><p class='muted'>cells not run: the budget planner runs a full-data "
+            "model first, then the arms that could still win (successive halving), then the rest of the curve</p>",
+            _table(["cell", "estimated s", "budget left s", "why"],
+                   [[s["cell"], "?" if s["estimate_seconds"] is None else s["estimate_seconds"], s["left_seconds"],
+                     s.get("reason", "would not fit")] for s in skipped])]
 
 
 def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: dict | None, skipped: list[dict],
@@ -147,7 +176,7 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
     parts.append(f"<h1>Fine-tune or train from scratch? — {html.escape(Path(str(spec.source)).name)}</h1>")
     parts.append(f"<p class='muted'>model {html.escape(spec.model)} · strategies {html.escape(', '.join(spec.strategies))}"
                  f" · fractions {', '.join(f'{f:g}' for f in spec.fractions)} · seeds {spec.seeds} · "
-                 f"{len(records)} finished runs</p>")
+                 f"{len(records)} runs{_early_count(records)}</p>")
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in advice["reasons"])
     cell = html.escape(advice.get("best_cell", ""))
     best = (f"<p>Best model: <code>best_model/</code> (from <code>runs/{cell}</code>: "
@@ -165,7 +194,7 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
     for f in sorted({r["fraction"] for r in agg}):
         rows = [r for r in agg if r["fraction"] == f]
         best_i = max(range(len(rows)), key=lambda i: rows[i]["val_accuracy"])
-        table = [[r["strategy"], _fmt(r["test_accuracy"], r["test_accuracy_std"], r["seeds"]),
+        table = [[_arm(r), _fmt(r["test_accuracy"], r["test_accuracy_std"], r["seeds"]),
                   _fmt(r["test_macro_f1"], r["test_macro_f1_std"], r["seeds"]),
                   _fmt(r["val_accuracy"], r["val_accuracy_std"], r["seeds"]), f"{r['cost_seconds']:.1f}",
                   f"{r['trainable_params']:,}", f"{r['peak_memory_mb']:.0f}", r["seeds"]] for r in rows]
@@ -194,10 +223,7 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
     parts.append("<h2>Accuracy vs training time</h2>" + _img(pngs["accuracy_vs_time"], "accuracy vs time"))
     if "confusion_best" in pngs:
         parts.append("<h2>Best model</h2>" + _img(pngs["confusion_best"], "confusion matrix"))
-    if skipped:
-        parts.append("<h2>Skipped by the time budget</h2>")
-        parts.append(_table(["cell", "estimated s", "budget left s"],
-                            [[s["cell"], s["estimate_seconds"], s["left_seconds"]] for s in skipped]))
+    parts.extend(_skipped(skipped))
     retried = [r for r in records if r.get("oom_retry")]
     if retried:
         parts.append("<h2>Retried at a smaller batch</h2><p class='muted'>these cells ran out of memory at the "
@@ -207,9 +233,11 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
                             [[r["cell"], r["oom_retry"]["asked_batch_size"], r["oom_retry"]["batch_size"],
                               r["oom_retry"]["grad_accum"]] for r in retried]))
     parts.append("<h2>All runs</h2>")
-    parts.append(_table(["cell", "n train", "test acc", "val acc", "epochs", "best epoch", "seconds alone", "run"],
+    parts.append(_table(["cell", "n train", "test acc", "val acc", "epochs", "best epoch", "seconds alone", "ended",
+                         "run"],
                         [[r["cell"], r["n_train"], f"{r['test_accuracy']:.4f}", f"{r['val_accuracy']:.4f}", r["epochs"],
-                          r["best_epoch"], f"{cost(r):.1f}", r["run_dir"]]
+                          r["best_epoch"], f"{cost(r):.1f}", f"{EARLY} (time limit)" if stopped_early(r) else "finished",
+                          r["run_dir"]]
                          # In the order of the per-fraction tables, not the order the cells finished in.
                          for r in sorted(records, key=lambda r: (r["fraction"], r["strategy"], r["seed"]))]))
     parts.append("<p class='muted'>Generated by ajuste. Regenerate with <code>ajuste report STUDY_DIR</code>.</p>")

@@ -58,6 +58,8 @@ class Strategy:
     # a reference arm without deep learning (classical): a study's report draws it as the floor of every plot,
     # and the advice compares the deep arms with it rather than counting it among them
     baseline: bool = False
+    # whether train.seed changes what it trains; a study runs one seed of a strategy that is deterministic
+    seeded: bool = True
     # The strategy's own settings, as ``strategy.<field>`` keys: a dataclass whose fields have defaults and a
     # ``field(metadata={"help": ...})``; its ``__post_init__`` rejects bad values in one ConfigError line.
     options: type | None = None

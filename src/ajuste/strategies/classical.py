@@ -48,6 +48,7 @@ class Classical(Strategy):
     options = ClassicalOptions
     builds_backbone = True
     baseline = True
+    seeded = False  # fixed features and L-BFGS on a convex loss: the same model whatever the seed
     cost_rank = 0.01
 
     def phases(self, cfg: RunConfig, n_groups: int) -> list[Phase]:

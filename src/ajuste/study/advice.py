@@ -19,6 +19,16 @@ def _scratch_arms() -> frozenset[str]:
     return scratch_strategies()
 
 
+def stopped_early(rec: dict[str, Any]) -> bool:
+    """A cell whose training a budget's time limit cut short (train.max_seconds; records from before the flag:
+    never)."""
+    return bool(rec.get("stopped_early"))
+
+
+def _key(r: dict[str, Any]) -> str:
+    return r.get("cell") or f"{r['strategy']}-f{r['fraction']:g}-s{r['seed']}"
+
+
 def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean ± std over seeds per (strategy, fraction)."""
     groups: dict[tuple[str, float], list[dict]] = defaultdict(list)
@@ -34,6 +44,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[key] = float(vals.mean())
             row[key + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
         row["n_val"] = rs[0].get("n_val")
+        row["stopped_early"] = sum(stopped_early(r) for r in rs)  # seeds cut short by a budget's time limit
         row["trainable_params"] = int(rs[0]["trainable_params"])
         row["total_params"] = int(rs[0]["total_params"])
         rows.append(row)
@@ -171,6 +182,11 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
             text += (f", ahead on validation ({win['val_accuracy']:.3f} vs {runner['val_accuracy']:.3f}) though "
                      f"{100 * -margin:.1f} points behind {runner['strategy']} on test ({runner['test_accuracy']:.3f})")
         text += f"; confidence {confidence['level']} ({confidence['text']})"
+    text += _caveats(win, text)
+    early = [_key(r) for r in records if stopped_early(r)]
+    if early:
+        reasons.append(f"stopped early by the budget's time limit, so trained for less than planned: "
+                       f"{', '.join(early)}")
     size = data_size_reason(win["n_train"])
     scratch_arms = _scratch_arms()
     if win["strategy"] in scratch_arms and win["n_train"] < 100_000:
@@ -205,6 +221,17 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
             "reasons": reasons, "crossover": cross, "best_finetuned": best_ft}
 
 
+def _caveats(win: dict[str, Any], text: str) -> str:
+    """What the recommendation rests on, when that is thin: one seed, a cell stopped early."""
+    out = ""
+    if win["seeds"] == 1 and "one seed" not in text:
+        out += "; this rests on one seed (--seeds 3 measures the spread)"
+    if win.get("stopped_early"):
+        out += (f"; {win['strategy']} at this fraction was stopped early by the budget's time limit (a longer "
+                f"run may do better)")
+    return out
+
+
 def handed_over(records: list[dict[str, Any]], advice: dict[str, Any]) -> dict[str, Any] | None:
     """The finished cell whose model the study hands over: the most accurate on validation of them all. A cell
     trained on a fraction counts: a budget may have skipped its arm's full-data cell, or that one may be worse
@@ -223,6 +250,8 @@ def handed_over_text(cell: dict[str, Any], advice: dict[str, Any]) -> str:
     if cell["strategy"] != advice.get("winner") or cell["fraction"] != advice.get("fraction"):
         text += ("; handed over as the most accurate on validation of all finished cells (the recommendation "
                  "weighs cost, at the largest fraction run)")
+    if stopped_early(cell):
+        text += "; its training was stopped early by the budget's time limit"
     return text
 
 

@@ -37,9 +37,13 @@ def base_config(spec: StudySpec) -> RunConfig:
     return RunConfig().override(raw).override(list(spec.sets))
 
 
-def cell_config(spec: StudySpec, cell: Cell) -> RunConfig:
-    return base_config(spec).override({"strategy.name": cell.strategy, "data.fraction": cell.fraction,
-                                       "train.seed": cell.seed})
+def cell_config(spec: StudySpec, cell: Cell, *, max_seconds: float | None = None) -> RunConfig:
+    """``max_seconds``: the cell's time limit under a budget (train.max_seconds; a resume compares configs
+    without it)."""
+    over: dict[str, Any] = {"strategy.name": cell.strategy, "data.fraction": cell.fraction, "train.seed": cell.seed}
+    if max_seconds is not None:
+        over["train.max_seconds"] = max_seconds
+    return base_config(spec).override(over)
 
 
 def train_cell(job: Job, data: Any, splits: dict, study_dir: Path, stop: Callable[[], bool] | None = None) -> dict:
@@ -163,6 +167,8 @@ def cell_record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: in
         "wall_seconds": s["wall_seconds"], "trainable_params": s["trainable_params"],
         "total_params": s["total_params"], "peak_memory_mb": s["peak_memory_mb"], "epochs": s["epochs"],
         "best_epoch": s["best_epoch"], "planned_epochs": planned_epochs, "threads": s.get("threads"),
+        # a budget's time limit cut its training short (train.max_seconds): never shown as finished normally
+        "stopped_by": s.get("stopped_by", "completed"), "stopped_early": s.get("stopped_by") == "time limit",
         "run_dir": str(Path("runs") / cell.key),
         "confusion": s["test"]["confusion"],
         # out of GPU memory at the study's batch size: trained at a smaller one with gradient accumulation

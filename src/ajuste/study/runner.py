@@ -8,6 +8,7 @@ Study directory::
     similarity.json   domain-similarity measurement (pretrained vs random features)
     results.jsonl     one line per finished cell (appended, fsynced); finished cells are skipped on resume
     spent.json        wall seconds the study has run so far (what a --budget counts on resume)
+    skipped.json      the cells a --budget did not run, with why (the planner: ajuste.study.planner)
     runs/<cell>/      each cell's run directory (an unfinished one resumes from its checkpoint)
     cache/            frozen-layer activations shared by the cells (ajuste.training.cache; safe to delete)
     report.html, *.png, results.md, best_model/ (a copy of the winning run, usable by `ajuste predict`)
@@ -40,6 +41,7 @@ from ajuste.study.cells import (
     longest_first,
     train_cell,
 )
+from ajuste.study.planner import Choice, CostModel, Planner, stopped_early
 from ajuste.study.similarity import BUDGET_SHARE, measure_similarity
 from ajuste.study.spec import Cell, StudySpec
 from ajuste.study.workers import (
@@ -52,6 +54,7 @@ from ajuste.study.workers import (
 from ajuste.training import run as train_runs
 from ajuste.training import stored_weights, tracking, tracking_store
 from ajuste.training.loop import _progress as progress_bar
+from ajuste.training.run_dir import seconds_trained
 
 
 @dataclass
@@ -87,30 +90,11 @@ def _check_study_dir(study_dir: Path, spec: StudySpec) -> None:
 
 
 def plan_cells(spec: StudySpec, done: set[str]) -> list[Cell]:
-    """Cheapest first: small fractions before large ones, cheap strategies before costly ones, seed 0 of
-    every (strategy, fraction) before extra seeds — so a budget cut keeps the widest picture."""
+    """Without a budget, the order the cells run in: cheapest first, small fractions before large ones, cheap
+    strategies before costly ones, seed 0 of every (strategy, fraction) before extra seeds. With a budget the
+    planner (ajuste.study.planner) picks each cell instead; this order is then the one it fills in the curve by."""
     todo = [c for c in spec.cells() if c.key not in done]
     return sorted(todo, key=lambda c: (c.seed > 0, c.fraction, cost_rank(c.strategy), c.seed))
-
-
-class CostModel:
-    """Seconds per (training example × planned epoch) by strategy, learned from finished cells."""
-
-    def __init__(self) -> None:
-        self.rates: dict[str, float] = {}
-
-    def observe(self, strategy: str, n_train: int, seconds: float, epochs: int) -> None:
-        rate = seconds / max(1, n_train * max(1, epochs))
-        old = self.rates.get(strategy)
-        self.rates[strategy] = rate if old is None else max(old, rate)  # pessimistic: budgets are promises
-
-    def estimate(self, strategy: str, n_train: int, epochs: int) -> float | None:
-        if strategy in self.rates:
-            return self.rates[strategy] * n_train * epochs
-        known = {s: r / cost_rank(s) for s, r in self.rates.items()}
-        if not known:
-            return None
-        return max(known.values()) * cost_rank(strategy) * n_train * epochs
 
 
 def run_study(*, spec: StudySpec, study_dir: Path, console: Any = None, progress: bool = True,
@@ -148,11 +132,19 @@ def _run_study(*, spec: StudySpec, study_dir: Path, console: Any, progress: bool
     except BaseException:
         cells.close()
         raise
+    planner = None
+    if spec.budget_seconds is not None:
+        # every (strategy, fraction)'s size: the planner may add seeds beyond the study's to two close arms
+        pairs = {(c.strategy, c.fraction): cell_size(spec, c, splits, data) for c in spec.cells() if c.seed == 0}
+        planner = Planner(spec, size=lambda c: pairs[(c.strategy, c.fraction)], records=ledger.records,
+                          cost=ledger.cost, n_val=len(splits["val"]), left=lambda: ledger.left(spec.budget_seconds),
+                          trained=lambda c: seconds_trained(study_dir / "runs" / c.key))
+        ledger.planned_epochs.update({Cell(s, f, 0).key: e for (s, f), (_, e) in pairs.items()})
     # The cells' MLflow runs are nested in the study's, in the experiment named after its directory
     tags = {"model": spec.model, "data": str(spec.source), "ajuste.kind": "study"}
     with tracking_store.parent_run(cfg0.train.log_to, study_dir, params=_tracked_spec(spec), tags=tags,
                                    files=("results.jsonl",)) as parent:
-        skipped = _run_cells(cells, planned, spec, sizes, ledger, study_dir, progress=progress, console=console)
+        skipped = _run_cells(cells, planned, spec, ledger, study_dir, planner, progress=progress, console=console)
         _report_skipped(study_dir, skipped, ledger.records, console)
     return StudyResult(study_dir, spec, ledger.records, skipped, sim, None, time.perf_counter() - t0, parent)
 
@@ -208,7 +200,7 @@ class _Ledger:
         self.done = {r["cell"] for r in self.records}
         self.cost = CostModel()
         for r in self.records:
-            self.cost.observe(r["strategy"], r["n_train"], r["train_seconds"], r.get("planned_epochs", r["epochs"]))
+            self.cost.observe_record(r, r.get("planned_epochs", r["epochs"]))
         # Wall time of earlier runs of this study (cells side by side overlap: their wall seconds do not add up).
         self.spent_before = json.loads(self.spent_path.read_text())["seconds"] if self.spent_path.is_file() else \
             sum(r.get("wall_seconds", 0.0) for r in self.records)
@@ -219,16 +211,21 @@ class _Ledger:
     def left(self, budget: float) -> float:
         return budget - self.spent_before - (time.perf_counter() - self.started)
 
+    def save_spent(self) -> None:
+        """The study's wall time so far, for a resumed --budget (after each cell and when the study stops)."""
+        atomic_write_json(self.spent_path, {"seconds": round(self.spent_before + time.perf_counter() - self.started,
+                                                             1)})
+
     def take(self, job: Job, summary: dict[str, Any]) -> None:
         cell = self.by_key[job.key]
         rec = cell_record(cell, summary, job.run_dir, self.planned_epochs[cell.key])
         append_jsonl(self.results_path, rec)
         self.records.append(rec)
-        spent = self.spent_before + time.perf_counter() - self.started
-        atomic_write_json(self.spent_path, {"seconds": round(spent, 1)})
-        self.cost.observe(cell.strategy, rec["n_train"], rec["train_seconds"], self.planned_epochs[cell.key])
+        self.save_spent()
+        self.cost.observe_record(rec, self.planned_epochs[cell.key])
         _say(self.console, f"{cell.key:<28} test acc {rec['test_accuracy']:.4f}  F1 {rec['test_macro_f1']:.4f}  "
-                           f"{rec['train_seconds']:.0f}s  ({rec['epochs']} epochs)")
+                           f"{rec['train_seconds']:.0f}s  ({rec['epochs']} epochs"
+                           + (", stopped early by its time limit)" if stopped_early(rec) else ")"))
         if self.on_cell_end is not None:
             self.on_cell_end(rec)
 
@@ -254,41 +251,44 @@ def _start_cells(spec: StudySpec, planned: list[Cell], sizes: dict, data: Any, s
                        threads=threads if width > 1 and not share_idle_cores else None), planned
 
 
-def _run_cells(cells: Any, planned: list[Cell], spec: StudySpec, sizes: dict, ledger: _Ledger, study_dir: Path, *,
-               progress: bool, console: Any) -> list[dict[str, Any]]:
-    """Submit the cells as runners free up, skipping those the budget left cannot fit; record each that ends.
-    Returns the skipped cells."""
-    budget = spec.budget_seconds
-    skipped: list[dict[str, Any]] = []
+def _run_cells(cells: Any, planned: list[Cell], spec: StudySpec, ledger: _Ledger, study_dir: Path,
+               planner: Planner | None, *, progress: bool, console: Any) -> list[dict[str, Any]]:
+    """Submit cells as runners free up, record each that ends. Without a budget the cells go in ``planned``'s
+    order; with one the planner picks each, with its time limit (ajuste.study.planner). Returns the cells of
+    the study not run (with a budget)."""
     pending = list(planned)
+    busy: set[str] = set()
+
+    def next_choice() -> Choice | None:
+        if planner is not None:
+            return planner.next(busy)
+        return Choice(pending.pop(0), 0.0, "", None) if pending else None
+
     with _progress(progress, console) as bar:
         task = bar.add_task("study", total=len(planned)) if bar else None
         try:
-            while pending or cells.running():
-                while pending and cells.free():
-                    cell = pending.pop(0)
-                    n_train, epochs = sizes[cell.key]
-                    if budget is not None:
-                        left = ledger.left(budget)
-                        est = ledger.cost.estimate(cell.strategy, n_train, epochs)
-                        if est is None and cells.running():  # no cost known yet: measure one cell first
-                            pending.insert(0, cell)
-                            break
-                        if est is not None and est > left:
-                            skipped.append({"cell": cell.key, "estimate_seconds": round(est, 1),
-                                            "left_seconds": round(max(0.0, left), 1)})
-                            if bar:
-                                bar.update(task, advance=1)
-                            continue
-                    cells.submit(Job(cell.key, cell_config(spec, cell), study_dir / "runs" / cell.key))
+            while True:
+                while cells.free() and (choice := next_choice()) is not None:
+                    cell = choice.cell
+                    cfg = cell_config(spec, cell, max_seconds=choice.max_seconds if planner is not None else None)
+                    cells.submit(Job(cell.key, cfg, study_dir / "runs" / cell.key))
                     ledger.by_key[cell.key] = cell
+                    if cell.key not in ledger.planned_epochs:  # a seed the planner added: as its seed 0
+                        ledger.planned_epochs[cell.key] = ledger.planned_epochs[Cell(cell.strategy, cell.fraction,
+                                                                                     0).key]
+                    busy.add(cell.key)
+                    if planner is not None:
+                        _say(console, f"{cell.key:<28} starts: {choice.why} (about "
+                                      f"{'?' if choice.estimate is None else f'{choice.estimate:.0f}'}s, "
+                                      f"limit {choice.max_seconds:.0f}s)")
                 if not cells.running():
-                    continue  # every cell left was skipped by the budget
+                    break  # nothing left to run, or nothing that fits
                 if bar:
                     bar.update(task, description=" + ".join(cells.running()))
                 for job, summary in cells.wait():
                     if summary.get("status") != "complete":
                         raise KeyboardInterrupt
+                    busy.discard(job.key)
                     ledger.take(job, summary)
                     if bar:
                         bar.update(task, advance=1)
@@ -300,18 +300,20 @@ def _run_cells(cells: Any, planned: list[Cell], spec: StudySpec, sizes: dict, le
             raise
         finally:
             cells.close()
-    return skipped
+            ledger.save_spent()
+    return planner.skipped() if planner is not None else []
 
 
 def _report_skipped(study_dir: Path, skipped: list[dict[str, Any]], records: list[dict], console: Any) -> None:
     if not skipped:
+        (study_dir / "skipped.json").unlink(missing_ok=True)  # an earlier session's, whose cells ran since
         return
     atomic_write_json(study_dir / "skipped.json", skipped)
     first = ", ".join(s["cell"] for s in skipped[:6])
     more = f" and {len(skipped) - 6} more" if len(skipped) > 6 else ""
-    _say(console, f"[yellow]budget:[/] skipped {len(skipped)} cells that would not fit: {first}{more}")
+    _say(console, f"[yellow]budget:[/] {len(skipped)} cells not run (no time left for them): {first}{more}")
     if not records:
-        need = min(s["estimate_seconds"] for s in skipped)
+        need = min((s["estimate_seconds"] for s in skipped if s["estimate_seconds"] is not None), default=0.0)
         raise AjusteError(f"--budget is too small for even one cell (the cheapest needs about {need:.0f}s); "
                           f"raise --budget")
 

@@ -64,7 +64,9 @@ class StudySpec:
             raise ConfigError("--budget must be positive, e.g. 30m")
 
     def cells(self) -> list[Cell]:
-        return [Cell(s, f, seed) for s in self.strategies for f in self.fractions for seed in range(self.seeds)]
+        # a strategy no seed changes (the classical arm's closed-form fits) runs one seed: more would repeat it
+        seeds = {s: self.seeds if get_strategy(s).seeded else 1 for s in self.strategies}
+        return [Cell(s, f, seed) for s in self.strategies for f in self.fractions for seed in range(seeds[s])]
 
     def identity(self) -> dict[str, Any]:
         """What must not change between runs of one study directory (results would not be comparable)."""

@@ -160,7 +160,7 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
     planned = sum(p.epochs for p in phases)
 
     callbacks = standard_callbacks(on_epoch_end=on_epoch_end, add_weights=_add_weights, take_average=_take_average,
-                                   any_worker=any_worker) + list(extra_callbacks)
+                                   any_worker=any_worker, max_seconds=cfg.train.max_seconds) + list(extra_callbacks)
     with _Interrupt() as interrupt, _progress(progress, console) as bar:
         f = Fit(backbone=backbone, pipeline=pipeline, cfg=cfg, phases=phases, ckpt=ckpt, state=state, result=result,
                 best_weights=best_weights, console=console, w=w, interrupt=interrupt, bar=bar,
@@ -168,7 +168,8 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
         f.extra["resume_optimizer"] = resume_opt
         f.total_task = bar.add_task("total", total=planned, completed=state.global_epoch) if bar else None
         _event(callbacks, "before_fit", f)
-        for pi in range(state.phase_index, len(phases)):
+        result.stopped_by = f.cancel or result.stopped_by  # e.g. a resumed run whose time limit is spent
+        for pi in range(state.phase_index, len(phases) if not f.cancel else 0):
             _run_phase(f, pi, callbacks, steps_per_epoch=steps_per_epoch, device=device)
             if result.interrupted or result.stopped_by:
                 break

@@ -110,7 +110,8 @@ def check_run_dir(out: Path, cfg: RunConfig, overwrite: bool) -> bool:
     old_cfg = out / "config.yaml"
     if not old_cfg.is_file():
         raise AjusteError(f"{out} is not empty and is not an ajuste run directory; use another --out")
-    old, new = _resumable(load_config(old_cfg)), _resumable(cfg)
+    old_run = load_config(old_cfg)
+    old, new = _resumable(old_run), _resumable(cfg)
     if old != new:
         if _nothing_trained(out):
             # Stopped before its first epoch was saved (an error in its settings, a Ctrl-C while loading):
@@ -120,15 +121,29 @@ def check_run_dir(out: Path, cfg: RunConfig, overwrite: bool) -> bool:
         diff = _diff(old, new)
         raise AjusteError(f"{out} holds an unfinished run with a different config ({diff}); "
                           f"use the same settings to resume, or --overwrite")
+    if old_run.train.max_seconds != cfg.train.max_seconds:
+        save_config(cfg, old_cfg)  # a new time limit, as Lightning's max_time, may be given to a resumed run
     return True
 
 
 def _resumable(cfg: RunConfig) -> dict[str, Any]:
     """What must not change for a run to resume: everything but where it is logged (train.log_to), which a
-    resumed run may turn on or off."""
+    resumed run may turn on or off, and its time limit (train.max_seconds), which changes when the run stops, not
+    what it trains (a study under --budget gives a resumed cell the time left then)."""
     raw = cfg.to_dict()
     raw["train"].pop("log_to", None)
+    raw["train"].pop("max_seconds", None)
     return raw
+
+
+def seconds_trained(run_dir: Path) -> float:
+    """The epoch seconds an unfinished run's checkpoint holds (what its time limit counts of earlier sessions);
+    0 when it has none."""
+    try:
+        saved = json.loads((Path(run_dir) / "checkpoint" / "state.json").read_text())
+        return float(saved.get("state", saved)["seconds"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0.0
 
 
 def check_same_data(folder: Path, data: Any, splits: dict, source: Any, *, what: str = "the unfinished run",
