@@ -726,7 +726,12 @@ def test_every_registered_strategy_has_a_valid_default_space():
     for s in list_strategies():
         for modality in ("image", "text"):
             space = default_space(s, modality=modality, default_lr=1e-4, n_body_groups=6)
-            space.check(RunConfig().override({"strategy.name": s.name}), n_body_groups=6)
+            cfg = RunConfig().override({"strategy.name": s.name})
+            if s.name == "classical":  # it tunes its own regularisation: tune refuses it (tests/test_classical.py)
+                with pytest.raises(ConfigError, match="nothing to search"):
+                    space.check(cfg, n_body_groups=6)
+                continue
+            space.check(cfg, n_body_groups=6)
             assert "optim.lr" in space
 
 
