@@ -286,3 +286,18 @@ def test_only_rank_0_logs_under_data_parallelism(tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert len(_client().get_metric_history(runs[0].info.run_id, "val_loss")) == 2
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+
+def test_a_classical_run_logs_each_regularisation_strength_as_an_epoch(tmp_path, digits_small):
+    """The classical arm fits without the training loop (Strategy.direct_fit): its candidates still reach the
+    trackers, one step each, and its test metrics end the run."""
+    out = tmp_path / "run"
+    res = train_run(cfg=_cfg(**{"strategy.name": "classical"}), out=out, data=digits_small, progress=False)
+    lines = read_jsonl(out / "metrics.jsonl")
+    client = _client()
+    run = client.get_run(json.loads((out / "mlflow.json").read_text())["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["strategy"] == "classical"
+    history = sorted(client.get_metric_history(run.info.run_id, "val_accuracy"), key=lambda m: m.step)
+    assert [m.value for m in history] == pytest.approx([r["val_accuracy"] for r in lines]) and len(lines) >= 5
+    assert run.data.metrics["test_accuracy"] == pytest.approx(res.summary["test_accuracy"])
+    assert [e.step for e in _scalars(out / "tensorboard")["accuracy/val"]] == [r["epoch"] for r in lines]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -17,11 +18,17 @@ from ajuste.training.checkpoint import EpochRecord, FitResult
 
 
 def fit_direct(steps: Iterator[dict[str, Any]], *, run_dir: Path | None, console: Any,
-               on_epoch_end: Callable | None, seconds_before: float = 0.0) -> FitResult:
+               on_epoch_end: Callable | None, seconds_before: float = 0.0,
+               callbacks: list | None = None) -> FitResult:
     """Run ``steps`` to the end (or until the hook raises CancelFit); ``seconds_before``: fitting the model's
-    own parts before (a vocabulary), counted in the fit's time."""
+    own parts before (a vocabulary), counted in the fit's time. ``callbacks`` (tracking) see ``before_fit`` and
+    one ``after_epoch`` per candidate, on a view with the loop's ``console``, ``result``, ``state.global_epoch``
+    and ``rec``."""
     t0 = time.perf_counter()
     result = FitResult()
+    view = SimpleNamespace(console=console, result=result, state=SimpleNamespace(global_epoch=0), rec=None)
+    for cb in callbacks or []:
+        cb.before_fit(view)
     metrics = Path(run_dir) / "metrics.jsonl" if run_dir is not None else None
     if metrics is not None:
         metrics.unlink(missing_ok=True)  # a run interrupted before its end fits again from the start
@@ -34,6 +41,9 @@ def fit_direct(steps: Iterator[dict[str, Any]], *, run_dir: Path | None, console
             result.best_epoch, result.best_val_accuracy, result.best_val_loss = i, rec.val_accuracy, rec.val_loss
         if metrics is not None:
             append_jsonl(metrics, asdict(rec))
+        view.rec, view.state.global_epoch = rec, i + 1
+        for cb in callbacks or []:
+            cb.after_epoch(view)
         if console is not None:
             console.print(f"{rec.phase:<12} val acc {rec.val_accuracy:.4f}  val loss {rec.val_loss:.4f}  "
                           f"({rec.seconds:.1f}s)", markup=False, highlight=False)

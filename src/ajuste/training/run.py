@@ -185,7 +185,8 @@ def _fit(cfg: RunConfig, backbone: Any, pipeline: Any, strategy: Any, run_dir: P
             steps = strategy.direct_fit(backbone, pipeline, cfg)
             if steps is not None:  # no gradient steps: the strategy's own fit, recorded as the loop would
                 result = fit_direct(steps, run_dir=run_dir, console=console if progress else None,
-                                    on_epoch_end=on_epoch_end, seconds_before=backbone.build_seconds)
+                                    on_epoch_end=on_epoch_end, seconds_before=backbone.build_seconds,
+                                    callbacks=callbacks)
             else:  # loop.fit looked up at call time: tests replace it
                 result = loop.fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
                                   progress=progress, console=console, on_epoch_end=on_epoch_end, phases=phases,
