@@ -151,7 +151,7 @@ def test_too_few_texts_for_any_ngram_is_one_line():
         TfidfBackbone.fit(["a", "b"], 2, max_features=10)
 
 
-def test_advice_names_the_floor_when_within_noise():
+def test_advice_names_the_floor_when_within_noise_and_recommends_it_only_when_it_beats_the_deep_arms():
     from ajuste.study.advice import recommend
 
     def rec(strategy, val, test, seconds):
@@ -160,8 +160,11 @@ def test_advice_names_the_floor_when_within_noise():
                 "train_seconds": seconds, "cost_seconds": seconds, "peak_memory_mb": 100, "trainable_params": 10,
                 "total_params": 10}
 
-    near = recommend([rec("classical", 0.884, 0.880, 3.0), rec("two-stage", 0.890, 0.893, 400.0)])
-    assert near["winner"] == "classical"  # one standard error of 800 examples is ±0.011: the cheapest wins
+    # Within noise (one standard error of 800 examples is ±0.011) the floor is named, not chosen: a validation
+    # split cannot show how hand-made features carry over to other data (pneumoniamnist: level on validation,
+    # 8 points behind on test).
+    near = recommend([rec("classical", 0.894, 0.880, 3.0), rec("two-stage", 0.890, 0.893, 400.0)])
+    assert near["winner"] == "two-stage"
     assert any("within noise" in r and "1/133 of its cost" in r for r in near["reasons"])
     far = recommend([rec("classical", 0.70, 0.69, 3.0), rec("two-stage", 0.90, 0.91, 400.0)])
     assert far["winner"] == "two-stage"
@@ -170,3 +173,14 @@ def test_advice_names_the_floor_when_within_noise():
     assert above["winner"] == "classical"
     assert any("beats every deep arm" in r for r in above["reasons"])
     assert any("matched the deep arms" in r for r in above["reasons"])
+
+
+def test_the_floor_is_handed_over_only_when_it_is_the_recommendation():
+    from ajuste.study.advice import handed_over
+
+    recs = [{"cell": "classical-f1-s0", "strategy": "classical", "fraction": 1.0, "val_accuracy": 0.97,
+             "cost_seconds": 3.0, "train_seconds": 3.0},
+            {"cell": "two-stage-f1-s0", "strategy": "two-stage", "fraction": 1.0, "val_accuracy": 0.967,
+             "cost_seconds": 400.0, "train_seconds": 400.0}]
+    assert handed_over(recs, {"winner": "two-stage"})["cell"] == "two-stage-f1-s0"
+    assert handed_over(recs, {"winner": "classical"})["cell"] == "classical-f1-s0"
