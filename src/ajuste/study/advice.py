@@ -329,14 +329,19 @@ def floor_reason(arms: list[dict[str, Any]], win: dict[str, Any]) -> str | None:
 
 
 def standard_error(arm: dict[str, Any]) -> float:
-    """The noise of an arm's validation accuracy: binomial on its validation split, at least one example's worth,
-    or the spread over its seeds when larger (0 without a validation size)."""
-    n_val = arm.get("n_val")
-    if not n_val:
+    """The noise of an aggregated arm's validation accuracy (``validation_noise``; 0 without a validation size)."""
+    if not arm.get("n_val"):
         return 0.0
-    p = arm["val_accuracy"]
-    return max(math.sqrt(max(p * (1 - p), 1e-12) / n_val), 1.0 / n_val,
-               arm.get("val_accuracy_std", 0.0) / math.sqrt(max(1, arm.get("seeds", 1))))
+    return validation_noise(arm["val_accuracy"], arm["n_val"], arm.get("val_accuracy_std", 0.0),
+                            arm.get("seeds", 1))
+
+
+def validation_noise(p: float, n_val: int | None, seed_std: float = 0.0, seeds: int = 1) -> float:
+    """The standard error of a validation accuracy ``p``: binomial on the split, at least one example's worth
+    (1/n_val), or the spread over seeds when larger. Seeds share one validation split, so more of them do not
+    shrink the binomial part."""
+    binomial = math.sqrt(max(p * (1 - p), 0.0) / n_val) if n_val else 0.0
+    return max(binomial, 1.0 / n_val if n_val else 0.0, seed_std / math.sqrt(max(1, seeds)))
 
 
 def _compute_reason(arms: list[dict[str, Any]], win: dict[str, Any]) -> str:

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ajuste.strategies.base import get_strategy
-from ajuste.study.advice import stopped_early
+from ajuste.study.advice import stopped_early, validation_noise
 from ajuste.study.cells import cost_rank
 from ajuste.study.spec import Cell, StudySpec
 
@@ -120,17 +120,10 @@ class Choice:
     estimate: float | None
 
 
-def standard_error(p: float, n_val: int | None, seed_std: float = 0.0, seeds: int = 1) -> float:
-    """Of a validation accuracy: binomial on the split (at least 1/n_val), or the spread over seeds when larger.
-    Seeds share one validation split, so more of them do not shrink the binomial part."""
-    binomial = math.sqrt(max(p * (1 - p), 0.0) / n_val) if n_val else 0.0
-    return max(binomial, 1.0 / n_val if n_val else 0.0, seed_std / math.sqrt(max(1, seeds)))
-
-
 def within_noise(a: dict[str, Any], b: dict[str, Any], n_val: int | None) -> bool:
     """Two arms' mean validation accuracies (``val``, ``std``, ``seeds``) that one split cannot tell apart."""
-    se = math.hypot(standard_error(a["val"], n_val, a["std"], a["seeds"]),
-                    standard_error(b["val"], n_val, b["std"], b["seeds"]))
+    se = math.hypot(validation_noise(a["val"], n_val, a["std"], a["seeds"]),
+                    validation_noise(b["val"], n_val, b["std"], b["seeds"]))
     return abs(a["val"] - b["val"]) <= NOISE_Z * se
 
 
