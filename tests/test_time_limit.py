@@ -67,6 +67,40 @@ def test_a_run_stops_before_its_time_limit_keeps_its_best_epoch_and_says_so(tmp_
     assert not (tmp_path / "r" / "checkpoint").exists()
 
 
+def test_an_epoch_that_runs_past_the_limit_is_abandoned_at_the_next_step(tmp_path, digits_small, monkeypatch):
+    """Optimizer steps of one virtual second, then of a hundred from the second epoch on (an end-to-end phase
+    after cheap head epochs): the per-epoch check lets the second epoch start, and the per-step check abandons
+    it after its first step. The run ends on its first epoch, unvalidated steps dropped, one step past the
+    limit at most."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    clock = VirtualClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    steps, per_step = [], [1.0]
+
+    def tick(optimizer, args, kwargs):
+        clock.now += per_step[0]
+        steps.append(per_step[0])
+
+    def slower(rec, result):
+        per_step[0] = 100.0
+
+    handle = register_optimizer_step_post_hook(tick)
+    try:
+        res = train_run(cfg=_cfg(**{"train.max_seconds": 20}), out=tmp_path / "r", data=digits_small,
+                        progress=False, on_epoch_end=slower)
+    finally:
+        handle.remove()
+        monkeypatch.undo()
+    first = steps.count(1.0)
+    assert 2 <= first <= 9  # the premise: a second epoch of one-second steps would have fitted
+    assert steps.count(100.0) == 1  # abandoned after the step that passed the limit
+    s = res.summary
+    assert s["status"] == "complete" and s["stopped_by"] == "time limit" and s["epochs"] == 1
+    assert len(read_jsonl(tmp_path / "r" / "metrics.jsonl")) == 1 and s["best_epoch"] == 1
+    assert "test_accuracy" in s and (tmp_path / "r" / "model.safetensors").is_file()
+
+
 def test_a_run_that_ends_within_its_limit_is_not_marked_as_stopped_by_it(tmp_path, digits_small):
     res = train_run(cfg=_cfg(**{"train.epochs": 2, "train.max_seconds": 600}), out=tmp_path / "r",
                     data=digits_small, progress=False)

@@ -64,6 +64,9 @@ class Fit:
     improved: bool = False
     cancel: str = ""  # set by a callback: the fit ends after this epoch, for this reason
     end_phase: bool = False  # set by a callback: on to the next phase
+    # set by a callback: asked after each optimizer step; a reason abandons the epoch (neither validated nor
+    # counted: the best epoch so far stands) and ends the fit for it
+    step_stop: Callable[[], str] | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -205,7 +208,9 @@ class TimeLimit(Callback):
     """``train.max_seconds`` (Lightning's ``max_time``): after each epoch, the fit ends when the next epoch,
     taken to last as long as this one did (its training, validation and checkpoint), would end past the limit,
     so a run stops before its limit rather than an epoch after it. The best epoch so far is kept, as when early
-    stopping ends a fit. The time counted is this session's since the fit began (frozen passes that fill the
+    stopping ends a fit. An epoch that runs past the limit all the same (the first end-to-end epoch after cheap
+    head-only ones, an epoch slowed by other work) is abandoned at the first optimizer step past it, so a run
+    ends at most one step late (its first epoch aside: it always finishes, or the run would have no model). The time counted is this session's since the fit began (frozen passes that fill the
     activation cache included) plus the epoch seconds of earlier sessions, which the checkpoint keeps: a resumed
     run whose time is spent stops at once instead of training again. The decision is taken on every data-parallel
     worker alike (their clocks differ)."""
@@ -220,10 +225,16 @@ class TimeLimit(Callback):
 
     def before_fit(self, f: Fit) -> None:
         self.start, self.before = self.clock(), f.state.seconds
+        f.step_stop = lambda: self._past_limit(f)
         # A resumed run: the last epoch's length stands for the next one. A run with no epoch yet trains one.
         last = f.result.history[-1].seconds if f.result.history else 0.0
         if self.any_worker(f.state.global_epoch > 0 and self.before + last > self.seconds):
             f.cancel = self.REASON
+
+    def _past_limit(self, f: Fit) -> str:
+        if f.state.global_epoch == 0:  # a run's first epoch is always finished: without it there is no model
+            return ""
+        return self.REASON if self.any_worker(self.before + self.clock() - self.start > self.seconds) else ""
 
     def after_validate(self, f: Fit) -> None:
         self.validated = self.clock()

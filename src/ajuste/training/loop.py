@@ -226,10 +226,17 @@ def _run_phase(f: Fit, pi: int, callbacks: list[Callback], *, steps_per_epoch: i
         bar = f.bar
         task = bar.add_task(f"epoch {state.global_epoch + 1}/{planned} [{phase.name}]",
                             total=len(loader)) if bar else None
-        train_loss, lr_now = _train_epoch(
+        train_loss, lr_now, abandoned = _train_epoch(
             backbone, loader, f.optimizer, cfg, forward=f.train_feed.forward, amp=f.train_feed.amp, scaler=scaler,
             step0=e * f.epoch_steps, total_steps=f.total_steps, bar=bar, task=task,
-            on_diverge=lambda lr: _diverged(backbone, f.best_weights, f.ckpt, lr, state, cfg.optim.lr), w=f.w)
+            on_diverge=lambda lr: _diverged(backbone, f.best_weights, f.ckpt, lr, state, cfg.optim.lr), w=f.w,
+            stop=f.step_stop)
+        if abandoned:  # the unfinished epoch is dropped: the fit ends on its best epoch so far, as after a cancel
+            if bar:
+                bar.remove_task(task)
+            result.stopped_by = result.stopped_by or abandoned
+            state.seconds += time.perf_counter() - t0
+            break
         if f.w.active:
             sync_module(backbone)  # BatchNorm statistics of each worker's share, averaged
         val_loss, val_acc = _validate(backbone, f.val_feed.make(0, 1), cfg, channels_last=f.channels_last, w=f.w,

@@ -24,8 +24,10 @@ from ajuste.training.schedules import lr_multiplier
 def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: RunConfig, *,
                  forward: Callable[[Any], torch.Tensor], amp: torch.dtype | None, step0: int, total_steps: int,
                  bar: Any, task: Any, on_diverge: Callable[[float], None], w: World = World(),
-                 scaler: Any = None) -> tuple[float, float]:
-    """One pass over ``loader``. ``scaler``: fp16's `torch.amp.GradScaler`, or None.
+                 scaler: Any = None, stop: Callable[[], str] | None = None) -> tuple[float, float, str]:
+    """One pass over ``loader``: (mean loss, last LR, ""), or, when ``stop`` (asked after each optimizer step)
+    gives a reason, that reason third, the pass left unfinished. ``scaler``: fp16's `torch.amp.GradScaler`, or
+    None.
 
     With ``train.grad_accum`` N, an optimizer step follows every N batches (and the last, shorter window); the
     window's summed loss is backpropagated and its gradient divided by the window's examples before the
@@ -96,7 +98,9 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
         if bar:
             bar.update(task, advance=1, description=bar.tasks[_task_index(bar, task)].description.split(" loss")[0]
                        + f" loss {total / count:.4f}")
-    return total / max(1, count), lr_now
+        if step_ends and stop is not None and (reason := stop()):
+            return total / max(1, count), lr_now, reason
+    return total / max(1, count), lr_now, ""
 
 
 def _batches(loader: Any, *, lookahead: bool) -> Iterator[tuple[int, tuple[Any, bool]]]:
