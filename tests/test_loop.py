@@ -130,7 +130,7 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, digits_small):
     from ajuste.training.steps import _validate
 
     cfg = res.config
-    loss, _ = _validate(res.backbone, res.pipeline.loader("val", batch_size=64), cfg, channels_last=False)
+    loss, _, _ = _validate(res.backbone, res.pipeline.loader("val", batch_size=64), cfg, channels_last=False)
     assert loss == pytest.approx(best["val_loss"], rel=0.02)
 
 
@@ -166,7 +166,7 @@ def test_linear_probe_caches_features_and_never_touches_the_backbone(tmp_path, d
 def test_monitor_val_accuracy_keeps_the_most_accurate_epoch_and_breaks_ties_by_loss():
     from ajuste.training.checkpoint import _improved, _State
 
-    s = _State(best_val_loss=0.5, best_val_accuracy=0.80, best_epoch=2)
+    s = _State(best_val_loss=0.5, best_val_accuracy=0.80, best_val_score=0.80, best_epoch=2)
     assert _improved("val_accuracy", 0.9, 0.81, s)  # higher accuracy wins despite a higher loss
     assert not _improved("val_loss", 0.9, 0.81, s)
     assert _improved("val_accuracy", 0.4, 0.80, s) and not _improved("val_accuracy", 0.6, 0.80, s)
@@ -178,7 +178,7 @@ def test_a_later_phase_replaces_an_earlier_phases_best_only_when_more_accurate()
     from ajuste.training.checkpoint import _improved, _State
 
     # best from phase 0 (head only); now in phase 1 (end to end)
-    s = _State(best_val_loss=0.5, best_val_accuracy=0.80, best_epoch=2, best_phase=0, phase_index=1)
+    s = _State(best_val_loss=0.5, best_val_accuracy=0.80, best_val_score=0.80, best_epoch=2, best_phase=0, phase_index=1)
     assert not _improved("val_accuracy", 0.1, 0.80, s)  # a tie is not broken by the loss across phases
     assert _improved("val_accuracy", 0.9, 0.81, s)
     assert _improved("val_loss", 0.1, 0.50, s)  # monitoring the loss: the loss decides, as always
@@ -198,7 +198,7 @@ def test_two_stage_keeps_the_head_phase_when_validation_cannot_tell_the_phases_a
 
     def saturated(*args, **kw):
         calls["n"] += 1
-        return 1.0 / calls["n"], 1.0
+        return 1.0 / calls["n"], 1.0, 1.0  # loss, accuracy, score (accuracy here)
 
     import ajuste.training.steps as steps
 
@@ -214,7 +214,7 @@ def test_two_stage_keeps_the_head_phase_when_validation_cannot_tell_the_phases_a
     assert by_loss["best_epoch"] == 6
 
 
-def test_auto_monitor_is_the_validation_accuracy_and_an_explicit_choice_is_kept():
+def test_auto_monitor_is_left_to_the_data_and_an_explicit_choice_is_kept():
     from ajuste.config import RunConfig
     from ajuste.errors import ConfigError
     from ajuste.strategies.base import list_strategies, resolve_config
@@ -227,7 +227,9 @@ def test_auto_monitor_is_the_validation_accuracy_and_an_explicit_choice_is_kept(
                 resolved = resolve_config(base.override({"strategy.name": strategy.name}), modality)
             except ConfigError:  # a text-only method (prompt/prefix tuning) asked for images
                 continue
-            assert resolved.train.monitor == "val_accuracy", (strategy.name, modality)
+            # no strategy or modality default overrides auto: the data decides it (accuracy, or macro-F1 on
+            # imbalanced labels; tests/test_metrics.py)
+            assert resolved.train.monitor == "auto", (strategy.name, modality)
             checked += 1
     assert checked >= 2 * len(list_strategies()) - 2
     for strategy in ("scratch", "two-stage"):

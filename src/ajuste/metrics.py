@@ -1,4 +1,10 @@
-"""Classification metrics shared by train, evaluate and the study."""
+"""Classification metrics shared by train, evaluate and the study, and the metric a run is judged on.
+
+``train.monitor`` names the validation metric that picks a run's kept epoch, drives early stopping, is the
+search's objective and the study's ranking (``METRICS``). ``auto`` is accuracy, or macro-F1 when the training
+labels are imbalanced (the largest class over ``IMBALANCE`` times the smallest): on a 95/5 split a model that
+always answers the majority class is 95% accurate and useless, and its macro-F1 says so (0.49).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,117 @@ from typing import Any
 
 import numpy as np
 
+# name: (what the report calls it, higher is better)
+METRICS: dict[str, tuple[str, bool]] = {
+    "accuracy": ("accuracy", True),
+    "balanced_accuracy": ("balanced accuracy", True),
+    "macro_f1": ("macro-F1", True),
+    "auroc": ("AUROC", True),
+    "loss": ("validation loss", False),
+}
+LEGACY = {"val_accuracy": "accuracy", "val_loss": "loss"}  # the names train.monitor took before
+IMBALANCE = 3.0  # largest class / smallest class above which auto picks macro-F1
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+def metric_name(name: str) -> str:
+    """A monitor's canonical name (``val_accuracy`` → ``accuracy``); unknown names are returned as given."""
+    return LEGACY.get(name, name)
+
+
+def label_of(name: str) -> str:
+    """What the report calls the metric."""
+    return METRICS.get(metric_name(name), (name, True))[0]
+
+
+def higher_is_better(name: str) -> bool:
+    return METRICS.get(metric_name(name), (name, True))[1]
+
+
+def imbalance_ratio(labels: np.ndarray, n_classes: int) -> float:
+    """Largest class count over smallest, among the classes present (inf when a class has no example)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
+    return float(counts.max() / counts.min()) if counts.min() > 0 else float("inf")
+
+
+def resolve_monitor(requested: str, train_labels: np.ndarray, n_classes: int) -> tuple[str, str]:
+    """(metric, why) for ``train.monitor``: the named one, or for ``auto`` accuracy or, on imbalanced training
+    labels, macro-F1; ``why`` is a sentence for the user when auto chose macro-F1, else empty."""
+    if requested != "auto":
+        return metric_name(requested), ""
+    ratio = imbalance_ratio(train_labels, n_classes)
+    if ratio > IMBALANCE:
+        shown = "a class with no training example" if not np.isfinite(ratio) else \
+            f"largest class {ratio:.1f}× the smallest"
+        return "macro_f1", f"metric: macro_f1, as the training labels are imbalanced ({shown}; accuracy would " \
+                           f"reward the majority class); --set train.monitor=accuracy to rank on accuracy"
+    return "accuracy", ""
+
+
+def ordered_metrics(m: dict[str, Any], first: str) -> list[tuple[str, str, float]]:
+    """(key, label, value) of the scalar metrics in ``m``, the run's metric ``first``."""
+    keys = [k for k in METRICS if k != "loss" and isinstance(m.get(k), float)]
+    first = metric_name(first)
+    keys.sort(key=lambda k: k != first)
+    return [(k, label_of(k), m[k]) for k in keys]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def auroc(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Binary: the ROC AUC of the second class's probability; more classes: the mean one-vs-rest AUC over the
+    classes present in ``y_true`` with at least one negative (scikit-learn's ``roc_auc_score``, macro). NaN when
+    no class can be scored (a single class in ``y_true``)."""
+    from sklearn.metrics import roc_auc_score
+
+    y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(y_true, probs[:, 1])) if len(np.unique(y_true)) == 2 else float("nan")
+    scores = [roc_auc_score(y_true == k, probs[:, k]) for k in range(probs.shape[1])
+              if 0 < (y_true == k).sum() < len(y_true)]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def score(name: str, y_true: np.ndarray, probs: np.ndarray, loss: float | None = None) -> float:
+    """The value of metric ``name`` for class probabilities ``probs`` (n × classes); ``loss`` is returned for
+    ``loss``."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    name = metric_name(name)
+    y_true = np.asarray(y_true)
+    if name == "loss":
+        return float("nan") if loss is None else float(loss)
+    if not len(y_true):
+        return float("nan")
+    if name == "auroc":
+        return auroc(y_true, probs)
+    pred = np.asarray(probs).argmax(1)
+    if name == "accuracy":
+        return float((pred == y_true).mean())
+    if name == "balanced_accuracy":
+        return float(balanced_accuracy_score(y_true, pred))
+    if name == "macro_f1":
+        return float(f1_score(y_true, pred, labels=list(range(np.asarray(probs).shape[1])), average="macro",
+                              zero_division=0))
+    raise ValueError(f"unknown metric {name!r}")
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str],
+                           probs: np.ndarray | None = None) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro-F1, AUROC (with ``probs``), per-class figures and the confusion
+    matrix."""
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
     labels = list(range(len(classes)))
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    return {
+    out = {
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else float("nan"),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "n": int(len(y_true)),
         "per_class": [
@@ -23,3 +131,6 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         ],
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+    if probs is not None and len(y_true):
+        out["auroc"] = auroc(y_true, probs)
+    return out

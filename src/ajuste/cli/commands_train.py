@@ -189,6 +189,7 @@ def train(
             _warn(note)
         typer.echo(yaml.safe_dump(resolve_config(cfg, data_obj.modality).to_dict(), sort_keys=False), nl=False)
         return
+    from ajuste.metrics import label_of
     from ajuste.training.distributed import cleanup, setup_from_env
     from ajuste.training.run import train_run
 
@@ -218,7 +219,9 @@ def train(
     avg = s.get("averaged")
     kept = (f"weights averaged over epochs {avg['epochs'][0]}-{avg['epochs'][1]}/{s['epochs']}"
             if avg and avg["kept"] else f"best epoch {s['best_epoch']}/{s['epochs']}")
-    con.print(f"test accuracy {s['test_accuracy']:.4f}  macro-F1 {s['test_macro_f1']:.4f}  "
+    first = "" if s.get("metric") in (None, "accuracy", "loss", "macro_f1") else \
+        f"test {label_of(s['metric'])} {s['test_score']:.4f}  "
+    con.print(f"{first}test accuracy {s['test_accuracy']:.4f}  macro-F1 {s['test_macro_f1']:.4f}  "
               f"({s['n_test']} test examples)  {kept}  "
               f"train {s['train_seconds']:.0f}s  trainable {s['trainable_params']:,}/{s['total_params']:,} params")
     if w.active:
@@ -263,7 +266,9 @@ def evaluate(
     label_col: Optional[str] = typer.Option(None, "--label-col"),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> None:
-    """Accuracy, macro-F1, per-class table and confusion matrix of a trained run."""
+    """The run's metric first, then accuracy, balanced accuracy, macro-F1, AUROC, per-class table and confusion
+    matrix of a trained run."""
+    from ajuste.metrics import ordered_metrics
     from ajuste.training.run_eval import evaluate_run
 
     m = evaluate_run(run_dir, data, text_col=text_col, label_col=label_col, warn=_warn, strict=strict)
@@ -274,8 +279,8 @@ def evaluate(
 
     con = _console()
     con.print(f"evaluated on {_esc(m['evaluated_on'])} ({m['n']} examples)")
-    con.print(f"accuracy {m['accuracy']:.4f}")
-    con.print(f"macro-F1 {m['macro_f1']:.4f}")
+    for key, label, value in ordered_metrics(m, m.get("metric", "accuracy")):
+        con.print(f"{label} {value:.4f}" + ("  (the run's metric, train.monitor)" if key == m.get("metric") else ""))
     t = Table(title="per class")
     for col in ("class", "precision", "recall", "f1", "support"):
         t.add_column(col, justify="left" if col == "class" else "right")

@@ -33,7 +33,9 @@ def tune(
     study_name: Optional[str] = typer.Option(None, "--study-name", help="Study name (default: data-model-strategy)"),
     timeout: Optional[str] = typer.Option(None, "--timeout", help="Start no trial after this long: 90s, 30m, 1h (a bare number is seconds)"),
     metric: str = typer.Option("val_accuracy", "--metric",
-                               help="val_accuracy (maximised) or val_loss (minimised), at each trial's best epoch"),
+                               help="The objective at each trial's kept epoch: val_accuracy or val_loss (as before: "
+                                    "train.monitor picks the epoch), or accuracy, balanced_accuracy, macro_f1, auroc "
+                                    "(maximised) or loss (minimised), which also set the trials' train.monitor"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output dir (default: runs/tune-<study name>)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (the fixed settings)"),
     sets: list[str] = typer.Option([], "--set", help="Fixed dotted override, e.g. --set train.epochs=5"),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ajuste.errors import ConfigError
+from ajuste.metrics import LEGACY, METRICS
 
 AUGMENT_LEVELS = ("auto", "none", "light", "strong")
 TRACKERS = ("tensorboard", "mlflow")  # train.log_to (ajuste.training.tracking)
@@ -129,11 +130,19 @@ class TrainConfig:
                                       "pass it; it keeps its best epoch so far, is tested as usual and records "
                                       "stopped_by: time limit. A resumed run counts the training seconds of its "
                                       "earlier sessions. A study under --budget sets it per cell", default=None)
-    monitor: str = _help("What picks the best epoch (kept weights) and drives early stopping: auto | val_loss | "
-                         "val_accuracy (auto: val_accuracy, the most accurate epoch, ties broken by the loss within a "
-                         "phase; a later phase, such as two-stage's end-to-end one, must be more accurate to replace "
-                         "an earlier phase's best; a fine-tuned model's val loss often rises while its accuracy "
-                         "still climbs)", default="auto")
+    monitor: str = _help("The validation metric that picks the best epoch (kept weights), drives early stopping and "
+                         "ranks a study's arms and a search's trials: auto | accuracy | balanced_accuracy | macro_f1 | "
+                         "auroc (binary, or the mean one-vs-rest) | loss (auto: macro_f1 when the largest training "
+                         "class is over 3x the smallest, else accuracy; said when it picks macro_f1). Ties are broken "
+                         "by the loss within a phase; a later phase, such as two-stage's end-to-end one, must score "
+                         "higher to replace an earlier phase's best (a fine-tuned model's val loss often rises while "
+                         "its accuracy still climbs). val_accuracy and val_loss are accepted as before",
+                         default="auto")
+    class_balance: str = _help("Imbalanced classes: none | weights (the loss weights each class by the inverse of its "
+                               "training frequency) | sampler (batches drawn with each class equally likely, with "
+                               "replacement; an epoch keeps its length). A study applies it to every arm: "
+                               "compare --set train.class_balance=weights",
+                               default="none")
     min_steps: int = _help("Small data: each epoch repeats the training set so a phase gets about this many "
                            "optimizer steps (and early stopping waits for them)", default=100)
     seed: int = _help("Training seed (initialisation, shuffling, augmentation)", default=0)
@@ -197,8 +206,10 @@ class TrainConfig:
             raise ConfigError(f"train.patience={self.patience} must be ≥ 1")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ConfigError(f"train.max_seconds={self.max_seconds!r} must be > 0 (none: no time limit)")
-        if self.monitor not in ("auto", "val_loss", "val_accuracy"):
-            raise ConfigError(f"train.monitor={self.monitor!r} is not one of auto, val_loss, val_accuracy")
+        if self.monitor not in ("auto", *METRICS, *LEGACY):
+            raise ConfigError(f"train.monitor={self.monitor!r} is not one of auto, {', '.join(METRICS)}")
+        if self.class_balance not in ("none", "weights", "sampler"):
+            raise ConfigError(f"train.class_balance={self.class_balance!r} is not one of none, weights, sampler")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"train.device={self.device!r} is not one of auto, cpu, cuda, cuda:N (N: a GPU number, "
                               f"e.g. cuda:1), mps")

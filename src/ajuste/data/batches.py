@@ -152,3 +152,14 @@ def to_device_batch(inputs: Any, *, channels_last: bool = False, device: torch.d
     if channels_last:
         return inputs.contiguous(memory_format=torch.channels_last)
     return inputs
+
+
+def balanced_draw(ds: Any, labels: np.ndarray, generator: torch.Generator) -> Any:
+    """``ds`` resampled for train.class_balance=sampler: as many rows, drawn with replacement so that each class
+    is equally likely (each row's weight the inverse of its class's count). The samplers that shuffle, bucket
+    and shard the rows then work on the draw as on the data; ``labels``: one per row of ``ds``."""
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels)
+    weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.float64)
+    drawn = torch.multinomial(weights, len(labels), replacement=True, generator=generator)
+    return torch.utils.data.Subset(ds, drawn.tolist())

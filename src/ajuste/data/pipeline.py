@@ -19,6 +19,7 @@ from ajuste.data.batches import (
     PadCollate,
     ShardedBatches,
     TextDataset,
+    balanced_draw,
     batches_loader,
     shard_batches,
     to_device_batch,
@@ -92,12 +93,16 @@ class Pipeline:
         return TextDataset(self._encodings[split], self.data.labels[idx])
 
     def loader(self, split: str, *, shuffle: bool = False, augment: bool = False, seed: int = 0,
-               batch_size: int | None = None, repeat: int = 1, world: Any = None) -> DataLoader:
-        """``world`` (data-parallel training): this worker's share of each global batch."""
+               batch_size: int | None = None, repeat: int = 1, world: Any = None,
+               balance: bool = False) -> DataLoader:
+        """``world`` (data-parallel training): this worker's share of each global batch. ``balance``: the rows
+        drawn class-balanced, with replacement (train.class_balance=sampler)."""
         ds = self.dataset(split, augment=augment)
         if repeat > 1:
             ds = ConcatDataset([ds] * repeat)
         gen = torch.Generator().manual_seed(seed)
+        if balance:
+            ds = balanced_draw(ds, np.tile(self.labels(split), repeat), gen)
         bs = batch_size or self.batch_size
         if self.pre.modality == "text":
             fixed = self.pre.max_length if self.text_batches == "max_length" else None

@@ -12,8 +12,20 @@ from typing import Any
 
 from ajuste.errors import AjusteError
 from ajuste.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from ajuste.metrics import label_of
 from ajuste.report import plots
-from ajuste.study.advice import aggregate, cost, handed_over, handed_over_text, pre_post, recommend, stopped_early
+from ajuste.study.advice import (
+    aggregate,
+    cost,
+    handed_over,
+    handed_over_text,
+    metric_of,
+    pre_post,
+    recommend,
+    stopped_early,
+    test_score,
+    val_score,
+)
 from ajuste.study.runner import export_best
 from ajuste.study.spec import StudySpec
 
@@ -137,15 +149,24 @@ def _arm(r: dict[str, Any]) -> str:
     return f"{r['strategy']} ({EARLY}{seeds})"
 
 
+def _score_columns(agg: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(label, aggregate key) of the test columns: the study's metric first, then accuracy and macro-F1."""
+    metric = agg[0].get("metric", "accuracy") if agg else "accuracy"
+    out = [(metric_of(agg), "test_score")]
+    out += [(label_of(m), k) for m, k in (("accuracy", "test_accuracy"), ("macro_f1", "test_macro_f1")) if m != metric]
+    return out
+
+
 def results_markdown(agg: list[dict[str, Any]], advice: dict[str, Any]) -> str:
-    lines = ["| fraction | n train | strategy | test acc | macro-F1 | seconds alone | trainable params | peak MB "
-             "| seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    scores = _score_columns(agg)
+    lines = ["| fraction | n train | strategy | " + " | ".join(f"test {label}" for label, _ in scores)
+             + " | seconds alone | trainable params | peak MB | seeds |",
+             "|---|---|---|" + "---|" * len(scores) + "---|---|---|---|"]
     for r in agg:
         lines.append(f"| {r['fraction']:g} | {r['n_train']} | {_arm(r)} | "
-                     f"{_fmt(r['test_accuracy'], r['test_accuracy_std'], r['seeds'])} | "
-                     f"{_fmt(r['test_macro_f1'], r['test_macro_f1_std'], r['seeds'])} | {r['cost_seconds']:.0f} | "
-                     f"{r['trainable_params']:,} | {r['peak_memory_mb']:.0f} | {r['seeds']} |")
+                     + "".join(f"{_fmt(r[k], r[k + '_std'], r['seeds'])} | " for _, k in scores)
+                     + f"{r['cost_seconds']:.0f} | {r['trainable_params']:,} | {r['peak_memory_mb']:.0f} | "
+                     f"{r['seeds']} |")
     if any(r.get("stopped_early") for r in agg):
         lines += ["", f"*{EARLY}*: the budget's time limit ended its training before its planned epochs "
                       f"(train.max_seconds); its best epoch so far was kept and tested."]
@@ -189,17 +210,17 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
         parts.append(f"<p><b>Does training from scratch catch up?</b> "
                      f"{html.escape(advice['crossover']['text'])}</p>")
 
-    parts.append("<h2>Results per fraction</h2><p class='muted'>mean ± std over seeds; the winner is chosen on "
-                 "validation accuracy, test accuracy is reported.</p>")
+    label, scores = metric_of(agg), _score_columns(agg)
+    parts.append(f"<h2>Results per fraction</h2><p class='muted'>mean ± std over seeds; the winner is chosen on "
+                 f"validation {html.escape(label)}, the test split's is reported.</p>")
     for f in sorted({r["fraction"] for r in agg}):
         rows = [r for r in agg if r["fraction"] == f]
-        best_i = max(range(len(rows)), key=lambda i: rows[i]["val_accuracy"])
-        table = [[_arm(r), _fmt(r["test_accuracy"], r["test_accuracy_std"], r["seeds"]),
-                  _fmt(r["test_macro_f1"], r["test_macro_f1_std"], r["seeds"]),
-                  _fmt(r["val_accuracy"], r["val_accuracy_std"], r["seeds"]), f"{r['cost_seconds']:.1f}",
+        best_i = max(range(len(rows)), key=lambda i: rows[i]["val_score"])
+        table = [[_arm(r), *[_fmt(r[k], r[k + "_std"], r["seeds"]) for _, k in scores],
+                  _fmt(r["val_score"], r["val_score_std"], r["seeds"]), f"{r['cost_seconds']:.1f}",
                   f"{r['trainable_params']:,}", f"{r['peak_memory_mb']:.0f}", r["seeds"]] for r in rows]
         parts.append(f"<h3>fraction {f:g} ({rows[0]['n_train']} training examples)</h3>")
-        parts.append(_table(["strategy", "test accuracy", "macro-F1", "val accuracy", "seconds alone",
+        parts.append(_table(["strategy", *[f"test {c}" for c, _ in scores], f"val {label}", "seconds alone",
                              "trainable params", "peak MB", "seeds"], table, {best_i}))
     pp = pre_post(agg)
     if pp:
@@ -220,7 +241,8 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
     parts.append("<h2>Learning curves</h2><p class='muted'>train and validation loss per epoch (seed 0); a widening "
                  "gap is over-fitting.</p>")
     parts.extend(_img(data, name.replace("_", " ")) for name, data in pngs.items() if name.startswith("learning_curves"))
-    parts.append("<h2>Accuracy vs training time</h2>" + _img(pngs["accuracy_vs_time"], "accuracy vs time"))
+    parts.append(f"<h2>{html.escape(label[0].upper() + label[1:])} vs training time</h2>"
+                 + _img(pngs["accuracy_vs_time"], f"{label} vs time"))
     if "confusion_best" in pngs:
         parts.append("<h2>Best model</h2>" + _img(pngs["confusion_best"], "confusion matrix"))
     parts.extend(_skipped(skipped))
@@ -233,9 +255,9 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
                             [[r["cell"], r["oom_retry"]["asked_batch_size"], r["oom_retry"]["batch_size"],
                               r["oom_retry"]["grad_accum"]] for r in retried]))
     parts.append("<h2>All runs</h2>")
-    parts.append(_table(["cell", "n train", "test acc", "val acc", "epochs", "best epoch", "seconds alone", "ended",
-                         "run"],
-                        [[r["cell"], r["n_train"], f"{r['test_accuracy']:.4f}", f"{r['val_accuracy']:.4f}", r["epochs"],
+    parts.append(_table(["cell", "n train", f"test {label}", f"val {label}", "epochs", "best epoch", "seconds alone",
+                         "ended", "run"],
+                        [[r["cell"], r["n_train"], f"{test_score(r):.4f}", f"{val_score(r):.4f}", r["epochs"],
                           r["best_epoch"], f"{cost(r):.1f}", f"{EARLY} (time limit)" if stopped_early(r) else "finished",
                           r["run_dir"]]
                          # In the order of the per-fraction tables, not the order the cells finished in.

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ajuste.strategies.base import baseline_strategies, scratch_strategies
-from ajuste.study.advice import cost
+from ajuste.study.advice import cost, metric_of
 
 
 def _plt():
@@ -73,7 +73,8 @@ def _scratch_style(strategy: str) -> str:
 
 
 def data_efficiency(agg: list[dict[str, Any]], *, crossover: dict[str, Any] | None = None):
-    """Test accuracy vs number of training examples (log x), one line per strategy, ±1 std over seeds."""
+    """The study's metric on test (accuracy unless train.monitor names another score) vs number of training
+    examples (log x), one line per strategy, ±1 std over seeds."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     strategies = sorted({r["strategy"] for r in agg})
@@ -81,8 +82,8 @@ def data_efficiency(agg: list[dict[str, Any]], *, crossover: dict[str, Any] | No
     for s in strategies:
         rows = sorted((r for r in agg if r["strategy"] == s), key=lambda r: r["n_train"])
         n = [r["n_train"] for r in rows]
-        m = np.array([r["test_accuracy"] for r in rows])
-        sd = np.array([r["test_accuracy_std"] for r in rows])
+        m = np.array([r["test_score"] for r in rows])
+        sd = np.array([r["test_score_std"] for r in rows])
         ax.plot(n, m, marker="o", label=s, color=colors[s], linestyle=_scratch_style(s))
         if (sd > 0).any():
             ax.fill_between(n, m - sd, m + sd, color=colors[s], alpha=0.15)
@@ -91,13 +92,13 @@ def data_efficiency(agg: list[dict[str, Any]], *, crossover: dict[str, Any] | No
         how = "level or ahead from here" if crossover.get("from_start") else "catches up"
         ax.axvline(crossover["n_train"], color="grey", linestyle=":",
                    label=f"{crossover.get('scratch', 'scratch')} {how}")
-    _floor_line(ax, agg, "test_accuracy", "test")
+    _floor_line(ax, agg, "test_score", "test")
     ax.set_xscale("log")
     # Ticks at the measured sizes only: those are the rows of the results tables.
     _plain_log_axis(ax.xaxis, [r["n_train"] for r in agg])
     ax.tick_params(axis="x", labelrotation=0)
     ax.set_xlabel("training examples (log scale)")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(f"test {metric_of(agg)}")
     ax.set_title("Data efficiency: fine-tuned vs from scratch")
     ax.grid(True, which="major", alpha=0.3)
     _legend_outside(ax)
@@ -114,15 +115,15 @@ def accuracy_vs_time(agg: list[dict[str, Any]]):
     top = max(r["fraction"] for r in agg)
     for s in strategies:
         rows = [r for r in agg if r["strategy"] == s]
-        ax.scatter([max(cost(r), 0.1) for r in rows], [r["test_accuracy"] for r in rows],
+        ax.scatter([max(cost(r), 0.1) for r in rows], [r["test_score"] for r in rows],
                    s=[15 + 110 * r["fraction"] / top for r in rows], color=colors[s], label=s, alpha=0.8,
                    edgecolors="white", linewidths=0.5)
-    _floor_line(ax, agg, "test_accuracy", "test")
+    _floor_line(ax, agg, "test_score", "test")
     ax.set_xscale("log")
     _plain_log_axis(ax.xaxis)
     ax.set_xlabel("seconds on its own: training and its frozen passes (log scale; marker size = data fraction)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Accuracy vs cost")
+    ax.set_ylabel(f"test {metric_of(agg)}")
+    ax.set_title(f"{metric_of(agg)[0].upper()}{metric_of(agg)[1:]} vs cost")
     ax.grid(True, which="major", alpha=0.3)
     _legend_outside(ax)
     fig.tight_layout()

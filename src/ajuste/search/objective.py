@@ -38,7 +38,10 @@ from ajuste.training import tracking, tracking_store
 from ajuste.training.cache import shared_dir
 from ajuste.training.loop import CancelFit
 
-METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+# the objective at each trial's kept epoch; a name of ajuste.metrics also sets the trials' train.monitor to it, so
+# the epoch kept is the one that scores best on it (val_accuracy and val_loss leave train.monitor as configured)
+METRICS = {"val_accuracy": "maximize", "val_loss": "minimize", "accuracy": "maximize",
+           "balanced_accuracy": "maximize", "macro_f1": "maximize", "auroc": "maximize", "loss": "minimize"}
 # fit() counts an epoch as an improvement when val loss drops by more than this (keep in step with loop.py).
 IMPROVEMENT = 1e-4
 
@@ -87,18 +90,24 @@ class EpochReporter:
 
     @property
     def value(self) -> float:
-        return self.best_acc if self.metric == "val_accuracy" else self.best_loss
+        return self.best_loss if METRICS[self.metric] == "minimize" else self.best_acc
+
+    def _score(self, accuracy: float, score: float) -> float:
+        """The maximised objective of a record: its accuracy for (val_)accuracy, else train.monitor's score."""
+        return accuracy if self.metric in ("val_accuracy", "accuracy") else score
 
     def __call__(self, rec: Any, result: Any) -> None:
         self.epochs = rec.epoch + 1
         if result is not None and result.provisional is not None:
             # a weight-averaged phase: its best epoch so far stands in for the average, validated at its end
-            self.best_loss, self.best_acc = result.provisional
+            self.best_loss, provisional = result.provisional
+            self.best_acc = self._score(provisional, provisional)
         elif result is not None and 0 <= result.best_epoch <= rec.epoch:
             # fit's own best epoch (by train.monitor): the weights a retrain keeps
-            self.best_loss, self.best_acc = result.best_val_loss, result.best_val_accuracy
+            self.best_loss = result.best_val_loss
+            self.best_acc = self._score(result.best_val_accuracy, result.best_val_score)
         elif rec.val_loss < self.best_loss - IMPROVEMENT:
-            self.best_loss, self.best_acc = rec.val_loss, rec.val_accuracy
+            self.best_loss, self.best_acc = rec.val_loss, self._score(rec.val_accuracy, rec.score)
         if math.isfinite(self.value):
             self.trial.report(self.value, step=rec.epoch)
         if self.trial.should_prune():
@@ -198,6 +207,8 @@ class Objective:
         import optuna
 
         cfg = self.base_cfg.override(params)
+        if self.metric not in ("val_accuracy", "val_loss"):
+            cfg = cfg.override({"train.monitor": self.metric})
         try:
             with shared_dir(self.cache_dir):
                 result = training.train_run(cfg=cfg, out=None, data=self.data, splits=self.splits,
@@ -219,7 +230,8 @@ class Objective:
                 trial.set_user_attr(key, summary[key])
         if reporter.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned after epoch {reporter.pruned_at + 1}")
-        value = summary["val_accuracy"] if self.metric == "val_accuracy" else summary["val_loss"]
+        value = summary["val_loss"] if METRICS[self.metric] == "minimize" else \
+            self._score(summary["val_accuracy"], summary["val_score"])
         if not math.isfinite(value):
             raise AjusteError(f"trial {trial.number} ended with a non-finite {self.metric}")
         if value != reporter.value:  # a weight average, validated after the last epoch: one more step

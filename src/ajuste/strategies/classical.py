@@ -18,6 +18,7 @@ import torch
 from ajuste.backbones.classical import HogColourBackbone, TfidfBackbone
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError, ConfigError
+from ajuste.metrics import metric_name, score
 from ajuste.strategies.base import Phase, Strategy, register
 
 # Inverse regularisation strengths tried, weakest regularisation last; the most accurate on validation is kept
@@ -66,7 +67,8 @@ class Classical(Strategy):
         return HogColourBackbone(n)
 
     def direct_fit(self, backbone: Any, pipeline: Any, cfg: RunConfig) -> Iterator[dict[str, Any]]:
-        return fit_logistic(backbone, pipeline, self.option_values(cfg))
+        return fit_logistic(backbone, pipeline, self.option_values(cfg), monitor=cfg.train.monitor,
+                            balanced=cfg.train.class_balance != "none")
 
     def check_space(self, space: Any, model: str, n_body_groups: int | None) -> None:
         raise ConfigError("the classical arm tunes its logistic regression's regularisation on validation by "
@@ -74,9 +76,12 @@ class Classical(Strategy):
                           "classical`, or compare it with the deep arms with `ajuste compare`")
 
 
-def fit_logistic(backbone: Any, pipeline: Any, opts: ClassicalOptions) -> Iterator[dict[str, Any]]:
+def fit_logistic(backbone: Any, pipeline: Any, opts: ClassicalOptions, *, monitor: str = "accuracy",
+                 balanced: bool = False) -> Iterator[dict[str, Any]]:
     """One logistic regression per strength of C_GRID on the training split, each yielded as an epoch would be;
-    the backbone's head holds the most accurate on validation so far (ties: the lower validation loss)."""
+    the backbone's head holds the best on validation by ``monitor`` so far (ties: the lower validation loss).
+    ``balanced``: classes weighted by the inverse of their frequency (train.class_balance weights or sampler: a
+    convex fit gains nothing from resampled batches that the weights do not give)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
@@ -88,7 +93,7 @@ def fit_logistic(backbone: Any, pipeline: Any, opts: ClassicalOptions) -> Iterat
     best: tuple[float, float] | None = None
     for c in C_GRID:
         t = time.perf_counter()
-        model = LogisticRegression(C=c, max_iter=opts.max_iter)
+        model = LogisticRegression(C=c, max_iter=opts.max_iter, class_weight="balanced" if balanced else None)
         model.fit(x_train, y_train)
         coef, intercept = _all_classes(model, n)
         val_p = _softmax(_logits(x_val, coef, intercept))
@@ -96,9 +101,11 @@ def fit_logistic(backbone: Any, pipeline: Any, opts: ClassicalOptions) -> Iterat
         step = {"phase": f"C={c:g}", "train_loss": float(log_loss(y_train, train_p, labels=range(n))),
                 "val_loss": float(log_loss(y_val, val_p, labels=range(n))),
                 "val_accuracy": float(np.mean(val_p.argmax(1) == y_val))}
-        step["best"] = best is None or (step["val_accuracy"], -step["val_loss"]) > best
+        step["val_score"] = score(monitor, y_val, val_p, loss=step["val_loss"])
+        rank = (-step["val_loss"],) if metric_name(monitor) == "loss" else (step["val_score"], -step["val_loss"])
+        step["best"] = best is None or rank > best
         if step["best"]:
-            best = (step["val_accuracy"], -step["val_loss"])
+            best = rank
             backbone.set_linear(coef, intercept)
         step["seconds"] = time.perf_counter() - t
         yield step

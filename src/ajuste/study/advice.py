@@ -1,6 +1,7 @@
 """From cell results to a recommendation with reasons.
 
-Selection uses validation accuracy only; test accuracy is reported, never used to choose.
+Selection uses the study's metric on validation only (``val_score``: train.monitor's metric, accuracy unless it
+names another score, ajuste.metrics); the test split's score is reported, never used to choose.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ajuste.metrics import label_of
 from ajuste.strategies.base import baseline_strategies, scratch_strategies
 
 
@@ -25,6 +27,25 @@ def stopped_early(rec: dict[str, Any]) -> bool:
     return bool(rec.get("stopped_early"))
 
 
+def val_score(r: dict[str, Any]) -> float:
+    """A record's validation score on the study's metric (records from before scores: their accuracy)."""
+    return float(r.get("val_score", r["val_accuracy"]))
+
+
+def test_score(r: dict[str, Any]) -> float:
+    return float(r.get("test_score", r["test_accuracy"]))
+
+
+def with_scores(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records, each with ``val_score`` and ``test_score`` (filled from the accuracies for older ones)."""
+    return [{**r, "val_score": val_score(r), "test_score": test_score(r)} for r in records]
+
+
+def metric_of(rows: list[dict[str, Any]]) -> str:
+    """The metric the study ranks on, as the report names it."""
+    return label_of(rows[0].get("metric", "accuracy")) if rows else "accuracy"
+
+
 def _key(r: dict[str, Any]) -> str:
     return r.get("cell") or f"{r['strategy']}-f{r['fraction']:g}-s{r['seed']}"
 
@@ -32,18 +53,19 @@ def _key(r: dict[str, Any]) -> str:
 def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean ± std over seeds per (strategy, fraction)."""
     groups: dict[tuple[str, float], list[dict]] = defaultdict(list)
-    for r in records:
+    for r in with_scores(records):
         groups[(r["strategy"], r["fraction"])].append(r)
     rows = []
     for (strategy, fraction), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         row: dict[str, Any] = {"strategy": strategy, "fraction": fraction, "seeds": len(rs),
                                "n_train": int(np.mean([r["n_train"] for r in rs]))}
-        for key in ("test_accuracy", "test_macro_f1", "val_accuracy", "train_seconds", "cost_seconds",
-                    "peak_memory_mb"):
+        for key in ("test_score", "test_accuracy", "test_macro_f1", "val_score", "val_accuracy", "train_seconds",
+                    "cost_seconds", "peak_memory_mb"):
             vals = np.array([cost(r) if key == "cost_seconds" else r[key] for r in rs], dtype=float)
             row[key] = float(vals.mean())
             row[key + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
         row["n_val"] = rs[0].get("n_val")
+        row["metric"] = rs[0].get("metric", "accuracy")
         row["stopped_early"] = sum(stopped_early(r) for r in rs)  # seeds cut short by a budget's time limit
         row["trainable_params"] = int(rs[0]["trainable_params"])
         row["total_params"] = int(rs[0]["total_params"])
@@ -72,7 +94,7 @@ def best_scratch_arm(agg: list[dict[str, Any]]) -> str | None:
     if not rows:
         return None
     top = max(r["fraction"] for r in rows)
-    return max((r for r in rows if r["fraction"] == top), key=lambda r: r["val_accuracy"])["strategy"]
+    return max((r for r in rows if r["fraction"] == top), key=lambda r: r["val_score"])["strategy"]
 
 
 def full_size(agg: list[dict[str, Any]]) -> int:
@@ -92,17 +114,17 @@ def crossover(agg: list[dict[str, Any]], finetuned: str, scratch: str = "scratch
         return {"status": "unknown", "text": f"{scratch} was not run at the same fractions; no crossover measured"}
     for f in fractions:
         s, t = by[(scratch, f)], by[(finetuned, f)]
-        tol = max(0.005, s["test_accuracy_std"] + t["test_accuracy_std"])
-        if s["test_accuracy"] >= t["test_accuracy"] - tol:
+        tol = max(0.005, s["test_score_std"] + t["test_score_std"])
+        if s["test_score"] >= t["test_score"] - tol:
             where = ("is level with or ahead of {ft} already at the smallest size run, {n} training examples"
                      if f == fractions[0] else "catches up with {ft} at {n} training examples")
             return {"status": "measured", "fraction": f, "n_train": s["n_train"], "scratch": scratch,
                     "from_start": f == fractions[0],
                     "text": f"{scratch} {where.format(ft=finetuned, n=s['n_train'])} "
-                            f"(fraction {f:g}: {s['test_accuracy']:.3f} vs {t['test_accuracy']:.3f})"}
+                            f"(fraction {f:g}: {s['test_score']:.3f} vs {t['test_score']:.3f})"}
     ns = np.array([by[(scratch, f)]["n_train"] for f in fractions], dtype=float)
-    fs = _power_fit(ns, np.array([by[(scratch, f)]["test_accuracy"] for f in fractions]))
-    ft = _power_fit(ns, np.array([by[(finetuned, f)]["test_accuracy"] for f in fractions]))
+    fs = _power_fit(ns, np.array([by[(scratch, f)]["test_score"] for f in fractions]))
+    ft = _power_fit(ns, np.array([by[(finetuned, f)]["test_score"] for f in fractions]))
     have = max(full_size(agg), int(ns.max()))
     text = "not within the data you have" if ns.max() >= have else \
         f"not within the sizes run (up to {int(ns.max())} of your {have} training examples)"
@@ -127,7 +149,7 @@ def crossover(agg: list[dict[str, Any]], finetuned: str, scratch: str = "scratch
 
 def more_data(agg: list[dict[str, Any]], strategy: str) -> str:
     rows = sorted((r for r in agg if r["strategy"] == strategy), key=lambda r: r["n_train"])
-    fit = _power_fit(np.array([r["n_train"] for r in rows], float), np.array([r["test_accuracy"] for r in rows]))
+    fit = _power_fit(np.array([r["n_train"] for r in rows], float), np.array([r["test_score"] for r in rows]))
     if not fit or len(rows) < 3:
         return "too few fractions to extrapolate what more data would buy"
     n = rows[-1]["n_train"]
@@ -150,37 +172,39 @@ def data_size_reason(n: int) -> str:
 
 
 def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The winning arm at the largest fraction run (selected on validation accuracy), with reasons."""
+    """The winning arm at the largest fraction run (selected on the study's metric on validation), with
+    reasons."""
+    records = with_scores(records)
     agg = aggregate(records)
     if not agg:
         return {"winner": None, "text": "no finished cells", "reasons": []}
     top_fraction = max(r["fraction"] for r in agg)
-    arms = sorted((r for r in agg if r["fraction"] == top_fraction), key=lambda r: -r["val_accuracy"])
+    arms = sorted((r for r in agg if r["fraction"] == top_fraction), key=lambda r: -r["val_score"])
     win, tie = one_standard_error_choice(candidates(arms))
     runner = next((r for r in arms if r is not win), None)
-    level = bool(runner) and not tie and f"{win['val_accuracy']:.3f}" == f"{runner['val_accuracy']:.3f}"
+    level = bool(runner) and not tie and f"{win['val_score']:.3f}" == f"{runner['val_score']:.3f}"
     if level and runner["cost_seconds"] < win["cost_seconds"]:
         win, runner = runner, win  # equal as far as the advice prints: the cheaper arm
     reasons: list[str] = []
-    margin = (win["test_accuracy"] - runner["test_accuracy"]) if runner else 0.0
-    val_margin = (win["val_accuracy"] - runner["val_accuracy"]) if runner else 0.0
+    margin = (win["test_score"] - runner["test_score"]) if runner else 0.0
+    val_margin = (win["val_score"] - runner["val_score"]) if runner else 0.0
     confidence = _confidence(records, win["strategy"], runner["strategy"] if runner else None, top_fraction)
-    text = (f"Use {win['strategy']}: test accuracy {win['test_accuracy']:.3f}"
-            + (f" ± {win['test_accuracy_std']:.3f}" if win["seeds"] > 1 else "")
+    text = (f"Use {win['strategy']}: test {metric_of(agg)} {win['test_score']:.3f}"
+            + (f" ± {win['test_score_std']:.3f}" if win["seeds"] > 1 else "")
             + f" with {win['n_train']} training examples")
     if tie:
         text += tie
     elif level:
         slower = runner["cost_seconds"] / max(win["cost_seconds"], 1e-3)
-        text += (f"; tied on validation with {runner['strategy']} ({win['val_accuracy']:.3f} each), the cheaper arm "
+        text += (f"; tied on validation with {runner['strategy']} ({win['val_score']:.3f} each), the cheaper arm "
                  f"is chosen ({runner['strategy']} took {slower:.1f}× longer to train; test "
-                 f"{runner['test_accuracy']:.3f})")
+                 f"{runner['test_score']:.3f})")
     elif runner:
         if margin >= 0:
-            text += f", {100 * margin:+.1f} points over {runner['strategy']} ({runner['test_accuracy']:.3f})"
+            text += f", {100 * margin:+.1f} points over {runner['strategy']} ({runner['test_score']:.3f})"
         else:  # validation chose it, the test split disagrees: say both rather than "-0.7 points over"
-            text += (f", ahead on validation ({win['val_accuracy']:.3f} vs {runner['val_accuracy']:.3f}) though "
-                     f"{100 * -margin:.1f} points behind {runner['strategy']} on test ({runner['test_accuracy']:.3f})")
+            text += (f", ahead on validation ({win['val_score']:.3f} vs {runner['val_score']:.3f}) though "
+                     f"{100 * -margin:.1f} points behind {runner['strategy']} on test ({runner['test_score']:.3f})")
         text += f"; confidence {confidence['level']} ({confidence['text']})"
     text += _caveats(win, text)
     early = [_key(r) for r in records if stopped_early(r)]
@@ -242,8 +266,8 @@ def candidates(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
     deep = [r for r in arms if r["strategy"] not in baseline_strategies()]
     if not floors or not deep:
         return arms
-    best_floor = max(floors, key=lambda r: r["val_accuracy"])
-    beats = best_floor["val_accuracy"] - max(r["val_accuracy"] for r in deep) > standard_error(best_floor)
+    best_floor = max(floors, key=lambda r: r["val_score"])
+    beats = best_floor["val_score"] - max(r["val_score"] for r in deep) > standard_error(best_floor)
     return [best_floor] if beats else deep
 
 
@@ -254,18 +278,19 @@ def handed_over(records: list[dict[str, Any]], advice: dict[str, Any]) -> dict[s
     for every cell). Ties go to the recommended arm, then to more data, then to the cheaper cell."""
     if not records:
         return None
+    records = with_scores(records)
     floor_won = advice.get("winner") in baseline_strategies()
     pool = [r for r in records if floor_won or r["strategy"] not in baseline_strategies()] or records
-    return max(pool, key=lambda r: (r["val_accuracy"], r["strategy"] == advice.get("winner"), r["fraction"],
+    return max(pool, key=lambda r: (r["val_score"], r["strategy"] == advice.get("winner"), r["fraction"],
                                     -cost(r)))
 
 
 def handed_over_text(cell: dict[str, Any], advice: dict[str, Any]) -> str:
     """Which run best_model/ is, in a sentence: its arm, the share of the training data it saw, and why."""
     text = (f"{cell['strategy']} trained on {cell['n_train']} examples (fraction {cell['fraction']:g}), validation "
-            f"accuracy {cell['val_accuracy']:.3f}")
+            f"{metric_of([cell])} {val_score(cell):.3f}")
     if cell["strategy"] != advice.get("winner") or cell["fraction"] != advice.get("fraction"):
-        text += ("; handed over as the most accurate on validation of all finished cells (the recommendation "
+        text += ("; handed over as the best on validation of all finished cells (the recommendation "
                  "weighs cost, at the largest fraction run)")
     if stopped_early(cell):
         text += "; its training was stopped early by the budget's time limit"
@@ -283,15 +308,15 @@ def one_standard_error_choice(arms: list[dict[str, Any]]) -> tuple[dict[str, Any
     n_val = best.get("n_val")
     if not n_val or len(arms) < 2:
         return best, ""
-    p = best["val_accuracy"]
+    p = best["val_score"]
     se = standard_error(best)
-    tied = [r for r in arms if p - r["val_accuracy"] <= se]
+    tied = [r for r in arms if p - r["val_score"] <= se]
     if len(tied) < 2:
         return best, ""
     cheapest = min(tied, key=lambda r: r["cost_seconds"])
     if cheapest is best:
         return best, ""
-    others = ", ".join(f"{r['strategy']} (test {r['test_accuracy']:.3f})" for r in tied if r is not cheapest)
+    others = ", ".join(f"{r['strategy']} (test {r['test_score']:.3f})" for r in tied if r is not cheapest)
     slower = best["cost_seconds"] / max(cheapest["cost_seconds"], 1e-3)
     return cheapest, (f"; tied on validation with {others} (within one standard error, ±{se:.3f} on "
                       f"{n_val} validation examples) and the cheapest of them ({best['strategy']}, the "
@@ -306,24 +331,24 @@ def floor_reason(arms: list[dict[str, Any]], win: dict[str, Any]) -> str | None:
     deep = [r for r in arms if r["strategy"] not in baseline_strategies()]
     if not floors or not deep:
         return None
-    floor = max(floors, key=lambda r: r["val_accuracy"])
-    best = max(deep, key=lambda r: r["val_accuracy"])
-    p, se = best["val_accuracy"], standard_error(best)
+    floor = max(floors, key=lambda r: r["val_score"])
+    best = max(deep, key=lambda r: r["val_score"])
+    p, se = best["val_score"], standard_error(best)
     ratio = best["cost_seconds"] / max(floor["cost_seconds"], 1e-3)
     name = floor["strategy"]
     cheaper = f"at 1/{ratio:.0f} of" if ratio >= 1.5 else "at about"
-    if floor["val_accuracy"] - p > standard_error(floor):
-        return (f"the {name} floor (no deep network) beats every deep arm on validation ({floor['val_accuracy']:.3f} "
-                f"vs {p:.3f} for {best['strategy']}; test {floor['test_accuracy']:.3f} vs "
-                f"{best['test_accuracy']:.3f}) {cheaper} the best one's cost: these features suit this "
+    if floor["val_score"] - p > standard_error(floor):
+        return (f"the {name} floor (no deep network) beats every deep arm on validation ({floor['val_score']:.3f} "
+                f"vs {p:.3f} for {best['strategy']}; test {floor['test_score']:.3f} vs "
+                f"{best['test_score']:.3f}) {cheaper} the best one's cost: these features suit this "
                 f"data better than the pretrained ones")
-    if p - floor["val_accuracy"] <= se:
+    if p - floor["val_score"] <= se:
         return (f"the {name} floor (no deep network) is within noise of the best deep arm, {best['strategy']}, on "
-                f"validation ({floor['val_accuracy']:.3f} vs {p:.3f}, ±{se:.3f}; test {floor['test_accuracy']:.3f} "
-                f"vs {best['test_accuracy']:.3f}) {cheaper} its cost: if that cost matters, check the "
+                f"validation ({floor['val_score']:.3f} vs {p:.3f}, ±{se:.3f}; test {floor['test_score']:.3f} "
+                f"vs {best['test_score']:.3f}) {cheaper} its cost: if that cost matters, check the "
                 f"floor on data from where the model will be used (runs/{floor['strategy']}-f{floor['fraction']:g}-s0)")
-    gain = best["test_accuracy"] - floor["test_accuracy"]
-    return (f"over the {name} floor (no deep network: test {floor['test_accuracy']:.3f} in "
+    gain = best["test_score"] - floor["test_score"]
+    return (f"over the {name} floor (no deep network: test {floor['test_score']:.3f} in "
             f"{floor['cost_seconds']:.0f}s), {best['strategy']} gains {100 * gain:+.1f} points at {ratio:.0f}× "
             f"the cost")
 
@@ -332,7 +357,7 @@ def standard_error(arm: dict[str, Any]) -> float:
     """The noise of an aggregated arm's validation accuracy (``validation_noise``; 0 without a validation size)."""
     if not arm.get("n_val"):
         return 0.0
-    return validation_noise(arm["val_accuracy"], arm["n_val"], arm.get("val_accuracy_std", 0.0),
+    return validation_noise(arm["val_score"], arm["n_val"], arm.get("val_score_std", 0.0),
                             arm.get("seeds", 1))
 
 
@@ -348,18 +373,18 @@ def _compute_reason(arms: list[dict[str, Any]], win: dict[str, Any]) -> str:
     cheap = min(arms, key=lambda r: r["cost_seconds"])
     parts = [f"{win['strategy']} takes {win['cost_seconds']:.0f}s on its own (its frozen passes included) with "
              f"{win['trainable_params']:,} trainable parameters, peak memory {win['peak_memory_mb']:.0f} MB"]
-    if cheap["strategy"] != win["strategy"] and win["test_accuracy"] > 0:
-        share = cheap["test_accuracy"] / win["test_accuracy"]
+    if cheap["strategy"] != win["strategy"] and win["test_score"] > 0:
+        share = cheap["test_score"] / win["test_score"]
         speed = win["cost_seconds"] / max(cheap["cost_seconds"], 1e-3)
-        parts.append(f"{cheap['strategy']} reaches {100 * share:.0f}% of its accuracy {speed:.0f}× faster")
+        parts.append(f"{cheap['strategy']} reaches {100 * share:.0f}% of its {metric_of([win])} {speed:.0f}× faster")
     return "; ".join(parts)
 
 
 def _confidence(records: list[dict[str, Any]], a: str, b: str | None, fraction: float) -> dict[str, Any]:
     if b is None:
         return {"level": "n/a", "text": "only one arm"}
-    ra = {r["seed"]: r["val_accuracy"] for r in records if r["strategy"] == a and r["fraction"] == fraction}
-    rb = {r["seed"]: r["val_accuracy"] for r in records if r["strategy"] == b and r["fraction"] == fraction}
+    ra = {r["seed"]: r["val_score"] for r in records if r["strategy"] == a and r["fraction"] == fraction}
+    rb = {r["seed"]: r["val_score"] for r in records if r["strategy"] == b and r["fraction"] == fraction}
     seeds = sorted(set(ra) & set(rb))
     if len(seeds) < 2:
         return {"level": "low", "text": "one seed; run --seeds 3 for a confidence estimate"}
@@ -368,7 +393,8 @@ def _confidence(records: list[dict[str, Any]], a: str, b: str | None, fraction: 
     sd = diffs.std(ddof=1)
     t = diffs.mean() / (sd / math.sqrt(len(diffs))) if sd > 0 else (math.inf if diffs.mean() > 0 else 0.0)
     level = "high" if wins == len(seeds) and t > 3 else "medium" if wins > len(seeds) / 2 else "low"
-    return {"level": level, "text": f"wins on {wins} of {len(seeds)} seeds in validation accuracy"}
+    label = metric_of([r for r in records if r["strategy"] == a])
+    return {"level": level, "text": f"wins on {wins} of {len(seeds)} seeds in validation {label}"}
 
 
 def pre_post(agg: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -381,7 +407,7 @@ def pre_post(agg: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ft = [r for r in rows if r["strategy"] not in _scratch_arms() | baseline_strategies() | {"linear-probe"}]
         if lp is None or not ft:
             continue
-        best = max(ft, key=lambda r: r["val_accuracy"])
-        out.append({"fraction": f, "n_train": lp["n_train"], "pre": lp["test_accuracy"], "post": best["test_accuracy"],
-                    "post_strategy": best["strategy"], "gain": best["test_accuracy"] - lp["test_accuracy"]})
+        best = max(ft, key=lambda r: r["val_score"])
+        out.append({"fraction": f, "n_train": lp["n_train"], "pre": lp["test_score"], "post": best["test_score"],
+                    "post_strategy": best["strategy"], "gain": best["test_score"] - lp["test_score"]})
     return out

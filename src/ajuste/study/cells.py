@@ -34,7 +34,10 @@ def base_config(spec: StudySpec) -> RunConfig:
         raw["data.text_col"] = spec.text_col
     if spec.label_col:
         raw["data.label_col"] = spec.label_col
-    return RunConfig().override(raw).override(list(spec.sets))
+    cfg = RunConfig().override(raw).override(list(spec.sets))
+    if spec.monitor is not None and cfg.train.monitor == "auto":
+        cfg = cfg.override({"train.monitor": spec.monitor})
+    return cfg
 
 
 def cell_config(spec: StudySpec, cell: Cell, *, max_seconds: float | None = None) -> RunConfig:
@@ -157,7 +160,12 @@ def _planned_epochs(cfg: RunConfig, n_train: int) -> int:
 
 def cell_record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: int) -> dict[str, Any]:
     hist = read_jsonl(run_dir / "metrics.jsonl")
+    # the study ranks on train.monitor's metric; a run that picked its epochs by loss is ranked on accuracy
+    metric = s.get("metric", "accuracy")
+    metric = "accuracy" if metric == "loss" else metric
     return {
+        "metric": metric, "val_score": s["val_accuracy"] if metric == "accuracy" else s["val_score"],
+        "test_score": s["test"].get(metric, float("nan")), "class_balance": s.get("class_balance", "none"),
         "cell": cell.key, "strategy": cell.strategy, "fraction": cell.fraction, "seed": cell.seed,
         "n_train": s["n_train"], "n_val": s.get("n_val"), "test_accuracy": s["test_accuracy"], "test_macro_f1": s["test_macro_f1"],
         "val_accuracy": s["val_accuracy"], "val_loss": s["val_loss"], "train_seconds": s["train_seconds"],

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ajuste.strategies.base import get_strategy
-from ajuste.study.advice import stopped_early, validation_noise
+from ajuste.study.advice import stopped_early, val_score, validation_noise
 from ajuste.study.cells import cost_rank
 from ajuste.study.spec import Cell, StudySpec
 
@@ -163,10 +163,11 @@ class Planner:
         self.max_seeds = max(spec.seeds, SEEDS_WHEN_CLOSE)
 
     def _results(self, fraction: float) -> dict[str, dict[str, Any]]:
-        """Arm → mean validation accuracy over its finished seeds at ``fraction``, their spread and count."""
+        """Arm → mean validation score (the study's metric) over its finished seeds at ``fraction``, their spread
+        and count."""
         out: dict[str, dict[str, Any]] = {}
         for s in self.spec.strategies:
-            vals = [r["val_accuracy"] for r in self.records if r["strategy"] == s and r["fraction"] == fraction]
+            vals = [val_score(r) for r in self.records if r["strategy"] == s and r["fraction"] == fraction]
             if vals:
                 out[s] = {"val": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
                           "seeds": len(vals)}

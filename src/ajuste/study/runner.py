@@ -30,6 +30,7 @@ from ajuste.config import RunConfig
 from ajuste.data import fingerprint
 from ajuste.errors import AjusteError, terminated
 from ajuste.io import append_jsonl, atomic_write_json, read_jsonl
+from ajuste.metrics import resolve_monitor
 from ajuste.strategies.base import resolve_config
 from ajuste.study.cells import (
     base_config,
@@ -182,6 +183,10 @@ def _open_study(study_dir: Path, spec: StudySpec, console: Any) -> tuple[RunConf
     for w in data.warnings:
         _say(console, f"[yellow]warning:[/] {w}")
     n_classes = len(data.classes)
+    spec.monitor, why = resolve_monitor(cfg0.train.monitor, data.labels[splits["train"]], n_classes)
+    if why:
+        _say(console, why.replace("metric: ", "the study ranks on ", 1))
+    atomic_write_json(study_dir / "study.json", spec.to_dict())
     for f in spec.fractions:
         n = int(round(f * len(splits["train"])))
         if n < n_classes:

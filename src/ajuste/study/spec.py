@@ -42,6 +42,9 @@ class StudySpec:
     text_col: str | None = None
     label_col: str | None = None
     split_seed: int = 0
+    # train.monitor's auto resolved once on the whole training split (ajuste.metrics.resolve_monitor), so every
+    # cell, whatever its fraction, is judged and ranked on the same metric; set when the study reads its data
+    monitor: str | None = None
 
     def __post_init__(self) -> None:
         if not self.strategies:

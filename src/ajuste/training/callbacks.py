@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from ajuste.io import append_jsonl
+from ajuste.metrics import metric_name
 from ajuste.training.checkpoint import EpochRecord, FitResult, _beats, _improved, _state_dict
 
 
@@ -98,9 +99,9 @@ class BestTracking(Callback):
 
     def after_validate(self, f: Fit) -> None:
         rec, s = f.rec, f.state
-        f.improved = not f.phase.average and _improved(f.cfg.train.monitor, rec.val_loss, rec.val_accuracy, s)
+        f.improved = not f.phase.average and _improved(f.cfg.train.monitor, rec.val_loss, rec.score, s)
         if f.improved:
-            s.best_val_loss, s.best_val_accuracy = rec.val_loss, rec.val_accuracy
+            s.best_val_loss, s.best_val_accuracy, s.best_val_score = rec.val_loss, rec.val_accuracy, rec.score
             s.best_epoch, s.best_phase, s.bad_epochs = s.global_epoch, f.phase_index, 0
             f.best_weights = _state_dict(f.backbone)
             f.ckpt.save_best(f.best_weights)
@@ -108,7 +109,7 @@ class BestTracking(Callback):
             s.bad_epochs += 1
         # the best epoch so far, for the callers' hooks (a search reports it to its pruner)
         f.result.best_val_loss, f.result.best_val_accuracy = s.best_val_loss, s.best_val_accuracy
-        f.result.best_epoch = s.best_epoch
+        f.result.best_val_score, f.result.best_epoch = s.best_val_score, s.best_epoch
 
 
 class WeightAveraging(Callback):
@@ -127,9 +128,9 @@ class WeightAveraging(Callback):
             f.state.averaged += 1
         ref = f.result.provisional
         monitor = f.cfg.train.monitor
-        if (_beats(monitor, rec.val_loss, rec.val_accuracy, *ref) if ref
-                else _improved(monitor, rec.val_loss, rec.val_accuracy, f.state)):
-            f.result.provisional = (rec.val_loss, rec.val_accuracy)
+        if (_beats(monitor, rec.val_loss, rec.score, *ref) if ref
+                else _improved(monitor, rec.val_loss, rec.score, f.state)):
+            f.result.provisional = (rec.val_loss, rec.score)
 
     def after_phase(self, f: Fit) -> None:
         if f.phase.average and f.state.averaged:
@@ -154,8 +155,10 @@ class ProgressReport(Callback):
         rec = f.rec
         if f.console is not None:
             mark = " *" if f.improved else ""
+            metric = metric_name(f.cfg.train.monitor)
+            extra = f"  val_{metric} {rec.score:.4f}" if metric not in ("accuracy", "loss") else ""
             f.console.print(f"epoch {rec.epoch + 1:>3} [{rec.phase}] train_loss {rec.train_loss:.4f}  val_loss "
-                            f"{rec.val_loss:.4f}  val_acc {rec.val_accuracy:.4f}  lr {rec.lr:.2e}  "
+                            f"{rec.val_loss:.4f}  val_acc {rec.val_accuracy:.4f}{extra}  lr {rec.lr:.2e}  "
                             f"{rec.seconds:.1f}s{mark}", markup=False, highlight=False, soft_wrap=True)
         if f.bar:
             f.bar.update(f.total_task, advance=1)
@@ -205,15 +208,15 @@ MARGIN = 1.1  # the next epoch is taken to last this many times the last one (Ti
 
 
 class TimeLimit(Callback):
-    """``train.max_seconds`` (Lightning's ``max_time``): after each epoch, the fit ends when the next epoch,
-    taken to last as long as this one did (its training, validation and checkpoint), would end past the limit,
-    so a run stops before its limit rather than an epoch after it. The best epoch so far is kept, as when early
-    stopping ends a fit. An epoch that runs past the limit all the same (the first end-to-end epoch after cheap
-    head-only ones, an epoch slowed by other work) is abandoned at the first optimizer step past it, so a run
-    ends at most one step late (its first epoch aside: it always finishes, or the run would have no model). The time counted is this session's since the fit began (frozen passes that fill the
-    activation cache included) plus the epoch seconds of earlier sessions, which the checkpoint keeps: a resumed
-    run whose time is spent stops at once instead of training again. The decision is taken on every data-parallel
-    worker alike (their clocks differ)."""
+    """``train.max_seconds`` (Lightning's ``max_time``): after each epoch, the fit ends when the next epoch, taken
+    to last as long as this one did (its training, validation and checkpoint), would end past the limit, so a run
+    stops before its limit rather than an epoch after it. The best epoch so far is kept, as when early stopping ends
+    a fit. An epoch that runs past the limit all the same (the first end-to-end epoch after cheap head-only ones, an
+    epoch slowed by other work) is abandoned at the first optimizer step past it, so a run ends at most one step
+    late (its first epoch aside: it always finishes, or the run would have no model). The time counted is this
+    session's since the fit began (frozen passes that fill the activation cache included) plus the epoch seconds of
+    earlier sessions, which the checkpoint keeps: a resumed run whose time is spent stops at once instead of
+    training again. The decision is taken on every data-parallel worker alike (their clocks differ)."""
 
     REASON = "time limit"
 

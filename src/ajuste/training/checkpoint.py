@@ -23,6 +23,7 @@ from ajuste.io import (
     atomic_write_text,
     read_jsonl,
 )
+from ajuste.metrics import metric_name
 
 
 @dataclass
@@ -38,6 +39,12 @@ class EpochRecord:
     # torch intra-op threads of the epoch: float sums split across another number of threads round
     # differently, so a run repeats bit for bit only at the same count
     threads: int = 0
+    # the value of train.monitor's metric (ajuste.metrics); None in the lines of runs from before it: accuracy
+    val_score: float | None = None
+
+    @property
+    def score(self) -> float:
+        return self.val_accuracy if self.val_score is None else self.val_score
 
 
 @dataclass
@@ -45,13 +52,14 @@ class FitResult:
     history: list[EpochRecord] = field(default_factory=list)
     best_val_loss: float = math.inf
     best_val_accuracy: float = 0.0
+    best_val_score: float = -math.inf  # train.monitor's metric at the kept epoch (its loss for loss)
     best_epoch: int = -1
     seconds: float = 0.0
     interrupted: bool = False
     stopped_by: str = ""
     # Set when the kept weights are a weight average: its epochs (1-based, inclusive) and validation.
     averaged: dict[str, Any] | None = None
-    # During a weight-averaged phase: (val loss, val accuracy) of its best epoch so far when that beats the
+    # During a weight-averaged phase: (val loss, val score) of its best epoch so far when that beats the
     # kept best; the average is validated once, at the phase's end, so meanwhile a search's pruner judges
     # the phase by this (None outside such a phase)
     provisional: tuple[float, float] | None = None
@@ -67,6 +75,7 @@ class _State:
     global_epoch: int = 0
     best_val_loss: float = math.inf
     best_val_accuracy: float = 0.0
+    best_val_score: float = -math.inf  # a checkpoint from before scores: set from the accuracy on load
     best_epoch: int = -1
     best_phase: int = -1  # the phase whose weights are the best so far
     bad_epochs: int = 0
@@ -171,6 +180,8 @@ class Checkpointer:
             if (self.dir / "best.safetensors").is_file():
                 saved["files"]["best"] = "best.safetensors"
         state = _State(**saved["state"])
+        if "best_val_score" not in saved["state"]:  # saved before scores: its monitor was accuracy or the loss
+            state.best_val_score = state.best_val_accuracy
         self._seq, self._files = int(saved["seq"]), dict(saved["files"])
         last = load_file(self.dir / self._files["last"])
         best = load_file(self.dir / self._files["best"]) if "best" in self._files else None
@@ -194,25 +205,24 @@ class Checkpointer:
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _improved(monitor: str, val_loss: float, val_acc: float, state: _State) -> bool:
-    """Whether this epoch is the new best: lower val loss, or (monitor val_accuracy) higher accuracy,
-    ties broken by the loss. The first epoch always is.
+def _improved(monitor: str, val_loss: float, val_score: float, state: _State) -> bool:
+    """Whether this epoch is the new best: lower val loss (monitor ``loss``), or a higher score of the monitored
+    metric, ties broken by the loss. The first epoch always is.
 
-    Across phases an accuracy tie is not broken by the loss: a later phase (end-to-end after head-only)
-    replaces an earlier phase's best only when it is more accurate. Its lower loss on a validation split
+    Across phases a score tie is not broken by the loss: a later phase (end-to-end after head-only)
+    replaces an earlier phase's best only when it scores higher. Its lower loss on a validation split
     it already gets right says that it is surer, not that it is better (measured by held-out folds of
     hymenoptera's training images, docs/results.md), and it trained more weights on the same few examples."""
     if state.best_epoch < 0:
         return True
-    if monitor == "val_accuracy" and 0 <= state.best_phase < state.phase_index:
-        return val_acc > state.best_val_accuracy + 1e-9
-    return _beats(monitor, val_loss, val_acc, state.best_val_loss, state.best_val_accuracy)
+    if metric_name(monitor) != "loss" and 0 <= state.best_phase < state.phase_index:
+        return val_score > state.best_val_score + 1e-9
+    return _beats(monitor, val_loss, val_score, state.best_val_loss, state.best_val_score)
 
 
-def _beats(monitor: str, val_loss: float, val_acc: float, best_loss: float, best_acc: float) -> bool:
-    if monitor == "val_accuracy":
-        if val_acc > best_acc + 1e-9:
+def _beats(monitor: str, val_loss: float, val_score: float, best_loss: float, best_score: float) -> bool:
+    if metric_name(monitor) != "loss":
+        if val_score > best_score + 1e-9:
             return True
-        return abs(val_acc - best_acc) <= 1e-9 and val_loss < best_loss - 1e-4
+        return abs(val_score - best_score) <= 1e-9 and val_loss < best_loss - 1e-4
     return val_loss < best_loss - 1e-4
-

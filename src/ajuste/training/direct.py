@@ -35,10 +35,11 @@ def fit_direct(steps: Iterator[dict[str, Any]], *, run_dir: Path | None, console
     for i, step in enumerate(steps):
         rec = EpochRecord(epoch=i + 1, phase=step["phase"], train_loss=step["train_loss"], val_loss=step["val_loss"],
                           val_accuracy=step["val_accuracy"], lr=0.0, seconds=round(step["seconds"], 3), cached=True,
-                          threads=torch.get_num_threads())
+                          threads=torch.get_num_threads(), val_score=step.get("val_score"))
         result.history.append(rec)
         if step["best"]:
             result.best_epoch, result.best_val_accuracy, result.best_val_loss = i, rec.val_accuracy, rec.val_loss
+            result.best_val_score = rec.score
         if metrics is not None:
             append_jsonl(metrics, asdict(rec))
         view.rec, view.state.global_epoch = rec, i + 1

@@ -110,6 +110,16 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def gather_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Each tensor's rows from every worker, concatenated in rank order, on the CPU (a validation split's logits
+    and labels, for a metric that ranks them: AUROC, macro-F1)."""
+    import torch.distributed as dist
+
+    shares: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, [t.detach().cpu() for t in tensors])
+    return [torch.cat([share[i] for share in shares]) for i in range(len(tensors))]
+
+
 def _comm_device() -> torch.device:
     """Where a collective's tensor must be: NCCL reduces GPU tensors only (this worker's GPU), gloo CPU ones."""
     import torch.distributed as dist

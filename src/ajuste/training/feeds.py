@@ -12,6 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
+from ajuste.data.batches import balanced_draw
 from ajuste.data.pipeline import (
     LengthBucketSampler,
     Pipeline,
@@ -48,8 +49,9 @@ def _phase_feeds(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, phase: 
         return backbone(to_device_batch(inputs, channels_last=channels_last, device=device))
 
     bs = pipeline.batch_size
+    balance = cfg.train.class_balance == "sampler"
     train = _Feed(lambda seed, repeat=1: pipeline.loader("train", shuffle=True, augment=True, seed=seed,
-                                                          repeat=repeat, world=w),
+                                                          repeat=repeat, world=w, balance=balance),
                   live, amp_for(cfg, backbone, training=True), False)
     val_loader = pipeline.loader("val", batch_size=max(64, bs), world=w)
     val = _Feed(lambda seed, repeat=1: val_loader, live, amp_for(cfg, backbone, training=False), False)
@@ -82,7 +84,7 @@ def _phase_feeds(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, phase: 
     if train_entry is not None:
         train_labels = torch.as_tensor(pipeline.labels("train"), dtype=torch.long)
         train = _Feed(lambda seed, repeat=1: _cached_loader(train_entry, train_labels, bs, seed=seed, repeat=repeat,
-                                                            shuffle=True, w=w),
+                                                            shuffle=True, w=w, balance=balance),
                       from_cache, None if head else amp_for(cfg, backbone, training=True), True)
     if val_entry is not None:
         val_labels = torch.as_tensor(pipeline.labels("val"), dtype=torch.long)
@@ -186,16 +188,20 @@ class _Rows(torch.utils.data.Dataset):
 
 
 def _cached_loader(entry: Any, labels: torch.Tensor, batch_size: int, *, seed: int, repeat: int, shuffle: bool,
-                   w: World) -> DataLoader:
+                   w: World, balance: bool = False) -> DataLoader:
     """Batches of cached rows: the same samplers as live batches of the same size (images: the shuffles of
-    a plain DataLoader; text: length-bucketed, padded per batch)."""
+    a plain DataLoader; text: length-bucketed, padded per batch). ``balance``: rows drawn class-balanced."""
     def collate(idx: list[int]) -> tuple[Any, torch.Tensor]:
         return entry.batch(idx), labels[torch.as_tensor(idx, dtype=torch.long)]
 
     ds: Any = _Rows(entry.n) if repeat == 1 else ConcatDataset([_Rows(entry.n)] * repeat)
     gen = torch.Generator().manual_seed(seed)
+    if balance:
+        ds = balanced_draw(ds, np.tile(labels.numpy(), repeat), gen)
     if entry.kind == "ragged":
         lengths = np.tile(entry.lengths, repeat)
+        if balance:
+            lengths = lengths[ds.indices]
         if shuffle:
             sampler: Any = LengthBucketSampler(lengths.tolist(), batch_size, shuffle=True, generator=gen)
         else:  # evaluation: sorted by length, the least padding (outputs are only summed)

@@ -52,7 +52,7 @@ from ajuste.training.inference import (
 )
 from ajuste.training.param_groups import build_param_groups, make_optimizer
 from ajuste.training.small_depthwise import small_map_depthwise
-from ajuste.training.steps import _add_weights, _take_average, _train_epoch, _validate
+from ajuste.training.steps import _add_weights, _take_average, _train_epoch, _validate, class_weights
 
 # The loop's public names; the records, inference and steps live in their own modules (training/checkpoint.py,
 # inference.py, feeds.py, steps.py) and are re-exported here for the callers that import them from the loop.
@@ -156,7 +156,8 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
     else:  # a start from scratch: lines of a run killed after its first epoch's line, before its first checkpoint
         ckpt.truncate_metrics(0)
     result = FitResult(history=ckpt.history(state.global_epoch), best_val_loss=state.best_val_loss,
-                       best_val_accuracy=state.best_val_accuracy, best_epoch=state.best_epoch)
+                       best_val_accuracy=state.best_val_accuracy, best_val_score=state.best_val_score,
+                       best_epoch=state.best_epoch)
     planned = sum(p.epochs for p in phases)
 
     callbacks = standard_callbacks(on_epoch_end=on_epoch_end, add_weights=_add_weights, take_average=_take_average,
@@ -166,6 +167,8 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
                 best_weights=best_weights, console=console, w=w, interrupt=interrupt, bar=bar,
                 channels_last=channels_last)
         f.extra["resume_optimizer"] = resume_opt
+        if cfg.train.class_balance == "weights":
+            f.extra["class_weights"] = class_weights(pipeline.labels("train"), len(pipeline.data.classes), device)
         f.total_task = bar.add_task("total", total=planned, completed=state.global_epoch) if bar else None
         _event(callbacks, "before_fit", f)
         result.stopped_by = f.cancel or result.stopped_by  # e.g. a resumed run whose time limit is spent
@@ -187,6 +190,7 @@ def _fit(*, backbone: Backbone, pipeline: Pipeline, strategy: Strategy, cfg: Run
     backbone.load_state_dict(best_weights)
     backbone.set_trainable(None)
     result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
+    result.best_val_score = state.best_val_score
     result.best_epoch, result.seconds = state.best_epoch, state.seconds
     return result
 
@@ -230,7 +234,7 @@ def _run_phase(f: Fit, pi: int, callbacks: list[Callback], *, steps_per_epoch: i
             backbone, loader, f.optimizer, cfg, forward=f.train_feed.forward, amp=f.train_feed.amp, scaler=scaler,
             step0=e * f.epoch_steps, total_steps=f.total_steps, bar=bar, task=task,
             on_diverge=lambda lr: _diverged(backbone, f.best_weights, f.ckpt, lr, state, cfg.optim.lr), w=f.w,
-            stop=f.step_stop)
+            stop=f.step_stop, class_weights=f.extra.get("class_weights"))
         if abandoned:  # the unfinished epoch is dropped: the fit ends on its best epoch so far, as after a cancel
             if bar:
                 bar.remove_task(task)
@@ -239,15 +243,15 @@ def _run_phase(f: Fit, pi: int, callbacks: list[Callback], *, steps_per_epoch: i
             break
         if f.w.active:
             sync_module(backbone)  # BatchNorm statistics of each worker's share, averaged
-        val_loss, val_acc = _validate(backbone, f.val_feed.make(0, 1), cfg, channels_last=f.channels_last, w=f.w,
-                                      forward=f.val_feed.forward, amp=f.val_feed.amp)
+        val_loss, val_acc, val_score = _validate(backbone, f.val_feed.make(0, 1), cfg, channels_last=f.channels_last,
+                                                 w=f.w, forward=f.val_feed.forward, amp=f.val_feed.amp)
         if bar:
             bar.remove_task(task)
         if not math.isfinite(val_loss):
             _diverged(backbone, f.best_weights, f.ckpt, lr_now, state, cfg.optim.lr)
         seconds = time.perf_counter() - t0
         f.rec = EpochRecord(state.global_epoch, phase.name, train_loss, val_loss, val_acc, lr_now, seconds,
-                            f.train_feed.cached, torch.get_num_threads())
+                            f.train_feed.cached, torch.get_num_threads(), val_score)
         result.history.append(f.rec)
         _event(callbacks, "after_validate", f)
         state.global_epoch += 1

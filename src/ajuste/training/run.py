@@ -24,15 +24,29 @@ from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline, make_preprocessing
 from ajuste.errors import AjusteError
 from ajuste.io import atomic_write_json
+from ajuste.metrics import resolve_monitor
 from ajuste.strategies.base import get_strategy, resolve_config
 from ajuste.training import distributed, loop, stored_weights, tracking, tracking_store
 from ajuste.training.direct import fit_direct
 from ajuste.training.memory import PeakMemory, memory_error_message
-from ajuste.training.prepare import check_model_modality, prepare_data, resolve_model
-from ajuste.training.prepare import resolve_model_early  # noqa: F401 - callers import it from here
-from ajuste.training.run_dir import (check_run_dir, check_same_data, epochs_done, read_status, weights_digest,
-                                  weights_metadata, write_run_files, write_status)
-from ajuste.training.run_dir import check_writable, read_summary  # noqa: F401 - callers import them from here
+from ajuste.training.prepare import (
+    check_model_modality,
+    prepare_data,
+    resolve_model,
+    resolve_model_early,  # noqa: F401 - callers import it from here
+)
+from ajuste.training.run_dir import (  # noqa: F401 - callers import them from here
+    check_run_dir,
+    check_same_data,
+    check_writable,
+    epochs_done,
+    read_status,
+    read_summary,
+    weights_digest,
+    weights_metadata,
+    write_run_files,
+    write_status,
+)
 from ajuste.training.run_eval import evaluate_split, trainable_share
 
 
@@ -129,6 +143,7 @@ def _finish(cfg: RunConfig, strategy: Any, data: Any, splits: dict, result: Any,
         summary["test"] = test
         summary["test_accuracy"] = test["accuracy"]
         summary["test_macro_f1"] = test["macro_f1"]
+        summary["test_score"] = test["accuracy"] if cfg.train.monitor == "loss" else test.get(cfg.train.monitor)
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     if run_dir is not None:
         _save(run_dir, cfg, strategy, backbone, data.classes, summary)
@@ -142,9 +157,13 @@ def _load_data(cfg: RunConfig, data: Any, splits: dict | None, console: Any,
     split_notes: list[str] = []
     data, splits = prepare_data(cfg, data=data, splits=splits, notes=split_notes)
     cfg = resolve_config(resolve_model(cfg, data), data.modality)
+    monitor, why = resolve_monitor(cfg.train.monitor, data.labels[splits["train"]], len(data.classes))
+    cfg = cfg.override({"train.monitor": monitor})
     if console is not None:  # what was read, and how (a table's columns may have been detected, not named)
         console.print(f"data: {data.source}; train/val/test {len(splits['train'])}/{len(splits['val'])}/"
                       f"{len(splits['test'])}", markup=False, highlight=False)
+        if why:
+            console.print(why, markup=False, highlight=False)
     for note in [*data.warnings, *split_notes]:
         if warn is not None:
             warn(note)
@@ -223,6 +242,10 @@ def _summary(cfg: RunConfig, strategy: Any, data: Any, splits: dict, result: Any
         "stopped_by": result.stopped_by or "completed",
         "val_loss": result.best_val_loss,
         "val_accuracy": result.best_val_accuracy,
+        # the metric the run was judged on (train.monitor) and its value at the kept epoch
+        "metric": cfg.train.monitor,
+        "val_score": result.best_val_score,
+        "class_balance": cfg.train.class_balance,
         # kept weights that average the last epochs of a phase (strategy.stage2_average), with their validation
         "averaged": result.averaged,
         "train_seconds": round(result.seconds, 2),

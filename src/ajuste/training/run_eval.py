@@ -16,7 +16,7 @@ from ajuste.data import fingerprint
 from ajuste.data.pipeline import Pipeline
 from ajuste.data.sources import LabelledData, load_data
 from ajuste.errors import AjusteError
-from ajuste.metrics import classification_metrics
+from ajuste.metrics import classification_metrics, softmax
 from ajuste.training.execution import resolve_device
 from ajuste.training.inference import amp_for, predict_logits, use_channels_last
 from ajuste.training.predict_inputs import expand_image_inputs, expand_text_inputs, read_stdin, readable_images
@@ -40,7 +40,7 @@ def evaluate_split(backbone: Any, pipeline: Any, split: str, classes: list[str],
     loader = pipeline.loader(split, batch_size=max(64, pipeline.batch_size))
     logits, y = predict_logits(backbone, loader, amp=amp_for(cfg, backbone, training=False),
                                channels_last=use_channels_last(cfg, backbone))
-    return classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes)
+    return classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes, probs=softmax(logits.float().numpy()))
 
 
 def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_col: str | None = None,
@@ -75,7 +75,9 @@ def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_co
     logits, y = predict_logits(run.backbone, pipe.loader("test", batch_size=64),
                                amp=amp_for(cfg, run.backbone, training=False),
                                channels_last=use_channels_last(cfg, run.backbone))
-    metrics = classification_metrics(y.numpy(), logits.argmax(1).numpy(), run.classes)
+    metrics = classification_metrics(y.numpy(), logits.argmax(1).numpy(), run.classes,
+                                     probs=softmax(logits.float().numpy()))
+    metrics["metric"] = cfg.train.monitor  # what the run was judged on: shown first
     metrics["evaluated_on"] = where
     return metrics
 

@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader
 from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline, to_device_batch
+from ajuste.metrics import metric_name, score, softmax
 from ajuste.training.checkpoint import Checkpointer, FitResult, _improved, _State, _state_dict
-from ajuste.training.distributed import World, all_reduce_sum, no_sync, sync_module
+from ajuste.training.distributed import World, all_reduce_sum, gather_rows, no_sync, sync_module
 from ajuste.training.execution import autocast, model_device, to_device
 from ajuste.training.feeds import _Feed
 from ajuste.training.inference import amp_for, predict_logits
@@ -24,10 +25,13 @@ from ajuste.training.schedules import lr_multiplier
 def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: RunConfig, *,
                  forward: Callable[[Any], torch.Tensor], amp: torch.dtype | None, step0: int, total_steps: int,
                  bar: Any, task: Any, on_diverge: Callable[[float], None], w: World = World(),
-                 scaler: Any = None, stop: Callable[[], str] | None = None) -> tuple[float, float, str]:
+                 scaler: Any = None, stop: Callable[[], str] | None = None,
+                 class_weights: torch.Tensor | None = None) -> tuple[float, float, str]:
     """One pass over ``loader``: (mean loss, last LR, ""), or, when ``stop`` (asked after each optimizer step)
     gives a reason, that reason third, the pass left unfinished. ``scaler``: fp16's `torch.amp.GradScaler`, or
-    None.
+    None. ``class_weights`` (train.class_balance=weights): each example's loss weighted by its class's weight,
+    summed and divided by the batch's example count (so the weights, which average 1 over the training split,
+    leave the loss's scale as it was; torch's weighted mean would divide by the batch's sum of weights).
 
     With ``train.grad_accum`` N, an optimizer step follows every N batches (and the last, shorter window); the
     window's summed loss is backpropagated and its gradient divided by the window's examples before the
@@ -55,7 +59,7 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
                 with autocast(amp, device):
                     logits = forward(inputs)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing,
-                                       reduction="sum")
+                                       reduction="sum", weight=class_weights)
                 if accum == 1:
                     optimizer.zero_grad(set_to_none=True)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -66,7 +70,10 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
         else:
             with autocast(amp, device):
                 logits = forward(inputs)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing) \
+                if class_weights is None else \
+                F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing, weight=class_weights,
+                                reduction="sum") / len(y)
             if not torch.isfinite(loss):
                 on_diverge(lr_now)
             if accum == 1:
@@ -133,18 +140,36 @@ def _task_index(bar: Any, task: Any) -> int:
 @torch.no_grad()
 def _validate(backbone: Backbone, loader: DataLoader, cfg: RunConfig, *, channels_last: bool,
               w: World = World(), forward: Callable[[Any], torch.Tensor] | None = None,
-              amp: torch.dtype | None | str = "auto") -> tuple[float, float]:
+              amp: torch.dtype | None | str = "auto") -> tuple[float, float, float]:
+    """(loss, accuracy, score of train.monitor's metric: its loss for ``loss``) on the validation split."""
     if amp == "auto":
         amp = amp_for(cfg, backbone, training=False)
     logits, y = predict_logits(backbone, loader, amp=amp, channels_last=channels_last, forward=forward)
+    metric = metric_name(cfg.train.monitor)
     if w.active:  # each worker saw its share of the validation split
         local = [F.cross_entropy(logits, y, reduction="sum").item(), (logits.argmax(1) == y).sum().item(),
                  len(y)] if len(y) else [0.0, 0.0, 0.0]
         loss_sum, correct, n = all_reduce_sum(local)
-        return loss_sum / max(1, n), correct / max(1, n)
+        loss, acc = loss_sum / max(1, n), correct / max(1, n)
+        if metric in ("accuracy", "loss"):
+            return loss, acc, acc if metric == "accuracy" else loss
+        logits, y = gather_rows(logits.float(), y)  # a rank metric needs the whole split
+        return loss, acc, score(metric, y.numpy(), softmax(logits.numpy()))
     loss = F.cross_entropy(logits, y).item()
     acc = (logits.argmax(1) == y).float().mean().item()
-    return loss, acc
+    if metric in ("accuracy", "loss"):
+        return loss, acc, acc if metric == "accuracy" else loss
+    return loss, acc, score(metric, y.numpy(), softmax(logits.float().numpy()))
+
+
+def class_weights(labels: Any, n_classes: int, device: Any = None) -> torch.Tensor:
+    """Inverse-frequency class weights, n / (k · n_c) (scikit-learn's "balanced"): they average 1 over the
+    training examples. A class with no training example gets weight 0 (it has no loss term anyway)."""
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=n_classes).double()
+    present = counts > 0
+    w = torch.zeros(n_classes, dtype=torch.float64)
+    w[present] = counts.sum() / (int(present.sum()) * counts[present])
+    return w.float().to(device) if device is not None else w.float()
 
 
 def _add_weights(total: dict[str, torch.Tensor] | None, backbone: Backbone) -> dict[str, torch.Tensor]:
@@ -169,18 +194,20 @@ def _take_average(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, ckpt: 
     backbone.load_state_dict({k: (total[k] / n).to(v.dtype) if k in total else v for k, v in current.items()})
     if cfg.model.bn == "train":
         _refresh_batchnorm(backbone, pipeline, channels_last=channels_last, w=w)
-    val_loss, val_acc = _validate(backbone, val_feed.make(0, 1), cfg, channels_last=channels_last, w=w,
-                                  forward=val_feed.forward, amp=val_feed.amp)
-    kept = math.isfinite(val_loss) and _improved(cfg.train.monitor, val_loss, val_acc, state)
+    val_loss, val_acc, val_score = _validate(backbone, val_feed.make(0, 1), cfg, channels_last=channels_last, w=w,
+                                             forward=val_feed.forward, amp=val_feed.amp)
+    kept = math.isfinite(val_loss) and _improved(cfg.train.monitor, val_loss, val_score, state)
     first, last = state.global_epoch - n + 1, state.global_epoch
-    result.averaged = {"epochs": [first, last], "val_loss": val_loss, "val_accuracy": val_acc, "kept": kept}
+    result.averaged = {"epochs": [first, last], "val_loss": val_loss, "val_accuracy": val_acc,
+                       "val_score": val_score, "kept": kept}
     if kept:
         state.best_val_loss, state.best_val_accuracy, state.best_epoch = val_loss, val_acc, last - 1
+        state.best_val_score = val_score
         state.best_phase = state.phase_index
         best_weights = _state_dict(backbone)
         ckpt.save_best(best_weights)
     result.best_val_loss, result.best_val_accuracy = state.best_val_loss, state.best_val_accuracy
-    result.best_epoch, result.provisional = state.best_epoch, None
+    result.best_val_score, result.best_epoch, result.provisional = state.best_val_score, state.best_epoch, None
     ckpt.average, state.averaged = None, 0
     if console is not None:
         console.print(f"weights of epochs {first}-{last} averaged: val_loss {val_loss:.4f}  val_acc {val_acc:.4f}"
