@@ -30,7 +30,13 @@ def probe_inputs(backbone: Any, preprocessing: Any, n: int = 4, *, second: bool 
     if backbone.modality == "image":
         size = preprocessing.image_size
         return torch.randn(n + 3 if second else n, 3, size, size, generator=g)
-    return dict(backbone.tokenizer(probe_texts(n, second), padding=True, truncation=True,
+    texts = probe_texts(n, second)
+    if getattr(preprocessing, "text_pair", False):
+        # a text-pair model: each probe paired with the next, so the check runs token type ids of 1 and the
+        # second separator through the exported graph (an export that dropped them would disagree)
+        return dict(backbone.tokenizer(texts, texts[1:] + texts[:1], padding=True, truncation="longest_first",
+                                       max_length=preprocessing.max_length, return_tensors="pt"))
+    return dict(backbone.tokenizer(texts, padding=True, truncation=True,
                                    max_length=preprocessing.max_length, return_tensors="pt"))
 
 
