@@ -228,7 +228,7 @@ def test_exports_carry_the_pair_encoding(pair_run, tmp_path):
     import ajuste
 
     run = ajuste.load(pair_run)
-    for fmt in ("ajuste", "onnx"):
+    for fmt in ("ajuste", "onnx", "torchscript", "hf"):
         target = run.export(fmt, tmp_path / fmt)  # each export is checked against the run's logits on pairs
         assert target.is_dir()
     pre = json.loads((tmp_path / "onnx" / "preprocessing.json").read_text())
