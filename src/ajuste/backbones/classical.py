@@ -9,7 +9,11 @@ and settings are JSON in backbone.json, the numbers are tensors in model.safeten
   classification (Wang & Manning 2012, "Baselines and bigrams"; Joulin et al. 2016, fastText). The
   vectorizers are fitted on the training split; their analyzers are rebuilt from the saved settings, so
   the "tokenizer" here maps a text to the ids and counts of its known n-grams and ``features`` turns them
-  into the TF-IDF vector in torch.
+  into the TF-IDF vector in torch. A text pair (NLI, paraphrase) shares one vocabulary, fitted on both sides,
+  and is four blocks: the TF-IDF of the first text u, of the second v, their product u∘v (the n-grams they
+  share, weighted; its sum per block is their cosine) and |u−v| (the n-grams of one side only), the
+  combination of InferSent (Conneau et al. 2017). A linear model on u and v alone cannot tell "same" from
+  "different" when either side alone says nothing; u∘v and |u−v| make overlap a linear feature.
 - images: a histogram of oriented gradients (Dalal & Triggs 2005; shape and texture), colour histograms
   (Swain & Ballard 1991; colour distribution) and a tiny 8×8 thumbnail (Torralba et al. 2008; coarse
   layout), standardised. These are what image classification used before learned features; a random-
@@ -56,7 +60,8 @@ class BagTokenizer:
 
     Ids start at 1 (0 pads a batch); the word block comes first, then the character block. A bag of n-grams
     has no order, so nothing is truncated: ``max_length`` is accepted and ignored, and the whole text counts,
-    as it did when the vectorizers were fitted."""
+    as it did when the vectorizers were fitted. Given a ``text_pair`` (as a Hugging Face tokenizer is), the
+    second texts' ids follow the first's vocabulary: id ``size + i`` is term ``i`` of the second text."""
 
     pad_token_id = 0
 
@@ -68,6 +73,7 @@ class BagTokenizer:
             self.analyzers.append(_vectorizer(settings).build_analyzer())
             self.vocab.append({t: start + i for i, t in enumerate(terms)})
             start += len(terms)
+        self.size = start - 1  # terms in all blocks
 
     def encode(self, text: str) -> tuple[list[int], list[int]]:
         counts: dict[int, int] = {}
@@ -81,12 +87,22 @@ class BagTokenizer:
         ids = sorted(counts)
         return ids, [counts[i] for i in ids]
 
-    def __call__(self, texts: Any, *, padding: bool = False, return_tensors: str | None = None,
-                 **_: Any) -> dict[str, Any]:
-        """Lists of ids and counts per text; ``padding=True`` pads them to the longest (id 0, count 0), and
-        ``return_tensors="pt"`` returns (B, L) tensors, as a Hugging Face tokenizer does."""
+    def _encode_pair(self, first: str, second: str) -> tuple[list[int], list[int]]:
+        (ia, ca), (ib, cb) = self.encode(first), self.encode(second)
+        kept = [(i, c) for i, c in zip(ia, ca) if i] + [(self.size + i, c) for i, c in zip(ib, cb) if i]
+        return ([i for i, _ in kept], [c for _, c in kept]) if kept else ([0], [0])
+
+    def __call__(self, texts: Any, text_pair: Any = None, *, padding: bool = False,
+                 return_tensors: str | None = None, **_: Any) -> dict[str, Any]:
+        """Lists of ids and counts per text (or per pair, with ``text_pair``); ``padding=True`` pads them to the
+        longest (id 0, count 0), and ``return_tensors="pt"`` returns (B, L) tensors, as a Hugging Face
+        tokenizer does."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        pairs = [self.encode(str(t)) for t in texts]
+        if text_pair is not None:
+            seconds = [text_pair] if isinstance(text_pair, str) else list(text_pair)
+            pairs = [self._encode_pair(str(a), str(b)) for a, b in zip(texts, seconds)]
+        else:
+            pairs = [self.encode(str(t)) for t in texts]
         out: dict[str, Any] = {"input_ids": [p[0] for p in pairs], "attention_mask": [p[1] for p in pairs]}
         if padding or return_tensors:
             width = max(len(ids) for ids in out["input_ids"])
@@ -134,10 +150,11 @@ class TfidfBackbone(_Classical):
     family = TEXT_FAMILY
 
     def __init__(self, blocks: list[tuple[dict[str, Any], list[str]]], num_classes: int, *,
-                 name: str = "tf-idf") -> None:
+                 name: str = "tf-idf", pair: bool = False) -> None:
         sizes = [len(terms) for _, terms in blocks]
-        super().__init__(sum(sizes), num_classes)
+        super().__init__(sum(sizes) * (4 if pair else 1), num_classes)  # a pair: u, v, u∘v, |u−v|
         self.name = name
+        self.pair = pair
         self.blocks = blocks
         self.tokenizer = BagTokenizer(blocks)
         self.register_buffer("idf", torch.ones(sum(sizes)))
@@ -146,14 +163,16 @@ class TfidfBackbone(_Classical):
         self.vectorizers: list[Any] = []  # the fitted scikit-learn vectorizers (training only; not saved)
 
     @classmethod
-    def fit(cls, texts: list[str], num_classes: int, *, max_features: int) -> "TfidfBackbone":
+    def fit(cls, texts: list[Any], num_classes: int, *, max_features: int) -> "TfidfBackbone":
         """Vectorizers fitted on ``texts`` (the training split), each keeping its ``max_features`` most
-        frequent n-grams."""
+        frequent n-grams; for text pairs, one vocabulary fitted on both sides."""
+        pair = bool(texts) and isinstance(texts[0], tuple)
+        corpus = [t for p in texts for t in p] if pair else texts
         fitted, blocks = [], []
         for settings in (WORD, CHAR):
             vec = _vectorizer(settings, max_features)
             try:
-                vec.fit(texts)
+                vec.fit(corpus)
             except ValueError:  # no n-gram in two texts or more (tiny data): this block is left out
                 continue
             terms = [""] * len(vec.vocabulary_)
@@ -164,27 +183,38 @@ class TfidfBackbone(_Classical):
         if not blocks:
             raise AjusteError("the classical arm found no word or character n-gram in two training texts or more; "
                               "the texts are too few or too short for TF-IDF")
-        bb = cls(blocks, num_classes)
+        bb = cls(blocks, num_classes, pair=pair)
         with torch.no_grad():
             bb.idf.copy_(torch.from_numpy(np.concatenate([v.idf_ for v in fitted]).astype(np.float32)))
         bb.vectorizers = fitted
         return bb
 
-    def matrix(self, texts: list[str]) -> Any:
-        """The training-time TF-IDF matrix (scipy sparse, one row per text) from the fitted vectorizers."""
+    def matrix(self, texts: list[Any]) -> Any:
+        """The training-time TF-IDF matrix (scipy sparse, one row per text or pair) from the fitted vectorizers;
+        a pair's row is [u, v, u∘v, |u−v|] as in ``features``."""
         import scipy.sparse as sp
 
-        return sp.hstack([v.transform(texts) for v in self.vectorizers], format="csr")
+        if not self.pair:
+            return sp.hstack([v.transform(texts) for v in self.vectorizers], format="csr")
+        u, v = (sp.hstack([vec.transform([t[k] for t in texts]) for vec in self.vectorizers], format="csr")
+                for k in (0, 1))
+        return sp.hstack([u, v, u.multiply(v), abs(u - v)], format="csr")
+
+    def _tfidf(self, tf: torch.Tensor) -> torch.Tensor:
+        """(B, terms) counts → TF-IDF, each block L2-normalised, as scikit-learn's vectorizers give it."""
+        tf = torch.where(tf > 0, 1.0 + torch.log(tf.clamp_min(1.0)), torch.zeros_like(tf))  # sublinear tf
+        x = tf * self.idf
+        return torch.cat([F.normalize(x[:, a:b], dim=1) for a, b in zip(self.bounds[:-1], self.bounds[1:])], dim=1)
 
     def features(self, inputs: Any) -> torch.Tensor:
         ids, counts = inputs["input_ids"], inputs["attention_mask"].to(self.idf.dtype)  # (B, L) each
-        dense = torch.zeros(ids.shape[0], self.idf.numel() + 1, dtype=self.idf.dtype, device=ids.device)
+        n = self.idf.numel()
+        dense = torch.zeros(ids.shape[0], n * (2 if self.pair else 1) + 1, dtype=self.idf.dtype, device=ids.device)
         dense.scatter_add_(1, ids, counts)
-        tf = dense[:, 1:]
-        tf = torch.where(tf > 0, 1.0 + torch.log(tf.clamp_min(1.0)), torch.zeros_like(tf))  # sublinear tf
-        x = tf * self.idf
-        parts = [F.normalize(x[:, a:b], dim=1) for a, b in zip(self.bounds[:-1], self.bounds[1:])]
-        return torch.cat(parts, dim=1)  # (B, num_features)
+        if not self.pair:
+            return self._tfidf(dense[:, 1:])  # (B, num_features)
+        u, v = self._tfidf(dense[:, 1:n + 1]), self._tfidf(dense[:, n + 1:])  # (B, n) each
+        return torch.cat([u, v, u * v, (u - v).abs()], dim=1)  # (B, 4n)
 
     def data_config(self) -> dict[str, Any]:
         return {"max_length": 1_000_000}  # never truncated (BagTokenizer)
@@ -196,8 +226,9 @@ class TfidfBackbone(_Classical):
                 "tokenizer, ONNX or TorchScript graph reproduces; use --format ajuste (loads with ajuste predict)")
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "classical", "family": self.family, "name": self.name, "num_classes": self.num_classes,
+        desc = {"kind": "classical", "family": self.family, "name": self.name, "num_classes": self.num_classes,
                 "blocks": [{"settings": s, "terms": t} for s, t in self.blocks]}
+        return {**desc, "pair": True} if self.pair else desc
 
 
 class HogColourBackbone(_Classical):
@@ -290,7 +321,7 @@ def rebuild(desc: dict[str, Any]) -> Backbone:
     """The architecture (vocabulary and settings, no fitted numbers) from a run's backbone.json."""
     if desc.get("family") == TEXT_FAMILY:
         blocks = [(b["settings"], list(b["terms"])) for b in desc["blocks"]]
-        return TfidfBackbone(blocks, desc["num_classes"], name=desc["name"])
+        return TfidfBackbone(blocks, desc["num_classes"], name=desc["name"], pair=bool(desc.get("pair")))
     if desc.get("family") == IMAGE_FAMILY:
         return HogColourBackbone(desc["num_classes"], name=desc["name"], input_size=desc["input_size"])
     raise AjusteError(f"backbone.json: unknown classical family {desc.get('family')!r}; restore it or retrain")

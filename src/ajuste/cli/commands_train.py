@@ -157,7 +157,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Max epochs of the main phase"),
     unfreeze: Optional[int] = typer.Option(None, "--unfreeze", help="partial: top layer groups to train"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate"),
-    text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a table"),
+    text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a table (A,B: a text pair)"),
     label_col: Optional[str] = typer.Option(None, "--label-col", help="Label column of a table"),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP + " (data.strict)"),
     print_config: bool = typer.Option(False, "--print-config", help="Show the resolved config and exit"),
@@ -319,7 +319,8 @@ def predict(
     inputs: list[str] = typer.Argument(..., help="Images: files, folders, globs (quoted), or - (paths on stdin). "
                                                  "Texts: CSV/TSV/JSONL/TXT files, globs, literal texts, or - "
                                                  "(one text per stdin line)"),
-    text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a CSV input"),
+    text_col: Optional[str] = typer.Option(None, "--text-col",
+                                           help="Text column of a CSV input; FIRST,SECOND for a text-pair model"),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | jsonl (on stdout)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write predictions to FILE.csv or "
                                                                        "FILE.jsonl instead of stdout"),

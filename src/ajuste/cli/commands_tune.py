@@ -42,7 +42,7 @@ def tune(
     fraction: Optional[float] = typer.Option(None, "--fraction", help="Share of the training split to use"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Max epochs of each trial's main phase"),
     seed: int = typer.Option(0, "--sampler-seed", help="Seed of the sampler (training seed: --set train.seed=)"),
-    text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a table"),
+    text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a table (A,B: a text pair)"),
     label_col: Optional[str] = typer.Option(None, "--label-col", help="Label column of a table"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-trial output"),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Trials at once on this machine, one worker process each "

@@ -32,7 +32,8 @@ def _check_range(name: str, value: float | None, lo: float, hi: float, *, lo_ope
 @dataclass
 class DataConfig:
     source: str = _help("Data: built-in name (digits), image folder, .npz, or CSV/TSV/JSONL file", default="digits")
-    text_col: str | None = _help("Text column of a table (auto-detected when obvious)", default=None)
+    text_col: str | None = _help("Text column of a table (auto-detected when obvious); two columns 'first,second' "
+                                 "for a text pair (NLI, paraphrase), encoded as the tokenizer's pair", default=None)
     label_col: str | None = _help("Label column of a table (auto-detected when obvious)", default=None)
     fraction: float = _help("Share of the training split to use (stratified, ≥1 per class); >1 = a count", default=1.0)
     val_size: float = _help("Validation share carved from the data when the source has no val split", default=0.15)

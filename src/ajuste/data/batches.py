@@ -22,8 +22,16 @@ class TextDataset(Dataset):
         return self.encodings[k], int(self.labels[k])
 
 
-def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[dict[str, list[int]]]:
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
+def tokenize(tokenizer: Any, texts: list[Any], max_length: int) -> list[dict[str, list[int]]]:
+    """Token ids (and mask, token types) per text, unpadded. Text pairs, (first, second) tuples, take the
+    tokenizer's pair encoding: ``[CLS] a [SEP] b [SEP]`` with token type 1 on b for BERT-style models,
+    truncated from the longer side first so that neither side is cut away whole."""
+    texts = list(texts)
+    if texts and isinstance(texts[0], tuple):
+        enc = tokenizer([t[0] for t in texts], [t[1] for t in texts], truncation="longest_first",
+                        max_length=max_length, padding=False)
+    else:
+        enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
 

@@ -2,8 +2,8 @@
 
 A run used to keep only row indices (splits.json). A data file edited in place but of the same length (its rows
 reversed, say) then gave `ajuste evaluate` training rows as "test" rows, in silence. A run now also stores
-``fingerprint.json``: one short hash per example (its bytes: the image file, the array, the text, plus its label)
-for the whole data set and for each split. From it:
+``fingerprint.json``: one short hash per example (its bytes: the image file, the array, the text or both texts of a
+pair, plus its label) for the whole data set and for each split. From it:
 
 - the data set's digest, independent of row order: the same examples in another order are the same data;
 - each split's membership by content, so `evaluate` finds the test examples wherever they now stand;
@@ -52,6 +52,11 @@ def example_hashes(data: Any) -> list[str]:
             with open(item, "rb") as fh:
                 for block in iter(lambda: fh.read(_CHUNK), b""):
                     h.update(block)
+        elif isinstance(item, tuple):  # a text pair: both sides, in order, apart (("ab", "c") is not ("a", "bc"))
+            h.update(b"pair\0")
+            for side in item:
+                h.update(str(side).encode("utf-8", "surrogatepass"))
+                h.update(b"\0")
         else:
             h.update(str(item).encode("utf-8", "surrogatepass"))
         out.append(h.hexdigest())

@@ -23,9 +23,13 @@ class Preprocessing:
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     interpolation: str = "bicubic"
     max_length: int = 128
+    text_pair: bool = False  # inputs are (first, second) texts, encoded as the tokenizer's pair
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+        # text_pair only when set: a single-text run's preprocessing.json (and the cache keys built on it) stay
+        # as they were before pairs existed
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()
+                if k != "text_pair" or v}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
@@ -49,7 +53,7 @@ def auto_image_size(data: LabelledData, default: int) -> int:
 def make_preprocessing(data: LabelledData, backbone: Any, *, image_size: int | None, max_length: int) -> Preprocessing:
     if data.modality == "text":
         limit = backbone.data_config()["max_length"]
-        return Preprocessing("text", max_length=min(max_length, limit))
+        return Preprocessing("text", max_length=min(max_length, limit), text_pair=data.pairs)
     dc = backbone.data_config()
     size = image_size or auto_image_size(data, dc["input_size"])
     square = isinstance(data.inputs, np.ndarray)

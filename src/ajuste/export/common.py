@@ -30,12 +30,24 @@ def probe_inputs(backbone: Any, preprocessing: Any, n: int = 4, *, second: bool 
     if backbone.modality == "image":
         size = preprocessing.image_size
         return torch.randn(n + 3 if second else n, 3, size, size, generator=g)
-    return dict(backbone.tokenizer(probe_texts(n, second), padding=True, truncation=True,
-                                   max_length=preprocessing.max_length, return_tensors="pt"))
+    return encode_probes(backbone.tokenizer, n=n, second=second, pair=getattr(preprocessing, "text_pair", False),
+                         max_length=preprocessing.max_length)
 
 
 def probe_texts(n: int = 4, second: bool = False) -> list[str]:
     return list(_PROBE_TEXTS_2) if second else _PROBE_TEXTS[:n]
+
+
+def encode_probes(tokenizer: Any, *, n: int = 4, second: bool = False, pair: bool = False,
+                  **kwargs: Any) -> dict[str, torch.Tensor]:
+    """The probe texts as a padded batch. ``pair`` (a text-pair model): each probe paired with the next, so a
+    check runs token type ids of 1 and the second separator through the export (one that dropped them would
+    disagree)."""
+    texts = probe_texts(n, second)
+    if pair:
+        return dict(tokenizer(texts, texts[1:] + texts[:1], padding=True, truncation="longest_first",
+                              return_tensors="pt", **kwargs))
+    return dict(tokenizer(texts, padding=True, truncation=True, return_tensors="pt", **kwargs))
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ajuste.errors import AjusteError
-from ajuste.export.common import probe_texts, quiet, save_tokenizer
+from ajuste.export.common import encode_probes, quiet, save_tokenizer
 from ajuste.io import atomic_save_safetensors, atomic_write_json, atomic_write_text
 
 # Written next to the weights of a text export. BERT's own *ForSequenceClassification puts a pooler
@@ -114,7 +114,7 @@ def check(stage: Path, bb: Any, run: Any, probes: list[Any]) -> list[torch.Tenso
     with torch.no_grad():
         for second in (False, True):
             # The saved tokenizer on its own (no max_length): checks the truncation length travelled too.
-            enc = tok(probe_texts(second=second), padding=True, truncation=True, return_tensors="pt")
+            enc = encode_probes(tok, second=second, pair=getattr(run.preprocessing, "text_pair", False))
             outs.append(model(**enc).logits.float())
     return outs
 

@@ -62,7 +62,7 @@ class Classical(Strategy):
     def build_backbone(self, cfg: RunConfig, data: Any, splits: dict) -> Any:
         n = len(data.classes)
         if data.modality == "text":
-            texts = [str(data.inputs[i]) for i in splits["train"]]
+            texts = [_text(data.inputs[i]) for i in splits["train"]]
             return TfidfBackbone.fit(texts, n, max_features=self.option_values(cfg).max_features)
         return HogColourBackbone(n)
 
@@ -116,7 +116,7 @@ def _matrices(backbone: Any, pipeline: Any) -> tuple[Any, Any]:
     vectorizers for text; for images the extractor's features, standardised on the training split (the
     statistics become the backbone's, so inference standardises the same way)."""
     if isinstance(backbone, TfidfBackbone):
-        texts = {s: [str(pipeline.data.inputs[i]) for i in pipeline.splits[s]] for s in ("train", "val")}
+        texts = {s: [_text(pipeline.data.inputs[i]) for i in pipeline.splits[s]] for s in ("train", "val")}
         return backbone.matrix(texts["train"]), backbone.matrix(texts["val"])
     raw = {s: _raw_image_features(backbone, pipeline, s) for s in ("train", "val")}
     mean = raw["train"].mean(0)
@@ -137,6 +137,11 @@ def _raw_image_features(backbone: HogColourBackbone, pipeline: Any, split: str) 
         return torch.cat([backbone.raw_features(x) for x, _ in loader]).double()
     finally:
         backbone.train(was)
+
+
+def _text(item: Any) -> Any:
+    """A text as a string, a text pair (a tuple) as it is."""
+    return item if isinstance(item, tuple) else str(item)
 
 
 def _all_classes(model: Any, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -159,16 +159,54 @@ def expand_text_inputs(inputs: list[str], text_col: str | None, stdin_lines: lis
 # --- inputs given in memory (the Python API) ---------------------------------------------------------------
 
 
-def in_memory_items(inputs: Any, run: Any) -> tuple[Any, bool]:
-    """What ``run_eval.predict_items`` takes for inputs given in memory (the Python API's ``Run.predict``): texts,
-    image paths, PIL images or numpy arrays, one or a list; and whether ``inputs`` was one item."""
-    if run.backbone.modality == "text":
-        if isinstance(inputs, str):
+def pair_names(run: Any) -> str:
+    """The two columns a text-pair run was trained on, in words ("'premise' and 'hypothesis'")."""
+    cols = [c.strip() for c in str(run.config.data.text_col or "first,second").split(",")]
+    return " and ".join(f"'{c}'" for c in cols)
+
+
+def check_pairs(items: Any, run: Any) -> None:
+    """Refuse, in one line, texts given to a text-pair model and pairs given to a single-text one."""
+    pair = bool(getattr(run.preprocessing, "text_pair", False))
+    bad = next((x for x in items if isinstance(x, tuple) != pair), None)
+    if bad is None:
+        return
+    if pair:
+        raise AjusteError(f"{run.run_dir} is a text-pair model (columns {pair_names(run)}) but was given a single "
+                          f"text ({str(bad)[:40]!r}); give a .csv/.tsv/.jsonl table with both columns (other "
+                          f"names: --text-col FIRST,SECOND), or (first, second) tuples in Python")
+    raise AjusteError(f"{run.run_dir} is a single-text model but was given text pairs; give one text per example "
+                      f"(--text-col names one column)")
+
+
+def _in_memory_texts(inputs: Any, run: Any) -> tuple[list[Any], bool]:
+    """Texts, or (first, second) tuples for a text-pair run: one or a list."""
+    if getattr(run.preprocessing, "text_pair", False):
+        if isinstance(inputs, tuple) and len(inputs) == 2 and all(isinstance(t, str) for t in inputs):
             return [inputs], True
-        texts = list(inputs)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise AjusteError("a text model predicts strings: give one, or a non-empty list of them")
-        return texts, False
+        if isinstance(inputs, str):
+            check_pairs([inputs], run)
+        items = [tuple(x) if isinstance(x, list) else x for x in list(inputs)]
+        check_pairs(items, run)
+        if not items or not all(len(x) == 2 and all(isinstance(t, str) for t in x) for x in items):
+            raise AjusteError("a text-pair model predicts (first, second) tuples of strings: give one, or a "
+                              "non-empty list of them")
+        return items, False
+    if isinstance(inputs, str):
+        return [inputs], True
+    texts = list(inputs)
+    check_pairs(texts, run)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise AjusteError("a text model predicts strings: give one, or a non-empty list of them")
+    return texts, False
+
+
+def in_memory_items(inputs: Any, run: Any) -> tuple[Any, bool]:
+    """What ``run_eval.predict_items`` takes for inputs given in memory (the Python API's ``Run.predict``): texts
+    ((first, second) tuples for a text-pair run), image paths, PIL images or numpy arrays, one or a list; and
+    whether ``inputs`` was one item."""
+    if run.backbone.modality == "text":
+        return _in_memory_texts(inputs, run)
     stack = run.preprocessing.square  # trained on arrays: arrays are resized whole, as they were
     if isinstance(inputs, np.ndarray):
         if inputs.ndim == 4 or (inputs.ndim == 3 and inputs.shape[-1] not in (3, 4)):

@@ -19,7 +19,13 @@ from ajuste.errors import AjusteError
 from ajuste.metrics import classification_metrics, softmax
 from ajuste.training.execution import resolve_device
 from ajuste.training.inference import amp_for, predict_logits, use_channels_last
-from ajuste.training.predict_inputs import expand_image_inputs, expand_text_inputs, read_stdin, readable_images
+from ajuste.training.predict_inputs import (
+    check_pairs,
+    expand_image_inputs,
+    expand_text_inputs,
+    read_stdin,
+    readable_images,
+)
 from ajuste.training.prepare import prepare_data
 from ajuste.training.run_dir import weights_digest, weights_metadata  # noqa: F401 - callers import them from here
 from ajuste.training.run_load import LoadedRun, load_run, read_run_json  # noqa: F401 - LoadedRun: likewise
@@ -68,6 +74,7 @@ def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_co
                          classes=run.classes, modality=run.backbone.modality, strict=strict)
         test_idx = np.asarray(data.splits["test"]) if "test" in data.splits else np.arange(len(data))
         where = f"{'test split of ' if 'test' in data.splits else ''}{data_source}"
+        check_pairs(data.inputs, run)
     for note in data.warnings if warn is not None else ():
         warn(note)
     pipe = Pipeline(data, {"test": test_idx}, run.preprocessing, tokenizer=getattr(run.backbone, "tokenizer", None),
@@ -134,6 +141,7 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
     else:
         names, items = expand_text_inputs(inputs, text_col or run.config.data.text_col, stdin_lines,
                                           strict=strict, warn=warn)
+        check_pairs(items, run)
     probs = predict_items(run, items)
     out = []
     for name, p in zip(names, probs):
@@ -143,7 +151,8 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
 
 
 def predict_items(run: LoadedRun, items: Any) -> np.ndarray:
-    """Class probabilities, (N, classes), of a loaded run for ``items`` already in memory: texts for a text run;
+    """Class probabilities, (N, classes), of a loaded run for ``items`` already in memory: texts for a text run
+    ((first, second) tuples for a text-pair run);
     for an image run, image files or PIL images (resized and centre-cropped as in training), or one uint8
     (N, H, W[, C]) array when the run was trained on arrays (resized whole, as they were)."""
     data = LabelledData(modality=run.backbone.modality, inputs=items, labels=np.zeros(len(items), dtype=np.int64),

@@ -14,6 +14,7 @@ from ajuste.data.sources.images import _load_image_folder
 from ajuste.data.sources.labels import _finish
 from ajuste.data.sources.npz import _load_npz
 from ajuste.data.sources.records import LabelledData, _Raw
+from ajuste.data.sources.table_columns import pair_columns
 from ajuste.data.sources.tables import _find_split_tables, _load_text_dir, _load_text_file
 from ajuste.errors import DataError
 from ajuste.io import ajuste_dir_kind
@@ -44,6 +45,9 @@ _LOADERS: dict[str, Callable[[Path | None, str, _Options], _Raw]] = {
     "jsonl": _table_file,
 }
 
+_TABLE_KINDS = frozenset({"table folder", "csv", "tsv", "jsonl"})
+_KIND_IN_WORDS = {"digits": "the built-in image set digits", "image folder": "an image folder",
+                  "npz": "an array file (.npz)"}
 _MADE_BY = {"run": "a training run", "study": "a study (`ajuste compare`)", "search": "a search (`ajuste tune`)"}
 
 
@@ -67,6 +71,9 @@ def load_data(
     A source where nothing is usable is an error either way.
     """
     kind, path = _source_kind(source)
+    if kind not in _TABLE_KINDS and pair_columns(text_col) is not None:
+        raise DataError(f"--text-col {text_col} names a text pair, but {source} is {_KIND_IN_WORDS.get(kind, kind)}, "
+                        f"not a table; a text pair comes from two columns of a .csv/.tsv/.jsonl table")
     raw = _LOADERS[kind](path, kind, _Options(text_col=text_col, label_col=label_col, strict=strict))
     if modality is not None and raw.modality != modality:
         article = "an" if modality[0] in "aeiou" else "a"

@@ -12,7 +12,9 @@ import numpy as np
 class LabelledData:
     """A labelled data set, whatever its source.
 
-    ``inputs`` holds image file paths (str), or a uint8 image array (N,H,W,3) / (N,H,W), or texts (list[str]).
+    ``inputs`` holds image file paths (str), or a uint8 image array (N,H,W,3) / (N,H,W), or texts (list[str]),
+    or text pairs (list of (first, second) tuples: NLI, paraphrase; ``pairs`` says so). A pair stays one item,
+    so every path that indexes, subsets or splits examples carries both sides without knowing of them.
     ``labels`` are int64 indices into ``classes``. ``splits`` maps "train"/"val"/"test" to int64 index arrays
     when the source defines them ({} otherwise).
     """
@@ -42,6 +44,11 @@ class LabelledData:
             f"LabelledData(modality={self.modality!r}, n={len(self)}, classes={len(self.classes)}, "
             f"splits: {splits}, source={self.source!r}, warnings={len(self.warnings)})"
         )
+
+    @property
+    def pairs(self) -> bool:
+        """Whether the inputs are text pairs, (first, second) tuples."""
+        return self.modality == "text" and len(self.inputs) > 0 and isinstance(self.inputs[0], tuple)
 
     def class_counts(self) -> dict[str, int]:
         """Number of examples per class name, in class-index order."""

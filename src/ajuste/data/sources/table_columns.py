@@ -1,5 +1,8 @@
 """Which columns of a table hold the text and the label (given names, obvious names, then column statistics),
-and the cell values read as a text or a label (missing values, JSON arrays, numbers spelled as floats)."""
+and the cell values read as a text or a label (missing values, JSON arrays, numbers spelled as floats).
+
+A text pair (NLI, paraphrase, duplicate questions) is named, never guessed: ``--text-col premise,hypothesis``.
+Its rows are ``(first, second)`` tuples of the two columns' texts."""
 
 from __future__ import annotations
 
@@ -54,9 +57,80 @@ def _resolve_column(table: _Table, name: str, flag: str) -> str:
     )
 
 
-def _detect_columns(table: _Table, text_col: str | None, label_col: str | None) -> tuple[str, str]:
-    """Pick (text column, label column): given names first, then obvious names, then column statistics."""
+def pair_columns(text_col: str | None, columns: list[str] = ()) -> tuple[str, str] | None:
+    """The two column names of ``--text-col first,second``; None for one column (a name holding a comma that is
+    a column of the table is that one column). More than two, or an empty name, is one `DataError` line."""
+    if not text_col or "," not in text_col or text_col in columns:
+        return None
+    parts = [p.strip() for p in text_col.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise DataError(f"--text-col {text_col!r} names {len(parts)} columns; a text is one column or a pair of "
+                        f"two, 'first,second' (e.g. premise,hypothesis)")
+    return parts[0], parts[1]
+
+
+def text_columns_in_words(text: str | tuple[str, str]) -> str:
+    """How a source's description names its text column(s)."""
+    if isinstance(text, tuple):
+        return f"text pair columns '{text[0]}' and '{text[1]}'"
+    return f"text column '{text}'"
+
+
+def _resolve_text(table: _Table, text: str | tuple[str, str]) -> str | tuple[str, str]:
+    """``text`` (one column or a pair) resolved in ``table`` (another split's file of the same source)."""
+    if isinstance(text, tuple):
+        return tuple(_resolve_column(table, c, "--text-col FIRST,SECOND") for c in text)  # type: ignore[return-value]
+    return _resolve_column(table, text, "--text-col")
+
+
+def _detect_pair(table: _Table, pair: tuple[str, str], label_col: str | None) -> tuple[tuple[str, str], str]:
+    """(the pair's two columns, the label column) of a table whose text is a named pair."""
+    a, b = _resolve_text(table, pair)
+    if a == b:
+        raise DataError(f"--text-col names column '{a}' of {table.path} twice; a text pair is two different columns")
+    label = _resolve_column(table, label_col, "--label-col") if label_col else None
+    if label in (a, b):
+        raise DataError(f"--label-col names column '{label}' of {table.path}, which is also one side of the text "
+                        f"pair; pick a label column outside the pair")
+    if label is None:
+        hits = [c for c in table.columns if c.lower() in _LABEL_NAMES and c not in (a, b)]
+        if len(hits) > 1:
+            raise DataError(f"several columns of {table.path} could be the label column ({', '.join(hits)}); "
+                            f"available columns: {', '.join(table.columns)}; choose with --label-col")
+        label = hits[0] if hits else _label_by_statistics(table, (a, b))
+    return (a, b), label
+
+
+def _label_by_statistics(table: _Table, texts: tuple[str, ...]) -> str:
+    """The one column outside ``texts`` with few distinct values (2 to half the rows, at most 1000)."""
+    n = len(table.rows)
+    few = []
+    for i, c in enumerate(table.columns):
+        if c in texts:
+            continue
+        values = [r[i] for r in table.rows]
+        if any(isinstance(v, (list, dict)) for v in values):
+            continue  # JSON arrays/objects: not a label column
+        uniq = {_as_label(v, "") for v in values} - {None}
+        if 2 <= len(uniq) <= max(2, min(1000, n // 2)):
+            few.append(c)
+    if len(few) != 1:
+        reason = "several candidates: " + ", ".join(few) if few else "no column has few distinct values"
+        raise DataError(
+            f"cannot tell which column of {table.path} holds the label ({reason}); available columns: "
+            f"{', '.join(table.columns)}; choose with --label-col"
+        )
+    return few[0]
+
+
+def _detect_columns(table: _Table, text_col: str | None,
+                    label_col: str | None) -> tuple[str | tuple[str, str], str]:
+    """Pick (text column, label column): given names first, then obvious names, then column statistics. A
+    named pair (``first,second``) gives the text as a tuple of its two columns."""
     cols = table.columns
+    pair = pair_columns(text_col, cols)
+    if pair is not None:
+        return _detect_pair(table, pair, label_col)
     available = f"available columns: {', '.join(cols)}"
     if len(cols) < 2:
         raise DataError(
@@ -105,22 +179,7 @@ def _detect_columns(table: _Table, text_col: str | None, label_col: str | None) 
             )
         text = ranked[0]
     if label is None:
-        n = len(table.rows)
-        rest = [c for c in cols if c != text]
-        few = []
-        for c in rest:
-            if any(isinstance(v, (list, dict)) for v in values[c]):
-                continue  # JSON arrays/objects: not a label column
-            uniq = {_as_label(v, "") for v in values[c]} - {None}
-            if 2 <= len(uniq) <= max(2, min(1000, n // 2)):
-                few.append(c)
-        if len(few) != 1:
-            reason = "several candidates: " + ", ".join(few) if few else "no column has few distinct values"
-            raise DataError(
-                f"cannot tell which column of {table.path} holds the label ({reason}); {available}; "
-                "choose with --label-col"
-            )
-        label = few[0]
+        label = _label_by_statistics(table, (text,))
     if auto:
         _check_header_is_not_data(table, text, label, values)
     return text, label
@@ -140,18 +199,22 @@ def _check_header_is_not_data(table: _Table, text: str, label: str, values: dict
         )
 
 
-def _table_rows(table: _Table, text: str, label: str, warnings: list[str], *,
-                strict: bool = False) -> tuple[list[str], list[str]]:
-    """The (text, label) rows; rows missing either are dropped with a warning (``strict``: an error)."""
+def _table_rows(table: _Table, text: str | tuple[str, str], label: str, warnings: list[str], *,
+                strict: bool = False) -> tuple[list[Any], list[str]]:
+    """The (text, label) rows; rows missing either are dropped with a warning (``strict``: an error). A pair's
+    text is the tuple of its two cells, missing when either is."""
     if table.warning:
         warnings.append(table.warning)
-    ti, li = table.columns.index(text), table.columns.index(label)
-    texts: list[str] = []
+    tis = [table.columns.index(c) for c in (text if isinstance(text, tuple) else (text,))]
+    li = table.columns.index(label)
+    text = "' or '".join(text) if isinstance(text, tuple) else text
+    texts: list[Any] = []
     labels: list[str] = []
     no_text: list[int] = []
     no_label: list[int] = []
     for row, line in zip(table.rows, table.lines):
-        t = _as_text(row[ti])
+        parts = [_as_text(row[i]) for i in tis]
+        t = None if None in parts else parts[0] if len(parts) == 1 else tuple(parts)
         lab = _as_label(row[li], f"on line {line} of {table.path}")
         if strict and (t is None or lab is None):
             what = f"an empty text ('{text}')" if t is None else f"no label ('{label}')"

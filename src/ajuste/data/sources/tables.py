@@ -21,7 +21,16 @@ from ajuste.data.sources.common import (
 from ajuste.data.sources.images import _image_files
 from ajuste.data.sources.labels import _normalise_numeric_labels
 from ajuste.data.sources.records import _Raw
-from ajuste.data.sources.table_columns import _TEXT_NAMES, _as_text, _detect_columns, _resolve_column, _table_rows
+from ajuste.data.sources.table_columns import (
+    _TEXT_NAMES,
+    _as_text,
+    _detect_columns,
+    _resolve_column,
+    _resolve_text,
+    _table_rows,
+    pair_columns,
+    text_columns_in_words,
+)
 from ajuste.data.sources.table_read import _read_table
 from ajuste.errors import DataError
 
@@ -45,7 +54,7 @@ def _load_text_file(path: Path, fmt: str, *, text_col: str | None, label_col: st
         splits={},
         where=f"in {path} (column '{label}')",
         describe=f"{fmt.upper()} table {path}",
-        details=f"text column '{text}', label column '{label}'",
+        details=f"{text_columns_in_words(text)}, label column '{label}'",
         unit="rows",
         warnings=warnings,
         class_hint="add rows for it or remove its rows",
@@ -84,7 +93,7 @@ def _load_text_dir(folder: Path, *, text_col: str | None, label_col: str | None,
     if not train_table.rows:
         raise DataError(f"{files['train'][0]} has a header but no rows; add one row per example")
     skipped = [train_table.skipped] if train_table.skipped else []
-    texts: list[str] = []
+    texts: list[Any] = []
     labels: list[str] = []
     splits: dict[str, np.ndarray] = {}
     with _noting(skipped):
@@ -95,7 +104,7 @@ def _load_text_dir(folder: Path, *, text_col: str | None, label_col: str | None,
             table = train_table if split == "train" else _read_table(*files[split], strict=strict)
             if table is not train_table and table.skipped:
                 skipped.append(table.skipped)
-            t_col = _resolve_column(table, text, "--text-col")
+            t_col = _resolve_text(table, text)
             l_col = _resolve_column(table, label, "--label-col")
             t, lab = _table_rows(table, t_col, l_col, warnings, strict=strict)
             if split == "train" and not t:
@@ -126,7 +135,7 @@ def _load_text_dir(folder: Path, *, text_col: str | None, label_col: str | None,
         describe=f"{'/'.join(f.upper() for f in fmts)} folder {shown}",
         details=(
             f"{', '.join(files[k][0].name for k in _SPLIT_ORDER if k in files)}; "
-            f"text column '{text}', label column '{label}'"
+            f"{text_columns_in_words(text)}, label column '{label}'"
         ),
         unit="rows",
         warnings=warnings,
@@ -139,11 +148,12 @@ def _load_text_dir(folder: Path, *, text_col: str | None, label_col: str | None,
 
 
 def load_texts(path: str | Path, *, text_col: str | None = None, strict: bool = False,
-               warn: Any = None) -> tuple[list[str], list[int]]:
+               warn: Any = None) -> tuple[list[Any], list[int]]:
     """Texts to predict on from a .csv / .tsv / .jsonl table: (texts, 1-based line of each in the file).
 
     No label column is needed (one is ignored if present). The text column is ``text_col``, else the only
     column, else an obviously named one (text, sentence...), else the longest one. Empty rows are skipped.
+    ``text_col`` naming a pair (``first,second``) gives ``(first, second)`` tuples, rows missing either skipped.
     Malformed JSONL lines are skipped too, and ``warn`` (a callable) receives the one warning that counts
     them; ``strict=True`` raises `DataError` on the first instead.
     """
@@ -156,6 +166,9 @@ def load_texts(path: str | Path, *, text_col: str | None = None, strict: bool = 
     if not table.rows:
         raise DataError(f"{path} has a header but no rows; add one row per text")
     cols = table.columns
+    pair = pair_columns(text_col, cols)
+    if pair is not None:
+        return _pairs(table, _resolve_text(table, pair))
     if text_col:
         col = _resolve_column(table, text_col, "--text-col")
     elif len(cols) == 1:
@@ -178,5 +191,17 @@ def load_texts(path: str | Path, *, text_col: str | None = None, strict: bool = 
         t = _as_text(row[i])
         if t is not None:
             texts.append(t)
+            lines.append(line)
+    return texts, lines
+
+
+def _pairs(table: Any, pair: tuple[str, str]) -> tuple[list[tuple[str, str]], list[int]]:
+    """The (first, second) texts of a table's two pair columns, and the line of each row kept."""
+    ia, ib = (table.columns.index(c) for c in pair)
+    texts, lines = [], []
+    for row, line in zip(table.rows, table.lines):
+        a, b = _as_text(row[ia]), _as_text(row[ib])
+        if a is not None and b is not None:
+            texts.append((a, b))
             lines.append(line)
     return texts, lines
