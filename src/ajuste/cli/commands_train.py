@@ -263,7 +263,8 @@ def evaluate(
     label_col: Optional[str] = typer.Option(None, "--label-col"),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> None:
-    """Accuracy, macro-F1, per-class table and confusion matrix of a trained run."""
+    """Accuracy, macro-F1, calibration (ECE before and after temperature scaling), per-class table and confusion
+    matrix of a trained run."""
     from ajuste.training.run_eval import evaluate_run
 
     m = evaluate_run(run_dir, data, text_col=text_col, label_col=label_col, warn=_warn, strict=strict)
@@ -276,6 +277,15 @@ def evaluate(
     con.print(f"evaluated on {_esc(m['evaluated_on'])} ({m['n']} examples)")
     con.print(f"accuracy {m['accuracy']:.4f}")
     con.print(f"macro-F1 {m['macro_f1']:.4f}")
+    c = m["calibration"]
+    how = f"top-label, {c['ece_bins']} equal-width bins"
+    if c["temperature"] != 1.0:
+        con.print(f"ECE {c['ece_after']:.4f} after temperature scaling (T = {c['temperature']:.4g}), "
+                  f"{c['ece_before']:.4f} before ({how}); NLL {c['nll_after']:.4f}, before {c['nll_before']:.4f}",
+                  highlight=False)
+    else:
+        con.print(f"ECE {c['ece_before']:.4f} ({how}; not calibrated: T = 1); NLL {c['nll_before']:.4f}",
+                  highlight=False)
     t = Table(title="per class")
     for col in ("class", "precision", "recall", "f1", "support"):
         t.add_column(col, justify="left" if col == "class" else "right")
