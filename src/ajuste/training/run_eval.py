@@ -147,9 +147,10 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
 
 
 def predict_items(run: LoadedRun, items: Any) -> np.ndarray:
-    """Calibrated class probabilities, (N, classes), of a loaded run for ``items`` already in memory: texts for a text run;
-    for an image run, image files or PIL images (resized and centre-cropped as in training), or one uint8
-    (N, H, W[, C]) array when the run was trained on arrays (resized whole, as they were)."""
+    """Calibrated class probabilities (softmax of the logits divided by the run's temperature), (N, classes), of a
+    loaded run for ``items`` already in memory: texts for a text run; for an image run, image files or PIL images
+    (resized and centre-cropped as in training), or one uint8 (N, H, W[, C]) array when the run was trained on
+    arrays (resized whole, as they were)."""
     data = LabelledData(modality=run.backbone.modality, inputs=items, labels=np.zeros(len(items), dtype=np.int64),
                         classes=run.classes, splits={}, source="predict", warnings=[])
     pipe = Pipeline(data, {"test": np.arange(len(items))}, run.preprocessing,
