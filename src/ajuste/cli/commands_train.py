@@ -213,14 +213,22 @@ def train(
     if s["status"] != "complete":
         con.print(f"stopped after {s['epochs']} epochs")
         raise typer.Exit(130)
-    if not w.main:
-        return
+    if w.main:
+        _print_result(con, s, w, run_dir)
+
+
+def _print_result(con, s: dict, w, run_dir) -> None:
+    """What a finished run scored, where it was saved."""
     avg = s.get("averaged")
     kept = (f"weights averaged over epochs {avg['epochs'][0]}-{avg['epochs'][1]}/{s['epochs']}"
             if avg and avg["kept"] else f"best epoch {s['best_epoch']}/{s['epochs']}")
     con.print(f"test accuracy {s['test_accuracy']:.4f}  macro-F1 {s['test_macro_f1']:.4f}  "
               f"({s['n_test']} test examples)  {kept}  "
               f"train {s['train_seconds']:.0f}s  trainable {s['trainable_params']:,}/{s['total_params']:,} params")
+    c = s.get("calibration")
+    if c and "test_ece_after" in c:
+        con.print(f"calibrated: T = {c['temperature']:.3g} (fitted on {c['n_val']} validation examples); test ECE "
+                  f"{c['test_ece_before']:.4f} -> {c['test_ece_after']:.4f}", highlight=False)
     if w.active:
         con.print(f"data-parallel: {w.size} workers ({s['distributed']['backend']})")
     con.print(f"run saved in {_esc(run_dir)}")

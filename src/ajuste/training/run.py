@@ -124,8 +124,10 @@ def _finish(cfg: RunConfig, strategy: Any, data: Any, splits: dict, result: Any,
     if w.active:
         summary["distributed"] = distributed.describe(w)
     summary.update(strategy.report(backbone, run_dir))
-    # temperature scaling on the validation split (training/calibration.py); the test split is scored with it
-    calib = calibration.calibrate_on_validation(backbone, pipeline, cfg) if cfg.train.calibrate else None
+    # temperature scaling on the validation split (training/calibration.py); the test split is scored with it.
+    # Not for a run that neither keeps a directory nor is tested (a tune trial): nothing would use T.
+    keep = cfg.train.calibrate and (run_dir is not None or evaluate_test)
+    calib = calibration.calibrate_on_validation(backbone, pipeline, cfg) if keep else None
     if evaluate_test:
         test = evaluate_split(backbone, pipeline, "test", data.classes, cfg,
                               temperature=calib["temperature"] if calib else 1.0)
