@@ -88,6 +88,8 @@ def text_run(request, tiny_bert_dir, text_csv, tmp_path_factory) -> Path:
         "data.batch_size": 16, "strategy.name": strategy})
 
 
+# The logits `ajuste predict` takes the softmax of: the network's divided by the run's calibration temperature,
+# which the onnx, torchscript and hf-text exports divide by in the network too (timm's format in config.json).
 def _ajuste_text_logits(run_dir: Path, texts: list[str]) -> torch.Tensor:
     from ajuste.training.run_eval import load_run
 
@@ -95,14 +97,19 @@ def _ajuste_text_logits(run_dir: Path, texts: list[str]) -> torch.Tensor:
     enc = run.backbone.tokenizer(texts, padding=True, truncation=True, max_length=run.preprocessing.max_length,
                                  return_tensors="pt")
     with torch.no_grad():
-        return run.backbone(dict(enc)).float()
+        return run.backbone(dict(enc)).float() / run.temperature
 
 
 def _ajuste_image_logits(run_dir: Path, x: torch.Tensor) -> torch.Tensor:
     from ajuste.training.run_eval import load_run
 
+    run = load_run(run_dir)
     with torch.no_grad():
-        return load_run(run_dir).backbone.eval()(x).float()
+        return run.backbone.eval()(x).float() / run.temperature
+
+
+def _timm_temperature(folder: Path) -> float:
+    return json.loads((folder / "config.json").read_text())["ajuste_calibration"]["temperature"]
 
 
 # --- hf ------------------------------------------------------------------------------------------------
@@ -173,14 +180,15 @@ def test_hf_image_is_a_plain_timm_checkpoint(image_run, images, tmp_path):
     a = timm.create_model(f"local-dir:{tmp_path / 'hf'}", pretrained=True).eval()
     b = timm.create_model("test_efficientnet", pretrained=True, num_classes=2, pretrained_cfg_overlay=dict(
         file=str(tmp_path / "hf" / "model.safetensors"), num_classes=2)).eval()
+    t = _timm_temperature(tmp_path / "hf")  # a plain timm network: the temperature is the user's to apply
     with torch.no_grad():
-        torch.testing.assert_close(a(x), expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(b(x), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a(x) / t, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b(x) / t, expected, atol=1e-5, rtol=1e-5)
 
         # timm's own eval transform, built from the exported config, agrees with `ajuste predict` on files.
         transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=a))
         files = sorted((images / "red").glob("*.png"))[:3] + sorted((images / "blue").glob("*.png"))[:3]
-        probs = torch.softmax(a(torch.stack([transform(Image.open(f).convert("RGB")) for f in files])), 1)
+        probs = torch.softmax(a(torch.stack([transform(Image.open(f).convert("RGB")) for f in files])) / t, 1)
     rows = predict_inputs(image_run, [str(f) for f in files])
     assert [cfg["label_names"][int(k)] for k in probs.argmax(1)] == [r["label"] for r in rows]
     assert probs.max(1).values.numpy() == pytest.approx([r["probability"] for r in rows], abs=0.02)
@@ -196,7 +204,8 @@ def test_hf_image_lora_run_is_merged(image_lora_run, tmp_path):
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     model = timm.create_model(f"local-dir:{tmp_path / 'hf'}", pretrained=True).eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(x), _ajuste_image_logits(image_lora_run, x), atol=1e-4, rtol=1e-4)
+        got = model(x) / _timm_temperature(tmp_path / "hf")
+        torch.testing.assert_close(got, _ajuste_image_logits(image_lora_run, x), atol=1e-4, rtol=1e-4)
 
 
 # --- onnx, torchscript -----------------------------------------------------------------------------------

@@ -182,9 +182,10 @@ def test_report_has_recommendation_first_and_all_plots(tmp_path):
     advice = build_report(tmp_path)
     html = (tmp_path / "report.html").read_text()
     assert html.index("Recommendation") < html.index("Data efficiency") < html.index("Results per fraction")
-    assert html.count("data:image/png;base64,") == 5  # 3 + learning curves at each of the 2 fractions
+    # 4 (with the best model's reliability diagram) + learning curves at each of the 2 fractions
+    assert html.count("data:image/png;base64,") == 6
     for name in ("data_efficiency", "learning_curves_f1", "learning_curves_f0.2", "accuracy_vs_time",
-                 "confusion_best"):
+                 "confusion_best", "reliability_best"):
         assert (tmp_path / f"{name}.png").stat().st_size > 5000
     assert (tmp_path / "best_model" / "model.safetensors").is_file()
     assert advice["winner"] in spec.strategies

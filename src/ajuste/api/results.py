@@ -69,7 +69,8 @@ class Run:
         return list(self.loaded.classes)
 
     def predict(self, inputs: Any) -> Prediction | list[Prediction]:
-        """Labels and probabilities. ``inputs``: one item or a list of them — texts for a text model; for an
+        """Labels and probabilities, calibrated by the run's temperature (its ``calibration.json``; the labels are
+        the network's arg-max either way). ``inputs``: one item or a list of them — texts for a text model; for an
         image model, image paths, PIL images or numpy arrays (uint8 0–255, or floats in [0, 1]; (H, W) or
         (H, W, C), or a stack (N, H, W[, C])). One item gives one ``Prediction``, a list or a stack a list."""
         from ajuste.training.predict_inputs import in_memory_items

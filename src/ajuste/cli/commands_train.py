@@ -189,7 +189,6 @@ def train(
             _warn(note)
         typer.echo(yaml.safe_dump(resolve_config(cfg, data_obj.modality).to_dict(), sort_keys=False), nl=False)
         return
-    from ajuste.metrics import label_of
     from ajuste.training.distributed import cleanup, setup_from_env
     from ajuste.training.run import train_run
 
@@ -214,8 +213,14 @@ def train(
     if s["status"] != "complete":
         con.print(f"stopped after {s['epochs']} epochs")
         raise typer.Exit(130)
-    if not w.main:
-        return
+    if w.main:
+        _print_result(con, s, w, run_dir)
+
+
+def _print_result(con, s: dict, w, run_dir) -> None:
+    """What a finished run scored, where it was saved."""
+    from ajuste.metrics import label_of
+
     avg = s.get("averaged")
     kept = (f"weights averaged over epochs {avg['epochs'][0]}-{avg['epochs'][1]}/{s['epochs']}"
             if avg and avg["kept"] else f"best epoch {s['best_epoch']}/{s['epochs']}")
@@ -224,6 +229,10 @@ def train(
     con.print(f"{first}test accuracy {s['test_accuracy']:.4f}  macro-F1 {s['test_macro_f1']:.4f}  "
               f"({s['n_test']} test examples)  {kept}  "
               f"train {s['train_seconds']:.0f}s  trainable {s['trainable_params']:,}/{s['total_params']:,} params")
+    c = s.get("calibration")
+    if c and "test_ece_after" in c:
+        con.print(f"calibrated: T = {c['temperature']:.3g} (fitted on {c['n_val']} validation examples); test ECE "
+                  f"{c['test_ece_before']:.4f} -> {c['test_ece_after']:.4f}", highlight=False)
     if w.active:
         con.print(f"data-parallel: {w.size} workers ({s['distributed']['backend']})")
     con.print(f"run saved in {_esc(run_dir)}")
@@ -266,8 +275,8 @@ def evaluate(
     label_col: Optional[str] = typer.Option(None, "--label-col"),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> None:
-    """The run's metric first, then accuracy, balanced accuracy, macro-F1, AUROC, per-class table and confusion
-    matrix of a trained run."""
+    """The run's metric first, then accuracy, balanced accuracy, macro-F1, AUROC, calibration (ECE before and
+    after temperature scaling), per-class table and confusion matrix of a trained run."""
     from ajuste.metrics import ordered_metrics
     from ajuste.training.run_eval import evaluate_run
 
@@ -281,6 +290,15 @@ def evaluate(
     con.print(f"evaluated on {_esc(m['evaluated_on'])} ({m['n']} examples)")
     for key, label, value in ordered_metrics(m, m.get("metric", "accuracy")):
         con.print(f"{label} {value:.4f}" + ("  (the run's metric, train.monitor)" if key == m.get("metric") else ""))
+    c = m["calibration"]
+    how = f"top-label, {c['ece_bins']} equal-width bins"
+    if c["temperature"] != 1.0:
+        con.print(f"ECE {c['ece_after']:.4f} after temperature scaling (T = {c['temperature']:.4g}), "
+                  f"{c['ece_before']:.4f} before ({how}); NLL {c['nll_after']:.4f}, before {c['nll_before']:.4f}",
+                  highlight=False)
+    else:
+        con.print(f"ECE {c['ece_before']:.4f} ({how}; not calibrated: T = 1); NLL {c['nll_before']:.4f}",
+                  highlight=False)
     t = Table(title="per class")
     for col in ("class", "precision", "recall", "f1", "support"):
         t.add_column(col, justify="left" if col == "class" else "right")

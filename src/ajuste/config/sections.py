@@ -193,6 +193,9 @@ class TrainConfig:
                               default="auto")
     image_memory: str = _help("Decoded, resized images: auto (kept in memory while they fit in half of the "
                               "available memory) | off (decoded again in every batch)", default="auto")
+    calibrate: bool = _help("After training, fit one temperature T on the validation split (temperature scaling, "
+                            "Guo et al. 2017) and divide the logits by it in predict, evaluate and every export: "
+                            "calibrated probabilities, the same labels; false: T = 1", default=True)
     log_to: list[str] = _help("Experiment trackers a run also logs to: tensorboard (event files in the run "
                               "directory's tensorboard/) and/or mlflow (MLFLOW_TRACKING_URI, else MLflow's default "
                               "store), e.g. --set train.log_to=mlflow,tensorboard; needs pip install "

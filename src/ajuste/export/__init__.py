@@ -11,6 +11,11 @@
 - ``onnx``: ``model.onnx`` with a dynamic batch axis (and sequence axis for text).
 - ``torchscript``: ``model.pt`` from ``torch.jit.trace``.
 
+A calibrated run's temperature T travels with every format: ``ajuste`` copies calibration.json; ONNX,
+TorchScript and the Hugging Face text folder output the logits already divided by T (so their softmax is the
+calibrated probabilities ``ajuste predict`` gives); timm's image format cannot hold it in the network, so its
+config.json names it (``ajuste_calibration.temperature``) for the user to divide by.
+
 Every format but ``ajuste`` needs a plain network: LoRA/IA3 are merged first; prompt/prefix tuning
 (learned extra inputs) is refused. The export is written into a staging directory next to ``out``,
 reloaded the way users load it, and its logits on two probe batches (different batch sizes and, for
@@ -56,7 +61,7 @@ class ExportResult:
     out: Path
     merged: bool
     method: str | None  # the PEFT method of the source run, None for a plain run
-    max_abs_diff: float  # largest |logit difference| between source and export on the probe batches
+    max_abs_diff: float  # largest |logit difference| (logits / T) between source and export on the probe batches
     peft_needed: bool  # whether loading the export needs the peft library
     model_bytes: int
     format: str = "ajuste"
@@ -89,7 +94,9 @@ def export_run(*, run_dir: str | Path, out: str | Path, format: str = "ajuste", 
     probes = [probe_inputs(bb, run.preprocessing)]
     if format != "ajuste":
         probes.append(probe_inputs(bb, run.preprocessing, second=True))
-    before = [probe_logits(bb, p) for p in probes]
+    # What the run's predict computes: the logits divided by its temperature (calibration.json; 1 without one).
+    # Every format carries T, so an export that dropped it fails the comparison below.
+    before = [probe_logits(bb, p) / run.temperature for p in probes]
     merge = merge or format != "ajuste"
     if merge:
         merge_adapters(bb)  # raises a one-line ConfigError for prompt/prefix tuning
@@ -110,7 +117,8 @@ def export_run(*, run_dir: str | Path, out: str | Path, format: str = "ajuste", 
             raise AjusteError(f"export check failed: {format} logits differ from {run_dir} by up to {diff:.3g} "
                               f"(allowed {rtol * scale:.2g}); nothing was written to {out}")
         record = {"format": format, "from": str(run_dir), "merged": merged, "method": method,
-                  "max_abs_logit_diff": diff, "probe_batches": [probe_shape(p) for p in probes]}
+                  "max_abs_logit_diff": diff, "probe_batches": [probe_shape(p) for p in probes],
+                  "temperature": run.temperature}
         if exporter:
             record["exporter"] = exporter
         if format == "ajuste":

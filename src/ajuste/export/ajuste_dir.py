@@ -16,7 +16,7 @@ from ajuste.training.run_dir import weights_metadata
 from ajuste.training.run_load import load_run
 
 # Files a run directory needs for evaluate/predict, plus its records (summary last: it marks completion).
-_COPY = ["config.yaml", "labels.json", "preprocessing.json", "splits.json", "metrics.jsonl"]
+_COPY = ["config.yaml", "labels.json", "preprocessing.json", "splits.json", "metrics.jsonl", "calibration.json"]
 
 
 def write(bb: Any, run: Any, stage: Path, probes: list[Any]) -> None:
@@ -40,5 +40,5 @@ def write(bb: Any, run: Any, stage: Path, probes: list[Any]) -> None:
 
 
 def check(stage: Path, bb: Any, run: Any, probes: list[Any]) -> list[torch.Tensor]:
-    loaded = load_run(stage).backbone
-    return [probe_logits(loaded, p) for p in probes]
+    loaded = load_run(stage)  # its temperature from the copied calibration.json, as predict applies it
+    return [probe_logits(loaded.backbone, p) / loaded.temperature for p in probes]

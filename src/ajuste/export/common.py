@@ -61,17 +61,21 @@ def probe_shape(p: Any) -> list[int]:
 
 
 class Positional(torch.nn.Module):
-    """The backbone with positional tensor inputs (the form exporters and tracers take)."""
+    """The backbone with positional tensor inputs (the form exporters and tracers take), its logits divided by the
+    run's calibration temperature (a constant in the exported graph)."""
 
-    def __init__(self, backbone: Any, names: list[str]) -> None:
+    def __init__(self, backbone: Any, names: list[str], temperature: float = 1.0) -> None:
         super().__init__()
         self.backbone = backbone
         self.names = names
+        self.temperature = float(temperature)
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         if self.names == ["pixel_values"]:
-            return self.backbone(tensors[0])
-        return self.backbone(dict(zip(self.names, tensors)))
+            logits = self.backbone(tensors[0])
+        else:
+            logits = self.backbone(dict(zip(self.names, tensors)))
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
 
 def input_names(probe: Any) -> list[str]:
@@ -98,6 +102,8 @@ def write_sidecars(bb: Any, run: Any, stage: Path, names: list[str]) -> None:
     pre = run.preprocessing.to_dict()
     pre["inputs"] = names
     atomic_write_json(stage / "preprocessing.json", pre)
+    # what the exported logits were divided by: their softmax is the run's calibrated probabilities
+    atomic_write_json(stage / "calibration.json", {"temperature": run.temperature, "applied_in_model": True})
     if bb.modality == "text":
         save_tokenizer(bb, run, stage)
 

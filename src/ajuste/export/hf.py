@@ -32,9 +32,12 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 class AjusteTextConfig(PretrainedConfig):
     model_type = "ajuste_text_classifier"
 
-    def __init__(self, encoder_config=None, pooling="mean", **kwargs):
+    def __init__(self, encoder_config=None, pooling="mean", temperature=1.0, **kwargs):
         self.encoder_config = dict(encoder_config or {})  # the encoder's own config.json
         self.pooling = pooling  # "mean" (over non-padding tokens) or "cls" (first token)
+        # temperature scaling (Guo et al. 2017) fitted by ajuste on validation: logits are divided by it, so their
+        # softmax is calibrated; the arg-max (the label) is the same as without it
+        self.temperature = float(temperature)
         super().__init__(**kwargs)
 
 
@@ -63,7 +66,7 @@ class AjusteForSequenceClassification(PreTrainedModel):
                 attention_mask = torch.ones(hidden.shape[:2], device=hidden.device)
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        logits = self.classifier(pooled)  # (B, num_labels)
+        logits = self.classifier(pooled) / self.config.temperature  # (B, num_labels), calibrated
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 '''
@@ -85,6 +88,7 @@ def write(bb: Any, run: Any, stage: Path, probes: list[Any]) -> None:
                      "AutoModelForSequenceClassification": "modeling_ajuste.AjusteForSequenceClassification"},
         "model_type": "ajuste_text_classifier",
         "pooling": bb.pooling,
+        "temperature": run.temperature,
         "encoder_config": enc.config.to_dict(),
         "id2label": {str(i): c for i, c in enumerate(run.classes)},
         "label2id": {c: i for i, c in enumerate(run.classes)},
@@ -139,6 +143,9 @@ def _write_timm(bb: Any, run: Any, stage: Path) -> None:
     cfg = json.loads((stage / "config.json").read_text())
     # The architecture's default weights tag (e.g. "in1k") would claim weights this file does not hold.
     cfg.get("pretrained_cfg", {}).pop("tag", None)
+    # timm's format holds a plain network: the run's temperature goes in the config, for users to divide by
+    cfg["ajuste_calibration"] = {"temperature": run.temperature,
+                                 "use": "probabilities = softmax(model(x) / temperature)"}
     atomic_write_json(stage / "config.json", cfg)
 
 
@@ -147,5 +154,7 @@ def _check_timm(stage: Path, probes: list[Any]) -> list[torch.Tensor]:
 
     with quiet():
         model = timm.create_model(f"local-dir:{stage}", pretrained=True).eval()
+    # as a user of the folder would: the logits divided by the temperature its config.json names
+    t = float(json.loads((stage / "config.json").read_text()).get("ajuste_calibration", {}).get("temperature", 1.0))
     with torch.no_grad():
-        return [model(p).float() for p in probes]
+        return [model(p).float() / t for p in probes]

@@ -13,7 +13,7 @@ from typing import Any
 from ajuste.errors import AjusteError
 from ajuste.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from ajuste.metrics import label_of
-from ajuste.report import plots
+from ajuste.report import plots, reliability
 from ajuste.study.advice import (
     aggregate,
     cost,
@@ -118,6 +118,10 @@ def build_report(study_dir: Path, *, export: bool = True) -> dict[str, Any]:
     if best_rec is not None:
         figs["confusion_best"] = plots.confusion(best_rec["confusion"], classes,
                                                  title=f"Confusion matrix of the best model ({best_rec['cell']})")
+        calibrated = reliability.diagram_source(study_dir / best_rec["run_dir"])
+        if calibrated is not None:
+            figs["reliability_best"] = reliability.reliability_diagram(
+                calibrated[0], title=f"Reliability of the best model ({best_rec['cell']}), {calibrated[1]}")
     pngs = {name: _png(fig) for name, fig in figs.items()}
     for name, data in pngs.items():
         (study_dir / f"{name}.png").write_bytes(data)
@@ -245,6 +249,8 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
                  + _img(pngs["accuracy_vs_time"], f"{label} vs time"))
     if "confusion_best" in pngs:
         parts.append("<h2>Best model</h2>" + _img(pngs["confusion_best"], "confusion matrix"))
+    if "reliability_best" in pngs:
+        parts.append(reliability.HEADING + _img(pngs["reliability_best"], "reliability diagram"))
     parts.extend(_skipped(skipped))
     retried = [r for r in records if r.get("oom_retry")]
     if retried:
@@ -255,9 +261,10 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
                             [[r["cell"], r["oom_retry"]["asked_batch_size"], r["oom_retry"]["batch_size"],
                               r["oom_retry"]["grad_accum"]] for r in retried]))
     parts.append("<h2>All runs</h2>")
-    parts.append(_table(["cell", "n train", f"test {label}", f"val {label}", "epochs", "best epoch", "seconds alone",
-                         "ended", "run"],
-                        [[r["cell"], r["n_train"], f"{test_score(r):.4f}", f"{val_score(r):.4f}", r["epochs"],
+    parts.append(_table(["cell", "n train", f"test {label}", "test ECE (before scaling)", f"val {label}", "epochs",
+                         "best epoch", "seconds alone", "ended", "run"],
+                        [[r["cell"], r["n_train"], f"{test_score(r):.4f}", reliability.cell_ece(r),
+                          f"{val_score(r):.4f}", r["epochs"],
                           r["best_epoch"], f"{cost(r):.1f}", f"{EARLY} (time limit)" if stopped_early(r) else "finished",
                           r["run_dir"]]
                          # In the order of the per-fraction tables, not the order the cells finished in.

@@ -179,6 +179,7 @@ def cell_record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: in
         "stopped_by": s.get("stopped_by", "completed"), "stopped_early": s.get("stopped_by") == "time limit",
         "run_dir": str(Path("runs") / cell.key),
         "confusion": s["test"]["confusion"],
+        "calibration": s.get("calibration"),  # temperature and ECE before/after scaling (training/calibration.py)
         # out of GPU memory at the study's batch size: trained at a smaller one with gradient accumulation
         "oom_retry": s.get("oom_retry"),
         "history": [{k: h[k] for k in ("epoch", "phase", "train_loss", "val_loss", "val_accuracy", "seconds")}

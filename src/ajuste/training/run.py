@@ -26,7 +26,7 @@ from ajuste.errors import AjusteError
 from ajuste.io import atomic_write_json
 from ajuste.metrics import resolve_monitor
 from ajuste.strategies.base import get_strategy, resolve_config
-from ajuste.training import distributed, loop, stored_weights, tracking, tracking_store
+from ajuste.training import calibration, distributed, loop, stored_weights, tracking, tracking_store
 from ajuste.training.direct import fit_direct
 from ajuste.training.memory import PeakMemory, memory_error_message
 from ajuste.training.prepare import (
@@ -138,14 +138,25 @@ def _finish(cfg: RunConfig, strategy: Any, data: Any, splits: dict, result: Any,
     if w.active:
         summary["distributed"] = distributed.describe(w)
     summary.update(strategy.report(backbone, run_dir))
+    # temperature scaling on the validation split (training/calibration.py); the test split is scored with it.
+    # Not for a run that neither keeps a directory nor is tested (a tune trial): nothing would use T.
+    keep = cfg.train.calibrate and (run_dir is not None or evaluate_test)
+    calib = calibration.calibrate_on_validation(backbone, pipeline, cfg) if keep else None
     if evaluate_test:
-        test = evaluate_split(backbone, pipeline, "test", data.classes, cfg)
+        test = evaluate_split(backbone, pipeline, "test", data.classes, cfg,
+                              temperature=calib["temperature"] if calib else 1.0)
         summary["test"] = test
         summary["test_accuracy"] = test["accuracy"]
         summary["test_macro_f1"] = test["macro_f1"]
         summary["test_score"] = test["accuracy"] if cfg.train.monitor == "loss" else test.get(cfg.train.monitor)
+        if calib is not None:
+            calib["test"] = test["calibration"]
+    if calib is not None:
+        summary["calibration"] = calibration.brief(calib)
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     if run_dir is not None:
+        if calib is not None:  # before summary.json, whose presence marks the run complete
+            calibration.save(run_dir, calib)
         _save(run_dir, cfg, strategy, backbone, data.classes, summary)
     return summary
 

@@ -11,6 +11,7 @@ Layout of a run directory::
     fingerprint.json     a hash of each example and each split's membership by content (ajuste.data.fingerprint)
     metrics.jsonl        one line per finished epoch
     model.safetensors    best weights: what trained, plus a reference to the base weights (train.stored_weights)
+    calibration.json     temperature scaling's T, fitted on val (train.calibrate), with NLL/ECE before and after
     summary.json         test metrics, time, parameters, memory; written last: its presence = complete
     checkpoint/          resume state while the run is unfinished (removed when complete)
     tensorboard/         TensorBoard event files (train.log_to: tensorboard)

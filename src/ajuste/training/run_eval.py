@@ -17,6 +17,7 @@ from ajuste.data.pipeline import Pipeline
 from ajuste.data.sources import LabelledData, load_data
 from ajuste.errors import AjusteError
 from ajuste.metrics import classification_metrics, softmax
+from ajuste.training import calibration
 from ajuste.training.execution import resolve_device
 from ajuste.training.inference import amp_for, predict_logits, use_channels_last
 from ajuste.training.predict_inputs import (
@@ -42,11 +43,16 @@ def trainable_share(backbone: Any, phases: list[Any]) -> int:
     return int(sum(chosen.values()))
 
 
-def evaluate_split(backbone: Any, pipeline: Any, split: str, classes: list[str], cfg: Any) -> dict[str, Any]:
+def evaluate_split(backbone: Any, pipeline: Any, split: str, classes: list[str], cfg: Any, *,
+                   temperature: float = 1.0) -> dict[str, Any]:
+    """Metrics of one split, with its calibration before and after dividing the logits by ``temperature``."""
     loader = pipeline.loader(split, batch_size=max(64, pipeline.batch_size))
     logits, y = predict_logits(backbone, loader, amp=amp_for(cfg, backbone, training=False),
                                channels_last=use_channels_last(cfg, backbone))
-    return classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes, probs=softmax(logits.float().numpy()))
+    metrics = classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes,
+                                     probs=softmax(logits.float().numpy() / temperature))
+    metrics["calibration"] = calibration.scores(logits, y, temperature)
+    return metrics
 
 
 def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_col: str | None = None,
@@ -83,8 +89,8 @@ def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_co
                                amp=amp_for(cfg, run.backbone, training=False),
                                channels_last=use_channels_last(cfg, run.backbone))
     metrics = classification_metrics(y.numpy(), logits.argmax(1).numpy(), run.classes,
-                                     probs=softmax(logits.float().numpy()))
-    metrics["metric"] = cfg.train.monitor  # what the run was judged on: shown first
+                                     probs=softmax(logits.float().numpy() / run.temperature))
+    metrics["calibration"] = calibration.scores(logits, y, run.temperature)
     metrics["evaluated_on"] = where
     return metrics
 
@@ -151,8 +157,8 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
 
 
 def predict_items(run: LoadedRun, items: Any) -> np.ndarray:
-    """Class probabilities, (N, classes), of a loaded run for ``items`` already in memory: texts for a text run
-    ((first, second) tuples for a text-pair run);
+    """Calibrated class probabilities (softmax of the logits divided by the run's temperature), (N, classes), of a
+    loaded run for ``items`` already in memory: texts for a text run ((first, second) tuples for a text-pair run);
     for an image run, image files or PIL images (resized and centre-cropped as in training), or one uint8
     (N, H, W[, C]) array when the run was trained on arrays (resized whole, as they were)."""
     data = LabelledData(modality=run.backbone.modality, inputs=items, labels=np.zeros(len(items), dtype=np.int64),
@@ -162,4 +168,4 @@ def predict_items(run: LoadedRun, items: Any) -> np.ndarray:
     logits, _ = predict_logits(run.backbone, pipe.loader("test", batch_size=64),
                                amp=amp_for(run.config, run.backbone, training=False),
                                channels_last=use_channels_last(run.config, run.backbone))
-    return torch.softmax(logits.float(), 1).numpy()
+    return torch.softmax(logits.float() / run.temperature, 1).numpy()  # calibrated: the run's T (1 without one)

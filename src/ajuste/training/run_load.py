@@ -16,7 +16,7 @@ from ajuste.config import load_config
 from ajuste.data.pipeline import Preprocessing
 from ajuste.errors import AjusteError
 from ajuste.io import ajuste_dir_kind, read_json
-from ajuste.training import stored_weights
+from ajuste.training import calibration, stored_weights
 from ajuste.training.run_dir import read_status, status_error, weights_digest
 
 
@@ -28,6 +28,7 @@ class LoadedRun:
     preprocessing: Any
     config: Any
     summary: dict[str, Any] | None
+    temperature: float = 1.0  # calibration.json's T, which the logits are divided by (1: none)
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
@@ -97,7 +98,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     except (TypeError, ValueError) as exc:
         raise AjusteError(f"{run_dir}/preprocessing.json is not a preprocessing record ({exc}); restore it "
                           "or retrain") from None
-    return LoadedRun(run_dir, backbone, classes, pre, load_config(run_dir / "config.yaml"), summary)
+    return LoadedRun(run_dir, backbone, classes, pre, load_config(run_dir / "config.yaml"), summary,
+                     calibration.read_temperature(run_dir))
 
 
 def _check_weights_file(run_dir: Path, weights: Path, classes: list[str], summary: Any) -> dict[str, str]:
