@@ -25,8 +25,10 @@ IMBALANCE = 3.0  # largest class / smallest class above which auto picks macro-F
 
 
 def metric_name(name: str) -> str:
-    """A monitor's canonical name (``val_accuracy`` → ``accuracy``); unknown names are returned as given."""
-    return LEGACY.get(name, name)
+    """A monitor's canonical name (``val_accuracy`` → ``accuracy``); unknown names are returned as given. An
+    ``auto`` that nothing resolved (a fit called outside ``train_run``, which resolves it with the data) is
+    accuracy, as it was before auto could mean macro-F1."""
+    return "accuracy" if name == "auto" else LEGACY.get(name, name)
 
 
 def label_of(name: str) -> str:

@@ -19,14 +19,12 @@ from ajuste.study.advice import (
     cost,
     handed_over,
     handed_over_text,
-    metric_of,
     pre_post,
     recommend,
     stopped_early,
-    test_score,
-    val_score,
 )
 from ajuste.study.runner import export_best
+from ajuste.study.scores import metric_of, test_score, val_score
 from ajuste.study.spec import StudySpec
 
 CSS = """

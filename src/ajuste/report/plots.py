@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from ajuste.strategies.base import baseline_strategies, scratch_strategies
-from ajuste.study.advice import cost, metric_of
+from ajuste.study.advice import cost
+from ajuste.study.scores import metric_of
 
 
 def _plt():

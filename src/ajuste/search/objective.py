@@ -46,6 +46,12 @@ METRICS = {"val_accuracy": "maximize", "val_loss": "minimize", "accuracy": "maxi
 IMPROVEMENT = 1e-4
 
 
+def _maximised(metric: str, accuracy: float, score: float) -> float:
+    """The maximised objective of a record: its accuracy for (val_)accuracy, else train.monitor's score (the
+    trials' monitor is that metric)."""
+    return accuracy if metric in ("val_accuracy", "accuracy") else score
+
+
 def check_metric(metric: str) -> str:
     if metric not in METRICS:
         raise AjusteError(f"unknown --metric {metric!r}: valid metrics are {', '.join(METRICS)}")
@@ -92,22 +98,18 @@ class EpochReporter:
     def value(self) -> float:
         return self.best_loss if METRICS[self.metric] == "minimize" else self.best_acc
 
-    def _score(self, accuracy: float, score: float) -> float:
-        """The maximised objective of a record: its accuracy for (val_)accuracy, else train.monitor's score."""
-        return accuracy if self.metric in ("val_accuracy", "accuracy") else score
-
     def __call__(self, rec: Any, result: Any) -> None:
         self.epochs = rec.epoch + 1
         if result is not None and result.provisional is not None:
             # a weight-averaged phase: its best epoch so far stands in for the average, validated at its end
             self.best_loss, provisional = result.provisional
-            self.best_acc = self._score(provisional, provisional)
+            self.best_acc = _maximised(self.metric, provisional, provisional)
         elif result is not None and 0 <= result.best_epoch <= rec.epoch:
             # fit's own best epoch (by train.monitor): the weights a retrain keeps
             self.best_loss = result.best_val_loss
-            self.best_acc = self._score(result.best_val_accuracy, result.best_val_score)
+            self.best_acc = _maximised(self.metric, result.best_val_accuracy, result.best_val_score)
         elif rec.val_loss < self.best_loss - IMPROVEMENT:
-            self.best_loss, self.best_acc = rec.val_loss, self._score(rec.val_accuracy, rec.score)
+            self.best_loss, self.best_acc = rec.val_loss, _maximised(self.metric, rec.val_accuracy, rec.score)
         if math.isfinite(self.value):
             self.trial.report(self.value, step=rec.epoch)
         if self.trial.should_prune():
@@ -231,7 +233,7 @@ class Objective:
         if reporter.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned after epoch {reporter.pruned_at + 1}")
         value = summary["val_loss"] if METRICS[self.metric] == "minimize" else \
-            self._score(summary["val_accuracy"], summary["val_score"])
+            _maximised(self.metric, summary["val_accuracy"], summary["val_score"])
         if not math.isfinite(value):
             raise AjusteError(f"trial {trial.number} ended with a non-finite {self.metric}")
         if value != reporter.value:  # a weight average, validated after the last epoch: one more step

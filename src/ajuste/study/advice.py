@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ajuste.metrics import label_of
 from ajuste.strategies.base import baseline_strategies, scratch_strategies
+from ajuste.study.scores import metric_of, val_score, with_scores
 
 
 def _scratch_arms() -> frozenset[str]:
@@ -25,25 +25,6 @@ def stopped_early(rec: dict[str, Any]) -> bool:
     """A cell whose training a budget's time limit cut short (train.max_seconds; records from before the flag:
     never)."""
     return bool(rec.get("stopped_early"))
-
-
-def val_score(r: dict[str, Any]) -> float:
-    """A record's validation score on the study's metric (records from before scores: their accuracy)."""
-    return float(r.get("val_score", r["val_accuracy"]))
-
-
-def test_score(r: dict[str, Any]) -> float:
-    return float(r.get("test_score", r["test_accuracy"]))
-
-
-def with_scores(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records, each with ``val_score`` and ``test_score`` (filled from the accuracies for older ones)."""
-    return [{**r, "val_score": val_score(r), "test_score": test_score(r)} for r in records]
-
-
-def metric_of(rows: list[dict[str, Any]]) -> str:
-    """The metric the study ranks on, as the report names it."""
-    return label_of(rows[0].get("metric", "accuracy")) if rows else "accuracy"
 
 
 def _key(r: dict[str, Any]) -> str:
@@ -287,10 +268,12 @@ def handed_over(records: list[dict[str, Any]], advice: dict[str, Any]) -> dict[s
 
 def handed_over_text(cell: dict[str, Any], advice: dict[str, Any]) -> str:
     """Which run best_model/ is, in a sentence: its arm, the share of the training data it saw, and why."""
+    label = metric_of([cell])
     text = (f"{cell['strategy']} trained on {cell['n_train']} examples (fraction {cell['fraction']:g}), validation "
-            f"{metric_of([cell])} {val_score(cell):.3f}")
+            f"{label} {val_score(cell):.3f}")
     if cell["strategy"] != advice.get("winner") or cell["fraction"] != advice.get("fraction"):
-        text += ("; handed over as the best on validation of all finished cells (the recommendation "
+        best = "the most accurate" if label == "accuracy" else f"the best by {label}"
+        text += (f"; handed over as {best} on validation of all finished cells (the recommendation "
                  "weighs cost, at the largest fraction run)")
     if stopped_early(cell):
         text += "; its training was stopped early by the budget's time limit"

@@ -58,8 +58,7 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
             with no_sync(forward, skip=not step_ends):
                 with autocast(amp, device):
                     logits = forward(inputs)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing,
-                                       reduction="sum", weight=class_weights)
+                loss = _loss(logits, y, cfg, class_weights, summed=True)
                 if accum == 1:
                     optimizer.zero_grad(set_to_none=True)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -70,10 +69,7 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
         else:
             with autocast(amp, device):
                 logits = forward(inputs)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing) \
-                if class_weights is None else \
-                F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing, weight=class_weights,
-                                reduction="sum") / len(y)
+            loss = _loss(logits, y, cfg, class_weights, summed=False)
             if not torch.isfinite(loss):
                 on_diverge(lr_now)
             if accum == 1:
@@ -108,6 +104,17 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
         if step_ends and stop is not None and (reason := stop()):
             return total / max(1, count), lr_now, reason
     return total / max(1, count), lr_now, ""
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor, cfg: RunConfig, weights: torch.Tensor | None, *,
+          summed: bool) -> torch.Tensor:
+    """Cross-entropy in fp32: summed over the batch (data parallel: the step divides by the global count), or its
+    mean over the batch's examples; class weights divide by the example count too, not by the sum of weights."""
+    if weights is None and not summed:
+        return F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
+    total = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing, weight=weights,
+                            reduction="sum")
+    return total if summed else total / len(y)
 
 
 def _batches(loader: Any, *, lookahead: bool) -> Iterator[tuple[int, tuple[Any, bool]]]:
