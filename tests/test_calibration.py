@@ -245,9 +245,9 @@ def test_the_report_has_an_ece_column_and_the_best_models_reliability_diagram(tm
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert any(s.startswith("before (T = 1): ECE") for s in labels) and any("after (T = 3)" in s for s in labels)
 
+    from ajuste.report.html import build_report
     from ajuste.study.runner import run_study
     from ajuste.study.spec import StudySpec
-    from ajuste.report.html import build_report
 
     spec = StudySpec(source="digits", model="timm/test_efficientnet", strategies=["classical"], fractions=[0.2])
     run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False, workers=1)

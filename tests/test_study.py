@@ -189,9 +189,9 @@ def test_report_has_recommendation_first_and_all_plots(tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 5000
     assert (tmp_path / "best_model" / "model.safetensors").is_file()
     assert advice["winner"] in spec.strategies
-    from ajuste.training.run_eval import predict_inputs  # the exported best model predicts
-
     from PIL import Image
+
+    from ajuste.training.run_eval import predict_inputs  # the exported best model predicts
 
     img = tmp_path / "x.png"
     Image.fromarray((np.eye(8) * 255).astype(np.uint8)).save(img)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli import FAST, one_error_line, run_cli
 
 from ajuste.cli.main import main
 from ajuste.data.fingerprint import example_hashes
 from ajuste.data.pipeline import Pipeline, Preprocessing
 from ajuste.data.sources import load_data, load_texts
 from ajuste.errors import AjusteError, DataError
-from test_cli import FAST, one_error_line, run_cli
 
 WORDS = ("apple river stone cloud tiger lemon piano castle forest rocket candle mirror garden silver violin desert "
          "ocean pepper bridge lantern falcon meadow copper harbor").split()

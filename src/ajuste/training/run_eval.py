@@ -16,7 +16,7 @@ from ajuste.data import fingerprint
 from ajuste.data.pipeline import Pipeline
 from ajuste.data.sources import LabelledData, load_data
 from ajuste.errors import AjusteError
-from ajuste.metrics import classification_metrics, softmax
+from ajuste.metrics import classification_metrics, metric_name, softmax
 from ajuste.training import calibration
 from ajuste.training.execution import resolve_device
 from ajuste.training.inference import amp_for, predict_logits, use_channels_last
@@ -91,6 +91,7 @@ def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_co
     metrics = classification_metrics(y.numpy(), logits.argmax(1).numpy(), run.classes,
                                      probs=softmax(logits.float().numpy() / run.temperature))
     metrics["calibration"] = calibration.scores(logits, y, run.temperature)
+    metrics["metric"] = metric_name(cfg.train.monitor)  # what the run was judged on: shown first
     metrics["evaluated_on"] = where
     return metrics
 

@@ -29,9 +29,7 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
                  class_weights: torch.Tensor | None = None) -> tuple[float, float, str]:
     """One pass over ``loader``: (mean loss, last LR, ""), or, when ``stop`` (asked after each optimizer step)
     gives a reason, that reason third, the pass left unfinished. ``scaler``: fp16's `torch.amp.GradScaler`, or
-    None. ``class_weights`` (train.class_balance=weights): each example's loss weighted by its class's weight,
-    summed and divided by the batch's example count (so the weights, which average 1 over the training split,
-    leave the loss's scale as it was; torch's weighted mean would divide by the batch's sum of weights).
+    None. ``class_weights`` (train.class_balance=weights): per-class loss weights (``_loss``).
 
     With ``train.grad_accum`` N, an optimizer step follows every N batches (and the last, shorter window); the
     window's summed loss is backpropagated and its gradient divided by the window's examples before the
