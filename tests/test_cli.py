@@ -196,8 +196,10 @@ def test_evaluate_prints_metrics_and_json_matches_summary(image_run, capsys):
     run, _ = image_run
     assert main(["evaluate", str(run)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^accuracy [01]\.\d{4}$", out, re.M), out
+    # balanced classes: the run is judged on accuracy, named first as its metric
+    assert re.search(r"^accuracy [01]\.\d{4}  \(the run's metric, train\.monitor\)$", out, re.M), out
     assert re.search(r"^macro-F1 [01]\.\d{4}$", out, re.M), out
+    assert out.index("\naccuracy ") < out.index("\nmacro-F1 ")
     assert "per class" in out and "confusion matrix" in out
     assert "cat" in out and "dog" in out
 

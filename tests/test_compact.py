@@ -62,6 +62,7 @@ def test_text_run_keeps_the_tokenizer_at_the_compact_shape(tiny_bert_dir, tmp_pa
 
     from ajuste.backbones.compact import TEXT_SHAPE
     from ajuste.export import export_run
+    from ajuste.training import calibration
 
     rows = ["text,label"] + [f"{w} film {i},{'pos' if w in ('great', 'lovely') else 'neg'}"
                              for i, w in enumerate(["awful", "great", "bad", "lovely"] * 6)]
@@ -79,8 +80,9 @@ def test_text_run_keeps_the_tokenizer_at_the_compact_shape(tiny_bert_dir, tmp_pa
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     enc = tok(["great film", "awful awful film"], padding=True, return_tensors="pt")
+    temperature = calibration.read(run)["temperature"]  # the export's logits are the calibrated ones
     with torch.no_grad():
-        ours = res.backbone.eval()(dict(enc)).float()
+        ours = res.backbone.eval()(dict(enc)).float() / temperature
         torch.testing.assert_close(model(**enc).logits.float(), ours, atol=1e-4, rtol=1e-4)
 
 

@@ -112,8 +112,8 @@ def test_compare_report_in_chromium(tmp_path, browser):
     assert html.index(advice["text"].split(".")[0][:40]) < min(html.index("<table"), html.index("<img"))
 
     facts = open_report(browser, tmp_path / "report.html", tmp_path / "report.png")
-    # data efficiency, accuracy vs time, confusion, learning curves at each of the 2 fractions
-    assert_loads_cleanly(facts, images=5, first_heading="Recommendation")
+    # data efficiency, accuracy vs time, confusion, learning curves at each of the 2 fractions, reliability diagram
+    assert_loads_cleanly(facts, images=6, first_heading="Recommendation")
     assert (tmp_path / "report.png").stat().st_size > 20_000
 
 
@@ -155,7 +155,7 @@ def test_plots_are_readable():
 
     from ajuste.report import plots
 
-    agg = [{"strategy": s, "fraction": f, "n_train": n, "test_accuracy": a, "test_accuracy_std": 0.0,
+    agg = [{"strategy": s, "fraction": f, "n_train": n, "test_score": a, "test_score_std": 0.0,
             "train_seconds": t} for s, f, n, a, t in [("full", 0.25, 976, 0.984, 47), ("full", 0.05, 195, 0.98, 48),
                                                      ("scratch", 0.25, 976, 0.52, 204),
                                                      ("scratch", 0.05, 195, 0.5, 222)]]
