@@ -156,14 +156,13 @@ def _validate(backbone: Backbone, loader: DataLoader, cfg: RunConfig, *, channel
                  len(y)] if len(y) else [0.0, 0.0, 0.0]
         loss_sum, correct, n = all_reduce_sum(local)
         loss, acc = loss_sum / max(1, n), correct / max(1, n)
-        if metric in ("accuracy", "loss"):
-            return loss, acc, acc if metric == "accuracy" else loss
-        logits, y = gather_rows(logits.float(), y)  # a rank metric needs the whole split
-        return loss, acc, score(metric, y.numpy(), softmax(logits.numpy()))
-    loss = F.cross_entropy(logits, y).item()
-    acc = (logits.argmax(1) == y).float().mean().item()
+    else:
+        loss = F.cross_entropy(logits, y).item()
+        acc = (logits.argmax(1) == y).float().mean().item()
     if metric in ("accuracy", "loss"):
         return loss, acc, acc if metric == "accuracy" else loss
+    if w.active:
+        logits, y = gather_rows(logits.float(), y)  # a metric that ranks examples needs the whole split
     return loss, acc, score(metric, y.numpy(), softmax(logits.float().numpy()))
 
 
