@@ -190,7 +190,7 @@ def test_an_export_that_drops_the_temperature_fails_its_check(run, tmp_path, fmt
     if fmt == "ajuste":
         monkeypatch.setattr(ajuste_dir, "_COPY", [n for n in ajuste_dir._COPY if n != "calibration.json"])
     elif fmt == "torchscript":
-        monkeypatch.setattr(torchscript, "Positional", lambda bb, names, t=1.0: common.Positional(bb, names))
+        monkeypatch.setattr(torchscript, "Positional", lambda bb, names, t=1.0, task=None: common.Positional(bb, names))
     else:
         real = hf._write_timm
 

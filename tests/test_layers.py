@@ -15,7 +15,7 @@ SRC = Path(ajuste.__file__).parent
 
 # Lowest first. A module may import its own layer and those below it, never one above.
 LAYERS = [
-    ("base", {"errors", "lazy", "io", "locks", "registry", "durations", "metrics"}),
+    ("base", {"errors", "lazy", "io", "locks", "registry", "durations", "metrics", "tasks"}),
     ("config", {"config"}),
     ("data and backbones", {"data", "backbones"}),
     ("strategies", {"strategies"}),

@@ -12,12 +12,20 @@ from typing import Any
 
 import numpy as np
 
+from ajuste.errors import ConfigError
+from ajuste.tasks import TASK_METRICS, multilabel_metrics, regression_metrics
+
 # name: (what the report calls it, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
     "accuracy": ("accuracy", True),
     "balanced_accuracy": ("balanced accuracy", True),
     "macro_f1": ("macro-F1", True),
     "auroc": ("AUROC", True),
+    "map": ("mAP", True),
+    "micro_f1": ("micro-F1", True),
+    "rmse": ("RMSE", False),
+    "mae": ("MAE", False),
+    "r2": ("R²", True),
     "loss": ("validation loss", False),
 }
 LEGACY = {"val_accuracy": "accuracy", "val_loss": "loss"}  # the names train.monitor took before
@@ -46,11 +54,20 @@ def imbalance_ratio(labels: np.ndarray, n_classes: int) -> float:
     return float(counts.max() / counts.min()) if counts.min() > 0 else float("inf")
 
 
-def resolve_monitor(requested: str, train_labels: np.ndarray, n_classes: int) -> tuple[str, str]:
+def resolve_monitor(requested: str, train_labels: np.ndarray, n_classes: int,
+                    task: str = "classification") -> tuple[str, str]:
     """(metric, why) for ``train.monitor``: the named one, or for ``auto`` accuracy or, on imbalanced training
-    labels, macro-F1; ``why`` is a sentence for the user when auto chose macro-F1, else empty."""
+    labels, macro-F1 (mAP for multi-label, RMSE for regression); ``why`` is a sentence for the user when auto
+    chose macro-F1, else empty. A metric of another task is refused."""
+    allowed = TASK_METRICS[task]
     if requested != "auto":
-        return metric_name(requested), ""
+        name = metric_name(requested)
+        if name not in allowed:
+            raise ConfigError(f"train.monitor={requested} does not apply to a {task} task; use one of "
+                              f"{', '.join(allowed)}")
+        return name, ""
+    if task != "classification":
+        return allowed[0], ""
     ratio = imbalance_ratio(train_labels, n_classes)
     if ratio > IMBALANCE:
         shown = "a class with no training example" if not np.isfinite(ratio) else \
@@ -90,7 +107,8 @@ def auroc(y_true: np.ndarray, probs: np.ndarray) -> float:
 
 
 def score(name: str, y_true: np.ndarray, probs: np.ndarray, loss: float | None = None) -> float:
-    """The value of metric ``name`` for class probabilities ``probs`` (n × classes); ``loss`` is returned for
+    """The value of metric ``name`` for class probabilities ``probs`` (n × classes), label probabilities (n ×
+    labels, with ``y_true`` n × labels: multi-label) or predicted values (regression); ``loss`` is returned for
     ``loss``."""
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
@@ -100,6 +118,10 @@ def score(name: str, y_true: np.ndarray, probs: np.ndarray, loss: float | None =
         return float("nan") if loss is None else float(loss)
     if not len(y_true):
         return float("nan")
+    if name in ("rmse", "mae", "r2"):  # ``probs`` are the predicted values, in the target's units
+        return regression_metrics(y_true, probs)[name]
+    if y_true.ndim == 2:  # multi-label: ``probs`` are per-label probabilities, decided at 0.5
+        return multilabel_metrics(y_true, probs, [str(k) for k in range(y_true.shape[1])])[name]
     if name == "auroc":
         return auroc(y_true, probs)
     pred = np.asarray(probs).argmax(1)

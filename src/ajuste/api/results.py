@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError
 from ajuste.io import ajuste_dir_kind, read_json, read_jsonl
@@ -25,6 +27,11 @@ class Prediction:
     """Its probability."""
     probabilities: dict[str, float] = field(repr=False)
     """Every class's probability, by name."""
+    labels: list[str] | None = None
+    """Multi-label runs: every label at or over its threshold (``label`` is then the most probable one)."""
+    value: float | None = None
+    """Regression runs: the predicted number, in the target's units (``label`` is then empty, ``probability``
+    NaN)."""
 
 
 class Run:
@@ -78,8 +85,15 @@ class Run:
 
         items, single = in_memory_items(inputs, self.loaded)
         probs = predict_items(self.loaded, items)
-        out = [Prediction(self.classes[int(p.argmax())], float(p.max()),
-                          {c: float(v) for c, v in zip(self.classes, p)}) for p in probs]
+        task = self.loaded.task
+        if task.kind == "regression":
+            out = [Prediction("", float("nan"), {}, value=float(v)) for v in probs]
+        else:
+            chosen = task.labels_of(probs) if task.kind == "multilabel" else [None] * len(probs)
+            out = [Prediction(self.classes[int(p.argmax())], float(p.max()),
+                              {c: float(v) for c, v in zip(self.classes, p)},
+                              labels=None if c is None else [self.classes[k] for k in np.flatnonzero(c)])
+                   for p, c in zip(probs, chosen)]
         return out[0] if single else out
 
     def evaluate(self, data: str | Path | None = None, *, text_col: str | None = None,

@@ -44,6 +44,8 @@ def compare(
     sets: list[str] = typer.Option([], "--set", help="Dotted override for every cell (repeatable)"),
     text_col: Optional[str] = typer.Option(None, "--text-col"),
     label_col: Optional[str] = typer.Option(None, "--label-col"),
+    task: Optional[str] = typer.Option(None, "--task", help="auto | classification | multilabel | regression "
+                                                            "(data.task)"),
     no_similarity: bool = typer.Option(False, "--no-similarity", help="Skip the domain-similarity measurement"),
     workers: int = typer.Option(0, "--workers", "-j", help="Cells trained at once, each in its own process with "
                                 "cores/workers threads (0: one per core on a CPU, one per GPU on a GPU machine, each worker on its own GPU)"),
@@ -57,6 +59,7 @@ def compare(
     from ajuste.study.spec import StudySpec, parse_budget, parse_list
 
     data, sets = split_positionals(data, sets, default="digits")
+    sets = [*sets, f"data.task={task}"] if task else sets
     if workers < 0:
         from ajuste.errors import ConfigError
 

@@ -10,8 +10,12 @@ from typing import Optional
 import typer
 from typer.core import TyperCommand
 
+from ajuste.cli import show
+
 DATA_HELP = "Data: digits (built-in), an image folder, a .npz, or a CSV/TSV/JSONL of texts"
 STRICT_HELP = "Fail on the first unreadable image or malformed row instead of skipping it with a warning"
+TASK_HELP = ("auto | classification | multilabel | regression (data.task; auto detects '|'-separated labels and "
+             "float targets, and says so)")
 
 
 def _console(quiet: bool = False):
@@ -133,7 +137,7 @@ def build_config(data: Optional[str], config: Optional[Path], sets: list[str], b
     mapping = {"model": "model.name", "strategy": "strategy.name", "fraction": "data.fraction",
                "seed": "train.seed", "epochs": "train.epochs", "unfreeze": "strategy.unfreeze",
                "text_col": "data.text_col", "label_col": "data.label_col", "lr": "optim.lr",
-               "strict": "data.strict"}
+               "strict": "data.strict", "task": "data.task"}
     if data is not None:
         cfg = cfg.override({"data.source": data}, where="data")
     for k, v in flags.items():  # one at a time, so that an error names the option typed (--fraction, not --set)
@@ -158,7 +162,9 @@ def train(
     unfreeze: Optional[int] = typer.Option(None, "--unfreeze", help="partial: top layer groups to train"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate"),
     text_col: Optional[str] = typer.Option(None, "--text-col", help="Text column of a table (A,B: a text pair)"),
-    label_col: Optional[str] = typer.Option(None, "--label-col", help="Label column of a table"),
+    label_col: Optional[str] = typer.Option(None, "--label-col", help="Label column of a table (A,B,C: the 0/1 "
+                                                                      "columns of a multi-label table)"),
+    task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP + " (data.strict)"),
     print_config: bool = typer.Option(False, "--print-config", help="Show the resolved config and exit"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory"),
@@ -174,7 +180,7 @@ def train(
     base, tuned = _from_study_config(from_study, config, quiet) if from_study else (None, {})
     cfg = build_config(data, config, sets, base=base, model=model, strategy=strategy, fraction=fraction, seed=seed,
                        epochs=epochs, unfreeze=unfreeze, lr=lr, text_col=text_col, label_col=label_col,
-                       strict=strict or None)  # no --strict: data.strict from --config/--set stands
+                       strict=strict or None, task=task)  # no --strict: data.strict from --config/--set stands
     from ajuste.training.run import prepare_data, resolve_model_early
 
     cfg, data_obj = resolve_model_early(cfg)  # the run directory is named after the backbone
@@ -214,28 +220,7 @@ def train(
         con.print(f"stopped after {s['epochs']} epochs")
         raise typer.Exit(130)
     if w.main:
-        _print_result(con, s, w, run_dir)
-
-
-def _print_result(con, s: dict, w, run_dir) -> None:
-    """What a finished run scored, where it was saved."""
-    from ajuste.metrics import label_of
-
-    avg = s.get("averaged")
-    kept = (f"weights averaged over epochs {avg['epochs'][0]}-{avg['epochs'][1]}/{s['epochs']}"
-            if avg and avg["kept"] else f"best epoch {s['best_epoch']}/{s['epochs']}")
-    first = "" if s.get("metric") in (None, "accuracy", "loss", "macro_f1") else \
-        f"test {label_of(s['metric'])} {s['test_score']:.4f}  "
-    con.print(f"{first}test accuracy {s['test_accuracy']:.4f}  macro-F1 {s['test_macro_f1']:.4f}  "
-              f"({s['n_test']} test examples)  {kept}  "
-              f"train {s['train_seconds']:.0f}s  trainable {s['trainable_params']:,}/{s['total_params']:,} params")
-    c = s.get("calibration")
-    if c and "test_ece_after" in c:
-        con.print(f"calibrated: T = {c['temperature']:.3g} (fitted on {c['n_val']} validation examples); test ECE "
-                  f"{c['test_ece_before']:.4f} -> {c['test_ece_after']:.4f}", highlight=False)
-    if w.active:
-        con.print(f"data-parallel: {w.size} workers ({s['distributed']['backend']})")
-    con.print(f"run saved in {_esc(run_dir)}")
+        show.run_result(con, s, w, run_dir)
 
 
 def _from_study_config(ref: str, config: Optional[Path], quiet: bool = False):
@@ -276,43 +261,15 @@ def evaluate(
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> None:
     """The run's metric first, then accuracy, balanced accuracy, macro-F1, AUROC, calibration (ECE before and
-    after temperature scaling), per-class table and confusion matrix of a trained run."""
-    from ajuste.metrics import ordered_metrics
+    after temperature scaling), per-class table and confusion matrix of a trained run (multi-label: mAP, micro- and
+    macro-F1 and a per-label table; regression: RMSE, MAE and R²)."""
     from ajuste.training.run_eval import evaluate_run
 
     m = evaluate_run(run_dir, data, text_col=text_col, label_col=label_col, warn=_warn, strict=strict)
     if as_json:
         typer.echo(json.dumps(m, indent=2))
         return
-    from rich.table import Table
-
-    con = _console()
-    con.print(f"evaluated on {_esc(m['evaluated_on'])} ({m['n']} examples)")
-    for key, label, value in ordered_metrics(m, m.get("metric", "accuracy")):
-        con.print(f"{label} {value:.4f}" + ("  (the run's metric, train.monitor)" if key == m.get("metric") else ""))
-    c = m["calibration"]
-    how = f"top-label, {c['ece_bins']} equal-width bins"
-    if c["temperature"] != 1.0:
-        con.print(f"ECE {c['ece_after']:.4f} after temperature scaling (T = {c['temperature']:.4g}), "
-                  f"{c['ece_before']:.4f} before ({how}); NLL {c['nll_after']:.4f}, before {c['nll_before']:.4f}",
-                  highlight=False)
-    else:
-        con.print(f"ECE {c['ece_before']:.4f} ({how}; not calibrated: T = 1); NLL {c['nll_before']:.4f}",
-                  highlight=False)
-    t = Table(title="per class")
-    for col in ("class", "precision", "recall", "f1", "support"):
-        t.add_column(col, justify="left" if col == "class" else "right")
-    for r in m["per_class"]:
-        t.add_row(_esc(r["class"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
-    con.print(t)
-    classes = [r["class"] for r in m["per_class"]]
-    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
-    cm.add_column("")
-    for c in classes:
-        cm.add_column(_esc(c[:12]), justify="right")
-    for c, row in zip(classes, m["confusion"]):
-        cm.add_row(_esc(c[:20]), *[str(v) for v in row])
-    con.print(cm)
+    show.evaluation(_console(), m)
 
 
 def _check_output_writable(output: Path) -> None:
@@ -376,19 +333,19 @@ def predict(
         else:
             buf.write(text)
     elif fmt == "csv":
-        w = csv.DictWriter(buf if buf is not None else sys.stdout, fieldnames=["input", "label", "probability"],
-                           lineterminator="\n")
+        columns, flat = show.prediction_table(rows)
+        w = csv.DictWriter(buf if buf is not None else sys.stdout, fieldnames=columns, lineterminator="\n")
         w.writeheader()
-        for r in rows:
-            w.writerow({**r, "probability": f"{r['probability']:.4f}"})
+        w.writerows(flat)
     else:
         from rich.table import Table
 
+        columns, flat = show.prediction_table(rows)
         t = Table()
-        for col in ("input", "label", "probability"):
-            t.add_column(col, justify="right" if col == "probability" else "left")
-        for r in rows:
-            t.add_row(_esc(r["input"]), _esc(r["label"]), f"{r['probability']:.3f}")
+        for col in columns:
+            t.add_column(_esc(col), justify="left" if col in ("input", "label", "labels") else "right")
+        for r in flat:
+            t.add_row(*[_esc(r[c]) for c in columns])
         _console().print(t)
     if buf is not None:
         from ajuste.io import atomic_write_text

@@ -34,7 +34,12 @@ class DataConfig:
     source: str = _help("Data: built-in name (digits), image folder, .npz, or CSV/TSV/JSONL file", default="digits")
     text_col: str | None = _help("Text column of a table (auto-detected when obvious); two columns 'first,second' "
                                  "for a text pair (NLI, paraphrase), encoded as the tokenizer's pair", default=None)
-    label_col: str | None = _help("Label column of a table (auto-detected when obvious)", default=None)
+    label_col: str | None = _help("Label column of a table (auto-detected when obvious); several 0/1 columns "
+                                  "'a,b,c' for multi-label", default=None)
+    task: str = _help("What a label is: auto | classification | multilabel ('|'-separated names, or several 0/1 "
+                      "columns) | regression (a number); auto detects multi-label from '|' in label cells and "
+                      "regression from a float column with more than 20 distinct values, and says so",
+                      default="auto")
     fraction: float = _help("Share of the training split to use (stratified, ≥1 per class); >1 = a count", default=1.0)
     val_size: float = _help("Validation share carved from the data when the source has no val split", default=0.15)
     test_size: float = _help("Test share carved from the data when the source has no test split", default=0.15)
@@ -63,6 +68,8 @@ class DataConfig:
                               f"sum under 1 (e.g. 0.15 each)")
         if self.split_seed < 0:
             raise ConfigError(f"data.split_seed={self.split_seed} must be ≥ 0 (numpy seeds are non-negative)")
+        if self.task not in ("auto", "classification", "multilabel", "regression"):
+            raise ConfigError(f"data.task={self.task!r} is not one of auto, classification, multilabel, regression")
         if self.augment not in AUGMENT_LEVELS:
             raise ConfigError(f"data.augment={self.augment!r} is not one of {', '.join(AUGMENT_LEVELS)}")
         if self.batch_size < 1:
@@ -137,8 +144,11 @@ class TrainConfig:
                          "class is over 3x the smallest, else accuracy; said when it picks macro_f1). Ties are broken "
                          "by the loss within a phase; a later phase, such as two-stage's end-to-end one, must score "
                          "higher to replace an earlier phase's best (a fine-tuned model's val loss often rises while "
-                         "its accuracy still climbs). val_accuracy and val_loss are accepted as before",
+                         "its accuracy still climbs). val_accuracy and val_loss are accepted as before. Multi-label: "
+                         "map (auto) | micro_f1 | macro_f1 | auroc | loss; regression: rmse (auto) | mae | r2 | loss",
                          default="auto")
+    regression_loss: str = _help("Regression: mse | huber, on the target standardised with the training split's mean "
+                                 "and standard deviation", default="mse")
     class_balance: str = _help("Imbalanced classes: none | weights (the loss weights each class by the inverse of its "
                                "training frequency) | sampler (batches drawn with each class equally likely, with "
                                "replacement; an epoch keeps its length). A study applies it to every arm: "
@@ -212,6 +222,8 @@ class TrainConfig:
             raise ConfigError(f"train.max_seconds={self.max_seconds!r} must be > 0 (none: no time limit)")
         if self.monitor not in ("auto", *METRICS, *LEGACY):
             raise ConfigError(f"train.monitor={self.monitor!r} is not one of auto, {', '.join(METRICS)}")
+        if self.regression_loss not in ("mse", "huber"):
+            raise ConfigError(f"train.regression_loss={self.regression_loss!r} is not one of mse, huber")
         if self.class_balance not in ("none", "weights", "sampler"):
             raise ConfigError(f"train.class_balance={self.class_balance!r} is not one of none, weights, sampler")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):

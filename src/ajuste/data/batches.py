@@ -18,8 +18,16 @@ class TextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.encodings)
 
-    def __getitem__(self, k: int) -> tuple[dict[str, list[int]], int]:
-        return self.encodings[k], int(self.labels[k])
+    def __getitem__(self, k: int) -> tuple[dict[str, list[int]], Any]:
+        return self.encodings[k], target(self.labels, k)
+
+
+def target(labels: np.ndarray, i: int) -> Any:
+    """Row ``i``'s label as a batch collates it: an int class, or a float tensor (multi-label row, regression
+    value)."""
+    if labels.dtype.kind in "iu":
+        return int(labels[i])
+    return torch.as_tensor(labels[i], dtype=torch.float32)
 
 
 def tokenize(tokenizer: Any, texts: list[Any], max_length: int) -> list[dict[str, list[int]]]:
@@ -96,7 +104,8 @@ class PadCollate:
             fill = self.pad_id if key == "input_ids" else 0
             rows = [x[key] + [fill] * (longest - len(x[key])) for x, _ in batch]
             out[key] = torch.tensor(rows, dtype=torch.long)
-        return out, torch.tensor([y for _, y in batch], dtype=torch.long)
+        ys = [y for _, y in batch]
+        return out, (torch.stack(ys) if isinstance(ys[0], torch.Tensor) else torch.tensor(ys, dtype=torch.long))
 
 
 # --- data parallelism: each worker's share of a global batch -------------------------------------------

@@ -42,7 +42,10 @@ def example_hashes(data: Any) -> list[str]:
     arrays = isinstance(data.inputs, np.ndarray)
     for i in range(len(data)):
         h = hashlib.blake2b(digest_size=8)
-        h.update(data.classes[int(data.labels[i])].encode("utf-8", "surrogatepass"))
+        if getattr(data, "targets", None) is not None:  # multi-label or regression: the target row itself
+            h.update(np.ascontiguousarray(data.targets[i], dtype=np.float32).tobytes())
+        else:
+            h.update(data.classes[int(data.labels[i])].encode("utf-8", "surrogatepass"))
         h.update(b"\0")
         item = data.inputs[i]
         if arrays:

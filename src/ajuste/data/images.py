@@ -14,6 +14,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 
+from ajuste.data.batches import target
 from ajuste.data.preprocessing import Preprocessing
 from ajuste.data.sources import LabelledData
 from ajuste.errors import DataError
@@ -204,4 +205,4 @@ class ImageDataset(Dataset):
         if img.shape[0] == 1:
             img = img.expand(3, -1, -1)  # greyscale → 3 channels for ImageNet backbones
         x = (img.float() - self.mean) / self.std
-        return x, int(self.labels[i])
+        return x, target(self.labels, i)

@@ -37,6 +37,7 @@ from ajuste.data.images import (
 )
 from ajuste.data.preprocessing import Preprocessing, auto_image_size, make_preprocessing
 from ajuste.data.sources import LabelledData
+from ajuste.tasks import Task, for_data
 
 __all__ = ["CACHE_MEMORY_SHARE", "ImageDataset", "ImageStore", "LengthBucketSampler", "PadCollate", "Pipeline",
            "Preprocessing", "ShardedBatches", "TEXT_BATCHES", "TextDataset", "auto_image_size", "available_memory",
@@ -50,8 +51,11 @@ class Pipeline:
     """Loaders over one LabelledData with fixed splits, for one backbone's preprocessing."""
 
     def __init__(self, data: LabelledData, splits: dict[str, np.ndarray], pre: Preprocessing, *,
-                 tokenizer: Any = None, augment: str = "light", hflip: bool | None = None, batch_size: int = 32) -> None:
+                 tokenizer: Any = None, augment: str = "light", hflip: bool | None = None, batch_size: int = 32,
+                 task: Task | None = None) -> None:
         self.data = data
+        # what the labels are (ajuste.tasks): a trained run's own for evaluate and predict, else from train
+        self.task = task if task is not None else for_data(data, splits.get("train"))
         self.splits = {k: np.asarray(v) for k, v in splits.items()}
         self.pre = pre
         self.batch_size = batch_size
@@ -86,11 +90,11 @@ class Pipeline:
     def dataset(self, split: str, *, augment: bool) -> Dataset:
         idx = self.splits[split]
         if self.pre.modality == "image":
-            return ImageDataset(self.store, idx, self.data.labels, self.train_augment if augment else None)
+            return ImageDataset(self.store, idx, self.data.y, self.train_augment if augment else None)
         if split not in self._encodings:
             self._encodings[split] = tokenize(self.tokenizer, [self.data.inputs[i] for i in idx],
                                               self.pre.max_length)
-        return TextDataset(self._encodings[split], self.data.labels[idx])
+        return TextDataset(self._encodings[split], self.data.y[idx])
 
     def loader(self, split: str, *, shuffle: bool = False, augment: bool = False, seed: int = 0,
                batch_size: int | None = None, repeat: int = 1, world: Any = None,
@@ -120,7 +124,8 @@ class Pipeline:
         return DataLoader(ds, batch_size=bs, shuffle=shuffle, generator=gen, num_workers=0, drop_last=False)
 
     def labels(self, split: str) -> np.ndarray:
-        return self.data.labels[self.splits[split]]
+        """What the model learns on ``split``: class indices, or multi-label / regression targets."""
+        return self.data.y[self.splits[split]]
 
     # --- identity of what the model sees (keys of the frozen-prefix cache, ajuste.training.cache) --------
     def fingerprint(self, split: str) -> str:

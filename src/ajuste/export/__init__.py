@@ -39,7 +39,7 @@ import torch
 from ajuste.backbones.adapters import get_method, merge_adapters, mergeable_methods
 from ajuste.errors import AjusteError
 from ajuste.export import ajuste_dir, hf, onnx, torchscript
-from ajuste.export.common import probe_inputs, probe_logits, probe_shape
+from ajuste.export.common import exported, probe_inputs, probe_logits, probe_shape
 from ajuste.export.output import check_out, check_tree
 from ajuste.export.output import inside as _inside  # noqa: F401 - its name before export became a package
 from ajuste.io import atomic_write_json
@@ -96,7 +96,10 @@ def export_run(*, run_dir: str | Path, out: str | Path, format: str = "ajuste", 
         probes.append(probe_inputs(bb, run.preprocessing, second=True))
     # What the run's predict computes: the logits divided by its temperature (calibration.json; 1 without one).
     # Every format carries T, so an export that dropped it fails the comparison below.
-    before = [probe_logits(bb, p) / run.temperature for p in probes]
+    if format == "hf" and run.task.kind != "classification":
+        raise AjusteError(f"{run_dir} is a {run.task.kind} run, and --format hf writes classifiers only for now; "
+                          f"use --format onnx, torchscript or ajuste")
+    before = [exported(probe_logits(bb, p), run.task, run.temperature) for p in probes]
     merge = merge or format != "ajuste"
     if merge:
         merge_adapters(bb)  # raises a one-line ConfigError for prompt/prefix tuning

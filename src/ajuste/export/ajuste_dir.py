@@ -9,14 +9,15 @@ from typing import Any
 import torch
 
 from ajuste.errors import AjusteError
-from ajuste.export.common import probe_logits
+from ajuste.export.common import exported, probe_logits
 from ajuste.export.output import copy_file, inside
 from ajuste.io import atomic_save_safetensors, atomic_write_json
 from ajuste.training.run_dir import weights_metadata
 from ajuste.training.run_load import load_run
 
 # Files a run directory needs for evaluate/predict, plus its records (summary last: it marks completion).
-_COPY = ["config.yaml", "labels.json", "preprocessing.json", "splits.json", "metrics.jsonl", "calibration.json"]
+_COPY = ["config.yaml", "labels.json", "preprocessing.json", "splits.json", "metrics.jsonl", "calibration.json",
+         "task.json"]
 
 
 def write(bb: Any, run: Any, stage: Path, probes: list[Any]) -> None:
@@ -40,5 +41,5 @@ def write(bb: Any, run: Any, stage: Path, probes: list[Any]) -> None:
 
 
 def check(stage: Path, bb: Any, run: Any, probes: list[Any]) -> list[torch.Tensor]:
-    loaded = load_run(stage)  # its temperature from the copied calibration.json, as predict applies it
-    return [probe_logits(loaded.backbone, p) / loaded.temperature for p in probes]
+    loaded = load_run(stage)  # its temperature and task from the copied calibration.json and task.json
+    return [exported(probe_logits(loaded.backbone, p), loaded.task, loaded.temperature) for p in probes]

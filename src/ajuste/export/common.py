@@ -60,22 +60,34 @@ def probe_shape(p: Any) -> list[int]:
     return list((p["input_ids"] if isinstance(p, dict) else p).shape)
 
 
-class Positional(torch.nn.Module):
-    """The backbone with positional tensor inputs (the form exporters and tracers take), its logits divided by the
-    run's calibration temperature (a constant in the exported graph)."""
+def exported(logits: torch.Tensor, task: Any, temperature: float = 1.0) -> torch.Tensor:
+    """What an exported network outputs (`Positional`): a classifier's logits divided by the run's temperature
+    (their softmax: its calibrated probabilities); a regression run's predictions in the target's units; a
+    multi-label run's logits (their sigmoid: each label's probability, decided at task.json's thresholds)."""
+    if task is not None and task.kind == "regression":
+        return logits * task.std + task.mean
+    if task is not None and task.kind == "multilabel":
+        return logits
+    return logits if temperature == 1.0 else logits / temperature
 
-    def __init__(self, backbone: Any, names: list[str], temperature: float = 1.0) -> None:
+
+class Positional(torch.nn.Module):
+    """The backbone with positional tensor inputs (the form exporters and tracers take), its outputs as `exported`
+    makes them (the temperature, or a regression target's scale, a constant in the exported graph)."""
+
+    def __init__(self, backbone: Any, names: list[str], temperature: float = 1.0, task: Any = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.names = names
         self.temperature = float(temperature)
+        self.task = task
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         if self.names == ["pixel_values"]:
             logits = self.backbone(tensors[0])
         else:
             logits = self.backbone(dict(zip(self.names, tensors)))
-        return logits if self.temperature == 1.0 else logits / self.temperature
+        return exported(logits, self.task, self.temperature)
 
 
 def input_names(probe: Any) -> list[str]:
@@ -104,6 +116,7 @@ def write_sidecars(bb: Any, run: Any, stage: Path, names: list[str]) -> None:
     atomic_write_json(stage / "preprocessing.json", pre)
     # what the exported logits were divided by: their softmax is the run's calibrated probabilities
     atomic_write_json(stage / "calibration.json", {"temperature": run.temperature, "applied_in_model": True})
+    atomic_write_json(stage / "task.json", {**run.task.to_json(), "applied_in_model": run.task.kind == "regression"})
     if bb.modality == "text":
         save_tokenizer(bb, run, stage)
 

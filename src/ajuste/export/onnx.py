@@ -22,7 +22,7 @@ def require_onnx() -> None:
 
 def write(bb: Any, run: Any, stage: Path, probes: list[Any]) -> str:
     names = input_names(probes[0])
-    wrapper = Positional(bb, names, run.temperature).eval()
+    wrapper = Positional(bb, names, run.temperature, run.task).eval()
     args = as_args(probes[0], names)
     text = bb.modality == "text"
     path = stage / "model.onnx"

@@ -14,7 +14,7 @@ from ajuste.export.common import Positional, as_args, input_names, quiet, write_
 def write(bb: Any, run: Any, stage: Path, probes: list[Any]) -> None:
     names = input_names(probes[0])
     with quiet(), torch.no_grad():
-        traced = torch.jit.trace(Positional(bb, names, run.temperature).eval(), as_args(probes[0], names), strict=False,
+        traced = torch.jit.trace(Positional(bb, names, run.temperature, run.task).eval(), as_args(probes[0], names), strict=False,
                                  check_trace=False)
         torch.jit.save(traced, str(stage / "model.pt"))
     write_sidecars(bb, run, stage, names)

@@ -113,7 +113,7 @@ def build_report(study_dir: Path, *, export: bool = True) -> dict[str, Any]:
     }
     for f in sorted({r["fraction"] for r in records}, reverse=True):
         figs[f"learning_curves_f{f:g}"] = plots.learning_curves(records, fraction=f)
-    if best_rec is not None:
+    if best_rec is not None and best_rec.get("confusion") is not None:  # none for multi-label or regression
         figs["confusion_best"] = plots.confusion(best_rec["confusion"], classes,
                                                  title=f"Confusion matrix of the best model ({best_rec['cell']})")
         calibrated = reliability.diagram_source(study_dir / best_rec["run_dir"])
@@ -137,7 +137,7 @@ def _classes(study_dir: Path, best_rec: dict | None) -> list[str]:
     p = study_dir / best_rec["run_dir"] / "labels.json"
     if p.is_file():
         return json.loads(p.read_text())
-    return [str(i) for i in range(len(best_rec["confusion"]))]
+    return [str(i) for i in range(len(best_rec.get("confusion") or []))]
 
 
 EARLY = "stopped early"  # the mark of a cell (or an arm's seeds) a budget's time limit cut short

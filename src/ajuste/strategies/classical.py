@@ -18,7 +18,7 @@ import torch
 from ajuste.backbones.classical import HogColourBackbone, TfidfBackbone
 from ajuste.config import RunConfig
 from ajuste.errors import AjusteError, ConfigError
-from ajuste.metrics import metric_name, score
+from ajuste.metrics import higher_is_better, metric_name, score
 from ajuste.strategies.base import Phase, Strategy, register
 
 # Inverse regularisation strengths tried, weakest regularisation last; the most accurate on validation is kept
@@ -67,6 +67,8 @@ class Classical(Strategy):
         return HogColourBackbone(n)
 
     def direct_fit(self, backbone: Any, pipeline: Any, cfg: RunConfig) -> Iterator[dict[str, Any]]:
+        if pipeline.task.kind != "classification":
+            return fit_task_linear(backbone, pipeline, self.option_values(cfg), monitor=cfg.train.monitor)
         return fit_logistic(backbone, pipeline, self.option_values(cfg), monitor=cfg.train.monitor,
                             balanced=cfg.train.class_balance != "none")
 
@@ -109,6 +111,52 @@ def fit_logistic(backbone: Any, pipeline: Any, opts: ClassicalOptions, *, monito
             backbone.set_linear(coef, intercept)
         step["seconds"] = time.perf_counter() - t
         yield step
+
+
+def fit_task_linear(backbone: Any, pipeline: Any, opts: ClassicalOptions, *,
+                    monitor: str) -> Iterator[dict[str, Any]]:
+    """Multi-label: one logistic regression per label; regression: ridge regression on the standardised target
+    (alpha = 1/C). One fit per strength of C_GRID, each yielded as an epoch; the head keeps the best on
+    validation by ``monitor`` (`ajuste.tasks`: the same loss and outputs as a deep run of the task)."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    task = pipeline.task
+    x_train, x_val = _matrices(backbone, pipeline)
+    y_train, y_val = pipeline.labels("train"), pipeline.labels("val")
+    best: tuple[float, ...] | None = None
+    sign = 1.0 if higher_is_better(monitor) else -1.0
+    for c in C_GRID:
+        t = time.perf_counter()
+        if task.kind == "regression":
+            model = Ridge(alpha=1.0 / c).fit(x_train, (y_train - task.mean) / task.std)
+            coef, bias = np.atleast_2d(model.coef_), np.atleast_1d(model.intercept_)
+        else:
+            rows = [_binary(LogisticRegression(C=c, max_iter=opts.max_iter), x_train, y_train[:, k])
+                    for k in range(y_train.shape[1])]
+            coef, bias = np.vstack([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
+        losses = {s: float(task.loss(torch.as_tensor(_logits(x, coef, bias)), torch.as_tensor(y)))
+                  for s, x, y in (("train", x_train, y_train), ("val", x_val, y_val))}
+        step = {"phase": f"C={c:g}", "train_loss": losses["train"], "val_loss": losses["val"],
+                "val_accuracy": task.accuracy(torch.as_tensor(_logits(x_val, coef, bias)), torch.as_tensor(y_val))}
+        step["val_score"] = score(monitor, y_val, task.outputs(_logits(x_val, coef, bias)), loss=step["val_loss"])
+        rank = (-step["val_loss"],) if metric_name(monitor) == "loss" else (sign * step["val_score"], -step["val_loss"])
+        step["best"] = best is None or rank > best
+        if step["best"]:
+            best = rank
+            backbone.set_linear(coef, bias)
+        step["seconds"] = time.perf_counter() - t
+        yield step
+
+
+def _binary(model: Any, x: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(1, features) weights and (1,) bias of one label's logistic regression; a label that the training split
+    has on every row or on none gets the constant logit of its rate (clipped), as it cannot be fitted."""
+    y = (np.asarray(y) > 0.5).astype(int)
+    if y.min() == y.max():
+        rate = np.clip(y.mean(), 1e-3, 1 - 1e-3)
+        return np.zeros((1, x.shape[1])), np.array([np.log(rate / (1 - rate))])
+    model.fit(x, y)
+    return np.asarray(model.coef_, dtype=np.float64), np.asarray(model.intercept_, dtype=np.float64)
 
 
 def _matrices(backbone: Any, pipeline: Any) -> tuple[Any, Any]:

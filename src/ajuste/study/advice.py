@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ajuste.strategies.base import baseline_strategies, scratch_strategies
-from ajuste.study.scores import metric_of, val_score, with_scores
+from ajuste.study.scores import gap_text, metric_of, val_score, with_scores
 
 
 def _scratch_arms() -> frozenset[str]:
@@ -182,10 +182,11 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
                  f"{runner['test_score']:.3f})")
     elif runner:
         if margin >= 0:
-            text += f", {100 * margin:+.1f} points over {runner['strategy']} ({runner['test_score']:.3f})"
+            text += f", {gap_text(margin, agg)} over {runner['strategy']} ({runner['test_score']:.3f})"
         else:  # validation chose it, the test split disagrees: say both rather than "-0.7 points over"
             text += (f", ahead on validation ({win['val_score']:.3f} vs {runner['val_score']:.3f}) though "
-                     f"{100 * -margin:.1f} points behind {runner['strategy']} on test ({runner['test_score']:.3f})")
+                     f"{gap_text(margin, agg).lstrip('+-')} behind {runner['strategy']} on test "
+                     f"({runner['test_score']:.3f})")
         text += f"; confidence {confidence['level']} ({confidence['text']})"
     text += _caveats(win, text)
     early = [_key(r) for r in records if stopped_early(r)]
@@ -332,7 +333,7 @@ def floor_reason(arms: list[dict[str, Any]], win: dict[str, Any]) -> str | None:
                 f"floor on data from where the model will be used (runs/{floor['strategy']}-f{floor['fraction']:g}-s0)")
     gain = best["test_score"] - floor["test_score"]
     return (f"over the {name} floor (no deep network: test {floor['test_score']:.3f} in "
-            f"{floor['cost_seconds']:.0f}s), {best['strategy']} gains {100 * gain:+.1f} points at {ratio:.0f}× "
+            f"{floor['cost_seconds']:.0f}s), {best['strategy']} gains {gap_text(gain, deep)} at {ratio:.0f}× "
             f"the cost")
 
 

@@ -13,10 +13,12 @@ import numpy as np
 from ajuste.config import RunConfig
 from ajuste.data.splits import take_fraction
 from ajuste.io import atomic_write_json, read_json, read_jsonl
+from ajuste.metrics import higher_is_better
 from ajuste.strategies.base import get_strategy, resolve_config
 from ajuste.study.advice import cost
 from ajuste.study.spec import Cell, StudySpec
 from ajuste.study.workers import Job
+from ajuste.tasks import TASK_METRICS
 from ajuste.training import run as train_runs
 from ajuste.training import tracking, tracking_store
 from ajuste.training.cache import shared_dir
@@ -161,11 +163,16 @@ def _planned_epochs(cfg: RunConfig, n_train: int) -> int:
 def cell_record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: int) -> dict[str, Any]:
     hist = read_jsonl(run_dir / "metrics.jsonl")
     # the study ranks on train.monitor's metric; a run that picked its epochs by loss is ranked on accuracy
+    # (its task's first metric for multi-label and regression). An error such as RMSE is recorded negated (and
+    # named "−RMSE"), so that every ranking of the study takes the highest score.
     metric = s.get("metric", "accuracy")
-    metric = "accuracy" if metric == "loss" else metric
+    metric = TASK_METRICS[s.get("task", "classification")][0] if metric == "loss" else metric
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    val = s["val_accuracy"] if metric == "accuracy" else s["val_score"] if s.get("metric") != "loss" else \
+        -s["val_loss"]
     return {
-        "metric": metric, "val_score": s["val_accuracy"] if metric == "accuracy" else s["val_score"],
-        "test_score": s["test"].get(metric, float("nan")), "class_balance": s.get("class_balance", "none"),
+        "metric": metric, "val_score": sign * val if s.get("metric") != "loss" else val,
+        "test_score": sign * s["test"].get(metric, float("nan")), "class_balance": s.get("class_balance", "none"),
         "cell": cell.key, "strategy": cell.strategy, "fraction": cell.fraction, "seed": cell.seed,
         "n_train": s["n_train"], "n_val": s.get("n_val"), "test_accuracy": s["test_accuracy"], "test_macro_f1": s["test_macro_f1"],
         "val_accuracy": s["val_accuracy"], "val_loss": s["val_loss"], "train_seconds": s["train_seconds"],
@@ -178,7 +185,7 @@ def cell_record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: in
         # a budget's time limit cut its training short (train.max_seconds): never shown as finished normally
         "stopped_by": s.get("stopped_by", "completed"), "stopped_early": s.get("stopped_by") == "time limit",
         "run_dir": str(Path("runs") / cell.key),
-        "confusion": s["test"]["confusion"],
+        "confusion": s["test"].get("confusion"),  # None for multi-label and regression
         "calibration": s.get("calibration"),  # temperature and ECE before/after scaling (training/calibration.py)
         # out of GPU memory at the study's batch size: trained at a smaller one with gradient accumulation
         "oom_retry": s.get("oom_retry"),

@@ -43,6 +43,7 @@ from ajuste.study.cells import (
     train_cell,
 )
 from ajuste.study.planner import Choice, CostModel, Planner, stopped_early
+from ajuste.study.scores import metric_of
 from ajuste.study.similarity import BUDGET_SHARE, measure_similarity
 from ajuste.study.spec import Cell, StudySpec
 from ajuste.study.workers import (
@@ -129,7 +130,9 @@ def _run_study(*, spec: StudySpec, study_dir: Path, console: Any, progress: bool
     cells, planned = _start_cells(spec, planned, sizes, data, splits, study_dir, console, workers=workers,
                                   share_idle_cores=share_idle_cores)
     try:  # after the workers started: they import and load the data meanwhile
-        sim = _similarity(study_dir, spec, data, splits, cfg0, console) if similarity else None
+        # LogME and the probe accuracy score class labels: not measured for multi-label or regression targets
+        sim = _similarity(study_dir, spec, data, splits, cfg0, console) \
+            if similarity and data.task == "classification" else None
     except BaseException:
         cells.close()
         raise
@@ -183,13 +186,13 @@ def _open_study(study_dir: Path, spec: StudySpec, console: Any) -> tuple[RunConf
     for w in data.warnings:
         _say(console, f"[yellow]warning:[/] {w}")
     n_classes = len(data.classes)
-    spec.monitor, why = resolve_monitor(cfg0.train.monitor, data.labels[splits["train"]], n_classes)
+    spec.monitor, why = resolve_monitor(cfg0.train.monitor, data.labels[splits["train"]], n_classes, data.task)
     if why:
         _say(console, why.replace("metric: ", "the study ranks on ", 1))
     atomic_write_json(study_dir / "study.json", spec.to_dict())
     for f in spec.fractions:
         n = int(round(f * len(splits["train"])))
-        if n < n_classes:
+        if n < n_classes and data.task == "classification":
             _say(console, f"fraction {f:g} gives {n} examples for {n_classes} classes: raised to one per class")
     return cfg0, data, splits
 
@@ -228,7 +231,9 @@ class _Ledger:
         self.records.append(rec)
         self.save_spent()
         self.cost.observe_record(rec, self.planned_epochs[cell.key])
-        _say(self.console, f"{cell.key:<28} test acc {rec['test_accuracy']:.4f}  F1 {rec['test_macro_f1']:.4f}  "
+        scores = f"test acc {rec['test_accuracy']:.4f}  F1 {rec['test_macro_f1']:.4f}" \
+            if rec.get("test_accuracy") is not None else f"test {metric_of([rec])} {rec['test_score']:.4f}"
+        _say(self.console, f"{cell.key:<28} {scores}  "
                            f"{rec['train_seconds']:.0f}s  ({rec['epochs']} epochs"
                            + (", stopped early by its time limit)" if stopped_early(rec) else ")"))
         if self.on_cell_end is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ajuste.metrics import label_of
+from ajuste.metrics import higher_is_better, label_of
 
 
 def val_score(r: dict[str, Any]) -> float:
@@ -25,4 +25,16 @@ def with_scores(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def metric_of(rows: list[dict[str, Any]]) -> str:
     """The metric the study ranks on, as the report names it."""
-    return label_of(rows[0].get("metric", "accuracy")) if rows else "accuracy"
+    if not rows:
+        return "accuracy"
+    metric = rows[0].get("metric", "accuracy")
+    return label_of(metric) if higher_is_better(metric) else f"−{label_of(metric)}"  # recorded negated
+
+
+def gap_text(gap: float, rows: list[dict[str, Any]]) -> str:
+    """A difference of scores in words: "+5.2 points" for a share (accuracy, F1, mAP, R²); for an error
+    (recorded negated) its size in the target's units, "RMSE 0.150 lower"."""
+    metric = rows[0].get("metric", "accuracy") if rows else "accuracy"
+    if higher_is_better(metric):
+        return f"{100 * gap:+.1f} points"
+    return f"{label_of(metric)} {abs(gap):.3g} {'lower' if gap >= 0 else 'higher'}"

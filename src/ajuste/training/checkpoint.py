@@ -23,7 +23,7 @@ from ajuste.io import (
     atomic_write_text,
     read_jsonl,
 )
-from ajuste.metrics import metric_name
+from ajuste.metrics import higher_is_better, metric_name
 
 
 @dataclass
@@ -216,12 +216,16 @@ def _improved(monitor: str, val_loss: float, val_score: float, state: _State) ->
     if state.best_epoch < 0:
         return True
     if metric_name(monitor) != "loss" and 0 <= state.best_phase < state.phase_index:
-        return val_score > state.best_val_score + 1e-9
+        sign = 1.0 if higher_is_better(monitor) else -1.0
+        return sign * val_score > sign * state.best_val_score + 1e-9
     return _beats(monitor, val_loss, val_score, state.best_val_loss, state.best_val_score)
 
 
 def _beats(monitor: str, val_loss: float, val_score: float, best_loss: float, best_score: float) -> bool:
+    """A higher score (lower for an error such as RMSE), ties broken by a lower loss; for ``loss``, the loss."""
     if metric_name(monitor) != "loss":
+        if not higher_is_better(monitor):
+            val_score, best_score = -val_score, -best_score
         if val_score > best_score + 1e-9:
             return True
         return abs(val_score - best_score) <= 1e-9 and val_loss < best_loss - 1e-4

@@ -82,17 +82,23 @@ def _phase_feeds(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, phase: 
         return backbone.classify(backbone.forward_suffix(acts, cut.group))
 
     if train_entry is not None:
-        train_labels = torch.as_tensor(pipeline.labels("train"), dtype=torch.long)
+        train_labels = _label_tensor(pipeline.labels("train"))
         train = _Feed(lambda seed, repeat=1: _cached_loader(train_entry, train_labels, bs, seed=seed, repeat=repeat,
                                                             shuffle=True, w=w, balance=balance),
                       from_cache, None if head else amp_for(cfg, backbone, training=True), True)
     if val_entry is not None:
-        val_labels = torch.as_tensor(pipeline.labels("val"), dtype=torch.long)
+        val_labels = _label_tensor(pipeline.labels("val"))
         loader = _cached_loader(val_entry, val_labels, 256 if head else max(64, bs), seed=0, repeat=1, shuffle=False,
                                 w=w)
         val = _Feed(lambda seed, repeat=1: loader, from_cache, None if head else amp_for(cfg, backbone, training=False),
                     True)
     return train, val
+
+
+def _label_tensor(labels: Any) -> torch.Tensor:
+    """Class indices as int64; multi-label and regression targets as float32."""
+    labels = np.asarray(labels)
+    return torch.as_tensor(labels, dtype=torch.long if labels.dtype.kind in "iu" else torch.float32)
 
 
 def _cut(backbone: Backbone, cfg: RunConfig, phase: Phase) -> Any:

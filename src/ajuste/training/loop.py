@@ -234,7 +234,7 @@ def _run_phase(f: Fit, pi: int, callbacks: list[Callback], *, steps_per_epoch: i
             backbone, loader, f.optimizer, cfg, forward=f.train_feed.forward, amp=f.train_feed.amp, scaler=scaler,
             step0=e * f.epoch_steps, total_steps=f.total_steps, bar=bar, task=task,
             on_diverge=lambda lr: _diverged(backbone, f.best_weights, f.ckpt, lr, state, cfg.optim.lr), w=f.w,
-            stop=f.step_stop, class_weights=f.extra.get("class_weights"))
+            stop=f.step_stop, class_weights=f.extra.get("class_weights"), label_task=f.pipeline.task)
         if abandoned:  # the unfinished epoch is dropped: the fit ends on its best epoch so far, as after a cancel
             if bar:
                 bar.remove_task(task)
@@ -244,7 +244,8 @@ def _run_phase(f: Fit, pi: int, callbacks: list[Callback], *, steps_per_epoch: i
         if f.w.active:
             sync_module(backbone)  # BatchNorm statistics of each worker's share, averaged
         val_loss, val_acc, val_score = _validate(backbone, f.val_feed.make(0, 1), cfg, channels_last=f.channels_last,
-                                                 w=f.w, forward=f.val_feed.forward, amp=f.val_feed.amp)
+                                                 w=f.w, forward=f.val_feed.forward, amp=f.val_feed.amp,
+                                                 label_task=f.pipeline.task)
         if bar:
             bar.remove_task(task)
         if not math.isfinite(val_loss):

@@ -24,7 +24,7 @@ def prepare_data(cfg: RunConfig, *, data: Any = None, splits: dict[str, np.ndarr
     ``notes`` receives what the caller should warn about the split (a share raised to one per class)."""
     if data is None:
         data = load_data(cfg.data.source, text_col=cfg.data.text_col, label_col=cfg.data.label_col,
-                         strict=cfg.data.strict)
+                         strict=cfg.data.strict, task=cfg.data.task, notes=notes)
     if splits is None:
         splits = make_splits(data, seed=cfg.data.split_seed, val_size=cfg.data.val_size,
                              test_size=cfg.data.test_size)

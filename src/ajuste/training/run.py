@@ -18,14 +18,15 @@ import numpy as np
 import torch
 from rich.markup import escape
 
-from ajuste import locks
+from ajuste import locks, tasks
 from ajuste.backbones.factory import create_backbone
 from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline, make_preprocessing
-from ajuste.errors import AjusteError
+from ajuste.errors import AjusteError, ConfigError
 from ajuste.io import atomic_write_json
 from ajuste.metrics import resolve_monitor
 from ajuste.strategies.base import get_strategy, resolve_config
+from ajuste.tasks import TASK_METRICS
 from ajuste.training import calibration, distributed, loop, stored_weights, tracking, tracking_store
 from ajuste.training.direct import fit_direct
 from ajuste.training.memory import PeakMemory, memory_error_message
@@ -47,7 +48,7 @@ from ajuste.training.run_dir import (  # noqa: F401 - callers import them from h
     write_run_files,
     write_status,
 )
-from ajuste.training.run_eval import evaluate_split, trainable_share
+from ajuste.training.run_eval import evaluate_split, trainable_share, tune_label_thresholds
 
 
 @dataclass
@@ -139,16 +140,22 @@ def _finish(cfg: RunConfig, strategy: Any, data: Any, splits: dict, result: Any,
         summary["distributed"] = distributed.describe(w)
     summary.update(strategy.report(backbone, run_dir))
     # temperature scaling on the validation split (training/calibration.py); the test split is scored with it.
-    # Not for a run that neither keeps a directory nor is tested (a tune trial): nothing would use T.
-    keep = cfg.train.calibrate and (run_dir is not None or evaluate_test)
+    # Not for a run that neither keeps a directory nor is tested (a tune trial): nothing would use T. A multi-label
+    # run tunes its labels' thresholds on the validation split instead.
+    label_task = pipeline.task
+    used = run_dir is not None or evaluate_test
+    if label_task.kind == "multilabel" and used:
+        label_task.thresholds = tune_label_thresholds(backbone, pipeline, cfg)
+    keep = cfg.train.calibrate and label_task.kind == "classification" and used
     calib = calibration.calibrate_on_validation(backbone, pipeline, cfg) if keep else None
     if evaluate_test:
         test = evaluate_split(backbone, pipeline, "test", data.classes, cfg,
                               temperature=calib["temperature"] if calib else 1.0)
         summary["test"] = test
-        summary["test_accuracy"] = test["accuracy"]
-        summary["test_macro_f1"] = test["macro_f1"]
-        summary["test_score"] = test["accuracy"] if cfg.train.monitor == "loss" else test.get(cfg.train.monitor)
+        summary["test_accuracy"] = test.get("accuracy")
+        summary["test_macro_f1"] = test.get("macro_f1")
+        summary["test_score"] = test.get(TASK_METRICS[label_task.kind][0] if cfg.train.monitor == "loss"
+                                         else cfg.train.monitor)
         if calib is not None:
             calib["test"] = test["calibration"]
     if calib is not None:
@@ -157,6 +164,7 @@ def _finish(cfg: RunConfig, strategy: Any, data: Any, splits: dict, result: Any,
     if run_dir is not None:
         if calib is not None:  # before summary.json, whose presence marks the run complete
             calibration.save(run_dir, calib)
+        atomic_write_json(run_dir / "task.json", label_task.to_json())
         _save(run_dir, cfg, strategy, backbone, data.classes, summary)
     return summary
 
@@ -168,7 +176,10 @@ def _load_data(cfg: RunConfig, data: Any, splits: dict | None, console: Any,
     split_notes: list[str] = []
     data, splits = prepare_data(cfg, data=data, splits=splits, notes=split_notes)
     cfg = resolve_config(resolve_model(cfg, data), data.modality)
-    monitor, why = resolve_monitor(cfg.train.monitor, data.labels[splits["train"]], len(data.classes))
+    monitor, why = resolve_monitor(cfg.train.monitor, data.labels[splits["train"]], len(data.classes), data.task)
+    if data.task != "classification" and cfg.train.class_balance != "none":
+        raise ConfigError(f"train.class_balance={cfg.train.class_balance} balances the classes of single-label "
+                          f"classification, and this is a {data.task} task; drop it")
     cfg = cfg.override({"train.monitor": monitor})
     if console is not None:  # what was read, and how (a table's columns may have been detected, not named)
         console.print(f"data: {data.source}; train/val/test {len(splits['train'])}/{len(splits['val'])}/"
@@ -200,7 +211,8 @@ def _build(cfg: RunConfig, strategy: Any, data: Any, splits: dict) -> tuple[Any,
     check_model_modality(cfg.model.name, backbone.modality, data, cfg.data.source)
     pre = make_preprocessing(data, backbone, image_size=cfg.data.image_size, max_length=cfg.data.max_length)
     pipeline = Pipeline(data, splits, pre, tokenizer=getattr(backbone, "tokenizer", None),
-                        augment=cfg.data.augment, hflip=cfg.data.hflip, batch_size=cfg.data.batch_size)
+                        augment=cfg.data.augment, hflip=cfg.data.hflip, batch_size=cfg.data.batch_size,
+                        task=tasks.for_data(data, splits["train"], loss=cfg.train.regression_loss))
     strategy.prepare(backbone, cfg)
     phases = strategy.phases(cfg, len(backbone.layer_groups()))  # checks e.g. unfreeze against the backbone
     return backbone, pre, pipeline, phases
@@ -254,6 +266,7 @@ def _summary(cfg: RunConfig, strategy: Any, data: Any, splits: dict, result: Any
         "val_loss": result.best_val_loss,
         "val_accuracy": result.best_val_accuracy,
         # the metric the run was judged on (train.monitor) and its value at the kept epoch
+        "task": data.task,
         "metric": cfg.train.monitor,
         "val_score": result.best_val_score,
         "class_balance": cfg.train.class_balance,

@@ -17,6 +17,7 @@ from ajuste.data.pipeline import Pipeline
 from ajuste.data.sources import LabelledData, load_data
 from ajuste.errors import AjusteError
 from ajuste.metrics import classification_metrics, metric_name, softmax
+from ajuste.tasks import Task, multilabel_metrics, regression_metrics, tune_thresholds
 from ajuste.training import calibration
 from ajuste.training.execution import resolve_device
 from ajuste.training.inference import amp_for, predict_logits, use_channels_last
@@ -45,14 +46,36 @@ def trainable_share(backbone: Any, phases: list[Any]) -> int:
 
 def evaluate_split(backbone: Any, pipeline: Any, split: str, classes: list[str], cfg: Any, *,
                    temperature: float = 1.0) -> dict[str, Any]:
-    """Metrics of one split, with its calibration before and after dividing the logits by ``temperature``."""
+    """Metrics of one split for the pipeline's task; a classifier's with its calibration before and after dividing
+    the logits by ``temperature``."""
     loader = pipeline.loader(split, batch_size=max(64, pipeline.batch_size))
     logits, y = predict_logits(backbone, loader, amp=amp_for(cfg, backbone, training=False),
                                channels_last=use_channels_last(cfg, backbone))
+    return task_metrics(pipeline.task, logits, y, classes, temperature)
+
+
+def task_metrics(task: Task, logits: torch.Tensor, y: torch.Tensor, classes: list[str],
+                 temperature: float = 1.0) -> dict[str, Any]:
+    """The metrics of ``task`` for ``logits`` against ``y``: classification's (with calibration), multi-label's
+    (at the task's thresholds) or regression's (in the target's units)."""
+    logits = logits.float()
+    if task.kind == "regression":
+        return regression_metrics(y.numpy(), task.outputs(logits))
+    if task.kind == "multilabel":
+        return multilabel_metrics(y.numpy(), task.outputs(logits), classes, task.thresholds)
     metrics = classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes,
-                                     probs=softmax(logits.float().numpy() / temperature))
+                                     probs=softmax(logits.numpy() / temperature))
     metrics["calibration"] = calibration.scores(logits, y, temperature)
     return metrics
+
+
+@torch.no_grad()
+def tune_label_thresholds(backbone: Any, pipeline: Any, cfg: Any) -> list[float]:
+    """Multi-label: each label's decision threshold, the one with the best F1 on the validation split."""
+    loader = pipeline.loader("val", batch_size=max(64, pipeline.batch_size))
+    logits, y = predict_logits(backbone, loader, amp=amp_for(cfg, backbone, training=False),
+                               channels_last=use_channels_last(cfg, backbone))
+    return tune_thresholds(pipeline.task.outputs(logits), y.numpy())
 
 
 def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_col: str | None = None,
@@ -77,20 +100,20 @@ def evaluate_run(run_dir: str | Path, data_source: str | None = None, *, text_co
         where = f"test split of {cfg.data.source}"
     else:
         data = load_data(data_source, text_col=text_col or cfg.data.text_col, label_col=label_col or cfg.data.label_col,
-                         classes=run.classes, modality=run.backbone.modality, strict=strict)
+                         classes=None if run.task.kind == "regression" else run.classes,
+                         modality=run.backbone.modality, strict=strict, task=run.task.kind)
         test_idx = np.asarray(data.splits["test"]) if "test" in data.splits else np.arange(len(data))
         where = f"{'test split of ' if 'test' in data.splits else ''}{data_source}"
         check_pairs(data.inputs, run)
     for note in data.warnings if warn is not None else ():
         warn(note)
     pipe = Pipeline(data, {"test": test_idx}, run.preprocessing, tokenizer=getattr(run.backbone, "tokenizer", None),
-                    augment="none")
+                    augment="none", task=run.task)
     logits, y = predict_logits(run.backbone, pipe.loader("test", batch_size=64),
                                amp=amp_for(cfg, run.backbone, training=False),
                                channels_last=use_channels_last(cfg, run.backbone))
-    metrics = classification_metrics(y.numpy(), logits.argmax(1).numpy(), run.classes,
-                                     probs=softmax(logits.float().numpy() / run.temperature))
-    metrics["calibration"] = calibration.scores(logits, y, run.temperature)
+    metrics = task_metrics(run.task, logits, y, run.classes, run.temperature)
+    metrics["task"] = run.task.kind
     metrics["metric"] = metric_name(cfg.train.monitor)  # what the run was judged on: shown first
     metrics["evaluated_on"] = where
     return metrics
@@ -149,24 +172,33 @@ def predict_inputs(run_dir: str | Path, inputs: list[str], *, text_col: str | No
         names, items = expand_text_inputs(inputs, text_col or run.config.data.text_col, stdin_lines,
                                           strict=strict, warn=warn)
         check_pairs(items, run)
-    probs = predict_items(run, items)
-    out = []
-    for name, p in zip(names, probs):
-        k = int(p.argmax())
-        out.append({"input": name, "label": run.classes[k], "probability": float(p[k])})
-    return out
+    return [dict(input=name, **row) for name, row in zip(names, prediction_rows(run, predict_items(run, items)))]
+
+
+def prediction_rows(run: LoadedRun, outputs: np.ndarray) -> list[dict[str, Any]]:
+    """One answer per example: the label and its probability (classification); the labels over their thresholds
+    and every label's probability (multi-label); the predicted value (regression)."""
+    if run.task.kind == "regression":
+        return [{"value": float(v)} for v in outputs]
+    if run.task.kind == "multilabel":
+        chosen = run.task.labels_of(outputs)
+        return [{"labels": [run.classes[k] for k in np.flatnonzero(c)],
+                 "probabilities": {name: round(float(q), 6) for name, q in zip(run.classes, p)}}
+                for p, c in zip(outputs, chosen)]
+    return [{"label": run.classes[int(p.argmax())], "probability": float(p.max())} for p in outputs]
 
 
 def predict_items(run: LoadedRun, items: Any) -> np.ndarray:
     """Calibrated class probabilities (softmax of the logits divided by the run's temperature), (N, classes), of a
-    loaded run for ``items`` already in memory: texts for a text run ((first, second) tuples for a text-pair run);
+    loaded run (multi-label: each label's probability, (N, labels); regression: the values, (N,)) for ``items``
+    already in memory: texts for a text run ((first, second) tuples for a text-pair run);
     for an image run, image files or PIL images (resized and centre-cropped as in training), or one uint8
     (N, H, W[, C]) array when the run was trained on arrays (resized whole, as they were)."""
     data = LabelledData(modality=run.backbone.modality, inputs=items, labels=np.zeros(len(items), dtype=np.int64),
                         classes=run.classes, splits={}, source="predict", warnings=[])
     pipe = Pipeline(data, {"test": np.arange(len(items))}, run.preprocessing,
-                    tokenizer=getattr(run.backbone, "tokenizer", None), augment="none")
+                    tokenizer=getattr(run.backbone, "tokenizer", None), augment="none", task=run.task)
     logits, _ = predict_logits(run.backbone, pipe.loader("test", batch_size=64),
                                amp=amp_for(run.config, run.backbone, training=False),
                                channels_last=use_channels_last(run.config, run.backbone))
-    return torch.softmax(logits.float() / run.temperature, 1).numpy()  # calibrated: the run's T (1 without one)
+    return run.task.outputs(logits, run.temperature)  # a classifier's calibrated: the run's T (1 without one)

@@ -4,7 +4,7 @@ naming the file and the fix). Evaluate, predict, export and a study's hand-over 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from ajuste.config import load_config
 from ajuste.data.pipeline import Preprocessing
 from ajuste.errors import AjusteError
 from ajuste.io import ajuste_dir_kind, read_json
+from ajuste.tasks import Task
 from ajuste.training import calibration, stored_weights
 from ajuste.training.run_dir import read_status, status_error, weights_digest
 
@@ -29,6 +30,7 @@ class LoadedRun:
     config: Any
     summary: dict[str, Any] | None
     temperature: float = 1.0  # calibration.json's T, which the logits are divided by (1: none)
+    task: Task = field(default_factory=Task)  # task.json: multi-label thresholds, regression target statistics
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
@@ -56,10 +58,14 @@ def load_run(run_dir: str | Path) -> LoadedRun:
             hint = " (the run had finished; a file was moved or deleted — retrain with `ajuste train ... --overwrite`)"
         raise AjusteError(f"{run_dir} is not a finished run: missing {', '.join(missing)}{hint}")
     classes = read_run_json(run_dir, "labels.json")
-    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)
+    task_file = run_dir / "task.json"
+    task = Task.from_json(read_run_json(run_dir, "task.json") if task_file.is_file() else None)
+    least = 1 if task.kind != "classification" else 2  # a regression run's one name: its target's
+    if not (isinstance(classes, list) and len(classes) >= least and all(isinstance(c, str) for c in classes)
             and len(set(classes)) == len(classes)):
-        raise AjusteError(f"{run_dir}/labels.json must list the class names (at least 2 distinct strings); it "
-                          f"holds {str(classes)[:80]} — restore it from the run or retrain")
+        raise AjusteError(f"{run_dir}/labels.json must list the class names (at least {least} distinct "
+                          f"string{'s' if least > 1 else ''}); it holds {str(classes)[:80]} — restore it from the run "
+                          f"or retrain")
     desc = read_run_json(run_dir, "backbone.json")
     if not isinstance(desc, dict) or "kind" not in desc:
         raise AjusteError(f"{run_dir}/backbone.json does not describe a backbone (no 'kind'); restore it or retrain")
@@ -99,7 +105,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise AjusteError(f"{run_dir}/preprocessing.json is not a preprocessing record ({exc}); restore it "
                           "or retrain") from None
     return LoadedRun(run_dir, backbone, classes, pre, load_config(run_dir / "config.yaml"), summary,
-                     calibration.read_temperature(run_dir))
+                     calibration.read_temperature(run_dir), task)
 
 
 def _check_weights_file(run_dir: Path, weights: Path, classes: list[str], summary: Any) -> dict[str, str]:

@@ -7,13 +7,13 @@ import math
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline, to_device_batch
-from ajuste.metrics import metric_name, score, softmax
+from ajuste.metrics import metric_name, score
+from ajuste.tasks import Task
 from ajuste.training.checkpoint import Checkpointer, FitResult, _improved, _State, _state_dict
 from ajuste.training.distributed import World, all_reduce_sum, gather_rows, no_sync, sync_module
 from ajuste.training.execution import autocast, model_device, to_device
@@ -26,10 +26,10 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
                  forward: Callable[[Any], torch.Tensor], amp: torch.dtype | None, step0: int, total_steps: int,
                  bar: Any, task: Any, on_diverge: Callable[[float], None], w: World = World(),
                  scaler: Any = None, stop: Callable[[], str] | None = None,
-                 class_weights: torch.Tensor | None = None) -> tuple[float, float, str]:
+                 class_weights: torch.Tensor | None = None, label_task: Task = Task()) -> tuple[float, float, str]:
     """One pass over ``loader``: (mean loss, last LR, ""), or, when ``stop`` (asked after each optimizer step)
     gives a reason, that reason third, the pass left unfinished. ``scaler``: fp16's `torch.amp.GradScaler`, or
-    None. ``class_weights`` (train.class_balance=weights): per-class loss weights (``_loss``).
+    None. ``class_weights``: per-class loss weights (``_loss``). ``label_task``: the loss's `ajuste.tasks.Task`.
 
     With ``train.grad_accum`` N, an optimizer step follows every N batches (and the last, shorter window); the
     window's summed loss is backpropagated and its gradient divided by the window's examples before the
@@ -56,7 +56,7 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
             with no_sync(forward, skip=not step_ends):
                 with autocast(amp, device):
                     logits = forward(inputs)
-                loss = _loss(logits, y, cfg, class_weights, summed=True)
+                loss = _loss(logits, y, cfg, class_weights, summed=True, label_task=label_task)
                 if accum == 1:
                     optimizer.zero_grad(set_to_none=True)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -67,7 +67,7 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
         else:
             with autocast(amp, device):
                 logits = forward(inputs)
-            loss = _loss(logits, y, cfg, class_weights, summed=False)
+            loss = _loss(logits, y, cfg, class_weights, summed=False, label_task=label_task)
             if not torch.isfinite(loss):
                 on_diverge(lr_now)
             if accum == 1:
@@ -105,14 +105,11 @@ def _train_epoch(backbone: Backbone, loader: DataLoader, optimizer: Any, cfg: Ru
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, cfg: RunConfig, weights: torch.Tensor | None, *,
-          summed: bool) -> torch.Tensor:
-    """Cross-entropy in fp32: summed over the batch (data parallel: the step divides by the global count), or its
+          summed: bool, label_task: Task = Task()) -> torch.Tensor:
+    """The task's loss in fp32 (cross-entropy, binary cross-entropy per label, or squared error on the
+    standardised target): summed over the batch (data parallel: the step divides by the global count), or its
     mean over the batch's examples; class weights divide by the example count too, not by the sum of weights."""
-    if weights is None and not summed:
-        return F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
-    total = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing, weight=weights,
-                            reduction="sum")
-    return total if summed else total / len(y)
+    return label_task.loss(logits, y, label_smoothing=cfg.optim.label_smoothing, weights=weights, summed=summed)
 
 
 def _batches(loader: Any, *, lookahead: bool) -> Iterator[tuple[int, tuple[Any, bool]]]:
@@ -145,25 +142,27 @@ def _task_index(bar: Any, task: Any) -> int:
 @torch.no_grad()
 def _validate(backbone: Backbone, loader: DataLoader, cfg: RunConfig, *, channels_last: bool,
               w: World = World(), forward: Callable[[Any], torch.Tensor] | None = None,
-              amp: torch.dtype | None | str = "auto") -> tuple[float, float, float]:
-    """(loss, accuracy, score of train.monitor's metric: its loss for ``loss``) on the validation split."""
+              amp: torch.dtype | None | str = "auto", label_task: Task = Task()) -> tuple[float, float, float]:
+    """(loss, accuracy, score of train.monitor's metric: its loss for ``loss``) on the validation split; accuracy
+    is NaN for regression (`Task.accuracy`)."""
     if amp == "auto":
         amp = amp_for(cfg, backbone, training=False)
     logits, y = predict_logits(backbone, loader, amp=amp, channels_last=channels_last, forward=forward)
+    logits = logits.float()
     metric = metric_name(cfg.train.monitor)
     if w.active:  # each worker saw its share of the validation split
-        local = [F.cross_entropy(logits, y, reduction="sum").item(), (logits.argmax(1) == y).sum().item(),
+        local = [label_task.loss(logits, y, summed=True).item(), label_task.accuracy(logits, y) * len(y),
                  len(y)] if len(y) else [0.0, 0.0, 0.0]
         loss_sum, correct, n = all_reduce_sum(local)
         loss, acc = loss_sum / max(1, n), correct / max(1, n)
     else:
-        loss = F.cross_entropy(logits, y).item()
-        acc = (logits.argmax(1) == y).float().mean().item()
+        loss = label_task.loss(logits, y).item() if len(y) else float("nan")
+        acc = label_task.accuracy(logits, y)
     if metric in ("accuracy", "loss"):
         return loss, acc, acc if metric == "accuracy" else loss
     if w.active:
-        logits, y = gather_rows(logits.float(), y)  # a metric that ranks examples needs the whole split
-    return loss, acc, score(metric, y.numpy(), softmax(logits.float().numpy()))
+        logits, y = gather_rows(logits, y)  # a metric that ranks examples needs the whole split
+    return loss, acc, score(metric, y.numpy(), label_task.outputs(logits))
 
 
 def class_weights(labels: Any, n_classes: int, device: Any = None) -> torch.Tensor:
@@ -199,7 +198,7 @@ def _take_average(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, ckpt: 
     if cfg.model.bn == "train":
         _refresh_batchnorm(backbone, pipeline, channels_last=channels_last, w=w)
     val_loss, val_acc, val_score = _validate(backbone, val_feed.make(0, 1), cfg, channels_last=channels_last, w=w,
-                                             forward=val_feed.forward, amp=val_feed.amp)
+                                             forward=val_feed.forward, amp=val_feed.amp, label_task=pipeline.task)
     kept = math.isfinite(val_loss) and _improved(cfg.train.monitor, val_loss, val_score, state)
     first, last = state.global_epoch - n + 1, state.global_epoch
     result.averaged = {"epochs": [first, last], "val_loss": val_loss, "val_accuracy": val_acc,

@@ -17,6 +17,11 @@ class LabelledData:
     so every path that indexes, subsets or splits examples carries both sides without knowing of them.
     ``labels`` are int64 indices into ``classes``. ``splits`` maps "train"/"val"/"test" to int64 index arrays
     when the source defines them ({} otherwise).
+
+    ``task`` (`ajuste.tasks`): for ``multilabel`` ``targets`` is the (N, K) 0/1 float32 matrix over the label
+    names ``classes``; for ``regression`` ``targets`` holds the (N,) float values and ``classes`` the target's
+    name. ``labels`` are then strata that keep splits and fractions representative (a row's rarest label;
+    a quantile bin of the target), not outputs. ``y`` is what the model learns: ``targets`` or ``labels``.
     """
 
     modality: str
@@ -26,6 +31,8 @@ class LabelledData:
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     source: str = ""
     warnings: list[str] = field(default_factory=list)
+    task: str = "classification"
+    targets: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in ("image", "text"):
@@ -33,6 +40,12 @@ class LabelledData:
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         if len(self.inputs) != len(self.labels):
             raise ValueError(f"inputs has {len(self.inputs)} items but labels has {len(self.labels)}")
+        if (self.task == "classification") != (self.targets is None):
+            raise ValueError(f"a {self.task} data set {'needs' if self.targets is None else 'takes no'} targets")
+        if self.targets is not None:
+            self.targets = np.asarray(self.targets, dtype=np.float32)
+            if len(self.targets) != len(self.labels):
+                raise ValueError(f"targets has {len(self.targets)} rows but labels has {len(self.labels)}")
         self.splits = {k: np.asarray(v, dtype=np.int64).reshape(-1) for k, v in self.splits.items()}
 
     def __len__(self) -> int:
@@ -46,12 +59,23 @@ class LabelledData:
         )
 
     @property
+    def y(self) -> np.ndarray:
+        """What the model learns for each example: class indices, or the targets of a multi-label or regression
+        task."""
+        return self.labels if self.targets is None else self.targets
+
+    @property
     def pairs(self) -> bool:
         """Whether the inputs are text pairs, (first, second) tuples."""
         return self.modality == "text" and len(self.inputs) > 0 and isinstance(self.inputs[0], tuple)
 
     def class_counts(self) -> dict[str, int]:
-        """Number of examples per class name, in class-index order."""
+        """Number of examples per class name (per label name, multi-label), in class-index order; {} for
+        regression."""
+        if self.task == "regression":
+            return {}
+        if self.targets is not None:
+            return {name: int(c) for name, c in zip(self.classes, self.targets.sum(0))}
         counts = np.bincount(self.labels, minlength=len(self.classes))
         return {name: int(c) for name, c in zip(self.classes, counts)}
 
@@ -70,6 +94,8 @@ class LabelledData:
             splits={},
             source=self.source,
             warnings=list(self.warnings),
+            task=self.task,
+            targets=None if self.targets is None else self.targets[idx],
         )
 
 
@@ -89,3 +115,4 @@ class _Raw:
     class_hint: str = "add examples or remove the class"  # how to fix a class with too few; may use {cls}
     details: str = ""  # extra facts for LabelledData.source ("text column 'x', label column 'y'")
     skipped: list[str] = field(default_factory=list)  # what was skipped, for an error that follows (see _noting)
+    label_name: str = "label"  # the label column: a regression target's name

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 from ajuste.data.sources.common import _listing
@@ -32,9 +33,12 @@ def _as_text(v: Any) -> str | None:
 def _as_label(v: Any, where: str) -> str | None:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
+    if isinstance(v, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
+        return "|".join(str(x).strip() for x in v) or "|"  # a set of labels (multi-label); [] is the empty set
     if isinstance(v, (list, dict)):
         raise DataError(
-            f"a label {where} is a JSON {_json_type(v)}; multi-label data is not supported (one label per row)"
+            f"a label {where} is a JSON {_json_type(v)}; a label is a name, a number, or a list of names "
+            f"(multi-label)"
         )
     if isinstance(v, bool):
         s = str(v).lower()
@@ -43,6 +47,32 @@ def _as_label(v: Any, where: str) -> str | None:
     else:
         s = str(v).strip()
     return None if s.lower() in _MISSING_LABELS else s
+
+
+_ON, _OFF = frozenset({"1", "true", "yes"}), frozenset({"0", "false", "no"})
+
+
+def combine_label_columns(table: _Table, label_col: str | None) -> tuple[_Table, str | None]:
+    """``--label-col a,b,c``: the 0/1 columns of a multi-label table, read as one column of ``|``-joined names
+    (named ``a+b+c``); a row with no 1 has the empty set. Any other ``label_col`` is returned as given."""
+    if not label_col or "," not in label_col:
+        return table, label_col
+    names = [n.strip() for n in label_col.split(",") if n.strip()]
+    cols = [_resolve_column(table, n, "--label-col") for n in names]
+    idx = [table.columns.index(c) for c in cols]
+    rows = []
+    for row, line in zip(table.rows, table.lines):
+        on = []
+        for c, i in zip(cols, idx):
+            v = _as_label(row[i], f"on line {line} of {table.path}")
+            if v is not None and v.lower() in _ON:
+                on.append(c)
+            elif v is not None and v.lower() not in _OFF:
+                raise DataError(f"column '{c}' on line {line} of {table.path} holds {v!r}, not 0 or 1; "
+                                f"--label-col {label_col} names the 0/1 columns of a multi-label table")
+        rows.append([*row, "|".join(on) or "|"])
+    combined = "+".join(cols)
+    return replace(table, columns=[*table.columns, combined], rows=rows), combined
 
 
 def _resolve_column(table: _Table, name: str, flag: str) -> str:
@@ -101,6 +131,15 @@ def _detect_pair(table: _Table, pair: tuple[str, str], label_col: str | None) ->
     return (a, b), label
 
 
+def _is_numeric(v: Any) -> bool:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return math.isfinite(v)
+    try:
+        return isinstance(v, str) and math.isfinite(float(v))
+    except ValueError:
+        return False
+
+
 def _label_by_statistics(table: _Table, texts: tuple[str, ...]) -> str:
     """The one column outside ``texts`` with few distinct values (2 to half the rows, at most 1000)."""
     n = len(table.rows)
@@ -114,6 +153,10 @@ def _label_by_statistics(table: _Table, texts: tuple[str, ...]) -> str:
         uniq = {_as_label(v, "") for v in values} - {None}
         if 2 <= len(uniq) <= max(2, min(1000, n // 2)):
             few.append(c)
+    rest = [c for c in table.columns if c not in texts]
+    if not few and len(rest) == 1 and all(_is_numeric(v) for v in (r[table.columns.index(rest[0])]
+                                                                    for r in table.rows[:1000])):
+        few = rest  # the one other column, all numbers: a regression target (data.task auto tells)
     if len(few) != 1:
         reason = "several candidates: " + ", ".join(few) if few else "no column has few distinct values"
         raise DataError(

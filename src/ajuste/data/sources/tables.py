@@ -28,16 +28,18 @@ from ajuste.data.sources.table_columns import (
     _resolve_column,
     _resolve_text,
     _table_rows,
+    combine_label_columns,
     pair_columns,
     text_columns_in_words,
 )
 from ajuste.data.sources.table_read import _read_table
+from ajuste.data.sources.targets import detect_task, label_sets
 from ajuste.errors import DataError
 
 
 def _load_text_file(path: Path, fmt: str, *, text_col: str | None, label_col: str | None,
                     strict: bool = False) -> _Raw:
-    table = _read_table(path, fmt, strict=strict)
+    table, label_col = combine_label_columns(_read_table(path, fmt, strict=strict), label_col)
     if not table.rows:
         raise DataError(f"{path} has a header but no rows; add one row per example")
     skipped = [table.skipped] if table.skipped else []
@@ -59,6 +61,7 @@ def _load_text_file(path: Path, fmt: str, *, text_col: str | None, label_col: st
         warnings=warnings,
         class_hint="add rows for it or remove its rows",
         skipped=skipped,
+        label_name=label,
     )
 
 
@@ -85,11 +88,12 @@ def _find_split_tables(folder: Path) -> dict[str, tuple[Path, str]]:
     return found
 
 
-def _load_text_dir(folder: Path, *, text_col: str | None, label_col: str | None, strict: bool = False) -> _Raw:
+def _load_text_dir(folder: Path, *, text_col: str | None, label_col: str | None, strict: bool = False,
+                   task: str = "auto") -> _Raw:
     files = _find_split_tables(folder)
     shown = _display(folder)
     warnings: list[str] = []
-    train_table = _read_table(*files["train"], strict=strict)
+    train_table, combined = combine_label_columns(_read_table(*files["train"], strict=strict), label_col)
     if not train_table.rows:
         raise DataError(f"{files['train'][0]} has a header but no rows; add one row per example")
     skipped = [train_table.skipped] if train_table.skipped else []
@@ -97,11 +101,12 @@ def _load_text_dir(folder: Path, *, text_col: str | None, label_col: str | None,
     labels: list[str] = []
     splits: dict[str, np.ndarray] = {}
     with _noting(skipped):
-        text, label = _detect_columns(train_table, text_col, label_col)
+        text, label = _detect_columns(train_table, text_col, combined)
         for split in _SPLIT_ORDER:
             if split not in files:
                 continue
-            table = train_table if split == "train" else _read_table(*files[split], strict=strict)
+            table = train_table if split == "train" else \
+                combine_label_columns(_read_table(*files[split], strict=strict), label_col)[0]
             if table is not train_table and table.skipped:
                 skipped.append(table.skipped)
             t_col = _resolve_text(table, text)
@@ -111,9 +116,12 @@ def _load_text_dir(folder: Path, *, text_col: str | None, label_col: str | None,
                 raise DataError(
                     f"every row of {table.path} lacks a text or a label; check --text-col/--label-col"
                 )
-            if split != "train" and lab:
-                train_labels = set(_normalise_numeric_labels(labels[: len(splits["train"])]))
-                unseen = sorted(set(_normalise_numeric_labels(lab)) - train_labels)
+            seen = labels[: len(splits["train"])] if split != "train" else []
+            kind = task if task != "auto" else detect_task(seen, "auto")[0]
+            if split != "train" and lab and kind != "regression":  # a label name missing from train
+                train_labels = set(_normalise_numeric_labels([n for s in label_sets(seen) for n in s]))
+                unseen = sorted(set(_normalise_numeric_labels([n for s in label_sets(lab) for n in s]))
+                                - train_labels)
                 if unseen:
                     raise DataError(
                         f"labels in {table.path} not seen in train ({files['train'][0].name}): {_listing(unseen)}; "
@@ -141,6 +149,7 @@ def _load_text_dir(folder: Path, *, text_col: str | None, label_col: str | None,
         warnings=warnings,
         class_hint=f"add rows for it to {files['train'][0].name} or remove its rows",
         skipped=skipped,
+        label_name=label,
     )
 
 
