@@ -334,7 +334,8 @@ CC0-1.0 (Wikidata structured data; the package's `movies_data.py` and `licenses/
   studio, and words of the title. Expect a modest ceiling.
 - The cast list is in the source's alphabetical order, not billing order, and has from 1 to over 100 names;
   a model that truncates to a few hundred tokens sees the first names alphabetically, not the stars. Half of
-  the documentaries and most animated films (87%) have no cast listed, 10% of all films. The fields come before the cast so a truncated text keeps them.
+  the documentaries and 87% of the animated films list no cast (10% of all films). The other fields come
+  before the cast, so a truncated text keeps them.
 - Wikidata genres are community-entered: uneven in detail (some films have 8+ genres, most 1-3) and skewed to
   Drama and Comedy; Music (about 40 films) is rare, so its test average precision is noisy.
 - Titles are English labels where Wikidata has one, another language's label otherwise; about 600 titles are
@@ -354,7 +355,8 @@ def main() -> None:
     m = build_movies(wheel, a.out / "movie-genres")
     write_text(a.out / "movie-genres" / "PROVENANCE.md", movies_provenance(m))
     print(f"vader-sentiment: train {len(v['train'])}, test {len(v['test'])}")
-    print(f"movie-genres: train {len(m['train'])}, test {len(m['test'])}, labels {len(m['counts']) - len(m['dropped_genres'])}")
+    n_labels = len(m["counts"]) - len(m["dropped_genres"])
+    print(f"movie-genres: train {len(m['train'])}, test {len(m['test'])}, labels {n_labels}")
 
 
 if __name__ == "__main__":
