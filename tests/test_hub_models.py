@@ -329,3 +329,16 @@ def test_offline_hub_id_says_so():
 def test_compact_of_an_image_model_is_the_compact_image_network(vit_dir):
     bb = create_backbone(str(vit_dir), num_classes=2, compact=True)
     assert bb.modality == "image" and bb.name.startswith("compact")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("model", ["vit_dir", "gpt2_dir"])
+def test_export_matches_the_run(model, fmt, request, digits_small, text_csv, tmp_path):
+    pytest.importorskip("onnx") if fmt == "onnx" else None
+    from ajuste.export import export_run
+
+    folder = request.getfixturevalue(model)
+    data = {"source": text_csv} if model == "gpt2_dir" else {"data": digits_small}
+    _run("linear-probe", folder, tmp_path / "run", **data)
+    out = export_run(run_dir=tmp_path / "run", out=tmp_path / fmt, format=fmt)
+    assert out.max_abs_diff < 1e-3
