@@ -130,6 +130,15 @@ def test_decoder_only_rule():
     assert is_decoder_only(BertConfig(architectures=["BertLMHeadModel"]))  # saved as a causal LM
 
 
+def test_image_rule():
+    from transformers import BeitConfig, BertConfig, CLIPConfig, ConvNextConfig, GPT2Config, ViTConfig
+
+    from ajuste.backbones.hf_vision import is_vision_config
+
+    assert all(is_vision_config(c()) for c in (ViTConfig, ConvNextConfig, BeitConfig))  # BEiT has a vocabulary too
+    assert not any(is_vision_config(c()) for c in (BertConfig, GPT2Config, CLIPConfig))  # CLIP: multimodal
+
+
 def test_image_preprocessing_comes_from_the_image_processor(request):
     vit = _bb(request, "vit_dir").data_config()
     assert vit == {"input_size": 32, "mean": pytest.approx([0.4, 0.45, 0.5]), "std": pytest.approx([0.2, 0.25, 0.3]),
@@ -178,6 +187,20 @@ def test_lora_targets_by_module_type(request):
     assert all(isinstance(conv.net.get_submodule(t), torch.nn.Linear) for t in targets)
     llama = _bb(request, "llama_dir")
     assert {t.rsplit(".", 1)[-1] for t in llama.lora_targets(8)} == {"q_proj", "v_proj"}
+
+
+@pytest.mark.parametrize("fixture,leaves", [
+    ("gpt2_dir", {"c_attn", "c_proj", "c_fc"}), ("vit_dir", {"q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"}),
+    ("llama_dir", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})])
+def test_all_linear_targets_are_the_layer_stacks_linear_layers(fixture, leaves, request):
+    from ajuste.strategies.lora import LoraMethod
+
+    bb = _bb(request, fixture)
+    cfg = resolve_config(RunConfig().override({"strategy.name": "lora", "peft.targets": "all-linear"}), bb.modality)
+    spec = LoraMethod().resolve(bb, cfg.peft)
+    stack = {"gpt2_dir": "h.", "vit_dir": "layers.", "llama_dir": "layers."}[fixture]
+    assert all(t.startswith(stack) for t in spec["target_modules"])  # no embeddings, patch stem or pooler
+    assert {t.rsplit(".", 1)[-1] for t in spec["target_modules"]} == leaves
 
 
 @pytest.mark.parametrize("fixture", MODELS)

@@ -238,6 +238,8 @@ def user_targets(backbone: Any, pcfg: Any) -> tuple[dict[str, nn.Module], list[s
     user = pcfg.target_list()
     if user is None:
         return cands, None
+    if [u.lower() for u in user] == ["all-linear"]:  # by module type (peft's keyword of the same name)
+        return cands, backbone.linear_targets()
     return cands, match_targets(user, cands, model=getattr(backbone, "name", type(backbone).__name__))
 
 

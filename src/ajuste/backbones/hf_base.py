@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ajuste.backbones.adapters import auto_lora_targets
+from ajuste.backbones.adapters import auto_lora_targets, stack_linear
 from ajuste.backbones.base import Backbone, LayerGroup
 
 
@@ -108,6 +108,11 @@ class HFBase(Backbone):
         stack, _ = stack_prefix(self.net)
         return auto_lora_targets(self.adapter_candidates(), r, net_modules=dict(self.net.named_modules()),
                                  stack=stack)
+
+    def linear_targets(self) -> list[str]:
+        """``peft.targets=all-linear``: the linear layers inside the layer stack (not a pooler or a patch stem)."""
+        stack, _ = stack_prefix(self.net)
+        return stack_linear(self.adapter_candidates(), stack) if stack else super().linear_targets()
 
     def save_pretrained_parts(self, folder: Path) -> None:
         """Config + tokenizer or image processor files, so a run directory rebuilds the network offline."""

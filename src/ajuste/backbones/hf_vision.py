@@ -24,10 +24,18 @@ _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def is_vision_config(config: Any) -> bool:
-    """An image model: its config has an input channel count (``num_channels``: ViT, Swin, ConvNeXt, ResNet,
-    DINOv2...) and no vocabulary. Multimodal configs (CLIP, SigLIP) nest theirs in a vision_config and are not
-    image backbones here."""
-    return getattr(config, "num_channels", None) is not None and getattr(config, "vocab_size", None) is None
+    """An image model: a config with an input channel count (``num_channels``: ViT, Swin, ConvNeXt, ResNet,
+    DINOv2...) and no vocabulary, or one of transformers' own image-classification model types (BEiT, whose
+    config also has a vocabulary of visual tokens). A config that nests a text or vision config (CLIP, SigLIP,
+    vision-language models) is a multimodal model, not an image backbone here."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    if getattr(config, "text_config", None) is not None or getattr(config, "vision_config", None) is not None:
+        return False
+    no_vocab = getattr(config, "vocab_size", None) is None
+    classifies_images = getattr(config, "model_type", "") in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    return (getattr(config, "num_channels", None) is not None and (no_vocab or classifies_images)) or \
+        (classifies_images and no_vocab)
 
 
 def _size_field(size: Any, key: str) -> int | None:

@@ -248,8 +248,8 @@ class PeftConfig:
     alpha: float | None = _help("lora: scaling; the update is scaled by alpha / r (auto: 2 × r)", default=None)
     dropout: float = _help("lora: dropout on the adapter's input", default=0.1)
     targets: str = _help("lora/ia3: modules that get adapters: auto (attention query/value for transformers, "
-                         "1x1 convs for convnets) or comma-separated names, suffixes or globs "
-                         "(e.g. query,value or conv_pw)", default="auto")
+                         "1x1 convs for convnets), all-linear (every linear layer of the transformer layers) "
+                         "or comma-separated names, suffixes or globs (e.g. query,value or conv_pw)", default="auto")
     num_virtual_tokens: int = _help("prompt-/prefix-tuning: number of learned virtual tokens", default=20)
 
     def __post_init__(self) -> None:
