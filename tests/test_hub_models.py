@@ -365,3 +365,14 @@ def test_export_matches_the_run(model, fmt, request, digits_small, text_csv, tmp
     _run("linear-probe", folder, tmp_path / "run", **data)
     out = export_run(run_dir=tmp_path / "run", out=tmp_path / fmt, format=fmt)
     assert out.max_abs_diff < 1e-3
+
+
+@pytest.mark.parametrize("fixture", ["vit_dir", "convnext_dir"])
+def test_image_models_split_for_the_frozen_prefix_cache(fixture, request):
+    bb = _bb(request, fixture).eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = bb.features(x)
+        for g in range(1, len(bb.layer_groups())):  # each layer of the stack, and the head
+            assert bb.split(g) is not None, g
+            torch.testing.assert_close(bb.forward_suffix(bb.forward_prefix(x, g), g), want, rtol=1e-4, atol=1e-5)

@@ -12,7 +12,6 @@ safetensors only, and a local folder is checked before transformers reads it.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 from pathlib import Path
@@ -22,7 +21,6 @@ import torch
 from torch import nn
 
 from ajuste.backbones.adapters import get_method
-from ajuste.backbones.base import LayerGroup, Split, call_until
 from ajuste.backbones.compact import text_overrides
 from ajuste.backbones.hf_base import HFBase
 from ajuste.backbones.hf_decoder import ensure_pad_token, is_decoder_only, last_token, positions
@@ -76,61 +74,18 @@ class HFBackbone(HFBase):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
-    def _split_body(self, g: int, groups: list[LayerGroup]) -> Split | None:
-        """Cut at the input of transformer layer ``g - 1`` (group 0 is the embeddings).
+    def _encode(self, inputs: dict[str, torch.Tensor]) -> Any:
+        return self.encoder(**inputs)
 
-        Prefix: the encoder's own forward, stopped at that layer: (B, T, H) hidden states. Suffix: the
-        encoder's forward again (so it builds its attention mask its own way) with the embeddings
-        returning the cached hidden states and the layers below the cut passing them through; the
-        embedding lookup still runs (negligible) and the layers below the cut do not. Accepted only if
-        a probe batch gives the same features both ways (an encoder whose forward does more between
-        the embeddings and the layers, or whose layers return tuples, is left uncut)."""
-        if self.peft or self.encoder is not self.net:
-            return None
-        prefix_name, n_layers = self._layer_list_prefix()
-        if not prefix_name or not 1 <= g <= n_layers:
-            return None
-        layers = self.encoder.get_submodule(prefix_name)
-        embeddings = getattr(self.encoder, "embeddings", None)
-        if not isinstance(embeddings, nn.Module):
-            return None
-        start, below = layers[g - 1], list(layers[:g - 1])
-        encoder = self.encoder
+    def _rerun(self, acts: dict[str, torch.Tensor]) -> torch.Tensor:
+        # The embeddings return the cached hidden states; the encoder builds its attention mask its own way.
+        mask = acts["attention_mask"]
+        out = self.encoder(input_ids=torch.zeros_like(mask), attention_mask=mask)
+        return self._pool(out.last_hidden_state, mask)
 
-        def prefix(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-            return call_until(encoder, start, lambda: encoder(**inputs))  # (B, T, H)
-
-        def rest(acts: dict[str, torch.Tensor]) -> torch.Tensor:
-            hidden, mask = acts["hidden"], acts["attention_mask"]
-            with _replaced_forward(embeddings, lambda *a, **k: hidden), \
-                    contextlib.ExitStack() as stack:
-                for layer in below:
-                    stack.enter_context(_replaced_forward(layer, _passthrough))
-                out = encoder(input_ids=torch.zeros_like(mask), attention_mask=mask)
-            return self._pool(out.last_hidden_state, mask)
-
-        sp = Split(g, f"{prefix_name}.{g - 1}", [*layers[g - 1:], *self._after_layers(prefix_name)], prefix, rest,
-                   ragged=True)
-        return sp if self._split_matches(sp) else None
-
-    def _after_layers(self, prefix_name: str) -> list[nn.Module]:
-        """Modules of the encoder outside the embeddings and the layer stack (a final norm): suffix side."""
-        top = prefix_name.split(".")[0]
-        return [m for n, m in self.encoder.named_children() if n not in (top, "embeddings") and
-                m not in self._unused_modules]
-
-    @torch.no_grad()
-    def _split_matches(self, sp: Split) -> bool:
-        enc = self.tokenizer(["a probe sentence of a few words", "short"], padding=True, return_tensors="pt")
-        inputs = dict(enc)
-        was_training = self.training
-        self.eval()
-        try:
-            want = self.features(inputs)
-            got = sp.rest({"hidden": sp.prefix(inputs), "attention_mask": inputs["attention_mask"]})
-        finally:
-            self.train(was_training)
-        return got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+    def _split_probe(self) -> tuple[dict[str, torch.Tensor], Any]:
+        inputs = dict(self.tokenizer(["a probe sentence of a few words", "short"], padding=True, return_tensors="pt"))
+        return inputs, lambda hidden: {"hidden": hidden, "attention_mask": inputs["attention_mask"]}
 
     def data_config(self) -> dict[str, Any]:
         return {"max_length": int(min(getattr(self.tokenizer, "model_max_length", 512) or 512, 512))}
@@ -140,21 +95,6 @@ class HFBackbone(HFBase):
             return ("the hf format's exported code pools by mean or first token, not a decoder's last token; "
                     "use --format onnx, torchscript or ajuste")
         return None
-
-
-def _passthrough(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    return hidden_states
-
-
-@contextlib.contextmanager
-def _replaced_forward(module: nn.Module, fn: Any):
-    """``module`` computes ``fn`` instead of its forward for the duration (an instance attribute shadows
-    the class's method; hooks still run)."""
-    module.forward = fn
-    try:
-        yield
-    finally:
-        del module.forward
 
 
 def default_pooling(path_or_id: str) -> str:

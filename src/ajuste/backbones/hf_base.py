@@ -8,13 +8,15 @@ unused by our pooling and kept frozen (it would otherwise sit in the optimizer w
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ajuste.backbones.adapters import auto_lora_targets, stack_linear
-from ajuste.backbones.base import Backbone, LayerGroup
+from ajuste.backbones.base import Backbone, LayerGroup, Split, call_until
 
 
 def stack_prefix(net: nn.Module) -> tuple[str, int]:
@@ -92,6 +94,70 @@ class HFBase(Backbone):
                 layers[-1].params.append((n, p))
         return [embed, *layers]
 
+    # --- frozen-prefix split (ajuste.training.cache); the modality's parts: _encode, _rerun, _split_probe ---------
+    def _split_body(self, g: int, groups: list[LayerGroup]) -> Split | None:
+        """Cut at the input of layer ``g - 1`` of the stack (group 0 is the embeddings).
+
+        Prefix: the network's own forward, stopped at that layer: (B, T, H) hidden states, or a convnet's
+        (B, C, h, w) feature maps. Suffix: the network's forward again with the embeddings returning the cached
+        activations and the layers below the cut passing them through; the layers below the cut do not run.
+        Accepted only if a probe batch gives the same features both ways (a network whose forward does more
+        between the embeddings and the layers, or whose layers return tuples, is left uncut)."""
+        if self.peft or self.encoder is not self.net:
+            return None
+        prefix_name, n_layers = self._layer_list_prefix()
+        if not prefix_name or not 1 <= g <= n_layers:
+            return None
+        layers = self.encoder.get_submodule(prefix_name)
+        embeddings = getattr(self.encoder, "embeddings", None)
+        if not isinstance(embeddings, nn.Module):
+            return None
+        start, below = layers[g - 1], list(layers[:g - 1])
+
+        def prefix(inputs: Any) -> torch.Tensor:
+            return call_until(self.encoder, start, lambda: self._encode(inputs))
+
+        def rest(acts: Any) -> torch.Tensor:
+            hidden = acts["hidden"] if isinstance(acts, dict) else acts
+            with _replaced_forward(embeddings, lambda *a, **k: hidden), contextlib.ExitStack() as stack:
+                for layer in below:
+                    stack.enter_context(_replaced_forward(layer, _passthrough))
+                return self._rerun(acts)
+
+        sp = Split(g, f"{prefix_name}.{g - 1}", [*layers[g - 1:], *self._after_layers(prefix_name)], prefix, rest,
+                   ragged=self.modality == "text")
+        return sp if self._split_matches(sp) else None
+
+    def _after_layers(self, prefix_name: str) -> list[nn.Module]:
+        """Modules of the network outside the embeddings and the layer stack (a final norm): suffix side."""
+        top = prefix_name.split(".")[0]
+        return [m for n, m in self.encoder.named_children() if n not in (top, "embeddings") and
+                m not in self._unused_modules]
+
+    @torch.no_grad()
+    def _split_matches(self, sp: Split) -> bool:
+        inputs, as_acts = self._split_probe()
+        was_training = self.training
+        self.eval()
+        try:
+            want = self.features(inputs)
+            got = sp.rest(as_acts(sp.prefix(inputs)))
+        finally:
+            self.train(was_training)
+        return got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+    def _encode(self, inputs: Any) -> Any:
+        """The network's forward on a batch of inputs (the split's prefix stops inside it)."""
+        raise NotImplementedError
+
+    def _rerun(self, acts: Any) -> torch.Tensor:
+        """Pooled features from the network's forward with its embeddings replaced (they return the cache)."""
+        raise NotImplementedError
+
+    def _split_probe(self) -> tuple[Any, Any]:
+        """A probe batch, and what turns the prefix's output on it into the suffix's activations."""
+        raise NotImplementedError
+
     def reset_head(self, num_classes: int) -> None:
         self._classifier = new_head(self._classifier.in_features, num_classes)
 
@@ -119,3 +185,18 @@ class HFBase(Backbone):
         folder.mkdir(parents=True, exist_ok=True)
         self.net.config.save_pretrained(folder)
         self.preprocessor.save_pretrained(folder)
+
+
+def _passthrough(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return hidden_states
+
+
+@contextlib.contextmanager
+def _replaced_forward(module: nn.Module, fn: Any):
+    """``module`` computes ``fn`` instead of its forward for the duration (an instance attribute shadows
+    the class's method; hooks still run)."""
+    module.forward = fn
+    try:
+        yield
+    finally:
+        del module.forward

@@ -119,6 +119,7 @@ class HFVisionBackbone(HFBase):
         # A convnet: a spatial convolution that is not a patch embedding (kernel = stride); as timm_backbone.
         self.is_convnet = any(isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1) and m.kernel_size != m.stride
                               for m in encoder.modules())
+        self._channels = int(encoder.config.num_channels)
         pooler = getattr(encoder, "pooler", None)
         self._own_pool = isinstance(pooler, nn.Module) and not self._unused_modules
 
@@ -127,7 +128,21 @@ class HFVisionBackbone(HFBase):
         return self.processor
 
     def features(self, inputs: torch.Tensor) -> torch.Tensor:
-        out = self.encoder(pixel_values=inputs, **self._call)
+        return self._pool_output(self._encode(inputs))
+
+    def _encode(self, inputs: torch.Tensor) -> Any:
+        return self.encoder(pixel_values=inputs, **self._call)
+
+    def _rerun(self, acts: torch.Tensor) -> torch.Tensor:
+        # The embeddings return the cached activations: the pixels passed are a placeholder of the batch's size.
+        return self._pool_output(self._encode(acts.new_zeros(acts.shape[0], self._channels, 1, 1)))
+
+    def _split_probe(self) -> tuple[torch.Tensor, Any]:
+        size = self.data_config()["input_size"]
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(2, self._channels, size, size, generator=g), lambda acts: acts
+
+    def _pool_output(self, out: Any) -> torch.Tensor:
         hidden = out.last_hidden_state  # (B, T, H) tokens, or (B, C, h, w) feature maps
         if self.pooling == "cls" and hidden.ndim == 3:
             return hidden[:, 0]
