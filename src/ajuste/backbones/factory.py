@@ -127,7 +127,7 @@ def _hub_call(name: str, fn: Any) -> Backbone:
             raise AjusteError(
                 f"model {name!r} needs its own Python code from the hub (trust_remote_code), and ajuste never runs "
                 f"code that comes with a model (it would run with your permissions); use a model whose "
-                f"architecture ships with transformers (a BERT, RoBERTa, DeBERTa, DistilBERT... model)"
+                f"architecture ships with transformers (a BERT, RoBERTa, GPT-2, Llama, ViT, ConvNeXt... model)"
             ) from None
         if "cannot be loaded with `safetensors`" in text:
             raise AjusteError(

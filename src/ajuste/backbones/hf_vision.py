@@ -158,6 +158,6 @@ class HFVisionBackbone(HFBase):
 
     def why_not_format(self, format: str) -> str | None:
         if format == "hf":
-            return ("the hf format writes timm's hub format, and this is a Hugging Face transformers image model; "
-                    "export with --format onnx or --format ajuste")
+            return ("for images the hf format writes timm's hub format, and this is a Hugging Face transformers image "
+                    "model; use --format onnx, torchscript or ajuste")
         return None
