@@ -162,11 +162,22 @@ def _fits(cands: dict[str, nn.Module], names: list[str], r: int) -> list[str]:
     return [n for n in names if min(layer_dims(cands[n])) >= r]
 
 
+def stack_linear(cands: dict[str, nn.Module], stack: str) -> list[str]:
+    """By module type: the nn.Linear and transformers Conv1D (GPT-2's transposed linear) candidates inside the
+    layer stack named ``stack`` (embeddings, patch/stem convolutions and a pooler stay out)."""
+    from torch import nn
+
+    return [n for n, m in cands.items() if n.startswith(stack + ".") and not isinstance(m, (nn.Conv1d, nn.Conv2d))]
+
+
 def auto_lora_targets(cands: dict[str, nn.Module], r: int, *,
-                      net_modules: dict[str, nn.Module] | None = None) -> list[str]:
-    """Attention query/value projections (transformers); else the 1x1 convolutions outside SE gates
-    (convnets); else every candidate. Layers narrower than ``r`` are skipped."""
+                      net_modules: dict[str, nn.Module] | None = None, stack: str = "") -> list[str]:
+    """Attention query/value projections (transformers) where the naming scheme says which they are; else,
+    given the network's layer stack (``stack``: a Hugging Face model's), every linear layer inside it; else the
+    1x1 convolutions outside SE gates (convnets); else every candidate. Layers narrower than ``r`` are skipped."""
     chosen = _attention(cands, "qv")
+    if not chosen and stack:
+        chosen = stack_linear(cands, stack)
     if not chosen:
         mods = net_modules or {}
         chosen = [n for n in _pointwise(cands) if not _is_gate(n, mods)] or list(cands)
@@ -227,6 +238,8 @@ def user_targets(backbone: Any, pcfg: Any) -> tuple[dict[str, nn.Module], list[s
     user = pcfg.target_list()
     if user is None:
         return cands, None
+    if [u.lower() for u in user] == ["all-linear"]:  # by module type (peft's keyword of the same name)
+        return cands, backbone.linear_targets()
     return cands, match_targets(user, cands, model=getattr(backbone, "name", type(backbone).__name__))
 
 

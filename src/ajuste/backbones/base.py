@@ -281,6 +281,10 @@ class Backbone(nn.Module):
         """Auto LoRA targets from the structure (attention query/value; else 1x1 convs) with rank room for ``r``."""
         return auto_lora_targets(self.adapter_candidates(), r, net_modules=dict(self.net.named_modules()))
 
+    def linear_targets(self) -> list[str]:
+        """``peft.targets=all-linear``: every linear layer (nn.Linear, transformers Conv1D) below the head."""
+        return [n for n, m in self.adapter_candidates().items() if not isinstance(m, (nn.Conv1d, nn.Conv2d))]
+
     def ia3_targets(self) -> tuple[list[str], list[str]]:
         """Auto IA3 targets and the feed-forward subset (whose input, not output, is rescaled)."""
         return auto_ia3_targets(self.adapter_candidates(), net_modules=dict(self.net.named_modules()))

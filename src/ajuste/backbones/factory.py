@@ -10,7 +10,7 @@ from ajuste.backbones import classical, zoo
 from ajuste.backbones.adapters import apply_peft
 from ajuste.backbones.base import Backbone
 from ajuste.backbones.compact import IMAGE_ARCH, IMAGE_ARGS, compact_name
-from ajuste.backbones.hf_backbone import build_hf
+from ajuste.backbones.hf_backbone import build_hf, hf_is_vision
 from ajuste.backbones.timm_backbone import build_timm
 from ajuste.backbones.zoo import ZOO
 from ajuste.errors import AjusteError
@@ -31,7 +31,8 @@ def create_backbone(name: str, *, num_classes: int, pretrained: bool = True, dro
     """Build a backbone with a fresh ``num_classes`` head.
 
     Names: a zoo entry (``ajuste models``), ``timm/<arch>`` or a bare timm architecture, a local
-    Hugging Face folder, or ``hf:<hub id>`` / ``<org>/<model>``. Hub downloads need internet.
+    Hugging Face folder, or ``hf:<hub id>`` / ``<org>/<model>`` (a text encoder, a decoder-only language
+    model or an image model: ``ajuste.backbones.hf_backbone``). Hub downloads need internet.
     ``compact``: instead, the small random network of the name's modality (``ajuste.backbones.compact``;
     text keeps the name's tokenizer and architecture family).
     """
@@ -70,6 +71,8 @@ def _build_timm(arch: str, **kw: Any) -> Backbone:
 
 
 def _build_hf(source: str, *, compact: bool = False, **kw: Any) -> Backbone:
+    if compact and hf_is_vision(source):  # an image model's compact network is the image one
+        return _compact_image(kw["num_classes"])
     if compact:
         kw.update(name=compact_name(kw["name"], "text"), pretrained=False)
     return build_hf(source, compact=compact, **kw)
@@ -124,7 +127,7 @@ def _hub_call(name: str, fn: Any) -> Backbone:
             raise AjusteError(
                 f"model {name!r} needs its own Python code from the hub (trust_remote_code), and ajuste never runs "
                 f"code that comes with a model (it would run with your permissions); use a model whose "
-                f"architecture ships with transformers (a BERT, RoBERTa, DeBERTa, DistilBERT... model)"
+                f"architecture ships with transformers (a BERT, RoBERTa, GPT-2, Llama, ViT, ConvNeXt... model)"
             ) from None
         if "cannot be loaded with `safetensors`" in text:
             raise AjusteError(

@@ -87,8 +87,9 @@ class ModelConfig:
                       "efficientnet_lite0 for more)", default="auto")
     pretrained: bool = _help("Start from pretrained weights (scratch strategy re-initialises regardless)", default=True)
     dropout: float | None = _help("Dropout before the classifier (auto: 0.1, scratch 0.3)", default=None)
-    pooling: str = _help("Text pooling: auto | mean | cls (auto: mean for sentence-transformers models)",
-                         default="auto")
+    pooling: str = _help("Pooling of a Hugging Face model: auto | mean | cls | last (auto: mean for "
+                         "sentence-transformers models, last real token for decoder-only LMs, cls for ViT-style "
+                         "image models and mean for convnets, else cls)", default="auto")
     bn: str = _help("BatchNorm statistics while fine-tuning: auto | frozen | train (auto: frozen for pretrained "
                     "weights, as in the Keras fine-tuning guide; train for scratch)", default="auto")
 
@@ -96,8 +97,8 @@ class ModelConfig:
         _check_range("model.dropout", self.dropout, 0.0, 0.95)
         if self.bn not in ("auto", "frozen", "train"):
             raise ConfigError(f"model.bn={self.bn!r} is not one of auto, frozen, train")
-        if self.pooling not in ("auto", "mean", "cls"):
-            raise ConfigError(f"model.pooling={self.pooling!r} is not one of auto, mean, cls")
+        if self.pooling not in ("auto", "mean", "cls", "last"):
+            raise ConfigError(f"model.pooling={self.pooling!r} is not one of auto, mean, cls, last")
 
 
 @dataclass
@@ -259,8 +260,8 @@ class PeftConfig:
     alpha: float | None = _help("lora: scaling; the update is scaled by alpha / r (auto: 2 × r)", default=None)
     dropout: float = _help("lora: dropout on the adapter's input", default=0.1)
     targets: str = _help("lora/ia3: modules that get adapters: auto (attention query/value for transformers, "
-                         "1x1 convs for convnets) or comma-separated names, suffixes or globs "
-                         "(e.g. query,value or conv_pw)", default="auto")
+                         "1x1 convs for convnets), all-linear (every linear layer of the transformer layers) "
+                         "or comma-separated names, suffixes or globs (e.g. query,value or conv_pw)", default="auto")
     num_virtual_tokens: int = _help("prompt-/prefix-tuning: number of learned virtual tokens", default=20)
 
     def __post_init__(self) -> None:

@@ -77,7 +77,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise AjusteError(f"{run_dir}/labels.json lists {_short(classes)} but the run was trained on "
                           f"{_short(summary['classes'])} (summary.json); restore labels.json or retrain")
     if desc["kind"] == "hf" and not (run_dir / "hf").is_dir():
-        raise AjusteError(f"{run_dir} is a text run but has no hf/ folder (encoder config and tokenizer); "
+        raise AjusteError(f"{run_dir} is a Hugging Face model's run but has no hf/ folder (its config and "
+                          "tokenizer or image processor); "
                           "restore it from the run or retrain")
     weights = run_dir / "model.safetensors"
     meta = _check_weights_file(run_dir, weights, classes, summary)
