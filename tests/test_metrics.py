@@ -159,3 +159,29 @@ def test_an_unknown_tune_metric_is_one_line(skewed_folder, capsys):
     assert rc != 0
     line = one_error_line(capsys.readouterr().err)
     assert "macro_f1" in line and "balanced_accuracy" in line
+
+
+def test_a_study_compares_class_balance_variants_as_arms(skewed_folder, tmp_path):
+    """``--strategies full,full+weights``: one arm per variant, each cell trained with its class_balance, and the
+    floor's variant still counted as the floor."""
+    rc, out, err = run_cli(["compare", skewed_folder, *TINY_IMAGE, "--strategies",
+                            "classical,classical+weights,full,full+sampler", "--fractions", "1", "--no-similarity",
+                            "--out", tmp_path / "s", *[x for kv in FAST[1:] for x in ("--set", kv)]])
+    assert rc == 0, err
+    records = {r["strategy"]: r for r in read_jsonl(tmp_path / "s" / "results.jsonl")}
+    assert set(records) == {"classical", "classical+weights", "full", "full+sampler"}
+    for arm, r in records.items():
+        run = json.loads((tmp_path / "s" / r["run_dir"] / "summary.json").read_text())
+        assert run["class_balance"] == (arm.partition("+")[2] or "none") and r["class_balance"] == run["class_balance"]
+        assert run["strategy"] == arm.partition("+")[0]
+    from ajuste.strategies.base import baseline_strategies
+
+    assert "classical+weights" in baseline_strategies()
+
+
+def test_an_unknown_arm_variant_is_one_line(skewed_folder, capsys):
+    from ajuste.cli.main import main
+
+    assert main(["compare", str(skewed_folder), "--strategies", "full+focal"]) != 0
+    line = one_error_line(capsys.readouterr().err)
+    assert "unknown variant 'focal'" in line and "+weights" in line

@@ -13,6 +13,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any, Iterator
 
 from ajuste.config import RunConfig, register_strategy_options, strategy_options, unregister_strategy_options
+from ajuste.errors import AjusteError
 from ajuste.registry import Registry, load_plugins
 
 
@@ -153,14 +154,39 @@ def list_strategies() -> list[Strategy]:
     return [STRATEGIES.get(n) for n in STRATEGIES.list()]
 
 
+# A study's arm is a strategy, or a strategy with a variant of its training: "linear-probe+weights" trains
+# linear-probe with train.class_balance=weights (the variant's overrides), so one study compares the two.
+ARM_VARIANTS = {"weights": {"train.class_balance": "weights"}, "sampler": {"train.class_balance": "sampler"}}
+
+
+def split_arm(arm: str) -> tuple[str, str | None]:
+    """(strategy name, variant or None) of a study arm; an unknown variant is one line naming the valid ones."""
+    base, sep, variant = arm.partition("+")
+    if not sep:
+        return get_strategy(base).name, None
+    if variant not in ARM_VARIANTS:
+        raise AjusteError(f"arm {arm!r}: unknown variant {variant!r}; a strategy takes +{', +'.join(ARM_VARIANTS)} "
+                          f"(train.class_balance), e.g. linear-probe+weights")
+    return get_strategy(base).name, variant
+
+
+def arm_strategy(arm: str) -> Strategy:
+    return get_strategy(split_arm(arm)[0])
+
+
+def _with_variants(names: set[str]) -> frozenset[str]:
+    return frozenset(names | {f"{n}+{v}" for n in names for v in ARM_VARIANTS})
+
+
 def scratch_strategies() -> frozenset[str]:
-    """Names of the strategies that start from random weights (``reinitialize``): a study's scratch arms."""
-    return frozenset(s.name for s in list_strategies() if s.reinitialize)
+    """Names of the strategies that start from random weights (``reinitialize``): a study's scratch arms (with
+    their variants)."""
+    return _with_variants({s.name for s in list_strategies() if s.reinitialize})
 
 
 def baseline_strategies() -> frozenset[str]:
-    """Names of the reference arms without deep learning (``baseline``): a study's floor."""
-    return frozenset(s.name for s in list_strategies() if s.baseline)
+    """Names of the reference arms without deep learning (``baseline``): a study's floor (with its variants)."""
+    return _with_variants({s.name for s in list_strategies() if s.baseline})
 
 
 # Shared auto-defaults per modality; strategies override some of them.

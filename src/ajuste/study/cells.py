@@ -14,7 +14,7 @@ from ajuste.config import RunConfig
 from ajuste.data.splits import take_fraction
 from ajuste.io import atomic_write_json, read_json, read_jsonl
 from ajuste.metrics import higher_is_better
-from ajuste.strategies.base import get_strategy, resolve_config
+from ajuste.strategies.base import ARM_VARIANTS, arm_strategy, get_strategy, resolve_config, split_arm
 from ajuste.study.advice import cost
 from ajuste.study.spec import Cell, StudySpec
 from ajuste.study.workers import Job
@@ -27,7 +27,7 @@ from ajuste.training.loop import stretch_phases
 
 def cost_rank(strategy: str) -> float:
     """Relative cost of a training example-epoch of ``strategy`` (``Strategy.cost_rank``)."""
-    return get_strategy(strategy).cost_rank
+    return arm_strategy(strategy).cost_rank
 
 
 def base_config(spec: StudySpec) -> RunConfig:
@@ -45,7 +45,9 @@ def base_config(spec: StudySpec) -> RunConfig:
 def cell_config(spec: StudySpec, cell: Cell, *, max_seconds: float | None = None) -> RunConfig:
     """``max_seconds``: the cell's time limit under a budget (train.max_seconds; a resume compares configs
     without it)."""
-    over: dict[str, Any] = {"strategy.name": cell.strategy, "data.fraction": cell.fraction, "train.seed": cell.seed}
+    strategy, variant = split_arm(cell.strategy)
+    over: dict[str, Any] = {"strategy.name": strategy, "data.fraction": cell.fraction, "train.seed": cell.seed,
+                            **(ARM_VARIANTS[variant] if variant else {})}
     if max_seconds is not None:
         over["train.max_seconds"] = max_seconds
     return base_config(spec).override(over)

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ajuste.strategies.base import get_strategy
+from ajuste.strategies.base import arm_strategy
 from ajuste.study.advice import stopped_early, validation_noise
 from ajuste.study.cells import cost_rank
 from ajuste.study.scores import val_score
@@ -158,7 +158,7 @@ class Planner:
         # The floor arms (classical) cost seconds: their full-data cells run first, beside the anchor, and the rest
         # of their curve with the fill; halving and extra seeds are among the deep arms, which they would crowd
         # out (on digits at 10% the floor leads the arm that wins at full data).
-        self.floors = [s for s in ranked if get_strategy(s).baseline]
+        self.floors = [s for s in ranked if arm_strategy(s).baseline]
         self.arms = [s for s in ranked if s not in self.floors] or ranked
         self.top = max(spec.fractions)
         self.max_seeds = max(spec.seeds, SEEDS_WHEN_CLOSE)
@@ -187,7 +187,7 @@ class Planner:
         return out
 
     def _seeds(self, busy: set[str]) -> list[tuple[Cell, str]]:
-        results = {s: r for s, r in self._results(self.top).items() if get_strategy(s).seeded}
+        results = {s: r for s, r in self._results(self.top).items() if arm_strategy(s).seeded}
         if len(results) < 2 or any(f"-f{self.top:g}-s" in k for k in busy):
             return []  # wait for the cells of the largest fraction still running
         a, b = sorted(results, key=lambda s: -results[s]["val"])[:2]

@@ -9,7 +9,7 @@ from typing import Any
 from ajuste.durations import parse_duration
 from ajuste.errors import AjusteError, ConfigError
 from ajuste.io import read_json
-from ajuste.strategies.base import get_strategy
+from ajuste.strategies.base import arm_strategy, split_arm
 
 # The from-scratch arm is the compact network: on digits it was the stronger from-scratch baseline
 # (0.933 vs 0.748 for re-initialised EfficientNet-Lite0 at 126 examples) at a fifth of the cost;
@@ -49,7 +49,7 @@ class StudySpec:
     def __post_init__(self) -> None:
         if not self.strategies:
             raise ConfigError("--strategies is empty: name at least one, e.g. linear-probe,full,scratch")
-        self.strategies = [get_strategy(s).name for s in self.strategies]
+        self.strategies = [_arm(s) for s in self.strategies]
         if len(set(self.strategies)) != len(self.strategies):
             raise ConfigError(f"--strategies lists a strategy twice: {','.join(self.strategies)}")
         if not self.fractions:
@@ -68,7 +68,7 @@ class StudySpec:
 
     def cells(self) -> list[Cell]:
         # a strategy no seed changes (the classical arm's closed-form fits) runs one seed: more would repeat it
-        seeds = {s: self.seeds if get_strategy(s).seeded else 1 for s in self.strategies}
+        seeds = {s: self.seeds if arm_strategy(s).seeded else 1 for s in self.strategies}
         return [Cell(s, f, seed) for s in self.strategies for f in self.fractions for seed in range(seeds[s])]
 
     def identity(self) -> dict[str, Any]:
@@ -112,3 +112,9 @@ def parse_list(text: str, kind: type = str) -> list:
                 raise ConfigError(f"--fractions: {x!r} is not a number") from None
         return out
     return items
+
+
+def _arm(name: str) -> str:
+    """An arm's canonical name: the strategy's registered name, with its variant (``linear-probe+weights``)."""
+    base, variant = split_arm(name.strip())
+    return f"{base}+{variant}" if variant else base
