@@ -302,3 +302,37 @@ def test_deep_arms_train_each_task_through_the_loop(strategy, ml_csv, reg_csv, t
         best = min(scores) if name == "reg" else max(scores)
         assert s["val_score"] == pytest.approx(best)
         assert np.isfinite(s["test_score"])
+
+
+def test_images_with_labels_csv_train_and_predict_each_task(tmp_path, capsys):
+    """An image folder with labels.csv: multi-label (which colour channels are lit) and regression (brightness),
+    trained by the classical arm (colour histograms see both) and answered by predict."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    ml_rows, reg_rows = [], []
+    for i in range(60):
+        on = [c for j, c in enumerate(COLOURS) if (i >> j) & 1] or ["red"]
+        level = 40 + 3 * (i % 60)
+        rgb = np.array([level if c in on else 15 for c in COLOURS])
+        img = (rgb + rng.integers(-8, 8, (32, 32, 3))).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+        ml_rows.append([f"{i}.png", "|".join(on)])
+        reg_rows.append([f"{i}.png", level / 10 + 0.01 * (i % 7)])
+    for task, rows, header in (("multilabel", ml_rows, ["file", "labels"]), ("regression", reg_rows, ["file", "value"])):
+        folder = tmp_path / task
+        folder.mkdir()
+        for name, _ in rows:
+            (folder / name).write_bytes((tmp_path / name).read_bytes())
+        _write(folder / "labels.csv", header, rows)
+        out = tmp_path / f"run-{task}"
+        rc, _, err = run_cli(["train", folder, "--strategy", "classical", "--out", out, "-q"])
+        assert rc == 0, err
+        s = json.loads((out / "summary.json").read_text())
+        assert s["task"] == task and s["modality"] == "image"
+        assert main(["predict", str(out), str(folder / "3.png"), "--format", "jsonl"]) == 0
+        row = json.loads(capsys.readouterr().out)
+        if task == "multilabel":
+            assert s["test"]["map"] > 0.8 and "labels" in row
+        else:
+            assert s["test"]["r2"] > 0.5 and row["value"] == pytest.approx(4.9, abs=1.5)
