@@ -103,18 +103,32 @@ def compare(data: str | Path = "digits", *, model: str = "auto", models: Sequenc
     recommendation, the report and ``best_model/``.
 
     ``strategies`` default to classical, linear-probe, two-stage and scratch-compact; ``fractions`` to 0.1, 0.3
-    and 1. ``budget``: seconds, or a duration such as ``"30m"``. ``models``: one backbone, as ``model`` (several
-    are not supported yet: run one study per backbone). ``overrides`` apply to every cell. ``workers``: cells
+    and 1. ``budget``: seconds, or a duration such as ``"30m"``. ``models``: several backbones, one study each in
+    ``out/<backbone>/`` (a budget shared equally), then a page that compares them and names backbone and
+    strategy together (`ajuste.report.backbones`). ``overrides`` apply to every cell. ``workers``: cells
     trained at once (0: one per core). ``text_col``/``label_col``: a table's columns, when not detected. An
-    unfinished study in ``out`` resumes. Returns the ``Study``.
+    unfinished study in ``out`` resumes. Returns the ``Study`` (with several backbones: the winner's).
     """
     from ajuste.study.spec import DEFAULT_FRACTIONS, DEFAULT_STRATEGIES, StudySpec, parse_budget
     from ajuste.training.run import resolve_model_early
 
     if models is not None:
-        if isinstance(models, str) or len(models) != 1:
-            raise ConfigError(f"models={models!r}: a study runs on one backbone for now; give one name (or "
-                              f"model=...), and one study per backbone")
+        if isinstance(models, str):
+            raise ConfigError(f"models={models!r}: give a list of backbone names, e.g. ['efficientnet_lite0', "
+                              f"'efficientnet_lite2']")
+        if len(models) > 1:
+            sets = [f"{k}={v}" for k, v in overrides.items()] if isinstance(overrides, dict) else list(overrides or [])
+            spec = StudySpec(source=str(data), model=models[0], strategies=list(strategies or DEFAULT_STRATEGIES),
+                             fractions=[float(f) for f in (fractions or DEFAULT_FRACTIONS)], seeds=seeds,
+                             budget_seconds=budget if isinstance(budget, (int, float)) or budget is None
+                             else parse_budget(budget), sets=sets, text_col=text_col, label_col=label_col)
+            study_dir = Path(out) if out is not None else default_study_dir(data, "backbones")
+            advice, _ = run_compare_models(spec, list(models), study_dir, console=_console(progress),
+                                           progress=progress, similarity=similarity, workers=workers)
+            from ajuste.report.backbones import backbone_dir
+
+            return Study(backbone_dir(study_dir, advice["winner_model"])) if advice.get("winner_model") \
+                else Study(study_dir)
         model = models[0]
     if workers < 0:
         raise ConfigError(f"workers={workers}: give a number of cells trained at once (0: one per core)")
@@ -148,6 +162,33 @@ def run_compare(spec: Any, study_dir: Path, *, console: Any, progress: bool, sim
                                       tags={"ajuste.recommendation": advice["text"],
                                             "ajuste.best_cell": advice.get("best_cell", "")})
     return Study(study_dir), advice, res.seconds
+
+
+def run_compare_models(spec: Any, models: list[str], study_dir: Path, *, console: Any, progress: bool,
+                       similarity: bool = True, workers: int = 0, ranking: dict[str, Any] | None = None,
+                       share_idle_cores: bool = False) -> tuple[dict[str, Any], float]:
+    """One study per backbone (``spec`` with its model replaced; a budget shared equally), then the page that
+    compares them (`ajuste.report.backbones`). Returns its advice and the seconds."""
+    import dataclasses
+    import time
+
+    from ajuste.report.backbones import backbone_dir, build_backbones_report
+    from ajuste.strategies.base import baseline_strategies
+
+    t0 = time.perf_counter()
+    share = None if spec.budget_seconds is None else spec.budget_seconds / len(models)
+    with locks.hold(study_dir, what="study", remove_if_unused=True):
+        floors = baseline_strategies()
+        for i, m in enumerate(models):
+            if console is not None:
+                console.print(f"[bold]backbone {m}[/]" + (f" (budget {share:.0f}s)" if share else ""))
+            # the floor (no deep network) does not depend on the backbone: it runs in the first study only
+            arms = [s for s in spec.strategies if i == 0 or s not in floors] or spec.strategies
+            sub = dataclasses.replace(spec, model=m, budget_seconds=share, strategies=arms)
+            run_compare(sub, backbone_dir(study_dir, m), console=console, progress=progress, similarity=similarity,
+                        workers=workers, share_idle_cores=share_idle_cores)
+        advice = build_backbones_report(study_dir, models, ranking=ranking)
+    return advice, time.perf_counter() - t0
 
 
 def tune(data: str | Path = "digits", *, strategy: str, trials: int = 20, sampler: str = "tpe",

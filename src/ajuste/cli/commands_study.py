@@ -30,6 +30,9 @@ def compare(
                                                "section.key=value overrides)", show_default=False),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Backbone (default: auto, as `ajuste "
                                                                     "train`: see `ajuste models`)"),
+    models: Optional[str] = typer.Option(None, "--models", help="Several backbones, a,b,c (one study each, then "
+                                                                "a page naming backbone and strategy), or topN: "
+                                                                "the N best by `ajuste rank`"),
     strategies: str = typer.Option(",".join(DEFAULT_STRATEGIES), "--strategies",
                                    help="Comma-separated strategies (see `ajuste strategies`)"),
     fractions: str = typer.Option("0.1,0.3,1", "--fractions", help="Shares of the training split"),
@@ -72,8 +75,13 @@ def compare(
     spec = StudySpec(source=data, model=model, strategies=parse_list(strategies),
                      fractions=parse_list(fractions, float), seeds=seeds, budget_seconds=parse_budget(budget),
                      sets=list(sets), text_col=text_col, label_col=label_col)
-    study_dir = out or default_study_dir(data, model)
     con = _console(quiet)
+    if models is not None:
+        from ajuste.cli.compare_models import compare_models
+
+        return compare_models(spec, models, out, con, quiet=quiet, similarity=not no_similarity, workers=workers,
+                              share_idle_cores=share_idle_cores)
+    study_dir = out or default_study_dir(data, model)
     con.print(f"{len(spec.cells())} cells: {', '.join(spec.strategies)} × fractions "
               f"{', '.join(f'{f:g}' for f in spec.fractions)} × {spec.seeds} seed(s) → {study_dir}")
     _, advice, seconds = run_compare(spec, study_dir, console=con, progress=not quiet, similarity=not no_similarity,

@@ -363,14 +363,16 @@ def _finish_interrupted(cells: Any, console: Any, take: Callable[[Job, dict], No
         pass
 
 
-def export_best(study_dir: Path, best_cell: str) -> Path:
-    """Copy the winning run to ``best_model/`` (a plain run directory: `ajuste predict` takes it)."""
+def export_best(study_dir: Path, best_cell: str, into: Path | None = None) -> Path:
+    """Copy the winning run to ``best_model/`` (a plain run directory: `ajuste predict` takes it); ``into``: the
+    folder that gets it, when not this study's (a study across backbones hands over one of its studies' runs)."""
     src = Path(study_dir) / "runs" / best_cell
     if not (src / "model.safetensors").is_file():
         raise AjusteError(f"{src}, the run of the recommended cell, is missing or has no weights, so there is no "
                           f"model to hand over; restore it, or run the study again with another --out")
-    dst = Path(study_dir) / "best_model"
-    tmp = Path(study_dir) / ".best_model.tmp"
+    home = Path(into) if into is not None else Path(study_dir)
+    dst = home / "best_model"
+    tmp = home / ".best_model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     # the cell's trackers stay with the cell: best_model/ is a model to hand over
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint", locks.LOCK_NAME, tracking.TENSORBOARD_DIR,
