@@ -336,3 +336,15 @@ def test_images_with_labels_csv_train_and_predict_each_task(tmp_path, capsys):
             assert s["test"]["map"] > 0.8 and "labels" in row
         else:
             assert s["test"]["r2"] > 0.5 and row["value"] == pytest.approx(4.9, abs=1.5)
+
+
+def test_tune_minimises_rmse_on_regression_and_refuses_accuracy(reg_csv, tiny_bert_dir, tmp_path, capsys):
+    base = ["tune", str(reg_csv), "--model", str(tiny_bert_dir), "--strategy", "linear-probe", "--trials", "2",
+            "--set", "train.epochs=2", "--set", "train.min_steps=0"]
+    assert main([*base, "--out", str(tmp_path / "t0")]) != 0
+    assert "--metric val_accuracy does not apply to a regression task" in one_error_line(capsys.readouterr().err)
+    assert main([*base, "--metric", "rmse", "--out", str(tmp_path / "t1")]) == 0
+    best = json.loads((tmp_path / "t1" / "best.json").read_text())
+    assert best["metric"] == "rmse" and best["direction"] == "minimize"
+    trials = (tmp_path / "t1" / "trials.csv").read_text().splitlines()
+    assert len(trials) == 3

@@ -41,7 +41,9 @@ from ajuste.training.loop import CancelFit
 # the objective at each trial's kept epoch; a name of ajuste.metrics also sets the trials' train.monitor to it, so
 # the epoch kept is the one that scores best on it (val_accuracy and val_loss leave train.monitor as configured)
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize", "accuracy": "maximize",
-           "balanced_accuracy": "maximize", "macro_f1": "maximize", "auroc": "maximize", "loss": "minimize"}
+           "balanced_accuracy": "maximize", "macro_f1": "maximize", "auroc": "maximize", "loss": "minimize",
+           "map": "maximize", "micro_f1": "maximize", "r2": "maximize", "rmse": "minimize", "mae": "minimize"}
+_LOSSES = ("val_loss", "loss")  # the objective is the validation loss; every other name is a metric's score
 # fit() counts an epoch as an improvement when val loss drops by more than this (keep in step with loop.py).
 IMPROVEMENT = 1e-4
 
@@ -96,7 +98,7 @@ class EpochReporter:
 
     @property
     def value(self) -> float:
-        return self.best_loss if METRICS[self.metric] == "minimize" else self.best_acc
+        return self.best_loss if self.metric in _LOSSES else self.best_acc
 
     def __call__(self, rec: Any, result: Any) -> None:
         self.epochs = rec.epoch + 1
@@ -232,7 +234,7 @@ class Objective:
                 trial.set_user_attr(key, summary[key])
         if reporter.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned after epoch {reporter.pruned_at + 1}")
-        value = summary["val_loss"] if METRICS[self.metric] == "minimize" else \
+        value = summary["val_loss"] if self.metric in _LOSSES else \
             _maximised(self.metric, summary["val_accuracy"], summary["val_score"])
         if not math.isfinite(value):
             raise AjusteError(f"trial {trial.number} ended with a non-finite {self.metric}")

@@ -34,6 +34,7 @@ from ajuste.data import fingerprint
 from ajuste.data.splits import take_fraction
 from ajuste.errors import AjusteError, ConfigError
 from ajuste.io import ajuste_dir_kind, atomic_write_json
+from ajuste.metrics import metric_name
 
 # Modules, not names: tests substitute make_pruner and ajuste.training.run's functions.
 from ajuste.search import samplers
@@ -53,6 +54,7 @@ from ajuste.search.storage import (
 )
 from ajuste.search.trial_loop import TrialStats, counts_against_budget, on_trial_end, requeue_interrupted, run_trials
 from ajuste.strategies.base import get_strategy, resolve_config
+from ajuste.tasks import TASK_METRICS
 from ajuste.training import run as training
 from ajuste.training import tracking_store
 from ajuste.training.loop import stretch_phases
@@ -198,6 +200,10 @@ def _plan(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner
     # 2. Data once for all trials (the training fraction is drawn inside each run, the same every time).
     if splits is None:
         data, splits = training.prepare_data(cfg.override({"data.fraction": 1.0}), data=data)
+    allowed = (*TASK_METRICS[data.task], "val_loss")
+    if data.task != "classification" and metric_name(metric) not in allowed:
+        raise ConfigError(f"--metric {metric} does not apply to a {data.task} task; use --metric "
+                          f"{' | '.join(allowed)}")
     modality = data.modality
     digest = fingerprint.data_digest(data)
     n_body = _body_groups(cfg, len(data.classes))
