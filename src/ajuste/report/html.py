@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,8 @@ def _score_columns(agg: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(label, aggregate key) of the test columns: the study's metric first, then accuracy and macro-F1."""
     metric = agg[0].get("metric", "accuracy") if agg else "accuracy"
     out = [(metric_of(agg), "test_score")]
-    out += [(label_of(m), k) for m, k in (("accuracy", "test_accuracy"), ("macro_f1", "test_macro_f1")) if m != metric]
+    out += [(label_of(m), k) for m, k in (("accuracy", "test_accuracy"), ("macro_f1", "test_macro_f1")) if m != metric
+            and any(isinstance(r.get(k), float) and math.isfinite(r[k]) for r in agg)]  # not for regression
     return out
 
 
