@@ -112,7 +112,7 @@ def test_rank_on_digits_prints_a_table_and_writes_json(capsys, tmp_path):
                  "--max-examples", "200", "--max-seconds", "5", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     result = json.loads(out.read_text())
-    assert result["examples"] == 200 and result["classes"] == 10
+    assert result["examples"] == 100 and result["classes"] == 10  # 5 s leave only the floor of the sample
     ok = [r for r in result["rows"] if r["status"] == "ok"]
     assert sorted(r["model"] for r in ok) == ["efficientnet_lite0", "efficientnet_lite1"]
     for r in ok:

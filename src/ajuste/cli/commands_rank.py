@@ -24,7 +24,7 @@ def rank(
                                "plus a curated hub list when the hub answers"),
     max_seconds: float = typer.Option(90.0, "--max-seconds", help="Time cap: the examples scored (the same for "
                                       "every candidate, stratified) are cut to what the candidates' measured "
-                                      "speed allows; never fewer than 200"),
+                                      "speed allows; never fewer than 100"),
     max_examples: int = typer.Option(2000, "--max-examples", help="At most this many training examples"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON file (default: studies/<data>-rank.json)"),
     text_col: Optional[str] = typer.Option(None, "--text-col"),

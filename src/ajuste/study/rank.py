@@ -41,7 +41,7 @@ HUB_CANDIDATES = {
 HUB_HOST = "huggingface.co"
 # Estimators in table order; the last two need the source head.
 ESTIMATORS = ("logme", "hscore", "nleep", "leep", "nce")
-MIN_EXAMPLES = 200  # fewer and the estimators' ranks are noise, whatever the time cap says
+MIN_EXAMPLES = 100  # fewer and the estimators' ranks are noise, whatever the time cap says
 _PILOT = 32
 _ESTIMATOR_SECONDS = 6.0  # kept back per candidate for the estimators (NLEEP's mixture fit dominates)
 
@@ -133,8 +133,10 @@ def source_head(name: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def stratified(indices: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """At most ``n`` of ``indices``, class shares kept (nested across n for one seed)."""
-    return indices if len(indices) <= n else take_fraction(indices, labels, int(n), seed=seed)
+    """At most ``n`` of ``indices`` (at least one per class), class shares kept; nested across n for one seed,
+    so a smaller draw (the pilot) lies inside a larger one (the examples scored)."""
+    n = max(int(n), len(np.unique(labels[indices])))
+    return indices if len(indices) <= n else take_fraction(indices, labels, n, seed=seed)
 
 
 def rank_backbones(*, data: Any, splits: dict[str, np.ndarray], candidates: list[str], cfg: Any,
@@ -217,14 +219,16 @@ def _prepare(name: str, data: Any, pool: np.ndarray, cfg: Any, seed: int) -> dic
     tokenizer = getattr(bb, "tokenizer", None)
     head_ids = {id(p) for p in bb.classifier.parameters()}
     params = sum(p.numel() for p in bb.parameters() if id(p) not in head_ids)
-    pilot = Pipeline(data, {"train": pool[:_PILOT]}, pre, tokenizer=tokenizer, augment="none", batch_size=_PILOT)
+    pilot_idx = stratified(pool, data.labels, _PILOT, seed)  # inside every larger draw: its features are kept
+    pilot = Pipeline(data, {"train": pilot_idx}, pre, tokenizer=tokenizer, augment="none", batch_size=_PILOT)
     t = time.perf_counter()
-    compute_features(bb, pilot.loader("train"), amp=amp, channels_last=cl)
-    pilot_seconds = (time.perf_counter() - t) / max(1, min(_PILOT, len(pool)))
+    pilot_feats = compute_features(bb, pilot.loader("train"), amp=amp, channels_last=cl)
+    pilot_time = time.perf_counter() - t
     row = {"model": name, "status": "ok", "params_m": round(params / 1e6, 2),
            "mflops": _mflops_per_example(bb, pilot), "scores": {}, "ranks": {}}
     return {"name": name, "backbone": bb, "pre": pre, "tokenizer": tokenizer, "amp": amp, "channels_last": cl,
-            "pilot_seconds": pilot_seconds, "row": row, "head": source_head(name)}
+            "pilot_seconds": pilot_time / len(pilot_idx), "pilot": (pilot_idx, pilot_feats, pilot_time), "row": row,
+            "head": source_head(name)}
 
 
 def _mflops_per_example(bb: Any, pilot: Pipeline) -> float | None:
@@ -247,17 +251,22 @@ def _mflops_per_example(bb: Any, pilot: Pipeline) -> float | None:
 def _score(b: dict[str, Any], data: Any, chosen: np.ndarray, progress: Any) -> None:
     """The feature pass over ``chosen`` (throughput measured) and every estimator that applies."""
     row = b["row"]
-    pipe = Pipeline(data, {"train": chosen}, b["pre"], tokenizer=b["tokenizer"], augment="none", batch_size=32)
-    loader = pipe.loader("train")
-    task = progress.add_task(f"features {b['name']}", total=len(chosen)) if progress is not None else None
-    t = time.perf_counter()
-    feats, labels = compute_features(b["backbone"], _ticking(loader, progress, task), amp=b["amp"],
-                                     channels_last=b["channels_last"])
-    seconds = time.perf_counter() - t
-    if task is not None:
-        progress.remove_task(task)
-    row["examples_per_s"] = round(len(chosen) / max(seconds, 1e-9), 1)
-    f, y = feats.numpy().astype(np.float64), labels.numpy()
+    pilot_idx, (pilot_f, pilot_y), seconds = b["pilot"]
+    rest = np.setdiff1d(chosen, pilot_idx)
+    feats, labels = [pilot_f], [pilot_y]
+    if len(rest):
+        pipe = Pipeline(data, {"train": rest}, b["pre"], tokenizer=b["tokenizer"], augment="none", batch_size=32)
+        task = progress.add_task(f"features {b['name']}", total=len(rest)) if progress is not None else None
+        t = time.perf_counter()
+        more = compute_features(b["backbone"], _ticking(pipe.loader("train"), progress, task), amp=b["amp"],
+                                channels_last=b["channels_last"])
+        seconds += time.perf_counter() - t
+        feats.append(more[0])
+        labels.append(more[1])
+        if task is not None:
+            progress.remove_task(task)
+    row["examples_per_s"] = round((len(pilot_idx) + len(rest)) / max(seconds, 1e-9), 1)
+    f, y = torch.cat(feats).numpy().astype(np.float64), torch.cat(labels).numpy()
     scores = {"logme": logme(f, y), "hscore": tr.hscore(f, y), "nleep": tr.nleep(f, y)}
     if b["head"] is not None:
         weight, bias = b["head"]
