@@ -71,7 +71,9 @@ def rank(
 def default_rank_path(data: str) -> Path:
     import re
 
-    name = Path(str(data).rstrip("/")).name or "data"
+    """studies/<data>-rank.json, beside the studies `ajuste compare` writes (a file's suffix dropped)."""
+    p = Path(str(data).rstrip("/"))
+    name = (p.stem if p.suffix else p.name) or "data"
     return Path("studies") / re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}-rank.json")
 
 

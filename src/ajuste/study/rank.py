@@ -42,8 +42,8 @@ HUB_HOST = "huggingface.co"
 # Estimators in table order; the last two need the source head.
 ESTIMATORS = ("logme", "hscore", "nleep", "leep", "nce")
 MIN_EXAMPLES = 100  # fewer and the estimators' ranks are noise, whatever the time cap says
-_PILOT = 32
-_ESTIMATOR_SECONDS = 6.0  # kept back per candidate for the estimators (NLEEP's mixture fit dominates)
+_PILOT = 32  # examples of the timing pass, in two batches: the second, warm, gives the speed
+_BATCH = _PILOT // 2
 
 
 def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
@@ -163,14 +163,21 @@ def rank_backbones(*, data: Any, splits: dict[str, np.ndarray], candidates: list
                 rows.append({"model": name, "status": "skipped", "reason": _one_line(exc)})
             if task is not None:
                 progress.remove_task(task)
-    spent = time.perf_counter() - t0
-    per_example = sum(b["pilot_seconds"] for b in built)
-    left = max_seconds - spent - _ESTIMATOR_SECONDS * len(built)
-    n = len(pool) if not built else int(min(len(pool), max(MIN_EXAMPLES, left / max(per_example, 1e-9))))
+    # The sample: as many examples as the time left pays for at the pilots' speeds, the pilots' own included.
+    # Each candidate then gets its share of the time left; one that runs slower than its pilot said stops its
+    # pass early, and the sample shrinks for all (the draws are nested: the smaller is inside the larger).
+    n = len(pool)
+    for i, b in enumerate(built):
+        pace = sum(o["pilot_seconds"] for o in built[i:])
+        for _ in range(3 if i == 0 else 1):  # the estimators' time grows with n: a few rounds of the fixed point
+            left = max_seconds - (time.perf_counter() - t0) - sum(_estimator_seconds(n, o) for o in built)
+            if i == 0:
+                n = int(min(len(pool), max(MIN_EXAMPLES, _PILOT + left / max(pace, 1e-9))))
+        n = _extract(b, data, pool, n, left * b["pilot_seconds"] / max(pace, 1e-9), seed, progress)
+        del b["backbone"]  # free its memory before the next candidate's pass
     chosen = stratified(pool, data.labels, n, seed)
     for b in built:
-        _score(b, data, chosen, progress)
-        del b["backbone"]  # free its memory before the next candidate's pass
+        _score(b, chosen)
     ok = [r for r in rows if r["status"] == "ok"]
     _add_ranks(ok)
     rows = ok + [r for r in rows if r["status"] != "ok"]
@@ -178,6 +185,13 @@ def rank_backbones(*, data: Any, splits: dict[str, np.ndarray], candidates: list
             "train_examples": int(len(splits["train"])), "examples": int(len(chosen)),
             "max_seconds": max_seconds, "seconds": round(time.perf_counter() - t0, 1),
             "estimators": list(ESTIMATORS), "rows": rows}
+
+
+def _estimator_seconds(n: int, b: dict[str, Any]) -> float:
+    """Seconds kept back for scoring n examples of ``b``'s features: LogME's SVD, H-score's covariance and
+    NLEEP's PCA grow as N·D·min(N, D) (measured: ~9 s for (2000, 1280) on two busy cores, ~1 s for (300, 1280))."""
+    d = b["pilot"][1][0].shape[1]
+    return 1.0 + 2.5e-9 * n * d * min(n, d)
 
 
 def _from_hub(name: str) -> bool:
@@ -220,14 +234,17 @@ def _prepare(name: str, data: Any, pool: np.ndarray, cfg: Any, seed: int) -> dic
     head_ids = {id(p) for p in bb.classifier.parameters()}
     params = sum(p.numel() for p in bb.parameters() if id(p) not in head_ids)
     pilot_idx = stratified(pool, data.labels, _PILOT, seed)  # inside every larger draw: its features are kept
-    pilot = Pipeline(data, {"train": pilot_idx}, pre, tokenizer=tokenizer, augment="none", batch_size=_PILOT)
+    pilot = Pipeline(data, {"train": pilot_idx}, pre, tokenizer=tokenizer, augment="none", batch_size=_BATCH)
+    stamps: list[tuple[float, int]] = []  # (time, examples so far) after each batch
     t = time.perf_counter()
-    pilot_feats = compute_features(bb, pilot.loader("train"), amp=amp, channels_last=cl)
+    pilot_feats = compute_features(bb, _ticking(pilot.loader("train"), stamps=stamps), amp=amp, channels_last=cl)
     pilot_time = time.perf_counter() - t
+    # The first batch pays one-off costs (kernel selection, lazy init): the later ones time the steady state.
+    warm = (stamps[-1][0] - stamps[0][0]) / (stamps[-1][1] - stamps[0][1]) if len(stamps) > 1 else None
     row = {"model": name, "status": "ok", "params_m": round(params / 1e6, 2),
            "mflops": _mflops_per_example(bb, pilot), "scores": {}, "ranks": {}}
     return {"name": name, "backbone": bb, "pre": pre, "tokenizer": tokenizer, "amp": amp, "channels_last": cl,
-            "pilot_seconds": pilot_time / len(pilot_idx), "pilot": (pilot_idx, pilot_feats, pilot_time), "row": row,
+            "pilot_seconds": warm or pilot_time / len(pilot_idx), "pilot": (pilot_idx, pilot_feats, pilot_time), "row": row,
             "head": source_head(name)}
 
 
@@ -248,40 +265,64 @@ def _mflops_per_example(bb: Any, pilot: Pipeline) -> float | None:
     return round(counter.get_total_flops() / 1e6, 1)
 
 
-def _score(b: dict[str, Any], data: Any, chosen: np.ndarray, progress: Any) -> None:
-    """The feature pass over ``chosen`` (throughput measured) and every estimator that applies."""
-    row = b["row"]
-    pilot_idx, (pilot_f, pilot_y), seconds = b["pilot"]
-    rest = np.setdiff1d(chosen, pilot_idx)
-    feats, labels = [pilot_f], [pilot_y]
-    if len(rest):
-        pipe = Pipeline(data, {"train": rest}, b["pre"], tokenizer=b["tokenizer"], augment="none", batch_size=32)
-        task = progress.add_task(f"features {b['name']}", total=len(rest)) if progress is not None else None
+def _extract(b: dict[str, Any], data: Any, pool: np.ndarray, n: int, seconds: float, seed: int,
+             progress: Any) -> int:
+    """Features of ``stratified(pool, n)`` for candidate ``b``, in growing nested steps after its pilot, until
+    the next step would not fit ``seconds``; the size reached (at least MIN_EXAMPLES where the pool has them)."""
+    done, (feats, labels), spent = b["pilot"]  # spent: the whole pass's time, for its throughput
+    feats, labels, pace, used = [feats], [labels], b["pilot_seconds"], 0.0  # used: of ``seconds``
+    task = progress.add_task(f"features {b['name']}", total=n, completed=len(done)) if progress is not None \
+        else None
+    size = len(done)
+    while size < min(n, len(pool)):
+        step = min(n, size + max(_BATCH, -(-size // 4 // _BATCH) * _BATCH))  # +25%, whole batches
+        step = min(step, MIN_EXAMPLES) if size < MIN_EXAMPLES else step  # the floor is a size reached exactly
+        if used + pace * (step - size) > seconds and size >= MIN_EXAMPLES:
+            break
+        more = np.setdiff1d(stratified(pool, data.labels, step, seed), done)
+        pipe = Pipeline(data, {"train": more}, b["pre"], tokenizer=b["tokenizer"], augment="none",
+                        batch_size=_BATCH)
         t = time.perf_counter()
-        more = compute_features(b["backbone"], _ticking(pipe.loader("train"), progress, task), amp=b["amp"],
+        f, y = compute_features(b["backbone"], _ticking(pipe.loader("train"), progress, task), amp=b["amp"],
                                 channels_last=b["channels_last"])
-        seconds += time.perf_counter() - t
-        feats.append(more[0])
-        labels.append(more[1])
-        if task is not None:
-            progress.remove_task(task)
-    row["examples_per_s"] = round((len(pilot_idx) + len(rest)) / max(seconds, 1e-9), 1)
-    f, y = torch.cat(feats).numpy().astype(np.float64), torch.cat(labels).numpy()
+        took = time.perf_counter() - t
+        spent, used, pace = spent + took, used + took, took / max(1, len(more))
+        feats.append(f)
+        labels.append(y)
+        done = np.concatenate([done, more])
+        size = step
+    if task is not None:
+        progress.remove_task(task)
+    b["row"]["examples_per_s"] = round(len(done) / max(spent, 1e-9), 1)
+    b["features"] = (done, torch.cat(feats).numpy().astype(np.float64), torch.cat(labels).numpy())
+    return min(size, len(done))
+
+
+def _score(b: dict[str, Any], chosen: np.ndarray) -> None:
+    """Every estimator that applies, on the candidate's features of the examples in ``chosen``."""
+    idx, f, y = b.pop("features")
+    keep = np.isin(idx, chosen)
+    f, y = f[keep], y[keep]
     scores = {"logme": logme(f, y), "hscore": tr.hscore(f, y), "nleep": tr.nleep(f, y)}
     if b["head"] is not None:
         weight, bias = b["head"]
         logits = f @ weight.T.astype(np.float64) + bias
         scores["leep"] = tr.leep(tr.softmax(logits), y)
         scores["nce"] = tr.nce(logits.argmax(1), y)
-    row["scores"] = {k: round(float(v), 4) for k, v in scores.items()}
+    b["row"]["scores"] = {k: round(float(v), 4) for k, v in scores.items()}
 
 
-def _ticking(loader: Any, progress: Any, task: Any):
-    """``loader``'s batches, advancing the progress bar by each batch's size."""
+def _ticking(loader: Any, progress: Any = None, task: Any = None, stamps: list | None = None):
+    """``loader``'s batches, advancing the progress bar by each batch's size; ``stamps`` gets
+    (time, examples so far) once each batch has been consumed."""
+    seen = 0
     for inputs, y in loader:
         yield inputs, y
+        seen += len(y)
         if task is not None:
             progress.advance(task, len(y))
+        if stamps is not None:
+            stamps.append((time.perf_counter(), seen))
 
 
 def _add_ranks(rows: list[dict[str, Any]]) -> None:
