@@ -136,3 +136,13 @@ def test_rank_on_text_scores_a_model_without_a_source_head(capsys, tmp_path, tin
     (row,) = json.loads(out.read_text())["rows"]
     assert row["status"] == "ok" and set(row["scores"]) == {"logme", "hscore", "nleep"}
     assert "NCE" not in capsys.readouterr().out
+
+
+def test_model_names_are_checked_without_building_anything():
+    from ajuste.errors import AjusteError
+    from ajuste.study.rank import check_model_name
+
+    for name in ("timm:resnet50", "timm/resnet50", "resnet50", "hf:bert-base-uncased", "org/model", "efficientnet_lite0"):
+        check_model_name(name, "image")
+    with pytest.raises(AjusteError, match=r"unknown model 'timm/resnet5O' in --models: did you mean timm/resnet50"):
+        check_model_name("timm/resnet5O", "image")

@@ -110,11 +110,10 @@ def check_model_name(name: str, modality: str) -> None:
         return  # a local folder or a hub id: resolved when built
     import timm
 
-    arch = name.split("/", 1)[1] if name.startswith(TIMM_PREFIXES) or name.startswith("timm:") else name
-    arch = arch.removeprefix("timm:")
+    arch = next((name[len(p):] for p in TIMM_PREFIXES if name.startswith(p)), name)
     if timm.is_model(arch):
         return
-    close = difflib.get_close_matches(name, list(zoo.ZOO), n=3, cutoff=0.4)
+    close = difflib.get_close_matches(name, list(zoo.ZOO), n=3, cutoff=0.6)
     close += [f"timm/{m}" for m in difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)]
     hint = f"did you mean {', '.join(close)}?" if close else \
         f"offline models are {', '.join(zoo.ZOO)}; also timm/<arch>, hf:<org>/<model> or a local folder"
@@ -163,9 +162,10 @@ def rank_backbones(*, data: Any, splits: dict[str, np.ndarray], candidates: list
                 rows.append({"model": name, "status": "skipped", "reason": _one_line(exc)})
             if task is not None:
                 progress.remove_task(task)
-    # The sample: as many examples as the time left pays for at the pilots' speeds, the pilots' own included.
-    # Each candidate then gets its share of the time left; one that runs slower than its pilot said stops its
-    # pass early, and the sample shrinks for all (the draws are nested: the smaller is inside the larger).
+    # Each candidate gets a share of the time left (what its pilot's speed asks of all the passes still to run),
+    # less the estimators' time at the sample size the pilots predict. The first pass grows in nested steps
+    # until its share is spent and so sets the sample size; a later one that runs out first stops early, and the
+    # sample shrinks for all (the draws are nested: the smaller is inside the larger).
     n = len(pool)
     for i, b in enumerate(built):
         pace = sum(o["pilot_seconds"] for o in built[i:])
@@ -173,7 +173,9 @@ def rank_backbones(*, data: Any, splits: dict[str, np.ndarray], candidates: list
             left = max_seconds - (time.perf_counter() - t0) - sum(_estimator_seconds(n, o) for o in built)
             if i == 0:
                 n = int(min(len(pool), max(MIN_EXAMPLES, _PILOT + left / max(pace, 1e-9))))
-        n = _extract(b, data, pool, n, left * b["pilot_seconds"] / max(pace, 1e-9), seed, progress)
+        # The first pass may grow to the whole pool: its measured speed, not a 16-example pilot, sets n.
+        n = _extract(b, data, pool, len(pool) if i == 0 else n, left * b["pilot_seconds"] / max(pace, 1e-9), seed,
+                     progress)
         del b["backbone"]  # free its memory before the next candidate's pass
     chosen = stratified(pool, data.labels, n, seed)
     for b in built:
@@ -270,7 +272,7 @@ def _extract(b: dict[str, Any], data: Any, pool: np.ndarray, n: int, seconds: fl
     """Features of ``stratified(pool, n)`` for candidate ``b``, in growing nested steps after its pilot, until
     the next step would not fit ``seconds``; the size reached (at least MIN_EXAMPLES where the pool has them)."""
     done, (feats, labels), spent = b["pilot"]  # spent: the whole pass's time, for its throughput
-    feats, labels, pace, used = [feats], [labels], b["pilot_seconds"], 0.0  # used: of ``seconds``
+    feats, labels, pace, used, stepped = [feats], [labels], b["pilot_seconds"], 0.0, 0  # used: of ``seconds``
     task = progress.add_task(f"features {b['name']}", total=n, completed=len(done)) if progress is not None \
         else None
     size = len(done)
@@ -286,7 +288,8 @@ def _extract(b: dict[str, Any], data: Any, pool: np.ndarray, n: int, seconds: fl
         f, y = compute_features(b["backbone"], _ticking(pipe.loader("train"), progress, task), amp=b["amp"],
                                 channels_last=b["channels_last"])
         took = time.perf_counter() - t
-        spent, used, pace = spent + took, used + took, took / max(1, len(more))
+        spent, used, stepped = spent + took, used + took, stepped + len(more)
+        pace = used / stepped  # the mean over the steps so far: one small step's start-up cost would mislead
         feats.append(f)
         labels.append(y)
         done = np.concatenate([done, more])
