@@ -146,3 +146,17 @@ def test_model_names_are_checked_without_building_anything():
         check_model_name(name, "image")
     with pytest.raises(AjusteError, match=r"unknown model 'timm/resnet5O' in --models: did you mean timm/resnet50"):
         check_model_name("timm/resnet5O", "image")
+
+
+def test_samples_are_stratified_and_nested_so_a_pass_can_stop_early():
+    """rank keeps the pilot's features and may shrink the sample after a pass: both need smaller draws to lie
+    inside larger ones, with the class shares kept."""
+    from ajuste.study.rank import stratified
+
+    labels = np.repeat([0, 1, 2], [600, 300, 100])
+    pool = np.arange(0, 1000, 1)
+    draws = [stratified(pool, labels, n, 0) for n in (32, 100, 148, 400)]
+    for small, large in zip(draws, draws[1:]):
+        assert set(small) <= set(large)
+    assert np.bincount(labels[draws[-1]]).tolist() == [240, 120, 40]
+    assert len(stratified(pool[:5], labels, 100, 0)) == 5  # a pool smaller than the draw: all of it
