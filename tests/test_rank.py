@@ -101,6 +101,8 @@ def test_an_unknown_model_name_is_one_line_before_anything_is_built(capsys, tmp_
     assert "unknown model 'efficientnet_lyte9'" in line and "did you mean efficientnet_lite" in line
     assert main(["rank", "digits", "--models", "minilm-l6"]) == 2
     assert "text model" in _one_error_line(capsys.readouterr().err)
+    assert main(["rank", "digits", "--max-seconds", "0"]) == 2
+    assert "--max-seconds 0" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "r.json").exists()
 
 
@@ -142,7 +144,8 @@ def test_model_names_are_checked_without_building_anything():
     from ajuste.errors import AjusteError
     from ajuste.study.rank import check_model_name
 
-    for name in ("timm:resnet50", "timm/resnet50", "resnet50", "hf:bert-base-uncased", "org/model", "efficientnet_lite0"):
+    for name in ("timm:resnet50", "timm/resnet50", "resnet50", "hf:bert-base-uncased", "org/model",
+                 "efficientnet_lite0"):
         check_model_name(name, "image")
     with pytest.raises(AjusteError, match=r"unknown model 'timm/resnet5O' in --models: did you mean timm/resnet50"):
         check_model_name("timm/resnet5O", "image")

@@ -174,12 +174,16 @@ def rank_backbones(*, data: Any, splits: dict[str, np.ndarray], candidates: list
             if i == 0:
                 n = int(min(len(pool), max(MIN_EXAMPLES, _PILOT + left / max(pace, 1e-9))))
         # The first pass may grow to the whole pool: its measured speed, not a 16-example pilot, sets n.
-        n = _extract(b, data, pool, len(pool) if i == 0 else n, left * b["pilot_seconds"] / max(pace, 1e-9), seed,
-                     progress)
+        try:
+            n = _extract(b, data, pool, len(pool) if i == 0 else n, left * b["pilot_seconds"] / max(pace, 1e-9),
+                         seed, progress)
+        except (AjusteError, OSError, RuntimeError, ValueError) as exc:  # e.g. out of memory on a long batch
+            b["row"].update(status="skipped", reason=_one_line(exc))
         del b["backbone"]  # free its memory before the next candidate's pass
     chosen = stratified(pool, data.labels, n, seed)
     for b in built:
-        _score(b, chosen)
+        if "features" in b:
+            _score(b, chosen)
     ok = [r for r in rows if r["status"] == "ok"]
     _add_ranks(ok)
     rows = ok + [r for r in rows if r["status"] != "ok"]
@@ -246,8 +250,8 @@ def _prepare(name: str, data: Any, pool: np.ndarray, cfg: Any, seed: int) -> dic
     row = {"model": name, "status": "ok", "params_m": round(params / 1e6, 2),
            "mflops": _mflops_per_example(bb, pilot), "scores": {}, "ranks": {}}
     return {"name": name, "backbone": bb, "pre": pre, "tokenizer": tokenizer, "amp": amp, "channels_last": cl,
-            "pilot_seconds": warm or pilot_time / len(pilot_idx), "pilot": (pilot_idx, pilot_feats, pilot_time), "row": row,
-            "head": source_head(name)}
+            "pilot_seconds": warm or pilot_time / len(pilot_idx), "pilot": (pilot_idx, pilot_feats, pilot_time),
+            "row": row, "head": source_head(name)}
 
 
 def _mflops_per_example(bb: Any, pilot: Pipeline) -> float | None:
