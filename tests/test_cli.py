@@ -346,6 +346,7 @@ def test_advise_profiles_the_data_and_suggests_a_command_on_one_line(capsys):
     assert any(line.startswith("data: built-in digits") or "1797 examples" in line for line in out), out
     assert any(line.startswith("advice: ") for line in out)
     assert any("domain similarity" in line and "pretrained features" in line for line in out)
+    assert "which backbone: ajuste rank digits --models auto" in "\n".join(out)
     nxt = [line for line in out if line.startswith("next: ")]
     assert len(nxt) == 1 and "--seeds 3" in nxt[0] and len(nxt[0]) > 80
     assert nxt[0].split("next: ", 1)[1].startswith("ajuste compare digits --model efficientnet_lite0 --strategies")

@@ -143,6 +143,9 @@ def advise(
     con.print(f"[bold green]advice:[/] {verdict}", highlight=False)
     for x in reasons:
         con.print(f"  • {x}", highlight=False)
+    # Ranking the other backbones costs a feature pass per candidate (a minute on a CPU): pointed to, not run.
+    con.print(f"which backbone: ajuste rank {data} --models auto   (LogME, H-score, NLEEP... of each candidate)",
+              highlight=False)
     con.print(f"next: ajuste compare {data} --model {model} --strategies linear-probe,two-stage,full,scratch-compact "
               f"--fractions 0.05,0.15,0.4,1 --seeds 3   ({time.perf_counter() - t0:.0f}s)", highlight=False)
 

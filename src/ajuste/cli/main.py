@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from ajuste.cli import commands_export, commands_study, commands_train, commands_tune
+from ajuste.cli import commands_export, commands_rank, commands_study, commands_train, commands_tune
 
 app = typer.Typer(
     name="ajuste",
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 commands_train.register(app)
 commands_study.register(app)
+commands_rank.register(app)
 commands_tune.register(app)
 commands_export.register(app)
 
