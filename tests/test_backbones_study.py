@@ -69,3 +69,37 @@ def _data_of(out):
 def test_models_needs_two_different_backbones(capsys):
     assert main(["compare", "digits", "--models", "timm/test_resnet"]) != 0
     assert "two or more different backbones" in one_error_line(capsys.readouterr().err)
+
+
+def test_topn_takes_the_n_best_of_the_ranking_and_gives_it_a_tenth_of_the_budget(study, tmp_path, monkeypatch):
+    from ajuste.study import rank
+
+    calls = []
+
+    def fake_rank(spec, console, *, seconds=None):
+        calls.append(seconds)
+        return {"order": ["timm/test_resnet", "timm/test_efficientnet", "timm/test_convnext"], "rows": [],
+                "examples": 0, "seconds": 0.0}
+
+    monkeypatch.setattr(rank, "rank_for_study", fake_rank)
+    out, _ = study
+    rc, stdout, err = run_cli(["compare", _data_of(out), "--models", "top2", "--strategies", "linear-probe",
+                               "--fractions", "1", *TINY_IMAGE[2:], *FAST_SETS, "--no-similarity", "-j", "1",
+                               "--budget", "10m", "--out", tmp_path / "s"])
+    assert rc == 0, err
+    assert calls == [60.0]
+    bb = json.loads((tmp_path / "s" / "backbones.json").read_text())
+    assert bb["models"] == ["timm/test_resnet", "timm/test_efficientnet"]
+    assert bb["ranking"]["order"] == ["timm/test_resnet", "timm/test_efficientnet"]
+    assert any("transferability ranking" in r for r in bb["advice"]["reasons"])
+
+
+def test_rank_refuses_a_regression_task_in_one_line(tmp_path, capsys):
+    import csv
+
+    with open(tmp_path / "r.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "score"])
+        w.writerows([[f"t {i} {'good ' * (i % 5)}", i * 0.37] for i in range(60)])
+    assert main(["rank", str(tmp_path / "r.csv")]) != 0
+    assert "score class labels" in one_error_line(capsys.readouterr().err)

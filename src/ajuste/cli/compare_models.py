@@ -3,6 +3,7 @@ together (`ajuste.report.backbones`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ def compare_models(spec: Any, models: str, out: Path | None, con: Any, *, quiet:
     from ajuste.api import default_study_dir, run_compare_models
 
     names, ranking = chosen_models(spec, models, con)
+    if ranking is not None and spec.budget_seconds is not None:  # the ranking's time came out of the budget
+        spec = dataclasses.replace(spec, budget_seconds=max(1.0, spec.budget_seconds - ranking.get("seconds", 0.0)))
     study_dir = out or default_study_dir(spec.source, "backbones")
     con.print(f"{len(names)} backbones ({', '.join(names)}) × {len(spec.cells())} cells each → {study_dir}")
     advice, seconds = run_compare_models(spec, names, Path(study_dir), console=con, progress=not quiet,

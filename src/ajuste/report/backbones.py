@@ -17,10 +17,14 @@ import numpy as np
 
 from ajuste.io import atomic_write_json, atomic_write_text, read_jsonl
 from ajuste.report.html import _png
+from ajuste.report.plots import _plt
 from ajuste.strategies.base import baseline_strategies
 from ajuste.study.advice import handed_over
 from ajuste.study.runner import export_best
 from ajuste.study.scores import gap_text, metric_of, with_scores
+from ajuste.training.prepare import prepare_data
+from ajuste.training.run_eval import predict_items
+from ajuste.training.run_load import load_run
 
 PREDICTION_PROBE = 64  # test examples timed per backbone (after one warm-up pass)
 
@@ -69,10 +73,6 @@ def build_backbones_report(study_dir: Path, models: list[str], *, ranking: dict[
 def prediction_seconds(run_dir: Path) -> float | None:
     """Seconds per example of ``run_dir``'s predictions on its own test split (``PREDICTION_PROBE`` examples,
     after a warm-up pass), on this machine: what the model costs where it will be used."""
-    from ajuste.training.prepare import prepare_data
-    from ajuste.training.run_eval import predict_items
-    from ajuste.training.run_load import load_run
-
     if not (run_dir / "model.safetensors").is_file():
         return None
     run = load_run(run_dir)
@@ -121,8 +121,6 @@ def _advise(rows: list[dict[str, Any]], ranking: dict[str, Any] | None, floor: d
 
 
 def _cost_plot(rows: list[dict[str, Any]]) -> Any:
-    from ajuste.report.plots import _plt
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = [r for r in rows if r["seconds_per_prediction"]]

@@ -27,9 +27,11 @@ from ajuste.data.pipeline import Pipeline, make_preprocessing, to_device_batch
 from ajuste.data.splits import take_fraction
 from ajuste.errors import AjusteError
 from ajuste.study import transferability as tr
+from ajuste.study.cells import base_config
 from ajuste.study.similarity import logme
 from ajuste.training.execution import resolve_device
 from ajuste.training.inference import amp_for, compute_features, use_channels_last
+from ajuste.training.prepare import prepare_data
 
 # The hub candidates of `--models auto`, tried only when the hub answers: well-known ImageNet / general-purpose
 # checkpoints of different families and costs. The one place to change the list.
@@ -146,6 +148,9 @@ def rank_backbones(*, data: Any, splits: dict[str, np.ndarray], candidates: list
     ``progress``: a rich Progress (or None) that shows building and the feature passes. Returns what
     ``ajuste rank`` prints and writes: the rows (one per candidate, skipped ones with their reason), the
     number of examples scored and the seconds taken."""
+    if getattr(data, "task", "classification") != "classification":
+        raise AjusteError(f"the transferability estimators score class labels, and this is a {data.task} task; "
+                          f"compare the backbones by training them instead: ajuste compare DATA --models a,b")
     t0 = time.perf_counter()
     pool = stratified(np.asarray(splits["train"]), data.labels, max_examples, seed)
     built, rows = [], []
@@ -348,3 +353,20 @@ def _add_ranks(rows: list[dict[str, Any]]) -> None:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:199] + "…"
+
+
+def rank_for_study(spec: Any, console: Any, *, seconds: float | None = None) -> dict[str, Any]:
+    """The ranking that ``compare --models topN`` takes its N from: ``--models auto``'s candidates scored on the
+    study's data, within ``seconds`` (default 90; under a budget, a share of it). ``order``: the candidates that
+    were scored, best mean rank first."""
+    cfg = base_config(spec)
+    data, splits = prepare_data(cfg)
+    candidates, notes = resolve_candidates("auto", data.modality)
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
+    result = rank_backbones(data=data, splits=splits, candidates=candidates, cfg=cfg,
+                            max_seconds=max(10.0, seconds or 90.0))
+    result["order"] = [r["model"] for r in result["rows"] if r["status"] == "ok"]
+    console.print(f"ranked {', '.join(result['order'])} on {result['examples']} examples in {result['seconds']:.0f}s "
+                  f"(best mean rank over the estimators first)", highlight=False)
+    return result
