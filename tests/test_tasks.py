@@ -348,3 +348,9 @@ def test_tune_minimises_rmse_on_regression_and_refuses_accuracy(reg_csv, tiny_be
     assert best["metric"] == "rmse" and best["direction"] == "minimize"
     trials = (tmp_path / "t1" / "trials.csv").read_text().splitlines()
     assert len(trials) == 3
+
+
+def test_advise_on_regression_says_the_task_and_skips_what_scores_classes(reg_csv, capsys):
+    assert main(["advise", str(reg_csv)]) == 0
+    out = capsys.readouterr().out
+    assert "a numeric target (score)" in out and "a regression task" in out and "ajuste rank" not in out

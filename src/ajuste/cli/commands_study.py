@@ -121,11 +121,19 @@ def advise(
     con = _console()
     counts = d.class_counts() if hasattr(d, "class_counts") else {}
     n_train = len(splits["train"])
-    con.print(f"data: {d.source}; {d.modality}, {len(d)} examples, {len(d.classes)} classes; "
+    con.print(f"data: {d.source}; {d.modality}, {len(d)} examples, {d.labels_in_words()}; "
               f"train/val/test {n_train}/{len(splits['val'])}/{len(splits['test'])}", highlight=False)
     if counts:
         lo, hi = min(counts.values()), max(counts.values())
-        con.print(f"class balance: smallest {lo}, largest {hi} (ratio {hi / max(lo, 1):.1f})", highlight=False)
+        what = "label" if d.task == "multilabel" else "class"
+        con.print(f"{what} balance: smallest {lo}, largest {hi} (ratio {hi / max(lo, 1):.1f})", highlight=False)
+    if d.task != "classification":  # LogME and the probe accuracy score class labels
+        con.print(f"[bold green]advice:[/] a {d.task} task: {data_size_reason(n_train)}; the domain similarity and "
+                  f"the ranking of backbones score class labels and are not measured", highlight=False)
+        con.print(f"next: ajuste compare {data} --model {model} --strategies classical,linear-probe,two-stage "
+                  f"--fractions 0.1,0.3,1   (or --models a,b to compare backbones; {time.perf_counter() - t0:.0f}s)",
+                  highlight=False)
+        return
     sim = measure_similarity(model=model, data=d, splits=splits, cfg=cfg)
     p, r = sim["pretrained"], sim["random"]
     reasons = [data_size_reason(n_train),

@@ -181,7 +181,7 @@ def _open_study(study_dir: Path, spec: StudySpec, console: Any) -> tuple[RunConf
     else:
         atomic_write_json(splits_path, {k: np.asarray(v).tolist() for k, v in splits.items()})
         atomic_write_json(study_dir / fingerprint.FINGERPRINT_FILE, fingerprint.fingerprint(data, splits))
-    _say(console, f"study of {spec.model} on {data.source}: {len(data)} examples, {len(data.classes)} classes, "
+    _say(console, f"study of {spec.model} on {data.source}: {len(data)} examples, {data.labels_in_words()}, "
                   f"train/val/test {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])}")
     for w in data.warnings:
         _say(console, f"[yellow]warning:[/] {w}")

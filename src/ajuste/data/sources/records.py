@@ -69,6 +69,12 @@ class LabelledData:
         """Whether the inputs are text pairs, (first, second) tuples."""
         return self.modality == "text" and len(self.inputs) > 0 and isinstance(self.inputs[0], tuple)
 
+    def labels_in_words(self) -> str:
+        """'10 classes', '21 labels' (multi-label) or 'a numeric target' (regression), for messages."""
+        if self.task == "regression":
+            return f"a numeric target ({self.classes[0]})"
+        return f"{len(self.classes)} {'labels' if self.task == 'multilabel' else 'classes'}"
+
     def class_counts(self) -> dict[str, int]:
         """Number of examples per class name (per label name, multi-label), in class-index order; {} for
         regression."""
