@@ -21,6 +21,21 @@ def shared_dataset(name: str) -> Path:
     return p
 
 
+def write_sentiment_csv(path: Path, n: int) -> Path:
+    """``n`` rows of text,label: three positive or negative words, "film" and the row number (pos/neg alternate)."""
+    import random
+
+    rng = random.Random(0)
+    pos, neg = ["great", "lovely", "superb", "fine"], ["awful", "bad", "dreadful", "poor"]
+    rows = ["text,label"]
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(pos if label else neg) for _ in range(3)] + ["film", str(i)]
+        rows.append(f"{' '.join(words)},{'pos' if label else 'neg'}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BERT with all-MiniLM's tokenizer, randomly initialised, saved as an HF folder."""

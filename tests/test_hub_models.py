@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_sentiment_csv
 
 from ajuste.backbones.factory import create_backbone
 from ajuste.backbones.hf_decoder import is_decoder_only
@@ -231,18 +232,7 @@ def test_every_phase_trains_exactly_its_groups(strategy, fixture, request):
 
 @pytest.fixture()
 def text_csv(tmp_path):
-    import random
-
-    rng = random.Random(0)
-    pos, neg = ["great", "lovely", "superb", "fine"], ["awful", "bad", "dreadful", "poor"]
-    rows = ["text,label"]
-    for i in range(60):
-        label = i % 2
-        words = [rng.choice(pos if label else neg) for _ in range(3)] + ["film", str(i)]
-        rows.append(f"{' '.join(words)},{'pos' if label else 'neg'}")
-    path = tmp_path / "tiny.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
+    return write_sentiment_csv(tmp_path / "tiny.csv", 60)
 
 
 def _logits(backbone, pipeline):

@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_sentiment_csv
 
 from ajuste.backbones.adapters import get_method, merge_adapters
 from ajuste.config import RunConfig
@@ -166,18 +167,7 @@ def _image_run_cfg(strategy: str, **over) -> RunConfig:
 
 @pytest.fixture()
 def text_csv(tmp_path):
-    import random
-
-    rng = random.Random(0)
-    pos, neg = ["great", "lovely", "superb", "fine"], ["awful", "bad", "dreadful", "poor"]
-    rows = ["text,label"]
-    for i in range(80):
-        label = i % 2
-        words = [rng.choice(pos if label else neg) for _ in range(3)] + ["film", str(i)]
-        rows.append(f"{' '.join(words)},{'pos' if label else 'neg'}")
-    path = tmp_path / "tiny.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
+    return write_sentiment_csv(tmp_path / "tiny.csv", 80)
 
 
 def _test_logits(backbone, pipeline):

@@ -104,7 +104,7 @@ def fit_logistic(backbone: Any, pipeline: Any, opts: ClassicalOptions, *, monito
                 "val_loss": float(log_loss(y_val, val_p, labels=range(n))),
                 "val_accuracy": float(np.mean(val_p.argmax(1) == y_val))}
         step["val_score"] = score(monitor, y_val, val_p, loss=step["val_loss"])
-        rank = (-step["val_loss"],) if metric_name(monitor) == "loss" else (step["val_score"], -step["val_loss"])
+        rank = _rank(step, monitor)
         step["best"] = best is None or rank > best
         if step["best"]:
             best = rank
@@ -124,7 +124,6 @@ def fit_task_linear(backbone: Any, pipeline: Any, opts: ClassicalOptions, *,
     x_train, x_val = _matrices(backbone, pipeline)
     y_train, y_val = pipeline.labels("train"), pipeline.labels("val")
     best: tuple[float, ...] | None = None
-    sign = 1.0 if higher_is_better(monitor) else -1.0
     for c in C_GRID:
         t = time.perf_counter()
         if task.kind == "regression":
@@ -139,13 +138,21 @@ def fit_task_linear(backbone: Any, pipeline: Any, opts: ClassicalOptions, *,
         step = {"phase": f"C={c:g}", "train_loss": losses["train"], "val_loss": losses["val"],
                 "val_accuracy": task.accuracy(torch.as_tensor(_logits(x_val, coef, bias)), torch.as_tensor(y_val))}
         step["val_score"] = score(monitor, y_val, task.outputs(_logits(x_val, coef, bias)), loss=step["val_loss"])
-        rank = (-step["val_loss"],) if metric_name(monitor) == "loss" else (sign * step["val_score"], -step["val_loss"])
+        rank = _rank(step, monitor)
         step["best"] = best is None or rank > best
         if step["best"]:
             best = rank
             backbone.set_linear(coef, bias)
         step["seconds"] = time.perf_counter() - t
         yield step
+
+
+def _rank(step: dict[str, Any], monitor: str) -> tuple[float, ...]:
+    """How a fit compares with the others (higher is better): the monitored score (negated for an error such as
+    RMSE), ties broken by the lower validation loss; for ``loss``, the loss alone."""
+    if metric_name(monitor) == "loss":
+        return (-step["val_loss"],)
+    return ((1.0 if higher_is_better(monitor) else -1.0) * step["val_score"], -step["val_loss"])
 
 
 def _binary(model: Any, x: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
