@@ -100,8 +100,8 @@ def test_compare_gives_a_study_with_recommendation_results_and_best_model(tmp_pa
     assert "data:image/png;base64," in html and "linear-probe" in html
     df = study.results.to_pandas() if _has_pandas() else None
     assert df is None or len(df) == 2
-    with pytest.raises(AjusteError, match="one backbone"):
-        ajuste.compare("digits", models=["a", "b"], out=tmp_path / "t")
+    with pytest.raises(AjusteError, match="list of backbone names"):
+        ajuste.compare("digits", models="a,b", out=tmp_path / "t")
 
 
 def test_tune_gives_a_search_with_its_optuna_study(tmp_path):

@@ -49,9 +49,15 @@ def check_outcome(path: Path, **kwargs) -> LabelledData | None:
     n = len(data.inputs)
     assert n == len(data.labels) > 0
     assert data.labels.dtype == np.int64
-    assert len(data.classes) >= 2 and len(set(data.classes)) == len(data.classes)
-    assert all(isinstance(c, str) for c in data.classes)
-    assert data.labels.min() >= 0 and data.labels.max() < len(data.classes)
+    assert all(isinstance(c, str) for c in data.classes) and len(set(data.classes)) == len(data.classes)
+    if data.task == "classification":
+        assert len(data.classes) >= 2
+        assert data.labels.min() >= 0 and data.labels.max() < len(data.classes)
+    elif data.task == "multilabel":  # 0/1 targets over >= 2 labels; the strata include "no label" (K)
+        assert len(data.classes) >= 2 and data.targets.shape == (n, len(data.classes))
+        assert set(np.unique(data.targets)) <= {0.0, 1.0} and data.labels.max() <= len(data.classes)
+    else:
+        assert len(data.classes) == 1 and data.targets.shape == (n,) and np.isfinite(data.targets).all()
     for k, idx in data.splits.items():
         assert k in ("train", "val", "test") and len(idx) and idx.min() >= 0 and idx.max() < n
     if data.splits:  # predefined splits never overlap

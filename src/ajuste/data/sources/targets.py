@@ -53,8 +53,10 @@ def finish_multilabel(raw: _Raw, *, classes: list[str] | None) -> LabelledData:
         names = list(classes)
     else:
         names = found
-        if not names:
-            raise DataError(f"no label in any row {raw.where}; a multi-label data set needs at least one label")
+        if len(names) < 2:
+            only = f"only '{names[0]}'" if names else "no label in any row"
+            raise DataError(f"{only} {raw.where}; a multi-label data set needs at least 2 labels (one label, present "
+                            f"or not, is a yes/no class: give each row a name such as 'yes'/'no')")
     index = {n: k for k, n in enumerate(names)}
     targets = np.zeros((len(sets), len(names)), dtype=np.float32)
     for i, s in enumerate(sets):
