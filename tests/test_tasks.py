@@ -181,6 +181,16 @@ def test_regression_is_learnt_standardised_and_answered_in_units(reg_csv):
     assert Task.from_json(json.loads(json.dumps(task.to_json()))) == task
 
 
+def test_huber_loss_is_taken_on_the_standardised_target(reg_csv, tmp_path):
+    task = Task("regression", mean=10.0, std=2.0, loss_name="huber")
+    out, y = torch.tensor([0.0, 3.0]), torch.tensor([10.0, 10.0])  # z targets 0, 0: errors 0 and 3
+    assert task.loss(out, y).item() == pytest.approx((0.0 + (3.0 - 0.5)) / 2)
+    rc, _, err = run_cli(["train", reg_csv, "--strategy", "classical", "--set", "train.regression_loss=huber",
+                          "--out", tmp_path / "h", "-q"])
+    assert rc == 0, err
+    assert json.loads((tmp_path / "h" / "task.json").read_text())["loss_name"] == "huber"
+
+
 def test_multilabel_loss_is_binary_cross_entropy_per_label():
     logits, y = torch.tensor([[2.0, -1.0], [0.0, 3.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
