@@ -99,12 +99,15 @@ def analyse(name: str, rank: dict, acc: dict[str, dict]) -> dict:
         if any(v is None for v in vals.values()):
             continue
         tau, wtau = taus([vals[m] for m in models], truth)
+        # against validation too: what a study selects on (test is read afterwards; the two can disagree)
+        vtau, vwtau = taus([vals[m] for m in models], [acc[m]["val"] for m in models])
         top = max(models, key=lambda m: vals[m])
         # Pairs the accuracy separates (a tie in accuracy is no evidence either way) and how many of them the
         # predictor orders the other way round; a top-1 is right when it ties the best accuracy.
         pairs = [(a, b) for i, a in enumerate(models) for b in models[i + 1:] if acc[a]["test"] != acc[b]["test"]]
         wrong = sum((vals[a] - vals[b]) * (acc[a]["test"] - acc[b]["test"]) < 0 for a, b in pairs)
-        result["predictors"][p] = {"scores": vals, "tau": tau, "weighted_tau": wtau, "top1": top,
+        result["predictors"][p] = {"scores": vals, "tau": tau, "weighted_tau": wtau, "tau_val": vtau,
+                                   "weighted_tau_val": vwtau, "top1": top,
                                    "top1_right": acc[top]["test"] == acc[best]["test"],
                                    "pairs": len(pairs), "wrong_pairs": int(wrong)}
     return result
@@ -135,6 +138,12 @@ def print_tables(results: list[dict]) -> None:
                       f"{sum(x['top1_right'] for x in rs)}/{len(rs)}" if t else "–")
     print("| pooled: mean τ / τw; pairs ordered wrongly of those the accuracy separates; top-1 right | | "
           + " | ".join(pooled) + " |")
+    print("\nAgainst validation accuracy (what the study selects on):")
+    for r in results:
+        cells = [f"{fmt(r['predictors'][p]['tau_val'])} / {fmt(r['predictors'][p]['weighted_tau_val'])}"
+                 if p in r["predictors"] else "–" for p in preds]
+        vals = ", ".join(f"{m.replace('efficientnet_', '')} {r['val'][m]:.3f}" for m in r["models"])
+        print(f"| {r['set']} | {vals} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
