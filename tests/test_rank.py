@@ -111,10 +111,11 @@ def test_rank_on_digits_prints_a_table_and_writes_json(capsys, tmp_path):
     load offline, reported as skipped while the others go on."""
     out = tmp_path / "digits-rank.json"
     assert main(["rank", "digits", "--models", "efficientnet_lite0,efficientnet_lite1,timm/resnet18",
-                 "--max-examples", "200", "--max-seconds", "5", "-o", str(out)]) == 0
+                 "--max-examples", "200", "--max-seconds", "1", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     result = json.loads(out.read_text())
-    assert result["examples"] == 100 and result["classes"] == 10  # 5 s leave only the floor of the sample
+    # 1 s leaves the floor of the sample on this kind of machine (a fast one may score more, never past the max)
+    assert 100 <= result["examples"] <= 200 and result["classes"] == 10
     ok = [r for r in result["rows"] if r["status"] == "ok"]
     assert sorted(r["model"] for r in ok) == ["efficientnet_lite0", "efficientnet_lite1"]
     for r in ok:
