@@ -40,6 +40,7 @@ def build_backbones_report(study_dir: Path, models: list[str], *, ranking: dict[
     overall best_model/; returns the advice (``text``, ``winner_model``, ``winner``, ``reasons``)."""
     study_dir = Path(study_dir)
     rows, table, floors = [], {}, []
+    probes: dict[tuple, Any] = {}  # the backbones' studies share their data: its test examples read once
     for model in models:
         d = backbone_dir(study_dir, model)
         records = with_scores(read_jsonl(d / "results.jsonl")) if (d / "results.jsonl").is_file() else []
@@ -56,7 +57,8 @@ def build_backbones_report(study_dir: Path, models: list[str], *, ranking: dict[
         rows.append({"model": model, "strategy": best["strategy"], "fraction": best["fraction"], "cell": best["cell"],
                      "val_score": best["val_score"], "test_score": best["test_score"], "metric": best.get("metric"),
                      "cost_seconds": best.get("cost_seconds"), "total_params": best.get("total_params"),
-                     "seconds_per_prediction": prediction_seconds(d / "runs" / best["cell"]), "dir": d.name})
+                     "seconds_per_prediction": prediction_seconds(d / "runs" / best["cell"], probes),
+                     "dir": d.name})
     advice = _advise(rows, ranking, max(floors, key=lambda r: r["val_score"]) if floors else None)
     atomic_write_json(study_dir / "backbones.json", {"models": models, "rows": rows, "table": table,
                                                       "ranking": ranking, "advice": advice})
@@ -70,19 +72,25 @@ def build_backbones_report(study_dir: Path, models: list[str], *, ranking: dict[
     return advice
 
 
-def prediction_seconds(run_dir: Path) -> float | None:
+def prediction_seconds(run_dir: Path, probes: dict[tuple, Any] | None = None) -> float | None:
     """Seconds per example of ``run_dir``'s predictions on its own test split (``PREDICTION_PROBE`` examples,
-    after a warm-up pass), on this machine: what the model costs where it will be used."""
+    after a warm-up pass), on this machine: what the model costs where it will be used. ``probes`` keeps the test
+    examples read for one data configuration, for the next run on the same data."""
     if not (run_dir / "model.safetensors").is_file():
         return None
     run = load_run(run_dir)
-    data, splits = prepare_data(run.config)
-    idx = splits["test"][:PREDICTION_PROBE]
-    items = data.inputs[idx] if isinstance(data.inputs, np.ndarray) else [data.inputs[i] for i in idx]
+    d = run.config.data
+    key = (str(d.source), d.text_col, d.label_col, d.task, d.split_seed, d.val_size, d.test_size)
+    probes = {} if probes is None else probes
+    if key not in probes:
+        data, splits = prepare_data(run.config.override({"data.fraction": 1.0}))
+        idx = splits["test"][:PREDICTION_PROBE]
+        probes[key] = data.inputs[idx] if isinstance(data.inputs, np.ndarray) else [data.inputs[i] for i in idx]
+    items = probes[key]
     predict_items(run, items[:8])  # warm-up: first-call allocations, lazy imports
     t0 = time.perf_counter()
     predict_items(run, items)
-    return (time.perf_counter() - t0) / max(1, len(idx))
+    return (time.perf_counter() - t0) / max(1, len(items))
 
 
 def _advise(rows: list[dict[str, Any]], ranking: dict[str, Any] | None, floor: dict[str, Any] | None) -> dict:

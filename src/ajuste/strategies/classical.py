@@ -92,25 +92,22 @@ def fit_logistic(backbone: Any, pipeline: Any, opts: ClassicalOptions, *, monito
     if len(np.unique(y_train)) < 2:
         raise AjusteError("the classical arm needs examples of at least two classes in the training split")
     n = backbone.num_classes
-    best: tuple[float, float] | None = None
-    for c in C_GRID:
-        t = time.perf_counter()
-        model = LogisticRegression(C=c, max_iter=opts.max_iter, class_weight="balanced" if balanced else None)
-        model.fit(x_train, y_train)
-        coef, intercept = _all_classes(model, n)
-        val_p = _softmax(_logits(x_val, coef, intercept))
-        train_p = _softmax(_logits(x_train, coef, intercept))
-        step = {"phase": f"C={c:g}", "train_loss": float(log_loss(y_train, train_p, labels=range(n))),
-                "val_loss": float(log_loss(y_val, val_p, labels=range(n))),
-                "val_accuracy": float(np.mean(val_p.argmax(1) == y_val))}
-        step["val_score"] = score(monitor, y_val, val_p, loss=step["val_loss"])
-        rank = _rank(step, monitor)
-        step["best"] = best is None or rank > best
-        if step["best"]:
-            best = rank
-            backbone.set_linear(coef, intercept)
-        step["seconds"] = time.perf_counter() - t
-        yield step
+
+    def fits() -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray, float]]:
+        for c in C_GRID:
+            t = time.perf_counter()
+            model = LogisticRegression(C=c, max_iter=opts.max_iter, class_weight="balanced" if balanced else None)
+            model.fit(x_train, y_train)
+            coef, intercept = _all_classes(model, n)
+            val_p = _softmax(_logits(x_val, coef, intercept))
+            train_p = _softmax(_logits(x_train, coef, intercept))
+            step = {"phase": f"C={c:g}", "train_loss": float(log_loss(y_train, train_p, labels=range(n))),
+                    "val_loss": float(log_loss(y_val, val_p, labels=range(n))),
+                    "val_accuracy": float(np.mean(val_p.argmax(1) == y_val))}
+            step["val_score"] = score(monitor, y_val, val_p, loss=step["val_loss"])
+            yield step, coef, intercept, t
+
+    yield from _keep_best(fits(), backbone, monitor)
 
 
 def fit_task_linear(backbone: Any, pipeline: Any, opts: ClassicalOptions, *,
@@ -123,21 +120,35 @@ def fit_task_linear(backbone: Any, pipeline: Any, opts: ClassicalOptions, *,
     task = pipeline.task
     x_train, x_val = _matrices(backbone, pipeline)
     y_train, y_val = pipeline.labels("train"), pipeline.labels("val")
+
+    def fits() -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray, float]]:
+        for c in C_GRID:
+            t = time.perf_counter()
+            if task.kind == "regression":
+                model = Ridge(alpha=1.0 / c).fit(x_train, (y_train - task.mean) / task.std)
+                coef, bias = np.atleast_2d(model.coef_), np.atleast_1d(model.intercept_)
+            else:
+                rows = [_binary(LogisticRegression(C=c, max_iter=opts.max_iter), x_train, y_train[:, k])
+                        for k in range(y_train.shape[1])]
+                coef, bias = np.vstack([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
+            val_z = torch.as_tensor(_logits(x_val, coef, bias))
+            step = {"phase": f"C={c:g}",
+                    "train_loss": float(task.loss(torch.as_tensor(_logits(x_train, coef, bias)),
+                                                  torch.as_tensor(y_train))),
+                    "val_loss": float(task.loss(val_z, torch.as_tensor(y_val))),
+                    "val_accuracy": task.accuracy(val_z, torch.as_tensor(y_val))}
+            step["val_score"] = score(monitor, y_val, task.outputs(val_z), loss=step["val_loss"])
+            yield step, coef, bias, t
+
+    yield from _keep_best(fits(), backbone, monitor)
+
+
+def _keep_best(fits: Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray, float]], backbone: Any,
+               monitor: str) -> Iterator[dict[str, Any]]:
+    """Each fit (its step, weights, biases and start time) yielded as an epoch; the backbone's head holds the best
+    so far (``_rank``)."""
     best: tuple[float, ...] | None = None
-    for c in C_GRID:
-        t = time.perf_counter()
-        if task.kind == "regression":
-            model = Ridge(alpha=1.0 / c).fit(x_train, (y_train - task.mean) / task.std)
-            coef, bias = np.atleast_2d(model.coef_), np.atleast_1d(model.intercept_)
-        else:
-            rows = [_binary(LogisticRegression(C=c, max_iter=opts.max_iter), x_train, y_train[:, k])
-                    for k in range(y_train.shape[1])]
-            coef, bias = np.vstack([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
-        losses = {s: float(task.loss(torch.as_tensor(_logits(x, coef, bias)), torch.as_tensor(y)))
-                  for s, x, y in (("train", x_train, y_train), ("val", x_val, y_val))}
-        step = {"phase": f"C={c:g}", "train_loss": losses["train"], "val_loss": losses["val"],
-                "val_accuracy": task.accuracy(torch.as_tensor(_logits(x_val, coef, bias)), torch.as_tensor(y_val))}
-        step["val_score"] = score(monitor, y_val, task.outputs(_logits(x_val, coef, bias)), loss=step["val_loss"])
+    for step, coef, bias, t in fits:
         rank = _rank(step, monitor)
         step["best"] = best is None or rank > best
         if step["best"]:

@@ -263,6 +263,7 @@ class Planner:
         left = self.left()
         done = {r["cell"] for r in self.records}
         fractions = sorted(self.spec.fractions)
+        out_of_it = self.hopeless()
         out = []
         for cell in self.spec.cells():
             if cell.key in done:
@@ -272,7 +273,6 @@ class Planner:
             reason = "no time left"
             i = fractions.index(cell.fraction)
             below = self._results(fractions[i - 1]) if i > 0 else {}
-            out_of_it = self.hopeless()
             if cell.strategy in out_of_it and cell.fraction > out_of_it[cell.strategy]:
                 reason = (f"outside noise of the best arm at fraction {out_of_it[cell.strategy]:g}: not run under a "
                           f"budget")
