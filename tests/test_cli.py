@@ -338,18 +338,45 @@ def test_console_script(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_advise_profiles_the_data_and_suggests_a_command_on_one_line(capsys):
-    """The offline EfficientNet-Lite0 on digits (~10 s). Output piped (not a terminal, 80 columns): the
+def test_advise_profiles_the_data_ranks_the_backbones_and_suggests_a_command_on_one_line(capsys):
+    """The offline EfficientNet-Lites on digits (~20 s). Output piped (not a terminal, 80 columns): the
     suggested command must still be one line, to copy or to run."""
-    assert main(["advise", "digits"]) == 0
+    assert main(["advise", "digits", "--rank-seconds", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert any(line.startswith("data: built-in digits") or "1797 examples" in line for line in out), out
     assert any(line.startswith("advice: ") for line in out)
     assert any("domain similarity" in line and "pretrained features" in line for line in out)
-    assert "which backbone: ajuste rank digits --models auto" in "\n".join(out)
+    ranked = [line for line in out if line.startswith("which backbone: ")]
+    scored = re.search(r"ranked by transferability on (\d+) training examples", ranked[0] if ranked else "")
+    assert len(ranked) == 1 and scored and 100 <= int(scored.group(1)) <= 1257, out  # never under 100
+    rows = {line.split()[0]: line for line in out if line.strip().startswith("efficientnet_lite")}
+    assert set(rows) == {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}, out
+    assert all("(1)" in row or "(2)" in row or "(3)" in row for row in rows.values())
+    two = [line for line in out if "measure the best two: ajuste compare digits --models efficientnet_lite" in line]
+    assert len(two) == 1 and two[0].split("--models ")[1].count(",") == 1
     nxt = [line for line in out if line.startswith("next: ")]
     assert len(nxt) == 1 and "--seeds 3" in nxt[0] and len(nxt[0]) > 80
     assert nxt[0].split("next: ", 1)[1].startswith("ajuste compare digits --model efficientnet_lite0 --strategies")
+
+
+def test_advise_ranking_with_one_candidate_or_none_says_why_and_points_to_rank():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from ajuste.cli.commands_rank import advise_ranking
+    from ajuste.errors import ConfigError
+
+    con = Console(record=True, width=300)
+    text = SimpleNamespace(modality="text", task="classification")
+    advise_ranking(con, "t.csv", text, {}, None, models="auto", seconds=30)  # one text model installed offline
+    advise_ranking(con, "t.csv", text, {}, None, models="auto", seconds=0)
+    lines = con.export_text().splitlines()
+    assert lines[0].startswith("which backbone: only minilm-l6 is installed for text, nothing to rank; "
+                               "ajuste rank t.csv --models auto")
+    assert lines[1].startswith("which backbone: not ranked (--rank-seconds 0); ajuste rank t.csv --models auto")
+    with pytest.raises(ConfigError, match="--rank-seconds -1"):
+        advise_ranking(con, "t.csv", text, {}, None, models="auto", seconds=-1)
 
 
 def test_train_says_which_columns_it_detected(tmp_path, tiny_bert_dir, capsys):

@@ -57,6 +57,45 @@ def rank(
     path = out or default_rank_path(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, result)
+    print_ranking(con, result)
+    con.print(f"{result['examples']} examples of {d.source} scored per model in {result['seconds']:.0f}s "
+              f"(cap {max_seconds:g}s); higher scores are better, (n) is the rank; JSON: {path}", highlight=False)
+
+
+def advise_ranking(con: Any, data: str, d: Any, splits: dict, cfg: Any, *, models: str, seconds: float) -> None:
+    """`advise`'s ranking: the candidates scored within ``seconds`` and their table, or why not.
+
+    ``auto`` here means the installed offline models only: advise is the quick look, and the hub list would
+    download several large checkpoints (`ajuste rank --models auto` adds them)."""
+    from ajuste.errors import ConfigError
+    from ajuste.study.rank import rank_backbones, resolve_candidates
+
+    if seconds < 0:
+        raise ConfigError(f"--rank-seconds {seconds:g}: give 0 (do not rank) or a positive number of seconds")
+    nxt = f"ajuste rank {data} --models auto   (adds the hub list when it answers)"
+    if seconds == 0:
+        con.print(f"which backbone: not ranked (--rank-seconds 0); {nxt}", highlight=False)
+        return
+    candidates, _ = resolve_candidates(models, d.modality, reachable=lambda: (False, "advise ranks what is here"))
+    if len(candidates) < 2:
+        con.print(f"which backbone: only {candidates[0]} is installed for {d.modality}, nothing to rank; {nxt}",
+                  highlight=False)
+        return
+    with _progress(False) as bar:
+        result = rank_backbones(data=d, splits=splits, candidates=candidates, cfg=cfg, max_seconds=seconds,
+                                seed=0, progress=bar)
+    con.print(f"which backbone: {', '.join(candidates)} ranked by transferability on {result['examples']} "
+              f"training examples ({result['seconds']:.0f}s; higher is better, (n) is the rank):", highlight=False)
+    print_ranking(con, result)
+    best = [r["model"] for r in result["rows"] if r["status"] == "ok"][:2]
+    if len(best) == 2:
+        con.print(f"  • the estimators narrow the list; on the shared sets they did not order backbones better than "
+                  f"their size (docs/results.md), so measure the best two: ajuste compare {data} --models "
+                  f"{','.join(best)}", highlight=False)
+
+
+def print_ranking(con: Any, result: dict[str, Any]) -> None:
+    """The ranking's table, then a line per skipped candidate with its reason."""
     # Piped or captured output is not cut to 80 columns (it is read in an editor, or by a script): the table's width.
     if not con.is_terminal:
         con.width = max(con.width, 160)
@@ -64,8 +103,6 @@ def rank(
     for r in result["rows"]:
         if r["status"] != "ok":
             con.print(f"skipped {r['model']}: {r['reason']}", highlight=False)
-    con.print(f"{result['examples']} examples of {d.source} scored per model in {result['seconds']:.0f}s "
-              f"(cap {max_seconds:g}s); higher scores are better, (n) is the rank; JSON: {path}", highlight=False)
 
 
 def default_rank_path(data: str) -> Path:

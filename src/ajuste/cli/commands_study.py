@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ajuste import locks
+from ajuste.cli.commands_rank import advise_ranking
 from ajuste.cli.commands_train import (
     DATA_HELP,
     WithStrategyOptions,
@@ -101,8 +102,12 @@ def advise(
     model: Optional[str] = typer.Option(None, "--model", "-m"),
     text_col: Optional[str] = typer.Option(None, "--text-col"),
     label_col: Optional[str] = typer.Option(None, "--label-col"),
+    models: str = typer.Option("auto", "--models", help="Backbones to rank: auto (the installed offline models of "
+                               "the data's modality; `ajuste rank` adds the hub list) or comma-separated names"),
+    rank_seconds: float = typer.Option(30.0, "--rank-seconds", help="Time cap of the ranking of backbones "
+                                       "(0: do not rank)"),
 ) -> None:
-    """Quick advice: data profile, measured domain similarity and a linear probe, with a suggested `compare`."""
+    """Quick advice: data profile, measured domain similarity, the ranking of backbones and a suggested `compare`."""
     import time
 
     from ajuste.strategies.base import resolve_config
@@ -151,9 +156,7 @@ def advise(
     con.print(f"[bold green]advice:[/] {verdict}", highlight=False)
     for x in reasons:
         con.print(f"  • {x}", highlight=False)
-    # Ranking the other backbones costs a feature pass per candidate (a minute on a CPU): pointed to, not run.
-    con.print(f"which backbone: ajuste rank {data} --models auto   (LogME, H-score, NLEEP... of each candidate)",
-              highlight=False)
+    advise_ranking(con, data, d, splits, cfg, models=models, seconds=rank_seconds)
     con.print(f"next: ajuste compare {data} --model {model} --strategies linear-probe,two-stage,full,scratch-compact "
               f"--fractions 0.05,0.15,0.4,1 --seeds 3   ({time.perf_counter() - t0:.0f}s)", highlight=False)
 
