@@ -22,7 +22,7 @@ from ajuste.data.sources import load_data
 from ajuste.data.splits import make_splits, take_fraction
 from ajuste.errors import ConfigError
 from ajuste.metrics import resolve_monitor, score
-from ajuste.tasks import Task, for_data, multilabel_metrics, regression_metrics, tune_thresholds
+from ajuste.tasks import Task, constant_labels, for_data, multilabel_metrics, regression_metrics, tune_thresholds
 
 WORDS = "alpha beta gamma delta eps zeta eta theta iota kappa".split()
 COLOURS = ("red", "green", "blue")
@@ -185,9 +185,11 @@ def test_huber_loss_is_taken_on_the_standardised_target(reg_csv, tmp_path):
     task = Task("regression", mean=10.0, std=2.0, loss_name="huber")
     out, y = torch.tensor([0.0, 3.0]), torch.tensor([10.0, 10.0])  # z targets 0, 0: errors 0 and 3
     assert task.loss(out, y).item() == pytest.approx((0.0 + (3.0 - 0.5)) / 2)
-    rc, _, err = run_cli(["train", reg_csv, "--strategy", "classical", "--set", "train.regression_loss=huber",
-                          "--out", tmp_path / "h", "-q"])
+    rc, stdout, err = run_cli(["train", reg_csv, "--strategy", "classical", "--set", "train.regression_loss=huber",
+                               "--out", tmp_path / "h"])
     assert rc == 0, err
+    fits = [ln for ln in stdout.splitlines() if ln.startswith("C=")]  # one line per regularisation strength
+    assert len(fits) >= 3 and all("val_rmse" in ln and "val_acc" not in ln and "nan" not in ln for ln in fits), stdout
     assert json.loads((tmp_path / "h" / "task.json").read_text())["loss_name"] == "huber"
 
 
@@ -196,6 +198,16 @@ def test_multilabel_loss_is_binary_cross_entropy_per_label():
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
     assert Task("multilabel").loss(logits, y).item() == pytest.approx(expected.item())
     assert Task("multilabel").accuracy(logits, y) == 1.0
+
+
+def test_a_label_constant_in_the_training_split_is_named(ml_csv):
+    d = load_data(ml_csv)
+    red = d.targets[:, d.classes.index("red")]
+    without_red = np.flatnonzero(red == 0)[:30]
+    notes = constant_labels(d, without_red)
+    assert len(notes) == 1 and notes[0].startswith("label 'red' is on none of the 30 training examples")
+    assert constant_labels(d, np.arange(len(d))) == []
+    assert constant_labels(load_data(ml_csv, task="classification"), without_red) == []
 
 
 def test_thresholds_are_tuned_per_label_on_f1():
@@ -303,9 +315,13 @@ def test_deep_arms_train_each_task_through_the_loop(strategy, ml_csv, reg_csv, t
     epoch with the lowest RMSE)."""
     for name, data in (("ml", ml_csv), ("reg", reg_csv)):
         out = tmp_path / name
-        rc, _, err = run_cli(["train", data, "--model", str(tiny_bert_dir), "--strategy", strategy, "--epochs", "3",
-                              "--set", "strategy.head_epochs=3", "--set", "train.min_steps=0", "--out", out, "-q"])
+        rc, stdout, err = run_cli(["train", data, "--model", str(tiny_bert_dir), "--strategy", strategy, "--epochs",
+                                   "3", "--set", "strategy.head_epochs=3", "--set", "train.min_steps=0", "--out", out])
         assert rc == 0, err
+        epoch_lines = [ln for ln in stdout.splitlines() if "val_loss" in ln and "train_loss" in ln]
+        assert len(epoch_lines) == 3, stdout  # each line says the task's metric; accuracy only where defined
+        metric = "val_rmse" if name == "reg" else "val_map"
+        assert all(metric in ln and ("val_acc" in ln) == (name == "ml") and "nan" not in ln for ln in epoch_lines)
         s = json.loads((out / "summary.json").read_text())
         hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         scores = [h["val_score"] for h in hist]
@@ -358,6 +374,7 @@ def test_tune_minimises_rmse_on_regression_and_refuses_accuracy(reg_csv, tiny_be
     assert best["metric"] == "rmse" and best["direction"] == "minimize"
     trials = (tmp_path / "t1" / "trials.csv").read_text().splitlines()
     assert len(trials) == 3
+    assert "optim.lr" in trials[0] and "label_smoothing" not in trials[0]  # no classes to smooth
 
 
 def test_advise_on_regression_says_the_task_and_skips_what_scores_classes(reg_csv, capsys):

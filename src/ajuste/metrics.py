@@ -8,6 +8,7 @@ always answers the majority class is 95% accurate and useless, and its macro-F1 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -189,3 +190,8 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     if not n:
         return float("nan")
     return float(sum(c / n * abs(a - p) for c, a, p in zip(bins["count"], bins["accuracy"], bins["confidence"]) if c))
+
+
+def accuracy_text(accuracy: float) -> str:
+    """``  val_acc 0.9630`` for an epoch line; nothing where accuracy is undefined (a regression task)."""
+    return f"  val_acc {accuracy:.4f}" if math.isfinite(accuracy) else ""

@@ -170,3 +170,14 @@ def multilabel_metrics(y: np.ndarray, probs: np.ndarray, names: list[str],
                        "threshold": float(thresholds[k]) if thresholds is not None else 0.5}
                       for k, name in enumerate(names)],
     }
+
+
+def constant_labels(data: Any, train: np.ndarray) -> list[str]:
+    """Multi-label: one note per label that the training split has on every example or on none. Nothing can be
+    learnt for it (the classical arm gives it the constant logit of its rate), which a small fraction can cause."""
+    if getattr(data, "task", "classification") != "multilabel" or len(train) == 0:
+        return []
+    rates = np.asarray(data.targets, dtype=np.float64)[np.asarray(train)].mean(0)
+    return [f"label '{name}' is on {'every one' if rate == 1 else 'none'} of the {len(train)} training examples: "
+            f"nothing can be learnt for it, so its probability stays about its rate; train on more of the data "
+            f"(data.fraction) or drop the label" for name, rate in zip(data.classes, rates) if rate in (0.0, 1.0)]

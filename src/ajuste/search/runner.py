@@ -138,11 +138,12 @@ def _max_epochs(resolved: RunConfig, strategy: Any, n_groups: int, n_train: int,
 
 
 def build_space(cfg: RunConfig, *, modality: str, space_file: str | Path | None,
-                n_body_groups: int | None) -> SearchSpace:
+                n_body_groups: int | None, task: str = "classification") -> SearchSpace:
     """Default space of the strategy ← its search_space() hook ← the --space YAML; validated."""
     strategy = get_strategy(cfg.strategy.name)
     resolved = resolve_config(cfg, modality)
-    space = default_space(strategy, modality=modality, default_lr=resolved.optim.lr, n_body_groups=n_body_groups)
+    space = default_space(strategy, modality=modality, default_lr=resolved.optim.lr, n_body_groups=n_body_groups,
+                          task=task)
     if space_file is not None:
         space = load_space(space_file, space)
     space.check(cfg, n_body_groups=n_body_groups)
@@ -207,7 +208,7 @@ def _plan(*, cfg: RunConfig, out: Path, trials: int | None, sampler: str, pruner
     modality = data.modality
     digest = fingerprint.data_digest(data)
     n_body = _body_groups(cfg, len(data.classes))
-    space_obj = build_space(cfg, modality=modality, space_file=space, n_body_groups=n_body)
+    space_obj = build_space(cfg, modality=modality, space_file=space, n_body_groups=n_body, task=data.task)
     budget = trials
     grid = None
     if sampler == "grid":

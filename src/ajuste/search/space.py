@@ -190,8 +190,10 @@ def load_space(path: str | Path, base: SearchSpace) -> SearchSpace:
 
 # -- default spaces ----------------------------------------------------------------------------------
 
-def default_space(strategy: Any, *, modality: str, default_lr: float, n_body_groups: int | None = None) -> SearchSpace:
-    """The search space a strategy gets without --space (see the module docstring).
+def default_space(strategy: Any, *, modality: str, default_lr: float, n_body_groups: int | None = None,
+                  task: str = "classification") -> SearchSpace:
+    """The search space a strategy gets without --space (see the module docstring). Label smoothing is searched
+    on classification only: multi-label and regression losses have no class distribution to smooth.
 
     ``strategy`` is a registered Strategy object (or its name); ``default_lr`` the LR its resolved
     config would use. Its ``search_space()`` adds or overrides entries (its own knobs); ``lr_span`` places
@@ -210,8 +212,9 @@ def default_space(strategy: Any, *, modality: str, default_lr: float, n_body_gro
         "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
         "data.batch_size": {"type": "categorical", "choices": [16, 32, 64] if modality == "image" else [8, 16, 32]},
         "optim.warmup": {"type": "float", "low": 0.0, "high": 0.2},
-        "optim.label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
     }
+    if task == "classification":
+        raw["optim.label_smoothing"] = {"type": "float", "low": 0.0, "high": 0.2}
     space = SearchSpace.from_mapping(raw, where=f"default space of {name}")
     extra = _strategy_space(strategy, modality, n_body_groups)
     if extra:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from ajuste.io import append_jsonl
-from ajuste.metrics import metric_name
+from ajuste.metrics import accuracy_text, metric_name
 from ajuste.training.checkpoint import EpochRecord, FitResult, _beats, _improved, _state_dict
 
 
@@ -158,7 +158,7 @@ class ProgressReport(Callback):
             metric = metric_name(f.cfg.train.monitor)
             extra = f"  val_{metric} {rec.score:.4f}" if metric not in ("accuracy", "loss") else ""
             f.console.print(f"epoch {rec.epoch + 1:>3} [{rec.phase}] train_loss {rec.train_loss:.4f}  val_loss "
-                            f"{rec.val_loss:.4f}  val_acc {rec.val_accuracy:.4f}{extra}  lr {rec.lr:.2e}  "
+                            f"{rec.val_loss:.4f}{accuracy_text(rec.val_accuracy)}{extra}  lr {rec.lr:.2e}  "
                             f"{rec.seconds:.1f}s{mark}", markup=False, highlight=False, soft_wrap=True)
         if f.bar:
             f.bar.update(f.total_task, advance=1)

@@ -13,17 +13,18 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ajuste.io import append_jsonl
+from ajuste.metrics import accuracy_text
 from ajuste.training.callbacks import CancelFit
 from ajuste.training.checkpoint import EpochRecord, FitResult
 
 
 def fit_direct(steps: Iterator[dict[str, Any]], *, run_dir: Path | None, console: Any,
                on_epoch_end: Callable | None, seconds_before: float = 0.0,
-               callbacks: list | None = None) -> FitResult:
+               callbacks: list | None = None, metric: str = "accuracy") -> FitResult:
     """Run ``steps`` to the end (or until the hook raises CancelFit); ``seconds_before``: fitting the model's
     own parts before (a vocabulary), counted in the fit's time. ``callbacks`` (tracking) see ``before_fit`` and
     one ``after_epoch`` per candidate, on a view with the loop's ``console``, ``result``, ``state.global_epoch``
-    and ``rec``."""
+    and ``rec``. ``metric``: the monitored metric's name, shown on each line beside accuracy (where it is defined)."""
     t0 = time.perf_counter()
     result = FitResult()
     view = SimpleNamespace(console=console, result=result, state=SimpleNamespace(global_epoch=0), rec=None)
@@ -46,7 +47,8 @@ def fit_direct(steps: Iterator[dict[str, Any]], *, run_dir: Path | None, console
         for cb in callbacks or []:
             cb.after_epoch(view)
         if console is not None:
-            console.print(f"{rec.phase:<12} val acc {rec.val_accuracy:.4f}  val loss {rec.val_loss:.4f}  "
+            extra = f"  val_{metric} {rec.score:.4f}" if metric not in ("accuracy", "loss") else ""
+            console.print(f"{rec.phase:<12} val_loss {rec.val_loss:.4f}{accuracy_text(rec.val_accuracy)}{extra}  "
                           f"({rec.seconds:.1f}s)", markup=False, highlight=False)
         if on_epoch_end is not None:
             try:

@@ -24,9 +24,9 @@ from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline, make_preprocessing
 from ajuste.errors import AjusteError, ConfigError
 from ajuste.io import atomic_write_json
-from ajuste.metrics import resolve_monitor
+from ajuste.metrics import metric_name, resolve_monitor
 from ajuste.strategies.base import get_strategy, resolve_config
-from ajuste.tasks import TASK_METRICS
+from ajuste.tasks import TASK_METRICS, constant_labels
 from ajuste.training import calibration, distributed, loop, stored_weights, tracking, tracking_store
 from ajuste.training.direct import fit_direct
 from ajuste.training.memory import PeakMemory, memory_error_message
@@ -175,6 +175,7 @@ def _load_data(cfg: RunConfig, data: Any, splits: dict | None, console: Any,
     ``console``, the data's warnings go to ``warn`` (else ``console``)."""
     split_notes: list[str] = []
     data, splits = prepare_data(cfg, data=data, splits=splits, notes=split_notes)
+    split_notes += constant_labels(data, splits["train"])
     cfg = resolve_config(resolve_model(cfg, data), data.modality)
     monitor, why = resolve_monitor(cfg.train.monitor, data.labels[splits["train"]], len(data.classes), data.task)
     if data.task != "classification" and cfg.train.class_balance != "none":
@@ -228,7 +229,7 @@ def _fit(cfg: RunConfig, backbone: Any, pipeline: Any, strategy: Any, run_dir: P
             if steps is not None:  # no gradient steps: the strategy's own fit, recorded as the loop would
                 result = fit_direct(steps, run_dir=run_dir, console=console if progress else None,
                                     on_epoch_end=on_epoch_end, seconds_before=backbone.build_seconds,
-                                    callbacks=callbacks)
+                                    callbacks=callbacks, metric=metric_name(cfg.train.monitor))
             else:  # loop.fit looked up at call time: tests replace it
                 result = loop.fit(backbone=backbone, pipeline=pipeline, strategy=strategy, cfg=cfg, run_dir=run_dir,
                                   progress=progress, console=console, on_epoch_end=on_epoch_end, phases=phases,

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from ajuste.backbones.base import Backbone
 from ajuste.config import RunConfig
 from ajuste.data.pipeline import Pipeline, to_device_batch
-from ajuste.metrics import metric_name, score
+from ajuste.metrics import accuracy_text, metric_name, score
 from ajuste.tasks import Task
 from ajuste.training.checkpoint import Checkpointer, FitResult, _improved, _State, _state_dict
 from ajuste.training.distributed import World, all_reduce_sum, gather_rows, no_sync, sync_module
@@ -213,7 +213,7 @@ def _take_average(backbone: Backbone, pipeline: Pipeline, cfg: RunConfig, ckpt: 
     result.best_val_score, result.best_epoch, result.provisional = state.best_val_score, state.best_epoch, None
     ckpt.average, state.averaged = None, 0
     if console is not None:
-        console.print(f"weights of epochs {first}-{last} averaged: val_loss {val_loss:.4f}  val_acc {val_acc:.4f}"
+        console.print(f"weights of epochs {first}-{last} averaged: val_loss {val_loss:.4f}{accuracy_text(val_acc)}"
                       + ("  *" if kept else "  (an earlier phase's best stays)"), markup=False, highlight=False)
     return best_weights
 
