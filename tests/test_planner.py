@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from ajuste.study.advice import validation_noise
 from ajuste.study.planner import CostModel, Planner, kept, within_noise
 from ajuste.study.runner import plan_cells
 from ajuste.study.spec import Cell, StudySpec
@@ -218,6 +219,21 @@ def test_kept_is_the_better_half_or_within_noise_whichever_keeps_more():
     assert within_noise(r["a"], spread, 10_000) and not within_noise(r["a"], r["c"], 10_000)
 
 
+def test_the_noise_of_an_error_is_in_the_targets_units():
+    """RMSE is recorded negated, in the target's units: its noise scales with it (RMSE/√(2n)), where the
+    binomial formula of a share would give one example's worth whatever the units."""
+    rmse = {s: {"val": v, "std": 0.0, "seeds": 1, "metric": "rmse"} for s, v in {"a": -10.0, "b": -10.5}.items()}
+    assert within_noise(rmse["a"], rmse["b"], 270)  # ±0.43 each on 270 examples: half a unit is noise
+    assert not within_noise(rmse["a"], rmse["b"], 100_000)
+    small = {s: {**r, "val": r["val"] / 100} for s, r in rmse.items()}  # the same in units 100× larger
+    assert within_noise(small["a"], small["b"], 270)
+    assert validation_noise(-2.0, 200, metric="rmse") == pytest.approx(0.1)
+    assert validation_noise(-1.0, 100, metric="mae") == pytest.approx(0.0756, abs=1e-4)
+    assert validation_noise(0.9, 200, metric="r2") == pytest.approx(0.01)
+    assert validation_noise(0.9, 100) == pytest.approx(0.03)  # a share: binomial
+    assert validation_noise(-2.0, 200, 1.0, 4, metric="rmse") == pytest.approx(0.5)  # the seeds' spread wins
+
+
 def test_the_cost_model_learns_wall_seconds_with_a_fixed_part_and_scales_to_arms_not_run():
     cost = CostModel()
     assert cost.estimate("two-stage", 100, 10) is None
@@ -316,12 +332,15 @@ def test_a_budgeted_study_resumes_a_cell_killed_midway_under_the_new_time_left(t
     monkeypatch.undo()
     assert epochs_done(anchor) == 1
     first = yaml.safe_load((anchor / "config.yaml").read_text())["train"]["max_seconds"]
+    held = sum(json.loads(x)["seconds"] for x in (anchor / "metrics.jsonl").read_text().splitlines())
     (tmp_path / "spent.json").write_text(json.dumps({"seconds": 100.0}))  # as if it had run 100 s
     res = run_study(spec=spec, study_dir=tmp_path, progress=False, similarity=False, workers=1)
     # resumed under its new limit (a config compared with the limit in it would have been refused)
     assert [r["cell"] for r in res.records] == ["linear-probe-f1-s0"] and not res.records[0]["stopped_early"]
     limit = yaml.safe_load((anchor / "config.yaml").read_text())["train"]["max_seconds"]
-    assert first > 550 and limit <= 500.0 + 1.0  # the time left then: 600 less the 100 s spent before
+    # the time left then (600 less the 100 s spent before), plus the epoch the run already holds (its limit counts
+    # it; a loaded machine makes it longer)
+    assert first > 550 and limit <= 500.0 + held + 0.5
     assert json.loads((tmp_path / "spent.json").read_text())["seconds"] > 100.0
 
 

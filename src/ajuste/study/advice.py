@@ -342,15 +342,28 @@ def standard_error(arm: dict[str, Any]) -> float:
     if not arm.get("n_val"):
         return 0.0
     return validation_noise(arm["val_score"], arm["n_val"], arm.get("val_score_std", 0.0),
-                            arm.get("seeds", 1))
+                            arm.get("seeds", 1), arm.get("metric", "accuracy"))
 
 
-def validation_noise(p: float, n_val: int | None, seed_std: float = 0.0, seeds: int = 1) -> float:
-    """The standard error of a validation accuracy ``p``: binomial on the split, at least one example's worth
-    (1/n_val), or the spread over seeds when larger. Seeds share one validation split, so more of them do not
-    shrink the binomial part."""
-    binomial = math.sqrt(max(p * (1 - p), 0.0) / n_val) if n_val else 0.0
-    return max(binomial, 1.0 / n_val if n_val else 0.0, seed_std / math.sqrt(max(1, seeds)))
+def validation_noise(p: float, n_val: int | None, seed_std: float = 0.0, seeds: int = 1,
+                     metric: str = "accuracy") -> float:
+    """The standard error of a validation score ``p`` on the study's ``metric``, from the split's size, or the
+    spread over seeds when larger. Seeds share one validation split, so more of them do not shrink the split's
+    part. A share (accuracy, F1, mAP): binomial, at least one example's worth (1/n_val). An error recorded
+    negated (``p`` = −RMSE or −MAE), in the target's units, for normal residuals: RMSE/√(2n) (the standard error
+    of a standard deviation) and MAE·√(π/2 − 1)/√n (the spread of |residual| over its mean). R²: the relative
+    error of the MSE, (1 − R²)·√(2/n)."""
+    if not n_val:
+        split = 0.0
+    elif metric == "rmse":
+        split = abs(p) / math.sqrt(2 * n_val)
+    elif metric == "mae":
+        split = abs(p) * math.sqrt(math.pi / 2 - 1) / math.sqrt(n_val)
+    elif metric == "r2":
+        split = max(1.0 - p, 0.0) * math.sqrt(2.0 / n_val)
+    else:
+        split = max(math.sqrt(max(p * (1 - p), 0.0) / n_val), 1.0 / n_val)
+    return max(split, seed_std / math.sqrt(max(1, seeds)))
 
 
 def _compute_reason(arms: list[dict[str, Any]], win: dict[str, Any]) -> str:

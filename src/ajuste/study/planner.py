@@ -125,8 +125,8 @@ class Choice:
 
 def within_noise(a: dict[str, Any], b: dict[str, Any], n_val: int | None) -> bool:
     """Two arms' mean validation accuracies (``val``, ``std``, ``seeds``) that one split cannot tell apart."""
-    se = math.hypot(validation_noise(a["val"], n_val, a["std"], a["seeds"]),
-                    validation_noise(b["val"], n_val, b["std"], b["seeds"]))
+    se = math.hypot(validation_noise(a["val"], n_val, a["std"], a["seeds"], a.get("metric", "accuracy")),
+                    validation_noise(b["val"], n_val, b["std"], b["seeds"], b.get("metric", "accuracy")))
     return abs(a["val"] - b["val"]) <= NOISE_Z * se
 
 
@@ -170,10 +170,11 @@ class Planner:
         and count."""
         out: dict[str, dict[str, Any]] = {}
         for s in self.spec.strategies:
-            vals = [val_score(r) for r in self.records if r["strategy"] == s and r["fraction"] == fraction]
+            rs = [r for r in self.records if r["strategy"] == s and r["fraction"] == fraction]
+            vals = [val_score(r) for r in rs]
             if vals:
                 out[s] = {"val": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
-                          "seeds": len(vals)}
+                          "seeds": len(vals), "metric": rs[0].get("metric", "accuracy")}
         return out
 
     def _halving(self, busy: set[str]) -> list[tuple[Cell, str]]:
