@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from ajuste.study.advice import validation_noise
 from ajuste.study.planner import CostModel, Planner, kept, within_noise
 from ajuste.study.runner import plan_cells
+from ajuste.study.scores import validation_noise
 from ajuste.study.spec import Cell, StudySpec
 
 ARMS = ["two-stage", "scratch-compact", "linear-probe"]  # listed out of cost order on purpose

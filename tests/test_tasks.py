@@ -305,7 +305,11 @@ def test_compare_ranks_regression_on_rmse(reg_csv, tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "study" / "results.jsonl").read_text().splitlines()]
     assert {r["metric"] for r in recs} == {"rmse"}
     assert all(r["test_score"] < 0 for r in recs)  # recorded negated: the study ranks the highest
-    assert "RMSE" in json.dumps(json.loads((tmp_path / "study" / "advice.json").read_text()))
+    advice = json.loads((tmp_path / "study" / "advice.json").read_text())
+    best = max(r["test_score"] for r in recs if r["fraction"] == 1)
+    assert advice["text"].startswith(f"Use classical: test RMSE {-best:.3f} with ")  # shown positive, as it is
+    page = (tmp_path / "study" / "report.html").read_text()
+    assert "test RMSE (lower is better)" in page and f"{-best:.3f}" in page and f"{best:.3f}" not in page
     assert (tmp_path / "study" / "best_model" / "task.json").is_file()
 
 

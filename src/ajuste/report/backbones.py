@@ -21,7 +21,7 @@ from ajuste.report.plots import _plt
 from ajuste.strategies.base import baseline_strategies
 from ajuste.study.advice import handed_over
 from ajuste.study.runner import export_best
-from ajuste.study.scores import gap_text, metric_of, with_scores
+from ajuste.study.scores import direction, fmt, gap_text, metric_of, shown, with_scores
 from ajuste.training.prepare import prepare_data
 from ajuste.training.run_eval import predict_items
 from ajuste.training.run_load import load_run
@@ -98,13 +98,13 @@ def _advise(rows: list[dict[str, Any]], ranking: dict[str, Any] | None, floor: d
         return {"text": "no backbone finished a cell of a deep arm", "reasons": [], "winner_model": None}
     win = max(rows, key=lambda r: (r["val_score"], -(r["seconds_per_prediction"] or 0.0)))
     label = metric_of(rows)
-    text = (f"Use {win['model']} with {win['strategy']}: test {label} {win['test_score']:.3f} "
-            f"(validation {win['val_score']:.3f})")
+    text = (f"Use {win['model']} with {win['strategy']}: test {label} {fmt(win['test_score'], win)} "
+            f"(validation {fmt(win['val_score'], win)})")
     reasons = []
     if floor is not None:
         beaten = win["val_score"] > floor["val_score"]
         reasons.append(f"the {floor['strategy']} floor (no deep network, the same whatever the backbone): test "
-                       f"{label} {floor['test_score']:.3f}, validation {floor['val_score']:.3f}"
+                       f"{label} {fmt(floor['test_score'], floor)}, validation {fmt(floor['val_score'], floor)}"
                        + ("" if beaten else f" — at least as good as every backbone on validation: see "
                                             f"{backbone_dir(Path('.'), rows[0]['model']).name}/report.html"))
     timed = [r for r in rows if r["seconds_per_prediction"]]
@@ -120,8 +120,8 @@ def _advise(rows: list[dict[str, Any]], ranking: dict[str, Any] | None, floor: d
                        f"({1e3 * win['seconds_per_prediction']:.2f} ms per prediction here)")
     for r in sorted(rows, key=lambda r: -r["val_score"]):
         if r is not win:
-            reasons.append(f"{r['model']}: best arm {r['strategy']}, test {label} {r['test_score']:.3f} "
-                           f"(validation {r['val_score']:.3f})")
+            reasons.append(f"{r['model']}: best arm {r['strategy']}, test {label} {fmt(r['test_score'], r)} "
+                           f"(validation {fmt(r['val_score'], r)})")
     if ranking and ranking.get("order"):
         reasons.append(f"chosen from the transferability ranking: {', '.join(ranking['order'])}")
     return {"text": text, "reasons": reasons, "winner_model": win["model"], "winner": win["strategy"],
@@ -132,13 +132,13 @@ def _cost_plot(rows: list[dict[str, Any]]) -> Any:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = [r for r in rows if r["seconds_per_prediction"]]
-    ax.scatter([1e3 * r["seconds_per_prediction"] for r in pts], [r["test_score"] for r in pts])
+    ax.scatter([1e3 * r["seconds_per_prediction"] for r in pts], [shown(r["test_score"], r) for r in pts])
     for r in pts:
-        ax.annotate(f"{r['model']} ({r['strategy']})", (1e3 * r["seconds_per_prediction"], r["test_score"]),
+        ax.annotate(f"{r['model']} ({r['strategy']})", (1e3 * r["seconds_per_prediction"], shown(r["test_score"], r)),
                     textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("ms per prediction (measured here, test split)")
-    ax.set_ylabel(f"test {metric_of(rows)} (best arm)")
+    ax.set_ylabel(f"test {metric_of(rows)}{direction(rows)} (best arm)")
     ax.set_title("Score against the cost of a prediction")
     fig.tight_layout()
     return fig
@@ -152,12 +152,14 @@ def _render(rows: list[dict[str, Any]], table: dict[str, dict[str, float]], advi
     strategies = sorted({s for t in table.values() for s in t})
     head = "".join(f"<th>{esc(s)}</th>" for s in strategies)
     body = "".join(f"<tr><td><a href='{esc(r['dir'])}/report.html'>{esc(r['model'])}</a></td>"
-                   + "".join(f"<td>{table.get(r['model'], {}).get(s, float('nan')):.3f}</td>" for s in strategies)
+                   + "".join(f"<td>{fmt(table.get(r['model'], {}).get(s, float('nan')), rows)}</td>"
+                             for s in strategies)
                    + f"<td>{1e3 * (r['seconds_per_prediction'] or float('nan')):.2f}</td></tr>" for r in rows)
     parts = ["<html><head><meta charset='utf-8'><title>ajuste: backbones</title></head><body>",
              f"<h1>Which backbone, which strategy</h1><p><b>{esc(advice['text'])}</b></p>",
              "<ul>" + "".join(f"<li>{esc(x)}</li>" for x in advice["reasons"]) + "</ul>",
-             f"<h2>Test {esc(advice.get('metric', ''))} at the largest fraction (mean over seeds)</h2>",
+             f"<h2>Test {esc(advice.get('metric', ''))}{direction(rows)} at the largest fraction (mean over "
+             f"seeds)</h2>",
              f"<table border='1'><tr><th>backbone</th>{head}<th>ms / prediction</th></tr>{body}</table>"]
     if png:
         parts.append(f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}'>")

@@ -25,7 +25,7 @@ from ajuste.study.advice import (
     stopped_early,
 )
 from ajuste.study.runner import export_best
-from ajuste.study.scores import metric_of, test_score, val_score
+from ajuste.study.scores import direction, fmt, metric_of, shown, test_score, val_score
 from ajuste.study.spec import StudySpec
 
 CSS = """
@@ -152,10 +152,15 @@ def _arm(r: dict[str, Any]) -> str:
     return f"{r['strategy']} ({EARLY}{seeds})"
 
 
+def _shown(r: dict[str, Any], key: str) -> float:
+    """An aggregate's column as shown: the study's score (``test_score``) with an error positive again."""
+    return shown(r[key], r) if key in ("test_score", "val_score") else r[key]
+
+
 def _score_columns(agg: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(label, aggregate key) of the test columns: the study's metric first, then accuracy and macro-F1."""
     metric = agg[0].get("metric", "accuracy") if agg else "accuracy"
-    out = [(metric_of(agg), "test_score")]
+    out = [(metric_of(agg) + direction(agg), "test_score")]
     out += [(label_of(m), k) for m, k in (("accuracy", "test_accuracy"), ("macro_f1", "test_macro_f1")) if m != metric
             and any(isinstance(r.get(k), float) and math.isfinite(r[k]) for r in agg)]  # not for regression
     return out
@@ -168,7 +173,7 @@ def results_markdown(agg: list[dict[str, Any]], advice: dict[str, Any]) -> str:
              "|---|---|---|" + "---|" * len(scores) + "---|---|---|---|"]
     for r in agg:
         lines.append(f"| {r['fraction']:g} | {r['n_train']} | {_arm(r)} | "
-                     + "".join(f"{_fmt(r[k], r[k + '_std'], r['seeds'])} | " for _, k in scores)
+                     + "".join(f"{_fmt(_shown(r, k), r[k + '_std'], r['seeds'])} | " for _, k in scores)
                      + f"{r['cost_seconds']:.0f} | {r['trainable_params']:,} | {r['peak_memory_mb']:.0f} | "
                      f"{r['seeds']} |")
     if any(r.get("stopped_early") for r in agg):
@@ -220,8 +225,8 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
     for f in sorted({r["fraction"] for r in agg}):
         rows = [r for r in agg if r["fraction"] == f]
         best_i = max(range(len(rows)), key=lambda i: rows[i]["val_score"])
-        table = [[_arm(r), *[_fmt(r[k], r[k + "_std"], r["seeds"]) for _, k in scores],
-                  _fmt(r["val_score"], r["val_score_std"], r["seeds"]), f"{r['cost_seconds']:.1f}",
+        table = [[_arm(r), *[_fmt(_shown(r, k), r[k + "_std"], r["seeds"]) for _, k in scores],
+                  _fmt(shown(r["val_score"], r), r["val_score_std"], r["seeds"]), f"{r['cost_seconds']:.1f}",
                   f"{r['trainable_params']:,}", f"{r['peak_memory_mb']:.0f}", r["seeds"]] for r in rows]
         parts.append(f"<h3>fraction {f:g} ({rows[0]['n_train']} training examples)</h3>")
         parts.append(_table(["strategy", *[f"test {c}" for c, _ in scores], f"val {label}", "seconds alone",
@@ -263,8 +268,8 @@ def _render(spec: Any, agg: list[dict], records: list[dict], advice: dict, sim: 
     parts.append("<h2>All runs</h2>")
     parts.append(_table(["cell", "n train", f"test {label}", "test ECE (before scaling)", f"val {label}", "epochs",
                          "best epoch", "seconds alone", "ended", "run"],
-                        [[r["cell"], r["n_train"], f"{test_score(r):.4f}", reliability.cell_ece(r),
-                          f"{val_score(r):.4f}", r["epochs"],
+                        [[r["cell"], r["n_train"], fmt(test_score(r), r, 4), reliability.cell_ece(r),
+                          fmt(val_score(r), r, 4), r["epochs"],
                           r["best_epoch"], f"{cost(r):.1f}", f"{EARLY} (time limit)" if stopped_early(r) else "finished",
                           r["run_dir"]]
                          # In the order of the per-fraction tables, not the order the cells finished in.

@@ -9,7 +9,7 @@ import numpy as np
 
 from ajuste.strategies.base import baseline_strategies, scratch_strategies
 from ajuste.study.advice import cost
-from ajuste.study.scores import metric_of
+from ajuste.study.scores import direction, metric_of, shown
 
 
 def _plt():
@@ -59,7 +59,7 @@ def _floor_line(ax: Any, rows: list[dict[str, Any]], key: str, what: str) -> Non
         return
     top = max(r["fraction"] for r in floors)
     at_top = [r for r in floors if r["fraction"] == top]
-    value = float(np.mean([r[key] for r in at_top]))
+    value = shown(float(np.mean([r[key] for r in at_top])), rows)
     ax.axhline(value, color=_FLOOR_COLOUR, linestyle=":", linewidth=1.2,
                label=f"{at_top[0]['strategy']} floor ({what} {value:.3f})")
 
@@ -83,7 +83,7 @@ def data_efficiency(agg: list[dict[str, Any]], *, crossover: dict[str, Any] | No
     for s in strategies:
         rows = sorted((r for r in agg if r["strategy"] == s), key=lambda r: r["n_train"])
         n = [r["n_train"] for r in rows]
-        m = np.array([r["test_score"] for r in rows])
+        m = np.array([shown(r["test_score"], r) for r in rows])
         sd = np.array([r["test_score_std"] for r in rows])
         ax.plot(n, m, marker="o", label=s, color=colors[s], linestyle=_scratch_style(s))
         if (sd > 0).any():
@@ -99,7 +99,7 @@ def data_efficiency(agg: list[dict[str, Any]], *, crossover: dict[str, Any] | No
     _plain_log_axis(ax.xaxis, [r["n_train"] for r in agg])
     ax.tick_params(axis="x", labelrotation=0)
     ax.set_xlabel("training examples (log scale)")
-    ax.set_ylabel(f"test {metric_of(agg)}")
+    ax.set_ylabel(f"test {metric_of(agg)}{direction(agg)}")
     ax.set_title("Data efficiency: fine-tuned vs from scratch")
     ax.grid(True, which="major", alpha=0.3)
     _legend_outside(ax)
@@ -116,14 +116,14 @@ def accuracy_vs_time(agg: list[dict[str, Any]]):
     top = max(r["fraction"] for r in agg)
     for s in strategies:
         rows = [r for r in agg if r["strategy"] == s]
-        ax.scatter([max(cost(r), 0.1) for r in rows], [r["test_score"] for r in rows],
+        ax.scatter([max(cost(r), 0.1) for r in rows], [shown(r["test_score"], r) for r in rows],
                    s=[15 + 110 * r["fraction"] / top for r in rows], color=colors[s], label=s, alpha=0.8,
                    edgecolors="white", linewidths=0.5)
     _floor_line(ax, agg, "test_score", "test")
     ax.set_xscale("log")
     _plain_log_axis(ax.xaxis)
     ax.set_xlabel("seconds on its own: training and its frozen passes (log scale; marker size = data fraction)")
-    ax.set_ylabel(f"test {metric_of(agg)}")
+    ax.set_ylabel(f"test {metric_of(agg)}{direction(agg)}")
     ax.set_title(f"{metric_of(agg)[0].upper()}{metric_of(agg)[1:]} vs cost")
     ax.grid(True, which="major", alpha=0.3)
     _legend_outside(ax)

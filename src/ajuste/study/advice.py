@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ajuste.strategies.base import baseline_strategies, scratch_strategies
-from ajuste.study.scores import gap_text, metric_of, val_score, with_scores
+from ajuste.study.scores import fmt, gap_text, metric_of, shown, val_score, validation_noise, with_scores
 
 
 def _scratch_arms() -> frozenset[str]:
@@ -102,7 +102,7 @@ def crossover(agg: list[dict[str, Any]], finetuned: str, scratch: str = "scratch
             return {"status": "measured", "fraction": f, "n_train": s["n_train"], "scratch": scratch,
                     "from_start": f == fractions[0],
                     "text": f"{scratch} {where.format(ft=finetuned, n=s['n_train'])} "
-                            f"(fraction {f:g}: {s['test_score']:.3f} vs {t['test_score']:.3f})"}
+                            f"(fraction {f:g}: {fmt(s['test_score'], s)} vs {fmt(t['test_score'], t)})"}
     ns = np.array([by[(scratch, f)]["n_train"] for f in fractions], dtype=float)
     fs = _power_fit(ns, np.array([by[(scratch, f)]["test_score"] for f in fractions]))
     ft = _power_fit(ns, np.array([by[(finetuned, f)]["test_score"] for f in fractions]))
@@ -163,30 +163,30 @@ def recommend(records: list[dict[str, Any]], similarity: dict[str, Any] | None =
     arms = sorted((r for r in agg if r["fraction"] == top_fraction), key=lambda r: -r["val_score"])
     win, tie = one_standard_error_choice(candidates(arms))
     runner = next((r for r in arms if r is not win), None)
-    level = bool(runner) and not tie and f"{win['val_score']:.3f}" == f"{runner['val_score']:.3f}"
+    level = bool(runner) and not tie and f"{fmt(win['val_score'], win)}" == f"{fmt(runner['val_score'], runner)}"
     if level and runner["cost_seconds"] < win["cost_seconds"]:
         win, runner = runner, win  # equal as far as the advice prints: the cheaper arm
     reasons: list[str] = []
     margin = (win["test_score"] - runner["test_score"]) if runner else 0.0
     val_margin = (win["val_score"] - runner["val_score"]) if runner else 0.0
     confidence = _confidence(records, win["strategy"], runner["strategy"] if runner else None, top_fraction)
-    text = (f"Use {win['strategy']}: test {metric_of(agg)} {win['test_score']:.3f}"
+    text = (f"Use {win['strategy']}: test {metric_of(agg)} {fmt(win['test_score'], win)}"
             + (f" ± {win['test_score_std']:.3f}" if win["seeds"] > 1 else "")
             + f" with {win['n_train']} training examples")
     if tie:
         text += tie
     elif level:
         slower = runner["cost_seconds"] / max(win["cost_seconds"], 1e-3)
-        text += (f"; tied on validation with {runner['strategy']} ({win['val_score']:.3f} each), the cheaper arm "
+        text += (f"; tied on validation with {runner['strategy']} ({fmt(win['val_score'], win)} each), the cheaper arm "
                  f"is chosen ({runner['strategy']} took {slower:.1f}× longer to train; test "
-                 f"{runner['test_score']:.3f})")
+                 f"{fmt(runner['test_score'], runner)})")
     elif runner:
         if margin >= 0:
-            text += f", {gap_text(margin, agg)} over {runner['strategy']} ({runner['test_score']:.3f})"
+            text += f", {gap_text(margin, agg)} over {runner['strategy']} ({fmt(runner['test_score'], runner)})"
         else:  # validation chose it, the test split disagrees: say both rather than "-0.7 points over"
-            text += (f", ahead on validation ({win['val_score']:.3f} vs {runner['val_score']:.3f}) though "
-                     f"{gap_text(margin, agg).lstrip('+-')} behind {runner['strategy']} on test "
-                     f"({runner['test_score']:.3f})")
+            text += (f", ahead on validation ({fmt(win['val_score'], win)} vs {fmt(runner['val_score'], runner)})"
+                     f" though {gap_text(margin, agg).lstrip('+-')} behind {runner['strategy']} on test "
+                     f"({fmt(runner['test_score'], runner)})")
         text += f"; confidence {confidence['level']} ({confidence['text']})"
     text += _caveats(win, text)
     early = [_key(r) for r in records if stopped_early(r)]
@@ -271,7 +271,7 @@ def handed_over_text(cell: dict[str, Any], advice: dict[str, Any]) -> str:
     """Which run best_model/ is, in a sentence: its arm, the share of the training data it saw, and why."""
     label = metric_of([cell])
     text = (f"{cell['strategy']} trained on {cell['n_train']} examples (fraction {cell['fraction']:g}), validation "
-            f"{label} {val_score(cell):.3f}")
+            f"{label} {fmt(val_score(cell), cell)}")
     if cell["strategy"] != advice.get("winner") or cell["fraction"] != advice.get("fraction"):
         best = "the most accurate" if label == "accuracy" else f"the best by {label}"
         text += (f"; handed over as {best} on validation of all finished cells (the recommendation "
@@ -300,7 +300,7 @@ def one_standard_error_choice(arms: list[dict[str, Any]]) -> tuple[dict[str, Any
     cheapest = min(tied, key=lambda r: r["cost_seconds"])
     if cheapest is best:
         return best, ""
-    others = ", ".join(f"{r['strategy']} (test {r['test_score']:.3f})" for r in tied if r is not cheapest)
+    others = ", ".join(f"{r['strategy']} (test {fmt(r['test_score'], r)})" for r in tied if r is not cheapest)
     slower = best["cost_seconds"] / max(cheapest["cost_seconds"], 1e-3)
     return cheapest, (f"; tied on validation with {others} (within one standard error, ±{se:.3f} on "
                       f"{n_val} validation examples) and the cheapest of them ({best['strategy']}, the "
@@ -322,17 +322,18 @@ def floor_reason(arms: list[dict[str, Any]], win: dict[str, Any]) -> str | None:
     name = floor["strategy"]
     cheaper = f"at 1/{ratio:.0f} of" if ratio >= 1.5 else "at about"
     if floor["val_score"] - p > standard_error(floor):
-        return (f"the {name} floor (no deep network) beats every deep arm on validation ({floor['val_score']:.3f} "
-                f"vs {p:.3f} for {best['strategy']}; test {floor['test_score']:.3f} vs "
-                f"{best['test_score']:.3f}) {cheaper} the best one's cost: these features suit this "
-                f"data better than the pretrained ones")
+        return (f"the {name} floor (no deep network) beats every deep arm on validation "
+                f"({fmt(floor['val_score'], floor)} vs {fmt(p, best)} for {best['strategy']}; test "
+                f"{fmt(floor['test_score'], floor)} vs {fmt(best['test_score'], best)}) {cheaper} the best one's "
+                f"cost: these features suit this data better than the pretrained ones")
     if p - floor["val_score"] <= se:
         return (f"the {name} floor (no deep network) is within noise of the best deep arm, {best['strategy']}, on "
-                f"validation ({floor['val_score']:.3f} vs {p:.3f}, ±{se:.3f}; test {floor['test_score']:.3f} "
-                f"vs {best['test_score']:.3f}) {cheaper} its cost: if that cost matters, check the "
-                f"floor on data from where the model will be used (runs/{floor['strategy']}-f{floor['fraction']:g}-s0)")
+                f"validation ({fmt(floor['val_score'], floor)} vs {fmt(p, best)}, ±{se:.3f}; test "
+                f"{fmt(floor['test_score'], floor)} vs {fmt(best['test_score'], best)}) {cheaper} its cost: if that "
+                f"cost matters, check the floor on data from where the model will be used "
+                f"(runs/{floor['strategy']}-f{floor['fraction']:g}-s0)")
     gain = best["test_score"] - floor["test_score"]
-    return (f"over the {name} floor (no deep network: test {floor['test_score']:.3f} in "
+    return (f"over the {name} floor (no deep network: test {fmt(floor['test_score'], floor)} in "
             f"{floor['cost_seconds']:.0f}s), {best['strategy']} gains {gap_text(gain, deep)} at {ratio:.0f}× "
             f"the cost")
 
@@ -345,34 +346,16 @@ def standard_error(arm: dict[str, Any]) -> float:
                             arm.get("seeds", 1), arm.get("metric", "accuracy"))
 
 
-def validation_noise(p: float, n_val: int | None, seed_std: float = 0.0, seeds: int = 1,
-                     metric: str = "accuracy") -> float:
-    """The standard error of a validation score ``p`` on the study's ``metric``, from the split's size, or the
-    spread over seeds when larger. Seeds share one validation split, so more of them do not shrink the split's
-    part. A share (accuracy, F1, mAP): binomial, at least one example's worth (1/n_val). An error recorded
-    negated (``p`` = −RMSE or −MAE), in the target's units, for normal residuals: RMSE/√(2n) (the standard error
-    of a standard deviation) and MAE·√(π/2 − 1)/√n (the spread of |residual| over its mean). R²: the relative
-    error of the MSE, (1 − R²)·√(2/n)."""
-    if not n_val:
-        split = 0.0
-    elif metric == "rmse":
-        split = abs(p) / math.sqrt(2 * n_val)
-    elif metric == "mae":
-        split = abs(p) * math.sqrt(math.pi / 2 - 1) / math.sqrt(n_val)
-    elif metric == "r2":
-        split = max(1.0 - p, 0.0) * math.sqrt(2.0 / n_val)
-    else:
-        split = max(math.sqrt(max(p * (1 - p), 0.0) / n_val), 1.0 / n_val)
-    return max(split, seed_std / math.sqrt(max(1, seeds)))
-
-
 def _compute_reason(arms: list[dict[str, Any]], win: dict[str, Any]) -> str:
     cheap = min(arms, key=lambda r: r["cost_seconds"])
     parts = [f"{win['strategy']} takes {win['cost_seconds']:.0f}s on its own (its frozen passes included) with "
              f"{win['trainable_params']:,} trainable parameters, peak memory {win['peak_memory_mb']:.0f} MB"]
-    if cheap["strategy"] != win["strategy"] and win["test_score"] > 0:
+    speed = win["cost_seconds"] / max(cheap["cost_seconds"], 1e-3)
+    if cheap["strategy"] != win["strategy"] and shown(win["test_score"], win) != win["test_score"]:  # an error
+        parts.append(f"{cheap['strategy']} reaches test {metric_of(win)} {fmt(cheap['test_score'], cheap)} against "
+                     f"{fmt(win['test_score'], win)}, {speed:.0f}× faster")
+    elif cheap["strategy"] != win["strategy"] and win["test_score"] > 0:
         share = cheap["test_score"] / win["test_score"]
-        speed = win["cost_seconds"] / max(cheap["cost_seconds"], 1e-3)
         parts.append(f"{cheap['strategy']} reaches {100 * share:.0f}% of its {metric_of([win])} {speed:.0f}× faster")
     return "; ".join(parts)
 

@@ -166,7 +166,7 @@ def cell_record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: in
     hist = read_jsonl(run_dir / "metrics.jsonl")
     # the study ranks on train.monitor's metric; a run that picked its epochs by loss is ranked on accuracy
     # (its task's first metric for multi-label and regression). An error such as RMSE is recorded negated (and
-    # named "−RMSE"), so that every ranking of the study takes the highest score.
+    # shown positive again by the report: scores.shown), so that every ranking of the study takes the highest score.
     metric = s.get("metric", "accuracy")
     metric = TASK_METRICS[s.get("task", "classification")][0] if metric == "loss" else metric
     sign = 1.0 if higher_is_better(metric) else -1.0

@@ -40,9 +40,9 @@ from typing import Any, Callable
 import numpy as np
 
 from ajuste.strategies.base import arm_strategy
-from ajuste.study.advice import stopped_early, validation_noise
+from ajuste.study.advice import stopped_early
 from ajuste.study.cells import cost_rank
-from ajuste.study.scores import val_score
+from ajuste.study.scores import val_score, validation_noise
 from ajuste.study.spec import Cell, StudySpec
 
 # Two validation accuracies on the same split are "within noise" when they differ by less than this many

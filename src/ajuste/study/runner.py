@@ -43,7 +43,7 @@ from ajuste.study.cells import (
     train_cell,
 )
 from ajuste.study.planner import Choice, CostModel, Planner, stopped_early
-from ajuste.study.scores import metric_of
+from ajuste.study.scores import fmt, metric_of
 from ajuste.study.similarity import BUDGET_SHARE, measure_similarity
 from ajuste.study.spec import Cell, StudySpec
 from ajuste.study.workers import (
@@ -232,7 +232,7 @@ class _Ledger:
         self.save_spent()
         self.cost.observe_record(rec, self.planned_epochs[cell.key])
         scores = f"test acc {rec['test_accuracy']:.4f}  F1 {rec['test_macro_f1']:.4f}" \
-            if rec.get("test_accuracy") is not None else f"test {metric_of([rec])} {rec['test_score']:.4f}"
+            if rec.get("test_accuracy") is not None else f"test {metric_of(rec)} {fmt(rec['test_score'], rec, 4)}"
         _say(self.console, f"{cell.key:<28} {scores}  "
                            f"{rec['train_seconds']:.0f}s  ({rec['epochs']} epochs"
                            + (", stopped early by its time limit)" if stopped_early(rec) else ")"))
