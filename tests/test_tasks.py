@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_cli import one_error_line, run_cli
+from test_cli import TINY_IMAGE, one_error_line, run_cli
 
 from ajuste.cli.main import main
 from ajuste.data.sources import load_data
@@ -385,3 +385,65 @@ def test_advise_on_regression_says_the_task_and_skips_what_scores_classes(reg_cs
     assert main(["advise", str(reg_csv)]) == 0
     out = capsys.readouterr().out
     assert "a numeric target (score)" in out and "a regression task" in out and "ajuste rank" not in out
+
+
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+def test_hf_export_of_a_text_task_loads_with_transformers_and_answers_as_predict(task, reg_csv, ml_csv, tiny_bert_dir,
+                                                                                  tmp_path, capsys):
+    """--format hf: Hugging Face's problem_type; a regression head answers in the target's units (the scale is in
+    its weights), a multi-label one gives logits with the thresholds in config.json."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    data, run, ex = (reg_csv if task == "regression" else ml_csv), tmp_path / "run", tmp_path / "hf"
+    rc, _, err = run_cli(["train", data, "--model", str(tiny_bert_dir), "--strategy", "linear-probe", "--epochs", "2",
+                          "--set", "strategy.head_epochs=2", "--set", "train.min_steps=0", "--out", run, "-q"])
+    assert rc == 0, err
+    rc, _, err = run_cli(["export", run, "--format", "hf", "--out", ex])
+    assert rc == 0, err
+    cfg = json.loads((ex / "config.json").read_text())
+    assert cfg["problem_type"] == ("regression" if task == "regression" else "multi_label_classification")
+    model = AutoModelForSequenceClassification.from_pretrained(ex, trust_remote_code=True).eval()
+    tok = AutoTokenizer.from_pretrained(ex)
+    text = "good alpha good beta gamma delta eps"
+    with torch.no_grad():
+        out = model(**tok([text], return_tensors="pt")).logits[0]
+    rc, stdout, err = run_cli(["predict", run, text, "--format", "jsonl"])
+    assert rc == 0, err
+    row = json.loads(stdout)
+    if task == "regression":
+        assert out.shape == (1,) and float(out[0]) == pytest.approx(row["value"], rel=1e-3)  # export's own rtol
+    else:
+        thresholds = cfg["ajuste_task"]["thresholds"]
+        probs = torch.sigmoid(out).tolist()
+        assert [c for c, p, t in zip(cfg["id2label"].values(), probs, thresholds) if p >= t] == row["labels"]
+        assert model(**tok([text], return_tensors="pt"), labels=torch.ones(1, len(probs))).loss.item() > 0
+
+
+def test_hf_export_of_an_image_regression_is_a_timm_checkpoint_in_the_targets_units(tmp_path, capsys):
+    import timm
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        level = 40 + 5 * i
+        Image.fromarray((level + rng.integers(-8, 8, (32, 32, 3))).clip(0, 255).astype(np.uint8)).save(
+            tmp_path / f"{i}.png")
+        rows.append([f"{i}.png", level / 10])
+    _write(tmp_path / "labels.csv", ["file", "value"], rows)
+    run, ex = tmp_path / "run", tmp_path / "hf"
+    rc, _, err = run_cli(["train", tmp_path, *TINY_IMAGE, "--strategy", "linear-probe", "--epochs", "2",
+                          "--set", "strategy.head_epochs=2", "--set", "train.min_steps=0", "--out", run, "-q"])
+    assert rc == 0, err
+    rc, _, err = run_cli(["export", run, "--format", "hf", "--out", ex])
+    assert rc == 0, err
+    cfg = json.loads((ex / "config.json").read_text())
+    assert cfg["problem_type"] == "regression" and cfg["ajuste_task"]["kind"] == "regression"
+    model = timm.create_model(f"local-dir:{ex}", pretrained=True).eval()
+    assert main(["predict", str(run), str(tmp_path / "7.png"), "--format", "jsonl"]) == 0
+    value = json.loads(capsys.readouterr().out)["value"]
+    # the export check compared the folder's outputs with the run's on probe images: here, one the user would send
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    x = timm.data.create_transform(**data_cfg)(Image.open(tmp_path / "7.png").convert("RGB")).unsqueeze(0)
+    with torch.no_grad():
+        assert float(model(x)[0, 0]) == pytest.approx(value, abs=1e-3)

@@ -96,9 +96,6 @@ def export_run(*, run_dir: str | Path, out: str | Path, format: str = "ajuste", 
         probes.append(probe_inputs(bb, run.preprocessing, second=True))
     # What the run's predict computes: the logits divided by its temperature (calibration.json; 1 without one).
     # Every format carries T, so an export that dropped it fails the comparison below.
-    if format == "hf" and run.task.kind != "classification":
-        raise AjusteError(f"{run_dir} is a {run.task.kind} run, and --format hf writes classifiers only for now; "
-                          f"use --format onnx, torchscript or ajuste")
     before = [exported(probe_logits(bb, p), run.task, run.temperature) for p in probes]
     merge = merge or format != "ajuste"
     if merge:

@@ -67,7 +67,13 @@ class AjusteForSequenceClassification(PreTrainedModel):
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         logits = self.classifier(pooled) / self.config.temperature  # (B, num_labels), calibrated
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        loss = None
+        if labels is not None and self.config.problem_type == "regression":  # logits: values in the target's units
+            loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+        elif labels is not None and self.config.problem_type == "multi_label_classification":
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        elif labels is not None:
+            loss = nn.functional.cross_entropy(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 '''
 
@@ -80,7 +86,7 @@ def write(bb: Any, run: Any, stage: Path, probes: list[Any]) -> None:
     atomic_write_text(stage / "modeling_ajuste.py", _HF_MODELING)
     enc = bb.net
     state = {f"encoder.{k}": v for k, v in enc.state_dict().items()}
-    state.update({f"classifier.{k}": v for k, v in bb.classifier.state_dict().items()})
+    state.update({f"classifier.{k}": v for k, v in _head(bb.classifier.state_dict(), run.task).items()})
     atomic_save_safetensors(stage / "model.safetensors", state, metadata={"format": "pt"})
     config = {
         "architectures": ["AjusteForSequenceClassification"],
@@ -92,6 +98,7 @@ def write(bb: Any, run: Any, stage: Path, probes: list[Any]) -> None:
         "encoder_config": enc.config.to_dict(),
         "id2label": {str(i): c for i, c in enumerate(run.classes)},
         "label2id": {c: i for i, c in enumerate(run.classes)},
+        **_task_config(run.task),
         "dtype": "float32",
         "transformers_version": transformers.__version__,
     }
@@ -137,16 +144,44 @@ def _write_timm(bb: Any, run: Any, stage: Path) -> None:
     from timm.models import save_for_hf
 
     model = bb.net
-    # model_args: a compact net's channel widths, which timm.create_model("local-dir:...") applies.
-    save_for_hf(model, str(stage), model_config={"label_names": list(run.classes)}, safe_serialization=True,
-                data_config=_timm_data_config(run.preprocessing), model_args=bb.model_args or None)
+    head = model.get_classifier()
+    kept = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    try:
+        with torch.no_grad():  # a regression run's scale into the head's weights, for the file only
+            head.load_state_dict(_head(kept, run.task))
+        # model_args: a compact net's channel widths, which timm.create_model("local-dir:...") applies.
+        save_for_hf(model, str(stage), model_config={"label_names": list(run.classes)}, safe_serialization=True,
+                    data_config=_timm_data_config(run.preprocessing), model_args=bb.model_args or None)
+    finally:
+        head.load_state_dict(kept)
     cfg = json.loads((stage / "config.json").read_text())
+    cfg.update(_task_config(run.task))
     # The architecture's default weights tag (e.g. "in1k") would claim weights this file does not hold.
     cfg.get("pretrained_cfg", {}).pop("tag", None)
     # timm's format holds a plain network: the run's temperature goes in the config, for users to divide by
     cfg["ajuste_calibration"] = {"temperature": run.temperature,
                                  "use": "probabilities = softmax(model(x) / temperature)"}
     atomic_write_json(stage / "config.json", cfg)
+
+
+def _head(state: dict[str, torch.Tensor], task: Any) -> dict[str, torch.Tensor]:
+    """The linear head's weights as exported: a regression run's head predicts the standardised target, so its
+    weights and bias take the training split's sd and mean (w·sd, b·sd + mean), and the exported network answers
+    in the target's units, as `predict` does. Other tasks: unchanged."""
+    if task is None or task.kind != "regression":
+        return state
+    return {k: v * task.std + (task.mean if k.endswith("bias") else 0.0) for k, v in state.items()}
+
+
+def _task_config(task: Any) -> dict[str, Any]:
+    """config.json keys of a multi-label or regression run: Hugging Face's ``problem_type`` and how to read the
+    outputs (the run's task.json: thresholds, the target's scale)."""
+    if task is None or task.kind == "classification":
+        return {}
+    use = ("value = model(x), in the target's units" if task.kind == "regression" else
+           "probabilities = sigmoid(model(x)); label k is present where probabilities[k] >= thresholds[k]")
+    return {"problem_type": "regression" if task.kind == "regression" else "multi_label_classification",
+            "ajuste_task": {**task.to_json(), "use": use}}
 
 
 def _check_timm(stage: Path, probes: list[Any]) -> list[torch.Tensor]:
