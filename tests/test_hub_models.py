@@ -334,6 +334,12 @@ def test_text_pooling_on_an_image_model_is_one_line(vit_dir):
         create_backbone(str(vit_dir), num_classes=2, pooling="last")
 
 
+def test_cls_pooling_on_a_model_without_a_class_token_is_one_line(convnext_dir, vit_dir):
+    with pytest.raises(AjusteError, match="pooling=cls: .* has no class token"):
+        create_backbone(str(convnext_dir), num_classes=2, pooling="cls")
+    assert create_backbone(str(vit_dir), num_classes=2, pooling="cls").pooling == "cls"
+
+
 def test_offline_hub_id_says_so():
     with pytest.raises(AjusteError, match="need internet"):
         create_backbone("hf:no-such-org/tiny-vit-for-tests", num_classes=2)

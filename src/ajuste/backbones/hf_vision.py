@@ -105,9 +105,12 @@ class HFVisionBackbone(HFBase):
                  num_classes: int) -> None:
         if pooling not in ("auto", "cls", "mean"):
             raise AjusteError(f"model.pooling={pooling} is for text models; an image model pools with cls or mean")
+        # A class token (ViT, DeiT, DINOv2, BEiT) summarises the image; else the mean over positions.
+        has_cls = any(n.rsplit(".", 1)[-1] == "cls_token" for n, _ in encoder.named_parameters())
+        if pooling == "cls" and not has_cls:  # a convnet's map or Swin's first patch: not a summary of the image
+            raise AjusteError(f"model.pooling=cls: {name} has no class token (a convnet, or a transformer that "
+                              f"pools its patches); use model.pooling=mean or auto")
         if pooling == "auto":
-            # A class token (ViT, DeiT, DINOv2, BEiT) summarises the image; else the mean over positions.
-            has_cls = any(n.rsplit(".", 1)[-1] == "cls_token" for n, _ in encoder.named_parameters())
             pooling = "cls" if has_cls else "mean"
         super().__init__(encoder, name=name, source=source, pooling=pooling, num_classes=num_classes,
                          hidden=feature_width(encoder.config))
