@@ -2,6 +2,12 @@
 
     python bench/rank_tau.py --sets hymenoptera,pneumoniamnist,clothing-small --out DIR \
         [--fractions clothing-small=0.3] [--models efficientnet_lite0,efficientnet_lite1,efficientnet_lite2]
+    python bench/rank_tau.py --sets sms-spam,trec,sst2 --out DIR --models minilm-l6,MODELDIR \
+        [--fractions trec=0.3,sst2=0.2]
+
+The candidates default per modality (--image-models, --text-models); --models, when given, is used for every set.
+A candidate may be a local Hugging Face model folder (bench/fetch_mpnet.py makes one); tables name it by the
+folder's last component.
 
 For each set: `ajuste rank DATA --models M --out DIR/<set>-rank.json` (default 90 s cap), then
 `ajuste compare DATA --models M --strategies two-stage --fractions F --seeds 1 --no-similarity --out
@@ -34,9 +40,16 @@ SETS = {
     "hymenoptera": "hymenoptera",
     "pneumoniamnist": "pneumoniamnist/pneumoniamnist.npz",
     "clothing-small": "clothing-small",
+    "sms-spam": "sms-spam/SMSSpamCollection",
+    "trec": "trec",
+    "sst2": "sst2",
 }
-DEFAULT_FRACTION = {"hymenoptera": "1", "pneumoniamnist": "1", "clothing-small": "0.3"}
-MODELS = "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2"
+TEXT_SETS = {"sms-spam", "trec", "sst2"}
+DEFAULT_FRACTION = {"hymenoptera": "1", "pneumoniamnist": "1", "clothing-small": "0.3",
+                    "sms-spam": "0.1", "trec": "0.3", "sst2": "0.1"}
+MODELS = {"image": "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
+          # The only text encoder that loads offline from the package; add a folder (bench/fetch_mpnet.py) for a τ.
+          "text": "minilm-l6"}
 ESTIMATORS = ("logme", "hscore", "nleep", "leep", "nce")
 BASELINES = ("params_m", "mflops")  # bigger is better: the predictor a ranking has to beat
 
@@ -117,6 +130,23 @@ def fmt(x: float) -> str:
     return "undef." if math.isnan(x) else f"{x:+.2f}"
 
 
+def short(model: str) -> str:
+    """A table's name for a candidate: a folder by its last component, a Lite without its family prefix."""
+    if model.startswith(("/", "./", "../", "~")) or Path(model).is_dir():
+        model = Path(model.rstrip("/")).name
+    return model.replace("efficientnet_", "")
+
+
+def cell(r: dict, p: str, tau: str, wtau: str) -> str:
+    """One set's τ / τw for a predictor; with two candidates both are ±1, so the cell says the one ordering."""
+    if p not in r["predictors"]:
+        return "–"
+    x = r["predictors"][p]
+    if len(r["models"]) == 2 and not math.isnan(x[tau]):
+        return f"{'right' if x[tau] > 0 else 'wrong'} ({fmt(x[tau])})"
+    return f"{fmt(x[tau])} / {fmt(x[wtau])}"
+
+
 def print_tables(results: list[dict]) -> None:
     preds = [p for p in ESTIMATORS + BASELINES if any(p in r["predictors"] for r in results)]
     label = {"logme": "LogME", "hscore": "H-score", "nleep": "NLEEP", "leep": "LEEP", "nce": "NCE",
@@ -124,9 +154,8 @@ def print_tables(results: list[dict]) -> None:
     print("\n| set | test acc (two-stage) | " + " | ".join(label[p] for p in preds) + " |")
     print("|---|---|" + "---|" * len(preds))
     for r in results:
-        accs = ", ".join(f"{m.replace('efficientnet_', '')} {r['test'][m]:.3f}" for m in r["models"])
-        cells = [f"{fmt(r['predictors'][p]['tau'])} / {fmt(r['predictors'][p]['weighted_tau'])}"
-                 if p in r["predictors"] else "–" for p in preds]
+        accs = ", ".join(f"{short(m)} {r['test'][m]:.3f}" for m in r["models"])
+        cells = [cell(r, p, "tau", "weighted_tau") for p in preds]
         print(f"| {r['set']} | {accs} | " + " | ".join(cells) + " |")
     pooled = []
     for p in preds:
@@ -140,29 +169,34 @@ def print_tables(results: list[dict]) -> None:
           + " | ".join(pooled) + " |")
     print("\nAgainst validation accuracy (what the study selects on):")
     for r in results:
-        cells = [f"{fmt(r['predictors'][p]['tau_val'])} / {fmt(r['predictors'][p]['weighted_tau_val'])}"
-                 if p in r["predictors"] else "–" for p in preds]
-        vals = ", ".join(f"{m.replace('efficientnet_', '')} {r['val'][m]:.3f}" for m in r["models"])
+        cells = [cell(r, p, "tau_val", "weighted_tau_val") for p in preds]
+        vals = ", ".join(f"{short(m)} {r['val'][m]:.3f}" for m in r["models"])
         print(f"| {r['set']} | {vals} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", default=",".join(SETS))
-    ap.add_argument("--models", default=MODELS)
+    ap.add_argument("--models", default="", help="candidates for every set (default: per modality, below)")
+    ap.add_argument("--image-models", default=MODELS["image"], help=f"default {MODELS['image']}")
+    ap.add_argument("--text-models", default=MODELS["text"], help=f"default {MODELS['text']}")
     ap.add_argument("--fractions", default="", help="per-set overrides, set=F[,set=F] (defaults: "
                     + ", ".join(f"{k} {v}" for k, v in DEFAULT_FRACTION.items()) + ")")
     ap.add_argument("--out", type=Path, required=True, help="where the rank JSONs and studies go (resumable)")
     ap.add_argument("-j", "--workers", default="1", help="compare's -j (default 1: one cell at a time)")
     ap.add_argument("--only-analyse", action="store_true", help="train nothing: read what DIR holds")
+    ap.add_argument("--only-rank", action="store_true", help="rank (where DIR has no rank JSON yet), train nothing")
     args = ap.parse_args()
     fractions = {**DEFAULT_FRACTION, **dict(kv.split("=", 1) for kv in args.fractions.split(",") if kv)}
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / "rank_tau.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"sets": {}}
     results = []
     for name in [s.strip() for s in args.sets.split(",") if s.strip()]:
+        if name not in SETS:
+            raise SystemExit(f"unknown set {name!r}: one of {', '.join(SETS)}")
+        listed = args.models or (args.text_models if name in TEXT_SETS else args.image_models)
+        models = [m.strip() for m in listed.split(",") if m.strip()]
         data = SHARED / SETS[name]
         if not data.exists():
             raise SystemExit(f"{data} not found (see {SHARED}/README.md)")
@@ -173,11 +207,14 @@ def main() -> None:
                 entry["rank_wall_s"] = round(ajuste("rank", str(data), "--models", ",".join(models),
                                                     "--out", str(rank_json), log=log), 1)
                 print(f"{name}: rank {entry['rank_wall_s']:.0f} s", flush=True)
+        if not args.only_analyse and not args.only_rank:
             wall = ajuste("compare", str(data), "--models", ",".join(models), "--strategies", "two-stage",
                           "--fractions", fractions[name], "--seeds", "1", "--no-similarity", "-j", args.workers,
                           "--out", str(study), log=log)
             entry.setdefault("compare_wall_s", []).append(round(wall, 1))  # one per (resumed) invocation
             print(f"{name}: compare {wall:.0f} s", flush=True)
+        if not rank_json.is_file():
+            raise SystemExit(f"{rank_json} not found: run without --only-analyse first")
         rank = json.loads(rank_json.read_text())
         res = analyse(name, rank, test_accuracies(study, models))
         backbones = study / "backbones.json"
