@@ -17,7 +17,8 @@ estimator's score, or the backbone's parameter count / forward MFLOPs (the "bigg
 τ (scipy.stats.kendalltau, τ-b) and weighted τ (scipy.stats.weightedtau, hyperbolic weights on rank, as the
 LogME paper reports them) per set and predictor; a Markdown table on stdout, everything in DIR/rank_tau.json.
 
-With three candidates τ takes only the values −1, −1/3, 1/3, 1: one set's τ is one ordering, not a statistic.
+With three candidates τ takes only the values −1, −1/3, 1/3, 1, with two only ±1 (the table says right or wrong):
+one set's τ is one ordering, not a statistic.
 The pooled line is the summary: mean τ, the pairs of backbones the accuracy separates that a predictor orders the
 wrong way round, and the sets where its top-1 ties the best accuracy.
 """
