@@ -103,3 +103,16 @@ def test_rank_refuses_a_regression_task_in_one_line(tmp_path, capsys):
         w.writerows([[f"t {i} {'good ' * (i % 5)}", i * 0.37] for i in range(60)])
     assert main(["rank", str(tmp_path / "r.csv")]) != 0
     assert "score class labels" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_folder_backbone_gets_a_study_named_after_the_folder_not_its_whole_path(tmp_path):
+    from ajuste.report.backbones import backbone_dir
+
+    a, b = tmp_path / "x" / "mpnet", tmp_path / "y" / "mpnet"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    da, db = backbone_dir(tmp_path, str(a)).name, backbone_dir(tmp_path, str(b)).name
+    assert da.startswith("mpnet-") and db.startswith("mpnet-") and da != db  # one name, two folders: two studies
+    assert backbone_dir(tmp_path, str(a)).name == da  # the same folder: the same study (a rerun resumes it)
+    assert backbone_dir(tmp_path, "timm/resnet50").name == "timm-resnet50"
+    assert backbone_dir(tmp_path, "hf:bert-base-uncased").name == "hf-bert-base-uncased"

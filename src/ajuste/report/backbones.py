@@ -30,9 +30,17 @@ PREDICTION_PROBE = 64  # test examples timed per backbone (after one warm-up pas
 
 
 def backbone_dir(study_dir: Path, model: str) -> Path:
+    """A backbone's study inside a multi-backbone one: named after the model (``timm/resnet50`` →
+    ``timm-resnet50``); a local folder by its last component and a digest of its full path (two folders of one
+    name stay two studies), never a name that starts with a dash."""
+    import hashlib
     import re
 
-    return Path(study_dir) / re.sub(r"[^A-Za-z0-9_.-]+", "-", model)
+    name = model
+    if model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().is_dir():
+        where = str(Path(model).expanduser().resolve())
+        name = f"{Path(where).name}-{hashlib.sha1(where.encode()).hexdigest()[:6]}"
+    return Path(study_dir) / (re.sub(r"[^A-Za-z0-9_.-]+", "-", name).lstrip("-.") or "model")
 
 
 def build_backbones_report(study_dir: Path, models: list[str], *, ranking: dict[str, Any] | None = None) -> dict:
