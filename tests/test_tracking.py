@@ -177,6 +177,24 @@ def test_an_interrupted_then_failed_run_resumes_in_the_same_mlflow_run(tmp_path,
     assert len(client.search_runs(["0"])) == 1
 
 
+def test_a_resumes_event_file_sorts_after_one_opened_in_the_same_second(tmp_path):
+    """TensorBoard applies a resume's purge in file-name order; the counter at the end of the name sorts as text."""
+    import socket
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from ajuste.training.tracking import _wait_past
+
+    earlier = tmp_path / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.9"
+    earlier.write_bytes(b"")
+    _wait_past([earlier])
+    with SummaryWriter(str(tmp_path)) as writer:
+        writer.add_scalar("x", 1.0, 0)
+    names = sorted(p.name for p in tmp_path.glob("events.out.tfevents.*"))
+    assert len(names) == 2 and names[0] == earlier.name
+
+
 def test_logging_turned_on_when_resuming_logs_the_earlier_epochs_too(tmp_path, digits_small):
     out = tmp_path / "run"
 

@@ -128,7 +128,9 @@ class Tracking(Callback):
             self._warn("tensorboard: this run has no directory to write event files to; not logged")
             return
         summary_writer = store.import_tracker("tensorboard").SummaryWriter
-        earlier = any(Path(folder).glob("events.out.tfevents.*"))
+        earlier = sorted(Path(folder).glob("events.out.tfevents.*"))
+        if earlier:
+            _wait_past(earlier)
         # A resumed run: events of epochs after its checkpoint are hidden (those epochs train again)
         self.writer = summary_writer(str(folder), purge_step=start_epoch if earlier and start_epoch else None)
         self._say(f"tensorboard: events in {folder} (tensorboard --logdir {folder})")
@@ -245,4 +247,18 @@ def flat_params(cfg: Any) -> dict[str, str]:
     out.pop("train.log_to", None)
     return out
 
+
+def _wait_past(event_files: list[Path]) -> None:
+    """Wait (under a second) until a new event file sorts after these. TensorBoard reads a folder's files in name
+    order, ``events.out.tfevents.<whole seconds>.<host>.<pid>.<counter>``, and applies a resume's purge in that
+    order; a file opened within the same second by the same process is ordered by the counter as text ("10" before
+    "9"), which put a resume's events before the run they purge. A file stamped later than a second from now (a
+    clock set back) is not waited for."""
+    def stamp(path: Path) -> int:
+        part = path.name.split(".")[3] if path.name.count(".") >= 3 else ""
+        return int(part) if part.isdigit() else 0
+
+    newest = max(stamp(p) for p in event_files)
+    while newest - 1 <= int(time.time()) <= newest:
+        time.sleep(0.05)
 
