@@ -313,6 +313,21 @@ def test_compare_ranks_regression_on_rmse(reg_csv, tmp_path):
     assert (tmp_path / "study" / "best_model" / "task.json").is_file()
 
 
+@pytest.mark.parametrize("monitor", ["loss", "val_loss"])
+def test_a_regression_study_kept_by_loss_ranks_on_the_validation_rmse(monitor, reg_csv, tmp_path):
+    """Epochs kept by their loss (the MSE of the standardised target): the study still ranks and labels RMSE, so
+    it needs the kept model's validation RMSE, in the target's units, not the loss under RMSE's name."""
+    rc, _, err = run_cli(["compare", reg_csv, "--strategies", "classical", "--fractions", "1", "--seeds", "1",
+                          "--out", tmp_path / "study", "--no-similarity", "-j", "1", "-q",
+                          "--set", f"train.monitor={monitor}"])
+    assert rc == 0, err
+    (rec,) = [json.loads(x) for x in (tmp_path / "study" / "results.jsonl").read_text().splitlines()]
+    s = json.loads((tmp_path / "study" / rec["run_dir"] / "summary.json").read_text())
+    assert rec["metric"] == "rmse" and s["val_metrics"]["rmse"] > 0
+    assert rec["val_score"] == pytest.approx(-s["val_metrics"]["rmse"])
+    assert rec["test_score"] == pytest.approx(-s["test"]["rmse"]) and s["test_score"] == s["test"]["rmse"]
+
+
 @pytest.mark.parametrize("strategy", ["linear-probe", "full"])
 def test_deep_arms_train_each_task_through_the_loop(strategy, ml_csv, reg_csv, tiny_bert_dir, tmp_path):
     """A tiny random BERT: the loop's loss, validation score and kept epoch follow the task (regression keeps the

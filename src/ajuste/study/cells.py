@@ -13,7 +13,7 @@ import numpy as np
 from ajuste.config import RunConfig
 from ajuste.data.splits import take_fraction
 from ajuste.io import atomic_write_json, read_json, read_jsonl
-from ajuste.metrics import higher_is_better
+from ajuste.metrics import higher_is_better, metric_name
 from ajuste.strategies.base import ARM_VARIANTS, arm_strategy, get_strategy, resolve_config, split_arm
 from ajuste.study.advice import cost
 from ajuste.study.spec import Cell, StudySpec
@@ -165,15 +165,22 @@ def _planned_epochs(cfg: RunConfig, n_train: int) -> int:
 def cell_record(cell: Cell, s: dict[str, Any], run_dir: Path, planned_epochs: int) -> dict[str, Any]:
     hist = read_jsonl(run_dir / "metrics.jsonl")
     # the study ranks on train.monitor's metric; a run that picked its epochs by loss is ranked on accuracy
-    # (its task's first metric for multi-label and regression). An error such as RMSE is recorded negated (and
-    # shown positive again by the report: scores.shown), so that every ranking of the study takes the highest score.
-    metric = s.get("metric", "accuracy")
-    metric = TASK_METRICS[s.get("task", "classification")][0] if metric == "loss" else metric
+    # (its task's first metric for multi-label and regression, measured on validation after the run:
+    # summary "val_metrics"). An error such as RMSE is recorded negated (and shown positive again by the report:
+    # scores.shown), so that every ranking of the study takes the highest score.
+    monitor = metric_name(s.get("metric", "accuracy"))
+    metric = TASK_METRICS[s.get("task", "classification")][0] if monitor == "loss" else monitor
     sign = 1.0 if higher_is_better(metric) else -1.0
-    val = s["val_accuracy"] if metric == "accuracy" else s["val_score"] if s.get("metric") != "loss" else \
-        -s["val_loss"]
+    if metric == "accuracy":
+        val = s["val_accuracy"]
+    elif monitor != "loss":
+        val = s["val_score"]
+    elif "val_metrics" in s:
+        val = s["val_metrics"][metric]
+    else:  # a run from before val_metrics: its loss, the one validation number it has (still lower is better)
+        val, sign = s["val_loss"], -1.0
     return {
-        "metric": metric, "val_score": sign * val if s.get("metric") != "loss" else val,
+        "metric": metric, "val_score": sign * val,
         "test_score": sign * s["test"].get(metric, float("nan")), "class_balance": s.get("class_balance", "none"),
         "cell": cell.key, "strategy": cell.strategy, "fraction": cell.fraction, "seed": cell.seed,
         "n_train": s["n_train"], "n_val": s.get("n_val"), "test_accuracy": s["test_accuracy"], "test_macro_f1": s["test_macro_f1"],
