@@ -146,7 +146,8 @@ def _finish(cfg: RunConfig, strategy: Any, data: Any, splits: dict, result: Any,
     used = run_dir is not None or evaluate_test
     if label_task.kind == "multilabel" and used:
         label_task.thresholds = tune_label_thresholds(backbone, pipeline, cfg)
-    by_loss = metric_name(cfg.train.monitor) == "loss"
+    monitor = metric_name(cfg.train.monitor)
+    by_loss = monitor == "loss"
     if by_loss and label_task.kind != "classification" and used and len(splits["val"]):
         # an epoch kept by its loss: a study ranks the run on its task's first metric (RMSE, mAP), which the loop
         # did not compute; the kept model's, on validation (a classifier's accuracy is already there)
@@ -159,8 +160,7 @@ def _finish(cfg: RunConfig, strategy: Any, data: Any, splits: dict, result: Any,
         summary["test"] = test
         summary["test_accuracy"] = test.get("accuracy")
         summary["test_macro_f1"] = test.get("macro_f1")
-        summary["test_score"] = test.get(TASK_METRICS[label_task.kind][0] if by_loss
-                                         else metric_name(cfg.train.monitor))
+        summary["test_score"] = test.get(TASK_METRICS[label_task.kind][0] if by_loss else monitor)
         if calib is not None:
             calib["test"] = test["calibration"]
     if calib is not None:

@@ -128,7 +128,7 @@ class Tracking(Callback):
             self._warn("tensorboard: this run has no directory to write event files to; not logged")
             return
         summary_writer = store.import_tracker("tensorboard").SummaryWriter
-        earlier = sorted(Path(folder).glob("events.out.tfevents.*"))
+        earlier = list(Path(folder).glob("events.out.tfevents.*"))
         if earlier:
             _wait_past(earlier)
         # A resumed run: events of epochs after its checkpoint are hidden (those epochs train again)
@@ -261,4 +261,3 @@ def _wait_past(event_files: list[Path]) -> None:
     newest = max(stamp(p) for p in event_files)
     while newest - 1 <= int(time.time()) <= newest:
         time.sleep(0.05)
-
